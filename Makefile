@@ -1,0 +1,26 @@
+# RecForge: `make demo` and `make test` install into .venv first when needed.
+PY := .venv/bin/python
+CONFIG ?= configs/demo.yaml
+
+.PHONY: install demo test test-fast lint bench-prepare clean
+
+install:
+	@bash scripts/install.sh
+
+demo: install
+	$(PY) -m recforge.cli demo --config $(CONFIG)
+
+test: install
+	@bash scripts/run_tests.sh
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	.venv/bin/ruff check .
+
+bench-prepare: install
+	$(PY) scripts/bench_prepare.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,336 @@
+"""The prepare job: raw source -> validated, joined, split events -> fitted spec -> prepared Parquet shards.
+
+Stages (each timed and reported in `PrepareResult.summary`):
+1. read the source (rejects kept with file/line/reason; the reject fraction is checked);
+2. assemble the raw event table: point-in-time joins of entity tables, user profiles (RFM, category
+   affinity) and behaviour sequences, all columnar;
+3. split (random/grouped/time);
+4. fit the feature spec on the TRAIN split with Ray Data (per-block partial statistics, merged here);
+5. transform every split with Ray Data (`FeatureSpec.transform` in `map_batches`) and write Parquet shards;
+6. write the offline store (entity tables, profile snapshots, interaction log), spec, rejects, summary and
+   the resolved config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from feature_store.config import ConfigError, FeatureStoreConfig, dump_config
+from feature_store.offline import OfflineStore, point_in_time_join
+from feature_store.raycluster import ensure_ray
+from feature_store.readers import read_source
+from feature_store.readers.base import RawData
+from feature_store.spec import FeatureSpec, SpecFitter
+from feature_store.split import SPLITS, SplitReport, assign_splits
+
+log = logging.getLogger("recforge.prepare")
+
+HISTORY_TABLE = "interactions"
+
+
+@dataclass
+class RunLayout:
+    """Where a scenario's outputs live under `output_dir`."""
+
+    root: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "prepared"
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "prepared" / "spec"
+
+    @property
+    def offline(self) -> Path:
+        return self.root / "offline"
+
+    @property
+    def rejects(self) -> Path:
+        return self.root / "prepared" / "rejects.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "prepared" / "summary.json"
+
+    def split_dir(self, split: str) -> Path:
+        return self.prepared / split
+
+
+def layout(cfg: FeatureStoreConfig) -> RunLayout:
+    return RunLayout(Path(cfg.output_dir))
+
+
+@dataclass
+class AssembledEvents:
+    """Raw events with every joined column, and the split code of each row."""
+
+    table: pa.Table
+    codes: np.ndarray
+    split: SplitReport
+    offline_tables: dict[str, pa.Table] = field(default_factory=dict)
+
+
+@dataclass
+class PrepareResult:
+    spec: FeatureSpec
+    summary: dict[str, Any]
+    layout: RunLayout
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        log.info("prepare: %s ...", name)
+        yield
+        self.stages[name] = round(time.perf_counter() - t0, 3)
+        log.info("prepare: %s done in %.2fs", name, self.stages[name])
+
+
+# ------------------------------------------------------------------------------------------- assembling
+
+
+def _check_columns(cfg: FeatureStoreConfig, table: pa.Table) -> None:
+    have = set(table.column_names)
+    missing: list[str] = []
+    f = cfg.features
+    for group_name, group in (("categorical", f.categorical), ("numeric", f.numeric),
+                              ("multi_valued", f.multi_valued), ("vector", f.vector)):
+        for i, feat in enumerate(group):
+            if feat.source_column not in have:
+                missing.append(f"features.{group_name}.{i} ('{feat.name}') needs column '{feat.source_column}'")
+    for key, col in (("label", f.label), ("timestamp", f.timestamp)):
+        if col not in have:
+            missing.append(f"features.{key} names column '{col}'")
+    for i, col in enumerate(f.passthrough):
+        if col not in have:
+            missing.append(f"features.passthrough.{i} names column '{col}'")
+    if missing:
+        raise ConfigError(
+            "the configured features do not match the data:\n  " + "\n  ".join(missing)
+            + f"\n  available columns after joins: {', '.join(sorted(have))}"
+        )
+
+
+def assemble_events(cfg: FeatureStoreConfig, raw: RawData) -> AssembledEvents:
+    """Join entity features, profiles and sequences onto the events and assign splits (no leakage)."""
+    f = cfg.features
+    events = raw.events
+    if f.timestamp not in events.column_names:
+        raise ConfigError(f"features.timestamp: column '{f.timestamp}' is not in the events "
+                          f"(has: {', '.join(events.column_names)})")
+    codes, report = assign_splits(events, cfg.split, ts_column=f.timestamp)
+    offline: dict[str, pa.Table] = {}
+
+    for name, ent in cfg.entities.items():
+        if ent.table not in raw.tables:
+            raise ConfigError(f"entities.{name}.table: the source has no table '{ent.table}' "
+                              f"(has: {', '.join(sorted(raw.tables))})")
+        feats = raw.tables[ent.table]
+        unknown = [c for c in [ent.key, *ent.features] if c not in feats.column_names]
+        if unknown:
+            raise ConfigError(f"entities.{name}: table '{ent.table}' lacks columns {unknown} "
+                              f"(has: {', '.join(feats.column_names)})")
+        if ent.key not in events.column_names:
+            raise ConfigError(f"entities.{name}.key: events have no column '{ent.key}'")
+        clash = [c for c in ent.features if c in events.column_names]
+        if clash:
+            raise ConfigError(f"entities.{name}.features: {clash} already exist in the events; remove them "
+                              f"from the entity's features or rename them in the source")
+        events = point_in_time_join(
+            events,
+            feats,
+            key=ent.key,
+            event_ts=f.timestamp,
+            feature_ts=ent.timestamp,
+            ttl_seconds=ent.ttl_days * 86400 if ent.ttl_days else None,
+            columns=list(ent.features),
+        )
+        offline[ent.table] = feats
+
+    if cfg.profiles.enabled:
+        from feature_store.profiles import build_user_profiles
+
+        p = cfg.profiles
+        if p.table not in raw.tables:
+            raise ConfigError(f"profiles.table: the source has no table '{p.table}' (has: {sorted(raw.tables)})")
+        items = raw.tables.get(p.category_table) if p.category_table else None
+        train_end = _train_end_ts(events, codes, report, f.timestamp)
+        events, profile_tables = build_user_profiles(
+            events, raw.tables[p.table], items, p, train_end_ts=train_end
+        )
+        offline.update(profile_tables)
+        offline[p.table] = raw.tables[p.table]
+
+    if f.sequence:
+        from feature_store.sequences import history_sequences
+
+        cats = {c.name: c for c in f.categorical}
+        for seq in f.sequence:
+            source_col = cats[seq.source].source_column
+            hist = history_sequences(
+                events, user=f.user_key, item=source_col, ts=f.timestamp, max_len=seq.max_len,
+                positive=f.label if seq.positive_only else None,
+            )
+            events = events.append_column(seq.name, hist)
+        keep = [c for c in {f.user_key, f.item_key, f.timestamp, f.label} if c in events.column_names]
+        offline[HISTORY_TABLE] = events.select(keep)
+
+    _check_columns(cfg, events)
+    return AssembledEvents(events, codes, report, offline)
+
+
+def _train_end_ts(events: pa.Table, codes: np.ndarray, report: SplitReport, ts: str) -> int:
+    if report.train_end_ts is not None:
+        return int(report.train_end_ts)
+    train_ts = events.column(ts).to_numpy()[codes == 0]
+    return int(train_ts.max()) + 1 if len(train_ts) else 0
+
+
+# ------------------------------------------------------------------------------------------------ Ray
+
+
+def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
+    return [table.slice(i, rows) for i in range(0, table.num_rows, rows)] or [table]
+
+
+def fit_spec_ray(cfg: FeatureStoreConfig, train: pa.Table) -> FeatureSpec:
+    """Fit the spec with Ray Data: one partial-statistics task per block, merged on the driver."""
+    ray = ensure_ray(cfg.prepare.ray_address, cfg.prepare.num_cpus)
+    fitter = SpecFitter(cfg.features, seed=cfg.seed)
+    needed = _fit_columns(cfg, train)
+
+    def partial(batch: pa.Table) -> pa.Table:
+        return pa.table({"stats": pa.array([pickle.dumps(fitter.partial(batch))], pa.binary())})
+
+    ds = ray.data.from_arrow(_blocks(train.select(needed), cfg.prepare.batch_rows))
+    rows = ds.map_batches(partial, batch_format="pyarrow", batch_size=None).take_all()
+    return fitter.finish([pickle.loads(r["stats"]) for r in rows])
+
+
+def _fit_columns(cfg: FeatureStoreConfig, table: pa.Table) -> list[str]:
+    f = cfg.features
+    cols = [c.source_column for c in (*f.categorical, *f.numeric, *f.multi_valued)]
+    return [c for c in dict.fromkeys(cols) if c in table.column_names]
+
+
+def transform_ray(cfg: FeatureStoreConfig, spec: FeatureSpec, table: pa.Table, out_dir: Path) -> int:
+    """Transform `table` with Ray Data and write Parquet shards to `out_dir`; returns rows written."""
+    ray = ensure_ray(cfg.prepare.ray_address, cfg.prepare.num_cpus)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.parquet"):
+        old.unlink()
+    needed = [c for c in dict.fromkeys([*spec.raw_columns(), spec.label, *spec.passthrough])
+              if c in table.column_names]
+
+    def transform(batch: pa.Table) -> pa.Table:
+        return spec.transform(batch)
+
+    ds = ray.data.from_arrow(_blocks(table.select(needed), cfg.prepare.batch_rows))
+    ds = ds.map_batches(transform, batch_format="pyarrow", batch_size=None)
+    ds.write_parquet(str(out_dir), min_rows_per_file=min(cfg.prepare.rows_per_shard, max(table.num_rows, 1)),
+                     max_rows_per_file=cfg.prepare.rows_per_shard)
+    return table.num_rows
+
+
+# ------------------------------------------------------------------------------------------------- job
+
+
+def read_and_validate(cfg: FeatureStoreConfig) -> RawData:
+    lay = layout(cfg)
+    raw = read_source(cfg.source, lay.raw)
+    raw.rejects.check_fraction(raw.total_read(), cfg.prepare.max_reject_fraction)
+    return raw
+
+
+def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareResult:
+    """Run the whole prepare job for `cfg`; see the module docstring."""
+    t_start = time.perf_counter()
+    timer = _Timer()
+    lay = layout(cfg)
+    lay.prepared.mkdir(parents=True, exist_ok=True)
+    with timer.stage("read"):
+        if raw is None:
+            raw = read_source(cfg.source, lay.raw)
+        raw.rejects.write(lay.rejects)
+        raw.rejects.check_fraction(raw.total_read(), cfg.prepare.max_reject_fraction)
+    with timer.stage("assemble"):
+        assembled = assemble_events(cfg, raw)
+    table, codes = assembled.table, assembled.codes
+    splits = {name: table.filter(pa.array(codes == i)) for i, name in enumerate(SPLITS)}
+    with timer.stage("fit"):
+        spec = fit_spec_ray(cfg, splits["train"])
+        spec.save(lay.spec)
+    written: dict[str, int] = {}
+    with timer.stage("transform"):
+        for name, part in splits.items():
+            written[name] = transform_ray(cfg, spec, part, lay.split_dir(name))
+    with timer.stage("offline_store"):
+        store = OfflineStore(lay.offline)
+        for name, t in assembled.offline_tables.items():
+            store.write_table(name, t)
+    dump_config(cfg, lay.prepared / "resolved_config.yaml")
+    rejects = raw.rejects.counts_by_reason()
+    summary: dict[str, Any] = {
+        "name": cfg.name,
+        "source": cfg.source.type,
+        "rows_read": raw.rows_read,
+        "rows_read_total": raw.total_read(),
+        "rows_rejected": len(raw.rejects),
+        "rejected_by_reason": rejects,
+        "events_kept": table.num_rows,
+        "split": {"method": assembled.split.method, "rows": written,
+                  "valid_start_ts": assembled.split.valid_start_ts,
+                  "test_start_ts": assembled.split.test_start_ts,
+                  "group_by": assembled.split.group_by, "groups": assembled.split.groups},
+        "vocab_sizes": spec.vocab_sizes(),
+        "spec_fingerprint": spec.fingerprint(),
+        "label_mean": {n: _label_mean(p, cfg.features.label) for n, p in splits.items()},
+        "outputs": {
+            "prepared": str(lay.prepared),
+            "spec": str(lay.spec / "feature_spec.json"),
+            "rejects": str(lay.rejects),
+            "offline_store": str(lay.offline),
+        },
+        "stage_seconds": timer.stages,
+        "seconds": round(time.perf_counter() - t_start, 3),
+    }
+    lay.summary.write_text(json.dumps(summary, indent=2))
+    return PrepareResult(spec, summary, lay)
+
+
+def _label_mean(t: pa.Table, label: str) -> float | None:
+    if t.num_rows == 0:
+        return None
+    return float(pc.mean(t.column(label).cast(pa.float64())).as_py())
+
+
+def read_prepared(directory: str | Path) -> pa.Table:
+    """All shards of one prepared split as one table, in written order."""
+    d = Path(directory)
+    files = sorted(d.glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{d}: no prepared shards; run `recforge prepare --config ...` first")
+    return pa.concat_tables(pq.read_table(f) for f in files)

@@ -1,0 +1,33 @@
+"""The reader contract: every source becomes a `RawData` of Arrow tables plus the rejects found reading it.
+
+Canonical conventions every reader follows:
+- table 'events' always exists; sources may add 'users', 'items', 'purchases';
+- event times are int64 seconds since the Unix epoch (UTC) in a column named 'ts';
+- ids keep their source type (int64 or string); missing values are nulls, never sentinels;
+- `rows_read[table]` counts data rows read from input (kept + rejected), so nothing vanishes uncounted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from feature_store.rejects import Rejects
+
+
+@dataclass
+class RawData:
+    """What a source yields: named Arrow tables, per-table input row counts, rejects, and input paths."""
+
+    tables: dict[str, pa.Table]
+    rows_read: dict[str, int]
+    rejects: Rejects = field(default_factory=Rejects)
+    paths: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def events(self) -> pa.Table:
+        return self.tables["events"]
+
+    def total_read(self) -> int:
+        return sum(self.rows_read.values())

@@ -1,0 +1,594 @@
+"""The feature spec: transforms fitted on the train split, saved as versioned JSON + vocabulary Parquet.
+
+`SpecFitter` computes mergeable partial statistics per batch (so Ray Data can fit in parallel) and merges them
+into a `FeatureSpec`. `FeatureSpec.transform` turns raw rows (an Arrow table, one dict, or a list of dicts)
+into model inputs with columnar pyarrow/numpy operations; the batch pipeline and the online path call the same
+function, so the same raw row always becomes the same tensors. Output columns:
+
+- categorical / bucketized numeric: int64 index (0 = out-of-vocabulary or missing);
+- numeric: float32; vector: list<float32> of fixed width;
+- multi-valued and sequence: list<int64> (sequences keep the most recent `max_len`, most recent last);
+- `label` float32 (when the input has the label column) and the passthrough columns unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from feature_store.config import FeaturesConfig
+
+SPEC_FORMAT = "recforge.feature_spec"
+SPEC_VERSION = 1
+QUANTILE_SAMPLE = 20_000
+LABEL = "label"
+
+
+class SpecError(ValueError):
+    """Raw input does not fit the spec (missing column, wrong width); the message names the feature."""
+
+
+# ------------------------------------------------------------------------------------------- feature entries
+
+
+@dataclass
+class CategoricalEntry:
+    name: str
+    column: str
+    cardinality: int  # embedding rows, index 0 included
+    embedding_dim: int | None = None
+    hash_buckets: int | None = None
+    vocab_file: str | None = None
+    kind: str = "categorical"
+
+
+@dataclass
+class NumericEntry:
+    name: str
+    column: str
+    transform: str
+    fill: float
+    mean: float = 0.0
+    std: float = 1.0
+    boundaries: list[float] = field(default_factory=list)
+    embedding_dim: int | None = None
+    kind: str = "numeric"
+
+    @property
+    def is_bucketized(self) -> bool:
+        return self.transform == "bucketize"
+
+    @property
+    def cardinality(self) -> int:
+        return len(self.boundaries) + 2
+
+
+@dataclass
+class MultiValuedEntry:
+    name: str
+    column: str
+    separator: str | None
+    max_len: int
+    cardinality: int
+    embedding_dim: int | None = None
+    vocab_file: str | None = None
+    kind: str = "multi_valued"
+
+
+@dataclass
+class SequenceEntry:
+    name: str
+    column: str
+    source: str
+    max_len: int
+    cardinality: int
+    kind: str = "sequence"
+
+
+@dataclass
+class VectorEntry:
+    name: str
+    column: str
+    dim: int
+    kind: str = "vector"
+
+
+Entry = CategoricalEntry | NumericEntry | MultiValuedEntry | SequenceEntry | VectorEntry
+_ENTRY_TYPES: dict[str, type] = {
+    "categorical": CategoricalEntry,
+    "numeric": NumericEntry,
+    "multi_valued": MultiValuedEntry,
+    "sequence": SequenceEntry,
+    "vector": VectorEntry,
+}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _column(table: pa.Table, name: str, feature: str) -> pa.Array:
+    if name not in table.column_names:
+        raise SpecError(
+            f"feature '{feature}' needs raw column '{name}', which the input lacks "
+            f"(has: {', '.join(table.column_names)})"
+        )
+    col = table.column(name)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _as_list(arr: pa.Array, separator: str | None) -> pa.Array:
+    """A multi-valued raw column as list<...>: lists pass, strings are split on `separator`."""
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        return arr.cast(pa.list_(arr.type.value_type)) if not pa.types.is_list(arr.type) else arr
+    if pa.types.is_null(arr.type):
+        return pa.array([[] for _ in range(len(arr))], pa.list_(pa.string()))
+    if separator is None:
+        raise SpecError("a multi-valued string column needs 'separator' in its feature config")
+    strs = arr.cast(pa.string())
+    split = pc.split_pattern(strs, pattern=separator)
+    # '' -> [''] -> drop empty tokens
+    flat = pc.list_flatten(split)
+    keep = pc.not_equal(flat, "")
+    return _filter_list_values(split, keep)
+
+
+def _filter_list_values(lists: pa.Array, keep: pa.Array) -> pa.Array:
+    """Drop flattened values where `keep` is false, rebuilding list offsets (nulls become empty lists)."""
+    lists = pc.fill_null(lists, pa.scalar([], lists.type)) if lists.null_count else lists
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    keep_np = np.asarray(pc.fill_null(keep, False).to_numpy(zero_copy_only=False), dtype=bool)
+    owners = np.repeat(np.arange(len(lengths)), lengths)
+    new_len = np.bincount(owners[keep_np], minlength=len(lengths))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(new_len, out=offsets[1:])
+    values = pc.filter(pc.list_flatten(lists), keep_np)
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def _lookup(values: pa.Array, vocab: pa.Array) -> np.ndarray:
+    """Vocabulary index of each value (1-based), 0 for out-of-vocabulary or null."""
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if pa.types.is_null(values.type):
+        return np.zeros(len(values), dtype=np.int64)
+    if values.type != vocab.type:
+        values = _coerce(values, vocab.type)
+    idx = pc.index_in(values, value_set=vocab)
+    out = pc.fill_null(pc.add(idx.cast(pa.int64()), 1), 0)
+    return out.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def _coerce(values: pa.Array, target: pa.DataType) -> pa.Array:
+    """Cast raw values to the vocabulary's type; values that cannot be cast become null (so OOV)."""
+    try:
+        return values.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    as_str = values.cast(pa.string())
+    if pa.types.is_integer(target):
+        ok = pc.fill_null(pc.match_substring_regex(as_str, r"^\s*[-+]?\d+\s*$"), False)
+        cleaned = pc.if_else(ok, pc.utf8_trim_whitespace(as_str), pa.scalar(None, pa.string()))
+        return cleaned.cast(target)
+    return as_str.cast(target) if pa.types.is_string(target) else pa.nulls(len(values), target)
+
+
+def _hash_index(values: pa.Array, buckets: int) -> np.ndarray:
+    """Stable hash bucket (1..buckets) of each value's text; 0 for null."""
+    if pa.types.is_null(values.type):
+        return np.zeros(len(values), dtype=np.int64)
+    text = values.cast(pa.string())
+    valid = pc.is_valid(text).to_numpy(zero_copy_only=False)
+    filled = pc.fill_null(text, "").to_numpy(zero_copy_only=False).astype(object)
+    h = pd.util.hash_array(filled, categorize=True)
+    out = (h % np.uint64(buckets)).astype(np.int64) + 1
+    out[~valid] = 0
+    return out
+
+
+def _to_float(arr: pa.Array) -> np.ndarray:
+    if pa.types.is_null(arr.type):
+        return np.full(len(arr), np.nan)
+    if not (pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_boolean(arr.type)):
+        arr = _coerce(arr, pa.float64())
+    return pc.fill_null(arr.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+
+
+def _rows_to_table(data: pa.Table | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    if isinstance(data, Mapping):
+        return pa.Table.from_pylist([dict(data)])
+    return pa.Table.from_pylist([dict(r) for r in data])
+
+
+def _log1p(x: np.ndarray) -> np.ndarray:
+    return np.log1p(np.clip(x, 0.0, None))
+
+
+# -------------------------------------------------------------------------------------------------- spec
+
+
+@dataclass
+class FeatureSpec:
+    """Fitted transforms for every model input; see the module docstring for the output layout."""
+
+    label: str
+    timestamp: str
+    user_key: str
+    item_key: str
+    features: list[Entry]
+    passthrough: list[str]
+    vocabs: dict[str, pa.Array]
+    train_rows: int = 0
+    created_at: float = field(default_factory=time.time)
+    version: int = SPEC_VERSION
+
+    # -------------------------------------------------------------------------------------- access
+
+    def feature(self, name: str) -> Entry:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(f"no feature '{name}' in the spec (has: {[f.name for f in self.features]})")
+
+    def by_kind(self, kind: str) -> list[Any]:
+        return [f for f in self.features if f.kind == kind]
+
+    def sparse_features(self) -> list[CategoricalEntry | NumericEntry]:
+        """Single-valued embedded inputs: categoricals and bucketized numerics, in spec order."""
+        return [f for f in self.features if f.kind == "categorical" or (f.kind == "numeric" and f.is_bucketized)]
+
+    def dense_features(self) -> list[NumericEntry]:
+        return [f for f in self.features if f.kind == "numeric" and not f.is_bucketized]
+
+    def vocab_sizes(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.features:
+            if isinstance(f, CategoricalEntry | MultiValuedEntry | SequenceEntry):
+                out[f.name] = f.cardinality
+            elif isinstance(f, NumericEntry) and f.is_bucketized:
+                out[f.name] = f.cardinality
+        return out
+
+    def raw_columns(self) -> list[str]:
+        """Raw columns `transform` reads (besides the optional label and passthrough)."""
+        return list(dict.fromkeys(f.column for f in self.features))
+
+    def output_schema(self) -> pa.Schema:
+        fields: list[pa.Field] = []
+        for f in self.features:
+            if isinstance(f, CategoricalEntry) or (isinstance(f, NumericEntry) and f.is_bucketized):
+                fields.append(pa.field(f.name, pa.int64()))
+            elif isinstance(f, NumericEntry):
+                fields.append(pa.field(f.name, pa.float32()))
+            elif isinstance(f, MultiValuedEntry | SequenceEntry):
+                fields.append(pa.field(f.name, pa.list_(pa.int64())))
+            else:
+                fields.append(pa.field(f.name, pa.list_(pa.float32())))
+        return pa.schema(fields)
+
+    # -------------------------------------------------------------------------------------- transform
+
+    def transform(
+        self, data: pa.Table | Mapping[str, Any] | Sequence[Mapping[str, Any]], *, with_label: bool | None = None
+    ) -> pa.Table:
+        """Raw rows -> model inputs. The label is emitted when present (or required with with_label=True)."""
+        table = _rows_to_table(data)
+        n = table.num_rows
+        names: list[str] = []
+        arrays: list[pa.Array] = []
+        for f in self.features:
+            names.append(f.name)
+            arrays.append(self._transform_one(f, table, n))
+        has_label = self.label in table.column_names
+        if with_label and not has_label:
+            raise SpecError(f"label column '{self.label}' is missing from the input")
+        if has_label and with_label is not False:
+            names.append(LABEL)
+            arrays.append(pa.array(_to_float(_column(table, self.label, LABEL)).astype(np.float32)))
+        for col in self.passthrough:
+            if col in table.column_names:
+                names.append(col)
+                arrays.append(_column(table, col, col))
+        return pa.Table.from_arrays(arrays, names=names)
+
+    def _transform_one(self, f: Entry, table: pa.Table, n: int) -> pa.Array:
+        if isinstance(f, CategoricalEntry):
+            col = _column(table, f.column, f.name)
+            idx = _hash_index(col, f.hash_buckets) if f.hash_buckets else _lookup(col, self.vocabs[f.name])
+            return pa.array(idx, pa.int64())
+        if isinstance(f, NumericEntry):
+            x = _to_float(_column(table, f.column, f.name))
+            if f.is_bucketized:
+                idx = np.searchsorted(np.asarray(f.boundaries), x, side="right").astype(np.int64) + 1
+                idx[np.isnan(x)] = 0
+                return pa.array(idx, pa.int64())
+            x = np.where(np.isnan(x), f.fill, x)
+            if f.transform in ("log1p", "log1p_standardize"):
+                x = _log1p(x)
+            if f.transform in ("standardize", "log1p_standardize"):
+                x = (x - f.mean) / f.std
+            return pa.array(x.astype(np.float32))
+        if isinstance(f, MultiValuedEntry):
+            lists = _as_list(_column(table, f.column, f.name), f.separator)
+            lists = pc.list_slice(lists, 0, f.max_len)
+            return self._encode_lists(lists, self.vocabs[f.name])
+        if isinstance(f, SequenceEntry):
+            lists = _as_list(_column(table, f.column, f.name), None)
+            lists = _keep_last(lists, f.max_len)
+            source = self.feature(f.source)
+            assert isinstance(source, CategoricalEntry)
+            if source.hash_buckets:
+                flat = pc.list_flatten(lists)
+                codes = _hash_index(flat, source.hash_buckets)
+                return _rebuild(lists, codes)
+            return self._encode_lists(lists, self.vocabs[f.source])
+        col = _column(table, f.column, f.name)
+        return _vector(col, f.dim, f.name)
+
+    @staticmethod
+    def _encode_lists(lists: pa.Array, vocab: pa.Array) -> pa.Array:
+        if lists.null_count:
+            lists = pc.fill_null(lists, pa.scalar([], lists.type))
+        codes = _lookup(pc.list_flatten(lists), vocab)
+        return _rebuild(lists, codes)
+
+    # -------------------------------------------------------------------------------------- persistence
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "format": SPEC_FORMAT,
+            "version": self.version,
+            "created_at": self.created_at,
+            "label": self.label,
+            "timestamp": self.timestamp,
+            "user_key": self.user_key,
+            "item_key": self.item_key,
+            "train_rows": self.train_rows,
+            "passthrough": self.passthrough,
+            "features": [asdict(f) for f in self.features],
+            "output_schema": [{"name": f.name, "type": str(f.type)} for f in self.output_schema()],
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write feature_spec.json and vocab/<feature>.parquet (index, value) under `directory`."""
+        d = Path(directory)
+        (d / "vocab").mkdir(parents=True, exist_ok=True)
+        for name, vocab in self.vocabs.items():
+            table = pa.table({"index": pa.array(np.arange(1, len(vocab) + 1, dtype=np.int64)), "value": vocab})
+            pq.write_table(table, d / "vocab" / f"{name}.parquet")
+        doc = self.to_json_dict()
+        doc["fingerprint"] = self.fingerprint()
+        path = d / "feature_spec.json"
+        path.write_text(json.dumps(doc, indent=2, sort_keys=False))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> FeatureSpec:
+        d = Path(directory)
+        path = d / "feature_spec.json" if d.is_dir() else d
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no feature spec here; run `recforge prepare` first")
+        doc = json.loads(path.read_text())
+        if doc.get("format") != SPEC_FORMAT:
+            raise SpecError(f"{path}: not a RecForge feature spec (format={doc.get('format')!r})")
+        if doc["version"] > SPEC_VERSION:
+            raise SpecError(f"{path}: spec version {doc['version']} is newer than this RecForge ({SPEC_VERSION})")
+        features: list[Entry] = []
+        for item in doc["features"]:
+            features.append(_ENTRY_TYPES[item["kind"]](**item))
+        vocabs: dict[str, pa.Array] = {}
+        for f in features:
+            vocab_file = getattr(f, "vocab_file", None)
+            if vocab_file:
+                vocabs[f.name] = pq.read_table(path.parent / vocab_file).column("value").combine_chunks()
+        spec = cls(
+            label=doc["label"],
+            timestamp=doc["timestamp"],
+            user_key=doc["user_key"],
+            item_key=doc["item_key"],
+            features=features,
+            passthrough=list(doc["passthrough"]),
+            vocabs=vocabs,
+            train_rows=doc["train_rows"],
+            created_at=doc["created_at"],
+            version=doc["version"],
+        )
+        if "fingerprint" in doc and doc["fingerprint"] != spec.fingerprint():
+            raise SpecError(f"{path}: fingerprint mismatch: the spec or its vocabulary files were modified")
+        return spec
+
+    def fingerprint(self) -> str:
+        """sha256 over the transform-defining content (not the creation time)."""
+        h = hashlib.sha256()
+        doc = self.to_json_dict()
+        doc.pop("created_at")
+        h.update(json.dumps(doc, sort_keys=True).encode())
+        for name in sorted(self.vocabs):
+            h.update(name.encode())
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, pa.schema([pa.field("v", self.vocabs[name].type)])) as w:
+                w.write_batch(pa.record_batch([self.vocabs[name]], names=["v"]))
+            h.update(sink.getvalue().to_pybytes())
+        return h.hexdigest()
+
+
+def _keep_last(lists: pa.Array, max_len: int) -> pa.Array:
+    if lists.null_count:
+        lists = pc.fill_null(lists, pa.scalar([], lists.type))
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    if len(lengths) == 0 or lengths.max(initial=0) <= max_len:
+        return lists
+    starts = np.maximum(lengths - max_len, 0)
+    offsets = lists.offsets.to_numpy() - lists.offsets[0].as_py()
+    flat = pc.list_flatten(lists)
+    owners = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(len(flat)) - offsets[:-1][owners]
+    keep = pos >= starts[owners]
+    return _filter_list_values(lists, pa.array(keep))
+
+
+def _rebuild(lists: pa.Array, codes: np.ndarray) -> pa.Array:
+    offsets = lists.offsets.to_numpy()
+    offsets = (offsets - offsets[0]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(codes, pa.int64()))
+
+
+def _vector(col: pa.Array, dim: int, name: str) -> pa.Array:
+    if pa.types.is_null(col.type):
+        return pa.array(np.zeros((len(col), dim), np.float32).tolist(), pa.list_(pa.float32()))
+    if col.null_count:
+        col = pc.fill_null(col, pa.scalar([0.0] * dim, col.type))
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if len(lengths) and (lengths != dim).any():
+        bad = int(np.flatnonzero(lengths != dim)[0])
+        raise SpecError(f"vector feature '{name}': row {bad} has {lengths[bad]} values, expected {dim}")
+    values = pc.list_flatten(col).cast(pa.float32())
+    values = pc.fill_null(values, 0.0)
+    offsets = np.arange(len(col) + 1, dtype=np.int32) * dim
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+# ---------------------------------------------------------------------------------------------- fitting
+
+
+class SpecFitter:
+    """Fits a `FeatureSpec` from mergeable per-batch statistics (`partial` per batch, then `finish`)."""
+
+    def __init__(self, cfg: FeaturesConfig, *, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.seed = seed
+
+    def partial(self, batch: pa.Table) -> dict[str, Any]:
+        """Statistics of one batch of TRAIN rows; plain Python/Arrow objects, cheap to ship between processes."""
+        out: dict[str, Any] = {"rows": batch.num_rows, "counts": {}, "moments": {}, "samples": {}}
+        rng = np.random.default_rng(self.seed + batch.num_rows)
+        for f in self.cfg.categorical:
+            if f.hash_buckets:
+                continue
+            out["counts"][f.name] = _value_counts(_column(batch, f.source_column, f.name))
+        for f in self.cfg.multi_valued:
+            lists = _as_list(_column(batch, f.source_column, f.name), f.separator)
+            out["counts"][f.name] = _value_counts(pc.list_flatten(pc.list_slice(lists, 0, f.max_len)))
+        for f in self.cfg.numeric:
+            x = _to_float(_column(batch, f.source_column, f.name))
+            x = x[~np.isnan(x)]
+            raw_sum = float(x.sum())
+            if f.transform in ("log1p", "log1p_standardize"):
+                x = _log1p(x)
+            sample = x if len(x) <= QUANTILE_SAMPLE else rng.choice(x, QUANTILE_SAMPLE, replace=False)
+            mean = float(x.mean()) if len(x) else 0.0
+            out["moments"][f.name] = (len(x), mean, float(((x - mean) ** 2).sum()), raw_sum)
+            out["samples"][f.name] = sample.astype(np.float64)
+        return out
+
+    def finish(self, partials: Sequence[dict[str, Any]]) -> FeatureSpec:
+        """Merge partial statistics into the fitted spec."""
+        cfg = self.cfg
+        rows = sum(p["rows"] for p in partials)
+        if rows == 0:
+            raise SpecError("cannot fit the feature spec: the train split is empty")
+        vocabs: dict[str, pa.Array] = {}
+        entries: list[Entry] = []
+        for f in cfg.categorical:
+            if f.hash_buckets:
+                entries.append(
+                    CategoricalEntry(f.name, f.source_column, f.hash_buckets + 1, f.embedding_dim, f.hash_buckets)
+                )
+                continue
+            vocab = _merge_vocab([p["counts"][f.name] for p in partials], f.min_freq, f.max_vocab)
+            vocabs[f.name] = vocab
+            entries.append(
+                CategoricalEntry(f.name, f.source_column, len(vocab) + 1, f.embedding_dim, None,
+                                 f"vocab/{f.name}.parquet")
+            )
+        for f in cfg.numeric:
+            n, mean, m2 = _merge_moments([p["moments"][f.name][:3] for p in partials])
+            raw_sum = sum(p["moments"][f.name][3] for p in partials)
+            std = float(np.sqrt(m2 / n)) if n else 1.0
+            std = std or 1.0
+            fill = f.fill if f.fill is not None else (raw_sum / n if n else 0.0)
+            boundaries: list[float] = []
+            if f.transform == "bucketize":
+                sample = np.concatenate([p["samples"][f.name] for p in partials])
+                if len(sample):
+                    qs = np.quantile(sample, np.linspace(0, 1, f.buckets + 1)[1:-1])
+                    boundaries = [float(b) for b in np.unique(qs)]
+            entries.append(NumericEntry(f.name, f.source_column, f.transform, float(fill), float(mean), std,
+                                        boundaries, f.embedding_dim))
+        for f in cfg.multi_valued:
+            vocab = _merge_vocab([p["counts"][f.name] for p in partials], f.min_freq, None)
+            vocabs[f.name] = vocab
+            entries.append(MultiValuedEntry(f.name, f.source_column, f.separator, f.max_len, len(vocab) + 1,
+                                            f.embedding_dim, f"vocab/{f.name}.parquet"))
+        cat_by_name = {e.name: e for e in entries if isinstance(e, CategoricalEntry)}
+        for f in cfg.sequence:
+            source = cat_by_name[f.source]
+            entries.append(SequenceEntry(f.name, f.name, f.source, f.max_len, source.cardinality))
+        for f in cfg.vector:
+            entries.append(VectorEntry(f.name, f.source_column, f.dim))
+        order = {f.name: i for i, f in enumerate(x for g in cfg.feature_groups() for x in g)}
+        entries.sort(key=lambda e: order[e.name])
+        return FeatureSpec(
+            label=cfg.label,
+            timestamp=cfg.timestamp,
+            user_key=cfg.user_key,
+            item_key=cfg.item_key,
+            features=entries,
+            passthrough=list(cfg.passthrough),
+            vocabs=vocabs,
+            train_rows=rows,
+        )
+
+    def fit(self, table: pa.Table, batch_rows: int = 1 << 20) -> FeatureSpec:
+        """Fit in-process (tests, small data); `recforge prepare` fits with Ray Data over the same partials."""
+        parts = [self.partial(table.slice(i, batch_rows)) for i in range(0, max(table.num_rows, 1), batch_rows)]
+        return self.finish(parts)
+
+
+def _merge_moments(parts: Sequence[tuple[int, float, float]]) -> tuple[int, float, float]:
+    """Chan et al.'s pairwise merge of (count, mean, sum of squared deviations): stable for large data."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for nb, mb, m2b in parts:
+        if nb == 0:
+            continue
+        total = n + nb
+        delta = mb - mean
+        mean += delta * nb / total
+        m2 += m2b + delta * delta * n * nb / total
+        n = total
+    return n, mean, m2
+
+
+def _value_counts(arr: pa.Array) -> pa.Table:
+    vc = pc.value_counts(pc.drop_null(arr))
+    return pa.table({"value": vc.field("values"), "count": vc.field("counts").cast(pa.int64())})
+
+
+def _merge_vocab(parts: Sequence[pa.Table], min_freq: int, max_vocab: int | None) -> pa.Array:
+    """Vocabulary ordered by descending train frequency, ties by value; rare values (< min_freq) left out."""
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        return pa.array([], pa.string())
+    types = {p.schema.field("value").type for p in parts}
+    if len(types) > 1:
+        parts = [p.set_column(0, "value", p.column("value").cast(pa.string())) for p in parts]
+    merged = pa.concat_tables(parts).group_by("value").aggregate([("count", "sum")])
+    merged = merged.filter(pc.greater_equal(merged.column("count_sum"), min_freq))
+    merged = merged.sort_by([("count_sum", "descending"), ("value", "ascending")])
+    if max_vocab is not None:
+        merged = merged.slice(0, max_vocab)
+    return merged.column("value").combine_chunks()

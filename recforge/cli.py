@@ -1,0 +1,134 @@
+"""The `recforge` command line: thin wrappers that load a config, apply overrides and call the stages.
+
+Every option that changes behaviour is also a config key: the option table (`OPTIONS`) maps each flag to its
+key path, and `--set KEY.PATH=VALUE` reaches any other key. The resolved config is written next to every
+output. Errors are printed as one clear message (file, line, key, what to do) with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from feature_store.config import ConfigError
+from feature_store.rejects import RejectFractionExceeded
+from recforge import config as config_mod
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    key: str
+    type: type
+    help: str
+
+
+# flag -> config key path; which commands accept which options
+COMMON = [
+    Option("--output-dir", "output_dir", str, "where outputs go (config: output_dir)"),
+    Option("--seed", "seed", int, "global seed (config: seed)"),
+]
+PREPARE = [
+    Option("--ray-address", "prepare.ray_address", str, "attach to a Ray cluster, e.g. auto or ray://host:10001"),
+    Option("--num-cpus", "prepare.num_cpus", int, "CPUs for the local Ray (config: prepare.num_cpus)"),
+    Option("--max-reject-fraction", "prepare.max_reject_fraction", float, "fail above this reject fraction"),
+    Option("--split", "split.method", str, "random or time (config: split.method)"),
+]
+GENERATE = [
+    Option("--impressions", "source.n_impressions", int, "synthetic impressions (config: source.n_impressions)"),
+    Option("--users", "source.n_users", int, "synthetic users (config: source.n_users)"),
+    Option("--items", "source.n_items", int, "synthetic items (config: source.n_items)"),
+]
+MATERIALIZE = [
+    Option("--online-store", "online_store.type", str, "sqlite or redis (config: online_store.type)"),
+    Option("--online-path", "online_store.path", str, "SQLite file (config: online_store.path)"),
+    Option("--redis-url", "online_store.url", str, "Redis URL (config: online_store.url)"),
+]
+
+COMMANDS: dict[str, tuple[str, list[Option]]] = {
+    "generate": ("write the built-in synthetic data set (deterministic by seed)", COMMON + GENERATE),
+    "prepare": ("read, validate, join, split, fit the feature spec and write prepared Parquet", COMMON + PREPARE),
+    "materialize": ("write the latest entity features to the online store", COMMON + MATERIALIZE),
+    "demo": ("generate -> prepare -> materialize on the synthetic data and print a summary",
+             COMMON + PREPARE + GENERATE + MATERIALIZE),
+    "config": ("validate a config and print it resolved (defaults filled in)", COMMON + PREPARE),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recforge", description="RecForge: raw event logs to a served recommender.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, options) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        default = "configs/demo.yaml" if name in ("demo", "generate") else None
+        p.add_argument("--config", "-c", default=default, required=default is None,
+                       help="scenario YAML (see configs/)" + (f"; default {default}" if default else ""))
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override any config key, e.g. --set split.seed=7 (repeatable)")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+        for opt in options:
+            p.add_argument(opt.flag, dest=_dest(opt), type=opt.type, default=None, help=opt.help)
+    return parser
+
+
+def _dest(opt: Option) -> str:
+    return "opt_" + opt.flag.lstrip("-").replace("-", "_")
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """Flags become `KEY=VALUE` overrides applied after the YAML and before validation; --set comes last."""
+    out: list[str] = []
+    for opt in COMMANDS[args.command][1]:
+        value = getattr(args, _dest(opt), None)
+        if value is not None:
+            out.append(f"{opt.key}={json.dumps(value) if isinstance(value, str) else value}")
+    return out + list(args.overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        cfg = config_mod.load(args.config, overrides_from_args(args))
+        result = _run(args.command, cfg)
+    except (ConfigError, RejectFractionExceeded, FileNotFoundError) as exc:
+        print(f"recforge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        from recforge.report import render
+
+        print(render(args.command, result))
+    return 0
+
+
+def _run(command: str, cfg: config_mod.RecForgeConfig) -> dict[str, Any]:
+    from recforge import pipeline
+
+    if command == "config":
+        return cfg.model_dump(mode="json")
+    if command == "generate":
+        return pipeline.generate(cfg)
+    if command == "prepare":
+        return pipeline.prepare(cfg)
+    if command == "materialize":
+        return pipeline.materialize(cfg)
+    if command == "demo":
+        return pipeline.demo(cfg)
+    raise AssertionError(command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""The end-to-end jobs the CLI runs: generate, prepare, materialize, and the demo that chains them.
+
+This module composes the packages (feature_store now; training and serving as they arrive) and returns
+plain dicts that `recforge.report` renders for people and `--json` prints for machines.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from feature_store.config import ConfigError, SyntheticSource, dump_config
+from recforge.config import RecForgeConfig
+
+
+def generate(cfg: RecForgeConfig) -> dict[str, Any]:
+    """Write the synthetic data set of `cfg.source` under <output_dir>/raw (cached by config)."""
+    from feature_store.prepare import layout
+    from feature_store.synthetic import load_synthetic
+
+    if not isinstance(cfg.source, SyntheticSource):
+        raise ConfigError(f"source.type: `recforge generate` needs type 'synthetic', the config has "
+                          f"'{cfg.source.type}'; use `recforge prepare` to read that source")
+    t0 = time.perf_counter()
+    lay = layout(cfg)
+    raw = load_synthetic(cfg.source, lay.raw)
+    dump_config(cfg, lay.raw / "resolved_config.yaml")
+    events = raw.tables["events"]
+    clicks = events.column("click").to_numpy()
+    return {
+        "rows": {name: t.num_rows for name, t in raw.tables.items()},
+        "mean_ctr": float(clicks.mean()) if len(clicks) else None,
+        "paths": raw.paths,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def prepare(cfg: RecForgeConfig) -> dict[str, Any]:
+    from feature_store.prepare import prepare as run_prepare
+
+    return run_prepare(cfg).summary
+
+
+def materialize(cfg: RecForgeConfig) -> dict[str, Any]:
+    from feature_store.materialize import materialize_job
+
+    return materialize_job(cfg)
+
+
+def demo(cfg: RecForgeConfig) -> dict[str, Any]:
+    """generate (synthetic sources) -> prepare -> materialize; returns every stage's report."""
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"name": cfg.name, "output_dir": str(Path(cfg.output_dir))}
+    if isinstance(cfg.source, SyntheticSource):
+        out["generate"] = generate(cfg)
+    out["prepare"] = prepare(cfg)
+    out["materialize"] = materialize(cfg)
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out

@@ -1,0 +1,63 @@
+"""Human-readable summaries of what a command produced (rows, rejects, vocabularies, outputs, time)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _rows(d: dict[str, Any], indent: str = "  ") -> list[str]:
+    width = max((len(str(k)) for k in d), default=0)
+    return [f"{indent}{k!s:<{width}}  {v:,}" if isinstance(v, int) else f"{indent}{k!s:<{width}}  {v}"
+            for k, v in d.items()]
+
+
+def render_generate(r: dict[str, Any]) -> list[str]:
+    lines = ["Synthetic data", *_rows(r["rows"])]
+    if r.get("mean_ctr") is not None:
+        lines.append(f"  mean CTR  {r['mean_ctr']:.4f}")
+    lines += [f"  written in {r['seconds']:.1f}s to {next(iter(r['paths'].values()), '?').rsplit('/', 1)[0]}"]
+    return lines
+
+
+def render_prepare(r: dict[str, Any]) -> list[str]:
+    lines = ["Prepare", "  rows read (per table):", *_rows(r["rows_read"], "    ")]
+    lines.append(f"  rows rejected: {r['rows_rejected']:,}")
+    lines += _rows(r["rejected_by_reason"], "    ") if r["rejected_by_reason"] else ["    (none)"]
+    lines.append(f"  events kept: {r['events_kept']:,}")
+    split = r["split"]
+    lines.append(f"  split ({split['method']}): " + ", ".join(f"{k} {v:,}" for k, v in split["rows"].items()))
+    lines.append("  vocabulary sizes (incl. index 0 = OOV):")
+    lines += _rows(r["vocab_sizes"], "    ")
+    lines.append("  outputs:")
+    lines += _rows(r["outputs"], "    ")
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in r["stage_seconds"].items())
+    lines.append(f"  time: {r['seconds']:.1f}s ({stages})")
+    return lines
+
+
+def render_materialize(r: dict[str, Any]) -> list[str]:
+    lines = [f"Materialize -> {r['store']}"]
+    for name, v in r["entities"].items():
+        lines.append(f"  {name:<14} {v['entities']:,} entities, features: {', '.join(v['features'])}")
+    lines.append(f"  time: {r['seconds']:.1f}s")
+    return lines
+
+
+def render(command: str, result: dict[str, Any]) -> str:
+    if command == "generate":
+        return "\n".join(render_generate(result))
+    if command == "prepare":
+        return "\n".join(render_prepare(result))
+    if command == "materialize":
+        return "\n".join(render_materialize(result))
+    if command == "demo":
+        lines = [f"RecForge demo: {result['name']} -> {result['output_dir']}", ""]
+        if "generate" in result:
+            lines += [*render_generate(result["generate"]), ""]
+        lines += [*render_prepare(result["prepare"]), ""]
+        lines += [*render_materialize(result["materialize"]), ""]
+        lines.append(f"Total time: {result['seconds']:.1f}s")
+        return "\n".join(lines)
+    import yaml
+
+    return yaml.safe_dump(result, sort_keys=False)
