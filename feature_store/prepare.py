@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 
 from feature_store.config import ConfigError, FeatureStoreConfig, dump_config
 from feature_store.offline import OfflineStore, point_in_time_join
+from feature_store.profiles import UserProfiles
 from feature_store.raycluster import ensure_ray
-from feature_store.readers import read_source
 from feature_store.readers.base import RawData
 from feature_store.spec import FeatureSpec, SpecFitter
 from feature_store.split import SPLITS, SplitReport, assign_splits
@@ -87,6 +87,7 @@ class AssembledEvents:
     codes: np.ndarray
     split: SplitReport
     offline_tables: dict[str, pa.Table] = field(default_factory=dict)
+    profiles: UserProfiles | None = None
 
 
 @dataclass
@@ -170,19 +171,19 @@ def assemble_events(cfg: FeatureStoreConfig, raw: RawData) -> AssembledEvents:
         )
         offline[ent.table] = feats
 
+    profiles = None
     if cfg.profiles.enabled:
-        from feature_store.profiles import build_user_profiles
+        from feature_store.profiles import fit_user_profiles
 
         p = cfg.profiles
         if p.table not in raw.tables:
             raise ConfigError(f"profiles.table: the source has no table '{p.table}' (has: {sorted(raw.tables)})")
         items = raw.tables.get(p.category_table) if p.category_table else None
+        if p.category_table and items is None:
+            raise ConfigError(f"profiles.category_table: the source has no table '{p.category_table}'")
         train_end = _train_end_ts(events, codes, report, f.timestamp)
-        events, profile_tables = build_user_profiles(
-            events, raw.tables[p.table], items, p, train_end_ts=train_end
-        )
-        offline.update(profile_tables)
-        offline[p.table] = raw.tables[p.table]
+        profiles = fit_user_profiles(raw.tables[p.table], items, p, train_end_ts=train_end)
+        events = profiles.add_to(events, ts=f.timestamp)
 
     if f.sequence:
         from feature_store.sequences import history_sequences
@@ -199,7 +200,7 @@ def assemble_events(cfg: FeatureStoreConfig, raw: RawData) -> AssembledEvents:
         offline[HISTORY_TABLE] = events.select(keep)
 
     _check_columns(cfg, events)
-    return AssembledEvents(events, codes, report, offline)
+    return AssembledEvents(events, codes, report, offline, profiles)
 
 
 def _train_end_ts(events: pa.Table, codes: np.ndarray, report: SplitReport, ts: str) -> int:
@@ -259,6 +260,8 @@ def transform_ray(cfg: FeatureStoreConfig, spec: FeatureSpec, table: pa.Table, o
 
 
 def read_and_validate(cfg: FeatureStoreConfig) -> RawData:
+    from feature_store.readers import read_source
+
     lay = layout(cfg)
     raw = read_source(cfg.source, lay.raw)
     raw.rejects.check_fraction(raw.total_read(), cfg.prepare.max_reject_fraction)
@@ -273,6 +276,8 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
     lay.prepared.mkdir(parents=True, exist_ok=True)
     with timer.stage("read"):
         if raw is None:
+            from feature_store.readers import read_source
+
             raw = read_source(cfg.source, lay.raw)
         raw.rejects.write(lay.rejects)
         raw.rejects.check_fraction(raw.total_read(), cfg.prepare.max_reject_fraction)
@@ -291,6 +296,8 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
         store = OfflineStore(lay.offline)
         for name, t in assembled.offline_tables.items():
             store.write_table(name, t)
+        if assembled.profiles is not None:
+            save_profiles(store, assembled.profiles)
     dump_config(cfg, lay.prepared / "resolved_config.yaml")
     rejects = raw.rejects.counts_by_reason()
     summary: dict[str, Any] = {
@@ -319,6 +326,40 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
     }
     lay.summary.write_text(json.dumps(summary, indent=2))
     return PrepareResult(spec, summary, lay)
+
+
+PROFILE_META = "profiles.json"
+
+
+def save_profiles(store: OfflineStore, profiles: UserProfiles) -> None:
+    """Persist fitted profile state (snapshots, categories, IDF) so materialize/serving recompute it exactly."""
+    store.write_table("profile_rfm", profiles.rfm)
+    if profiles.affinity is not None:
+        store.write_table("profile_affinity", profiles.affinity)
+    meta = {
+        "user_key": profiles.user_key,
+        "categories": list(profiles.categories),
+        "idf": None if profiles.idf is None else [float(v) for v in profiles.idf],
+        "ttl_seconds": profiles.ttl_seconds,
+        "affinity_name": profiles.affinity_name,
+    }
+    (store.root / PROFILE_META).write_text(json.dumps(meta, indent=2))
+
+
+def load_profiles(store: OfflineStore) -> UserProfiles | None:
+    path = store.root / PROFILE_META
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text())
+    return UserProfiles(
+        meta["user_key"],
+        store.read_table("profile_rfm"),
+        store.read_table("profile_affinity") if meta["idf"] is not None else None,
+        meta["categories"],
+        None if meta["idf"] is None else np.asarray(meta["idf"], dtype=np.float64),
+        meta["ttl_seconds"],
+        meta["affinity_name"],
+    )
 
 
 def _label_mean(t: pa.Table, label: str) -> float | None:

@@ -39,4 +39,5 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ray

@@ -257,9 +257,8 @@ class FeatureSpec:
     def vocab_sizes(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for f in self.features:
-            if isinstance(f, CategoricalEntry | MultiValuedEntry | SequenceEntry):
-                out[f.name] = f.cardinality
-            elif isinstance(f, NumericEntry) and f.is_bucketized:
+            embedded = isinstance(f, CategoricalEntry | MultiValuedEntry | SequenceEntry)
+            if embedded or (isinstance(f, NumericEntry) and f.is_bucketized):
                 out[f.name] = f.cardinality
         return out
 

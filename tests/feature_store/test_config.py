@@ -76,7 +76,7 @@ def test_overrides_apply_before_validation(tmp_path: Path) -> None:
     assert cfg.source.n_users == 99
     assert cfg.prepare.ray_address == "auto"
     assert cfg.split.method == "time"
-    with pytest.raises(ConfigError, match="split.method"):
+    with pytest.raises(ConfigError, match=r"split\.method"):
         load(p, ["split.method=sideways"])
 
 

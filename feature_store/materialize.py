@@ -1,0 +1,117 @@
+"""The materialize job: the offline store's latest values per entity -> the online store.
+
+Views written (each atomically, one row per entity key):
+- one per configured entity (`entities:` in the config, e.g. 'user', 'item') with its feature columns;
+- 'user_profile': RFM inputs (last_purchase_ts, rfm_frequency, rfm_monetary, rfm_recency_days at `as_of`)
+  and the category-affinity vector, computed with the IDF and categories fitted at prepare time;
+- 'user_segment': RFM quintile scores and the named marketing segment;
+- 'user_history': the last `max_len` items per sequence feature, most recent last.
+`as_of` defaults to the end of the event log (one second after its last event).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from feature_store.config import FeatureStoreConfig, SQLiteOnlineStoreConfig
+from feature_store.offline import OfflineStore
+from feature_store.online import OnlineStore, materialize, open_online_store
+from feature_store.prepare import HISTORY_TABLE, layout, load_profiles
+
+PROFILE_VIEW = "user_profile"
+SEGMENT_VIEW = "user_segment"
+HISTORY_VIEW = "user_history"
+STATIC_TS = "_valid_from"
+
+
+def open_store(cfg: FeatureStoreConfig) -> OnlineStore:
+    """The scenario's online store (SQLite at <output_dir>/online.db unless configured otherwise)."""
+    return open_online_store(cfg.online_store, Path(cfg.output_dir) / "online.db")
+
+
+def describe_store(cfg: FeatureStoreConfig) -> str:
+    oc = cfg.online_store
+    if isinstance(oc, SQLiteOnlineStoreConfig):
+        return f"sqlite:{oc.path or Path(cfg.output_dir) / 'online.db'}"
+    return f"redis:{oc.url} (namespace {oc.namespace})"
+
+
+def _end_of_log(offline: OfflineStore, ts: str) -> int | None:
+    if HISTORY_TABLE not in offline.names():
+        return None
+    col = offline.read_table(HISTORY_TABLE).column(ts)
+    top = pc.max(col).as_py()
+    return None if top is None else int(top) + 1
+
+
+def materialize_job(cfg: FeatureStoreConfig, *, as_of: int | None = None) -> dict[str, Any]:
+    """Write every online view for `cfg`; returns counts per view for the report."""
+    t0 = time.perf_counter()
+    lay = layout(cfg)
+    offline = OfflineStore(lay.offline)
+    if not lay.offline.is_dir():
+        raise FileNotFoundError(f"{lay.offline}: no offline store; run `recforge prepare --config ...` first")
+    f = cfg.features
+    as_of = as_of if as_of is not None else _end_of_log(offline, f.timestamp)
+    views: dict[str, dict[str, Any]] = {}
+    with open_store(cfg) as store:
+        for name, ent in cfg.entities.items():
+            table = offline.read_table(ent.table)
+            ts_col = ent.timestamp
+            if ts_col is None:
+                ts_col = STATIC_TS
+                table = table.append_column(STATIC_TS, pa.array(np.zeros(table.num_rows, np.int64)))
+            rep = materialize(store, name, table, key=ent.key, ts_column=ts_col,
+                              ttl_seconds=ent.ttl_days * 86400 if ent.ttl_days else None,
+                              features=list(ent.features), as_of=as_of)
+            views[name] = {"entities": rep.entities_written, "features": list(ent.features)}
+
+        profiles = load_profiles(offline)
+        if profiles is not None and as_of is not None:
+            from feature_store.profiles import rfm_segments
+
+            latest = profiles.latest(as_of)
+            feats = [c for c in latest.column_names if c not in (profiles.user_key, "ts")]
+            rep = materialize(store, PROFILE_VIEW, latest, key=profiles.user_key, ts_column="ts",
+                              ttl_seconds=profiles.ttl_seconds, features=feats)
+            views[PROFILE_VIEW] = {"entities": rep.entities_written, "features": feats}
+            seg = rfm_segments(profiles.rfm, as_of=as_of, user_key=profiles.user_key)
+            seg = seg.append_column("ts", pa.array(np.full(seg.num_rows, as_of, np.int64)))
+            seg_feats = [c for c in seg.column_names if c not in (profiles.user_key, "ts")]
+            rep = materialize(store, SEGMENT_VIEW, seg, key=profiles.user_key, ts_column="ts", features=seg_feats)
+            views[SEGMENT_VIEW] = {"entities": rep.entities_written, "features": seg_feats}
+
+        if f.sequence and HISTORY_TABLE in offline.names():
+            views[HISTORY_VIEW] = _materialize_histories(cfg, store, offline.read_table(HISTORY_TABLE), as_of)
+    return {"store": describe_store(cfg), "as_of": as_of, "entities": views,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _materialize_histories(
+    cfg: FeatureStoreConfig, store: OnlineStore, interactions: pa.Table, as_of: int | None
+) -> dict[str, Any]:
+    from feature_store.sequences import latest_histories
+
+    f = cfg.features
+    cats = {c.name: c for c in f.categorical}
+    merged: pa.Table | None = None
+    for seq in f.sequence:
+        hist = latest_histories(interactions, user=f.user_key, item=cats[seq.source].source_column, ts=f.timestamp,
+                                max_len=seq.max_len, positive=f.label if seq.positive_only else None, as_of=as_of)
+        hist = hist.rename_columns([f.user_key, seq.name, f"{seq.name}_ts"])
+        merged = hist if merged is None else merged.join(hist, f.user_key, join_type="full outer")
+    assert merged is not None
+    ts_cols = [f"{s.name}_ts" for s in f.sequence]
+    newest = merged.column(ts_cols[0])
+    for c in ts_cols[1:]:
+        newest = pc.max_element_wise(newest, merged.column(c))
+    merged = merged.append_column("ts", newest)
+    feats = [s.name for s in f.sequence]
+    rep = materialize(store, HISTORY_VIEW, merged, key=f.user_key, ts_column="ts", features=feats)
+    return {"entities": rep.entities_written, "features": feats}

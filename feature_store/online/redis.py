@@ -1,0 +1,202 @@
+"""The Redis online store: one hash per entity row under a per-version key prefix, flipped atomically.
+
+Keys, for namespace `ns`:
+- `ns:entities` hash: entity name -> JSON of its current `EntityInfo` plus the version's `token`;
+  setting that one field is the atomic flip from the previous version to the new one;
+- `ns:r:<token>:<key text>` hash per row: field "t" = the row's timestamp (always present, so it marks that
+  the row exists), field "<i>" = JSON text of feature i (absent when the value is null);
+- `ns:pending` hash: token -> entity for writes in progress, so that the rows of a write that died halfway
+  are deleted by the entity's next write.
+
+A write pipelines HSETs under a fresh token, flips `ns:entities[entity]`, then deletes the previous token's
+rows with SCAN + UNLINK in batches. A read fetches all rows and re-reads the pointer in one MULTI/EXEC; when
+the pointer moved meanwhile (a write flipped and may have deleted the rows read), it reads again.
+One writer per entity at a time; any number of readers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from feature_store.online.base import (
+    EntityInfo,
+    Fetched,
+    OnlineStore,
+    PreparedWrite,
+    normalize_ids,
+    unknown_entity,
+)
+
+PIPELINE_ROWS = 5_000
+SCAN_COUNT = 2_000
+READ_RETRIES = 5
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+class RedisOnlineStore(OnlineStore):
+    """Online store in Redis (any server speaking the Redis protocol: Redis, Valkey, KeyDB).
+
+    Args:
+        url: e.g. "redis://127.0.0.1:6379/0".
+        namespace: prefix of every key this store owns; stores with different namespaces never meet.
+    """
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", namespace: str = "recforge") -> None:
+        import redis  # imported here so the online package works without the client where Redis is unused
+
+        if not namespace:
+            raise ValueError("online_store.namespace must be a non-empty string, e.g. 'recforge'")
+        self.url = url
+        self.namespace = namespace
+        self._redis_errors = (redis.RedisError,)
+        try:
+            self._r = redis.Redis.from_url(url, decode_responses=True)
+            self._r.ping()
+        except (redis.RedisError, ValueError) as exc:
+            raise ConnectionError(
+                f"online store: cannot reach Redis at online_store.url={url!r} ({exc}); start the server or "
+                "fix the URL (redis://HOST:PORT/DB)"
+            ) from exc
+        self._entities_key = f"{namespace}:entities"
+        self._pending_key = f"{namespace}:pending"
+
+    def __repr__(self) -> str:
+        return f"RedisOnlineStore({self.url!r}, namespace={self.namespace!r})"
+
+    def _row_prefix(self, token: str) -> str:
+        return f"{self.namespace}:r:{token}:"
+
+    def _unlink_version(self, token: str) -> None:
+        """Delete every row of one version: SCAN its prefix and UNLINK in batches."""
+        match = _glob_escape(self._row_prefix(token)) + "*"
+        batch: list[str] = []
+        for k in self._r.scan_iter(match=match, count=SCAN_COUNT):
+            batch.append(k)
+            if len(batch) >= SCAN_COUNT:
+                self._r.unlink(*batch)
+                batch = []
+        if batch:
+            self._r.unlink(*batch)
+
+    # ------------------------------------------------------------------------------------------- writes
+    def _write_prepared(self, prepared: PreparedWrite) -> None:
+        entity = prepared.info.name
+        for token, owner in self._r.hgetall(self._pending_key).items():  # rows of writes that died
+            if owner == entity:
+                self._unlink_version(token)
+                self._r.hdel(self._pending_key, token)
+        token = uuid.uuid4().hex
+        prefix = self._row_prefix(token)
+        fields = [str(i) for i in range(len(prepared.feature_columns))]
+        self._r.hset(self._pending_key, token, entity)
+        try:
+            for keys, _ts, feats in prepared.batches():
+                ts_texts = feats[prepared.ts_index]
+                pipe = self._r.pipeline(transaction=False)
+                for start in range(0, len(keys), PIPELINE_ROWS):
+                    stop = start + PIPELINE_ROWS
+                    # one HSET per row: Redis has no columnar write; fields of null values are left out
+                    for k, t, *values in zip(keys[start:stop], ts_texts[start:stop],
+                                             *(f[start:stop] for f in feats)):
+                        pairs = [x for fv in zip(fields, values) if fv[1] is not None for x in fv]
+                        pipe.execute_command("HSET", prefix + k, "t", "null" if t is None else t, *pairs)
+                    pipe.execute()
+            old = self._r.hget(self._entities_key, entity)
+            version = int(json.loads(old)["version"]) + 1 if old else 1
+            info = replace(prepared.info, version=version, written_at=time.time())
+            pointer = json.dumps({**asdict(info), "token": token}, separators=(",", ":"))
+            flip = self._r.pipeline(transaction=True)
+            flip.hset(self._entities_key, entity, pointer)
+            flip.hdel(self._pending_key, token)
+            flip.execute()
+        except BaseException:
+            try:  # best effort; if this fails too, the entity's next write removes the rows
+                self._unlink_version(token)
+                self._r.hdel(self._pending_key, token)
+            except self._redis_errors:
+                pass
+            raise
+        if old:
+            self._unlink_version(json.loads(old)["token"])
+
+    # -------------------------------------------------------------------------------------------- reads
+    def _pointer(self, entity: str) -> tuple[EntityInfo, str, str]:
+        raw = self._r.hget(self._entities_key, entity)
+        if raw is None:
+            raise unknown_entity(entity, self._r.hkeys(self._entities_key))
+        data = json.loads(raw)
+        token = data.pop("token")
+        return EntityInfo(**data), token, raw
+
+    def _fetch(self, entity: str, ids: Sequence[Any], names: Sequence[str] | None) -> Fetched:
+        info, token, raw = self._pointer(entity)
+        for _ in range(READ_RETRIES):
+            wanted = info.resolve(names)
+            index = {n: str(i) for i, n in enumerate(info.features)}
+            fields = ["t", *(index[n] for n in wanted)]
+            keys = normalize_ids(ids, info.key_type)
+            unique = pc.unique(keys.drop_null())
+            prefix = self._row_prefix(token)
+            pipe = self._r.pipeline(transaction=True)  # rows and pointer from one instant
+            for k in unique.to_pylist():
+                pipe.hmget(prefix + k, fields)
+            pipe.hget(self._entities_key, entity)
+            *rows, now_raw = pipe.execute()
+            if now_raw == raw:
+                return _align(info, wanted, keys, unique, rows)
+            if now_raw is None:
+                raise unknown_entity(entity, self._r.hkeys(self._entities_key))
+            info, token, raw = self._pointer(entity)
+        raise RuntimeError(
+            f"online entity '{entity}' changed during {READ_RETRIES} consecutive reads; writes to it are too "
+            "frequent for consistent reads"
+        )
+
+    def entities(self) -> dict[str, EntityInfo]:
+        out = {}
+        for name, raw in sorted(self._r.hgetall(self._entities_key).items()):
+            data = json.loads(raw)
+            data.pop("token")
+            out[name] = EntityInfo(**data)
+        return out
+
+    def close(self) -> None:
+        self._r.close()
+
+
+def _align(
+    info: EntityInfo, names: list[str], keys: pa.StringArray, unique: pa.Array, rows: list[list[Any]]
+) -> Fetched:
+    """Put fetched hashes (one per unique key) in the order of the requested keys: index_in + take."""
+    n = len(keys)
+    pos = pc.index_in(keys, value_set=unique)
+    if len(rows) == 0:
+        empty = np.full(n, None, dtype=object)
+        return Fetched(info, names, np.zeros(n, dtype=bool), np.full(n, np.nan), dict.fromkeys(names, empty))
+    take = pos.fill_null(0).to_numpy(zero_copy_only=False)
+    columns = list(zip(*rows))
+    t = np.empty(len(rows), dtype=object)
+    t[:] = columns[0]
+    exists = np.not_equal(t, None)
+    found = pos.is_valid().to_numpy(zero_copy_only=False) & exists[take]
+    t[~exists | (t == "null")] = "NaN"
+    ts = t.astype(np.float64)[take]
+    texts = {}
+    for name, col in zip(names, columns[1:]):
+        values = np.empty(len(col), dtype=object)
+        values[:] = col
+        texts[name] = values[take]
+    return Fetched(info, names, found, ts, texts)

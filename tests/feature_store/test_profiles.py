@@ -1,0 +1,344 @@
+"""Tests of user profiles: RFM snapshots and features, segments, category affinity TF-IDF, the config path."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from feature_store.config import ProfilesConfig
+from feature_store.profiles import (
+    SEGMENT_RULES,
+    add_category_affinity,
+    add_rfm_features,
+    build_user_profiles,
+    category_affinity_snapshots,
+    fit_idf,
+    fit_user_profiles,
+    latest_user_profiles,
+    rfm_segments,
+    rfm_snapshots,
+    segment_of,
+)
+
+DAY = 86_400
+HOUR = 3_600
+D0 = 20_000 * DAY  # a UTC midnight
+DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+
+
+def _purchases() -> pa.Table:
+    return pa.table(
+        {
+            "user_id": [1, 2, 1, 1],
+            "ts": [D0 + 10 * HOUR, D0 + DAY + 23 * HOUR, D0 + 20 * HOUR, D0 + 2 * DAY + HOUR],
+            "revenue": [10.0, 100.0, 5.0, 7.0],
+        }
+    )
+
+
+def test_rfm_snapshots_accumulate_per_user_day_and_become_valid_at_next_midnight() -> None:
+    snaps = rfm_snapshots(_purchases(), user_key="user_id")
+    assert snaps.to_pylist() == [
+        {"user_id": 1, "ts": D0 + DAY, "last_purchase_ts": D0 + 20 * HOUR, "frequency": 2, "monetary": 15.0},
+        {
+            "user_id": 1,
+            "ts": D0 + 3 * DAY,
+            "last_purchase_ts": D0 + 2 * DAY + HOUR,
+            "frequency": 3,
+            "monetary": 22.0,
+        },
+        {
+            "user_id": 2,
+            "ts": D0 + 2 * DAY,
+            "last_purchase_ts": D0 + DAY + 23 * HOUR,
+            "frequency": 1,
+            "monetary": 100.0,
+        },
+    ]
+
+
+def test_rfm_features_match_hand_computation_and_same_day_purchases_stay_invisible() -> None:
+    snaps = rfm_snapshots(_purchases(), user_key="user_id")
+    events = pa.table(
+        {
+            "user_id": [1, 1, 1, 1, 2, 3, 2],
+            "ts": [
+                D0 + 21 * HOUR,
+                D0 + DAY,
+                D0 + 2 * DAY + 5 * HOUR,
+                D0 + 3 * DAY + 12 * HOUR,
+                D0 + DAY + 23 * HOUR + 1,
+                D0 + 5 * DAY,
+                D0 + 10 * DAY,
+            ],
+        }
+    )
+    out = add_rfm_features(events, snaps, user_key="user_id")
+    assert out.schema.field("rfm_recency_days").type == pa.float32()
+    expected_recency = [None, 4 / 24, 33 / 24, 35 / 24, None, None, (8 * 24 + 1) / 24]
+    got = out.column("rfm_recency_days").to_pylist()
+    assert [g is None for g in got] == [e is None for e in expected_recency]
+    assert np.allclose([g for g in got if g is not None], [e for e in expected_recency if e is not None])
+    assert out.column("rfm_frequency").to_pylist() == [None, 2, 2, 3, None, None, 1]
+    assert out.column("rfm_monetary").to_pylist() == [None, 15, 15, 22, None, None, 100]
+    with_ttl = add_rfm_features(events, snaps, user_key="user_id", ttl_seconds=DAY)
+    # TTL 1 day counts from the snapshot time (the next midnight): D0+2d+5h is 29 h after D0+1d
+    assert with_ttl.column("rfm_frequency").to_pylist() == [None, 2, None, 3, None, None, None]
+
+
+def test_rfm_features_with_string_user_keys_keep_event_order() -> None:
+    purchases = pa.table({"user_id": ["b", "a"], "ts": [D0, D0], "revenue": [1.0, 2.0]})
+    events = pa.table({"user_id": ["a", None, "b", "c"], "ts": [D0 + DAY] * 4})
+    out = add_rfm_features(events, rfm_snapshots(purchases, user_key="user_id"), user_key="user_id")
+    assert out.column("user_id").to_pylist() == ["a", None, "b", "c"]
+    assert out.column("rfm_monetary").to_pylist() == [2.0, None, 1.0, None]
+
+
+def test_rfm_features_refuse_to_overwrite_an_event_column() -> None:
+    events = pa.table({"user_id": [1], "ts": [D0], "rfm_frequency": [3.0]})
+    with pytest.raises(ValueError, match=r"\['rfm_frequency'\]"):
+        add_rfm_features(events, rfm_snapshots(_purchases(), user_key="user_id"), user_key="user_id")
+
+
+def test_rfm_segments_score_quintiles_and_apply_the_rule_table() -> None:
+    as_of = 1_000 * DAY
+    rows = [  # user, last purchase days before as_of, frequency, monetary
+        ("A", 1, 9, 900.0),
+        ("B", 2, 1, 100.0),
+        ("C", 3, 7, 700.0),
+        ("D", 40, 5, 500.0),
+        ("E", 10, 3, 300.0),
+    ]
+    snaps = pa.table(
+        {
+            "user": [r[0] for r in rows] + ["A", "D"],
+            "ts": [as_of - r[1] * DAY + DAY for r in rows] + [as_of - 50 * DAY, as_of + DAY],
+            "last_purchase_ts": [as_of - r[1] * DAY for r in rows] + [as_of - 51 * DAY, as_of],
+            "frequency": [r[2] for r in rows] + [1, 99],
+            "monetary": [r[3] for r in rows] + [1.0, 9_999.0],
+        }
+    )
+    seg = {r["user"]: r for r in rfm_segments(snaps, as_of=as_of, user_key="user").to_pylist()}
+    assert sorted(seg) == ["A", "B", "C", "D", "E"]
+    assert [(seg[u]["r_score"], seg[u]["f_score"], seg[u]["m_score"]) for u in "ABCDE"] == [
+        (5, 5, 5),
+        (4, 1, 1),
+        (3, 4, 4),
+        (1, 3, 3),
+        (2, 2, 2),
+    ]
+    assert [seg[u]["segment"] for u in "ABCDE"] == ["champions", "new", "loyal", "at_risk", "hibernating"]
+    assert seg["D"]["recency_days"] == 40.0 and seg["D"]["frequency"] == 5
+
+
+def test_rfm_scores_give_ties_the_same_lower_quintile() -> None:
+    snaps = pa.table(
+        {
+            "user": [1, 2, 3, 4],
+            "ts": [DAY] * 4,
+            "last_purchase_ts": [0] * 4,
+            "frequency": [1, 1, 1, 5],
+            "monetary": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    seg = rfm_segments(snaps, as_of=DAY, user_key="user")
+    assert seg.column("f_score").to_pylist() == [1, 1, 1, 4]
+    assert seg.column("r_score").to_pylist() == [1, 1, 1, 1]
+    assert seg.column("m_score").to_pylist() == [1, 2, 3, 4]
+
+
+def test_segment_rule_table_covers_every_score_combination_in_order() -> None:
+    combos = np.array(list(itertools.product(range(1, 6), repeat=3)))
+    names = segment_of(combos[:, 0], combos[:, 1], combos[:, 2])
+    assert "unscored" not in set(names)
+    assert set(names) == {rule[0] for rule in SEGMENT_RULES}
+    spot = {
+        (5, 5, 3): "loyal",
+        (5, 1, 5): "new",
+        (3, 2, 1): "potential",
+        (4, 2, 2): "potential",
+        (2, 5, 5): "at_risk",
+        (2, 1, 1): "hibernating",
+        (1, 2, 5): "lost",
+        (4, 4, 4): "champions",
+    }
+    for (r, f, m), name in spot.items():
+        assert segment_of(np.array([r]), np.array([f]), np.array([m]))[0] == name
+
+
+def _interactions() -> pa.Table:
+    return pa.table(
+        {
+            "user": [1, 1, 2, 1, 1, 3, 1],
+            "cat": ["a", "b", "a", "a", "c", "b", None],
+            "ts": [
+                D0 + HOUR,
+                D0 + 2 * HOUR,
+                D0 + 3 * HOUR,
+                D0 + 4 * HOUR,
+                D0 + DAY + HOUR,
+                D0 + 2 * DAY,
+                D0 + 5 * HOUR,
+            ],
+        }
+    )
+
+
+def test_category_affinity_snapshots_hold_cumulative_counts_per_day() -> None:
+    snaps, cats = category_affinity_snapshots(_interactions(), user_key="user", category="cat")
+    assert cats == ["a", "b", "c"]
+    assert snaps.schema.field("category_counts").type == pa.list_(pa.float32(), 3)
+    assert snaps.to_pylist() == [
+        {"user": 1, "ts": D0 + DAY, "category_counts": [2.0, 1.0, 0.0]},
+        {"user": 1, "ts": D0 + 2 * DAY, "category_counts": [2.0, 1.0, 1.0]},
+        {"user": 2, "ts": D0 + DAY, "category_counts": [1.0, 0.0, 0.0]},
+        {"user": 3, "ts": D0 + 3 * DAY, "category_counts": [0.0, 1.0, 0.0]},
+    ]
+
+
+def test_integer_categories_sort_numerically_and_a_given_list_fixes_width_and_order() -> None:
+    table = pa.table({"user": [1, 1, 1], "cat": [10, 2, 7], "ts": [0, 0, 0]})
+    snaps, cats = category_affinity_snapshots(table, user_key="user", category="cat")
+    assert cats == ["2", "7", "10"]
+    snaps, cats = category_affinity_snapshots(table, user_key="user", category="cat", categories=["10", "99"])
+    assert cats == ["10", "99"]
+    assert snaps.column("category_counts").to_pylist() == [[1.0, 0.0]]
+
+
+def test_affinity_weights_equal_hand_computed_tfidf_and_zeros_without_history() -> None:
+    snaps, _ = category_affinity_snapshots(_interactions(), user_key="user", category="cat")
+    idf = fit_idf(snaps, D0 + 2 * DAY)
+    # users seen by D0+2d: 1 -> [2,1,1], 2 -> [1,0,0]; N=2, df=[2,1,1]
+    idf_b = math.log(3 / 2) + 1
+    assert np.allclose(idf, [1.0, idf_b, idf_b])
+    events = pa.table(
+        {"user": [1, 2, 4, 1], "ts": [D0 + DAY + 5 * HOUR, D0 + HOUR, D0 + 9 * DAY, D0 + 3 * DAY]}
+    )
+    out = add_category_affinity(events, snaps, idf, user_key="user")
+    got = np.array(out.column("cat_affinity").to_pylist(), dtype=np.float64)
+    w0 = np.array([2 / 3, 1 / 3 * idf_b, 0.0])
+    w3 = np.array([2 / 4, 1 / 4 * idf_b, 1 / 4 * idf_b])
+    assert np.allclose(got[0], w0 / np.linalg.norm(w0), atol=1e-6)
+    assert np.allclose(got[1], 0.0) and np.allclose(got[2], 0.0)
+    assert np.allclose(got[3], w3 / np.linalg.norm(w3), atol=1e-6)
+    assert out.schema.field("cat_affinity").type == pa.list_(pa.float32(), 3)
+
+
+def test_fit_idf_on_a_count_matrix_and_width_mismatch_is_an_error() -> None:
+    idf = fit_idf(np.array([[1, 0], [3, 0], [0, 2]]))
+    assert np.allclose(idf, [math.log(4 / 3) + 1, math.log(4 / 2) + 1])
+    snaps, _ = category_affinity_snapshots(_interactions(), user_key="user", category="cat")
+    with pytest.raises(ValueError, match="idf has 2 values"):
+        add_category_affinity(pa.table({"user": [1], "ts": [0]}), snaps, idf, user_key="user")
+
+
+def _marketplace() -> tuple[pa.Table, pa.Table, pa.Table]:
+    purchases = pa.table(
+        {
+            "user_id": [1, 1, 2, 3, 2],
+            "item_id": ["x", "y", "x", "z", "z"],
+            "ts": [D0 + HOUR, D0 + DAY + HOUR, D0 + 2 * HOUR, D0 + 5 * DAY, D0 + 6 * DAY],
+            "revenue": [3.0, 4.0, 5.0, 6.0, 7.0],
+        }
+    )
+    items = pa.table(  # price history: two rows for x, the newest category wins
+        {
+            "item_id": ["x", "y", "z", "x"],
+            "ts": [0, 0, 0, 10],
+            "category": ["old", "toys", "books", "games"],
+            "price": [1.0, 2.0, 3.0, 1.5],
+        }
+    )
+    events = pa.table(
+        {
+            "user_id": [2, 1, 3, 1],
+            "item_id": ["y", "x", "x", "z"],
+            "ts": [D0 + DAY, D0 + 3 * DAY, D0 + 4 * DAY, D0 + 7 * DAY],
+        }
+    )
+    return events, purchases, items
+
+
+def test_build_user_profiles_fits_categories_and_idf_before_train_end_only() -> None:
+    events, purchases, items = _marketplace()
+    cfg = ProfilesConfig(enabled=True)
+    train_end = D0 + 3 * DAY
+    model = fit_user_profiles(purchases, items, cfg, train_end_ts=train_end)
+    assert model.categories == ["games", "toys"]  # 'books' is bought after train_end only
+    # users with snapshots by train_end: 1 -> games 1, toys 1; 2 -> games 1. N=2, df=[2,1]
+    assert np.allclose(model.idf, [1.0, math.log(3 / 2) + 1])
+    out = build_user_profiles(events, purchases, items, cfg, train_end_ts=train_end)
+    assert out.column_names == [
+        "user_id",
+        "item_id",
+        "ts",
+        "rfm_recency_days",
+        "rfm_frequency",
+        "rfm_monetary",
+        "cat_affinity",
+    ]
+    assert out.column("rfm_frequency").to_pylist() == [1, 2, None, 2]
+    aff = np.array(out.column("cat_affinity").to_pylist())
+    assert np.allclose(aff[0], [1.0, 0.0]) and np.allclose(aff[2], [0.0, 0.0])
+    top1 = fit_user_profiles(purchases, items, ProfilesConfig(n_categories=1), train_end_ts=train_end)
+    assert top1.categories == ["games"]
+
+
+def test_latest_user_profiles_equal_the_offline_features_at_the_same_time() -> None:
+    _, purchases, items = _marketplace()
+    cfg = ProfilesConfig(enabled=True)
+    as_of = D0 + 6 * DAY
+    latest = latest_user_profiles(purchases, items, cfg, train_end_ts=D0 + 3 * DAY, as_of=as_of)
+    assert latest.column("user_id").to_pylist() == [1, 2, 3]
+    model = fit_user_profiles(purchases, items, cfg, train_end_ts=D0 + 3 * DAY)
+    offline = model.add_to(pa.table({"user_id": [1, 2, 3], "ts": [as_of] * 3}))
+    for name in ("rfm_recency_days", "rfm_frequency", "rfm_monetary", "cat_affinity"):
+        assert latest.column(name).to_pylist() == offline.column(name).to_pylist()
+    assert latest.column("rfm_frequency").to_pylist() == [2, 1, 1]  # user 2's day-6 purchase is not visible
+
+
+def test_profiles_without_a_category_source_name_the_missing_column() -> None:
+    _, purchases, _ = _marketplace()
+    with pytest.raises(ValueError, match=r"profiles\.category 'category'"):
+        fit_user_profiles(purchases, None, ProfilesConfig(), train_end_ts=D0)
+    model = fit_user_profiles(purchases, None, ProfilesConfig(category=None), train_end_ts=D0)
+    assert model.affinity is None
+
+
+def test_rfm_on_cdnow_matches_a_pandas_groupby_of_purchases_before_the_cutoff() -> None:
+    path = DATASETS / "cdnow" / "CDNOW_master.txt"
+    if not path.is_file():
+        pytest.skip(f"CDNOW data set not found at {path} (../shared/datasets is absent in a fresh clone)")
+    df = pd.read_csv(path, sep=r"\s+", dtype={"customer_id": str, "date": str})
+    df["ts"] = (pd.to_datetime(df["date"], format="%Y%m%d") - pd.Timestamp("1970-01-01")) // pd.Timedelta(
+        "1s"
+    )
+    purchases = pa.table(
+        {
+            "user": df["customer_id"].to_numpy(dtype=object),
+            "ts": df["ts"].to_numpy(np.int64),
+            "revenue": df["dollar_value"].to_numpy(float),
+        }
+    )
+    as_of = int((pd.Timestamp("1997-07-01") - pd.Timestamp("1970-01-01")) // pd.Timedelta("1s"))
+    before = (
+        df[df["ts"] < as_of]
+        .groupby("customer_id")
+        .agg(n=("ts", "size"), m=("dollar_value", "sum"), last=("ts", "max"))
+    )
+    users = before.index.to_numpy(dtype=object)[::50]
+    events = pa.table({"user": users, "ts": np.full(len(users), as_of + 7 * HOUR)})
+    out = add_rfm_features(events, rfm_snapshots(purchases, user_key="user"), user_key="user")
+    ref = before.loc[users]
+    assert out.column("rfm_frequency").to_pylist() == ref["n"].astype(float).tolist()
+    assert np.allclose(out.column("rfm_monetary").to_numpy(), ref["m"].to_numpy(), rtol=1e-5)
+    recency = (as_of + 7 * HOUR - ref["last"].to_numpy()) / DAY
+    assert np.allclose(out.column("rfm_recency_days").to_numpy(), recency, rtol=1e-6)
+    seg = rfm_segments(rfm_snapshots(purchases, user_key="user"), as_of=as_of, user_key="user")
+    assert seg.num_rows == len(before)
