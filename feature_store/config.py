@@ -192,7 +192,7 @@ class VectorFeature(StrictModel):
 
     name: str
     column: str | None = None
-    dim: int = Field(gt=0)
+    dim: int | None = Field(None, gt=0, description="vector width; None = taken from the train data")
 
     @property
     def source_column(self) -> str:

@@ -233,7 +233,7 @@ def fit_spec_ray(cfg: FeatureStoreConfig, train: pa.Table) -> FeatureSpec:
 
 def _fit_columns(cfg: FeatureStoreConfig, table: pa.Table) -> list[str]:
     f = cfg.features
-    cols = [c.source_column for c in (*f.categorical, *f.numeric, *f.multi_valued)]
+    cols = [c.source_column for c in (*f.categorical, *f.numeric, *f.multi_valued, *f.vector)]
     return [c for c in dict.fromkeys(cols) if c in table.column_names]
 
 

@@ -482,6 +482,10 @@ class SpecFitter:
         for f in self.cfg.multi_valued:
             lists = _as_list(_column(batch, f.source_column, f.name), f.separator)
             out["counts"][f.name] = _value_counts(pc.list_flatten(pc.list_slice(lists, 0, f.max_len)))
+        for f in self.cfg.vector:
+            col = _column(batch, f.source_column, f.name)
+            widths = pc.drop_null(pc.list_value_length(col)) if not pa.types.is_null(col.type) else pa.array([])
+            out["widths"] = out.get("widths", {}) | {f.name: pc.unique(widths).to_pylist()}
         for f in self.cfg.numeric:
             x = _to_float(_column(batch, f.source_column, f.name))
             x = x[~np.isnan(x)]
@@ -538,7 +542,14 @@ class SpecFitter:
             source = cat_by_name[f.source]
             entries.append(SequenceEntry(f.name, f.name, f.source, f.max_len, source.cardinality))
         for f in cfg.vector:
-            entries.append(VectorEntry(f.name, f.source_column, f.dim))
+            widths = sorted({w for p in partials for w in p.get("widths", {}).get(f.name, [])})
+            if len(widths) > 1 or (f.dim is not None and widths and widths != [f.dim]):
+                raise SpecError(f"vector feature '{f.name}': train rows have widths {widths}, "
+                                f"config features.vector dim is {f.dim}; make them agree (or set dim: null)")
+            dim = f.dim if f.dim is not None else (widths[0] if widths else None)
+            if dim is None:
+                raise SpecError(f"vector feature '{f.name}': no train value to infer its width; set its dim")
+            entries.append(VectorEntry(f.name, f.source_column, dim))
         order = {f.name: i for i, f in enumerate(x for g in cfg.feature_groups() for x in g)}
         entries.sort(key=lambda e: order[e.name])
         return FeatureSpec(

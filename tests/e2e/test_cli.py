@@ -1,0 +1,70 @@
+"""The `recforge` CLI: the demo runs end to end in a fresh process; bad configs fail with exit 2 and a clear message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recforge.cli import main
+from tests.conftest import ROOT
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "recforge.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_demo_prints_rows_rejects_vocabularies_outputs_and_time(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    res = run_cli("demo", "--output-dir", str(out), "--impressions", "30000", "--users", "1000", "--items", "300",
+                  "--set", "source.n_categories=6", "--num-cpus", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    text = res.stdout
+    for needle in ("events     30,000", "rows rejected: 0", "vocabulary sizes", "user_id", "split (time)",
+                   "Materialize -> sqlite:", "user_history", "Total time:"):
+        assert needle in text, f"{needle!r} missing from demo output:\n{text}"
+    assert (out / "prepared" / "spec" / "feature_spec.json").is_file()
+    assert (out / "online.db").is_file()
+    resolved = yaml.safe_load((out / "prepared" / "resolved_config.yaml").read_text())
+    assert resolved["source"]["n_impressions"] == 30000 and resolved["prepare"]["num_cpus"] == 2
+
+
+def test_unknown_config_key_exits_2_naming_file_line_and_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = tmp_path / "bad.yaml"
+    text = (ROOT / "configs" / "demo.yaml").read_text().replace("  n_users: 20000", "  n_users: 20000\n  n_usres: 5")
+    cfg.write_text(text)
+    line = text.splitlines().index("  n_usres: 5") + 1
+    assert main(["config", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}:{line}: source.n_usres: unknown key" in err
+
+
+def test_wrong_type_from_a_flag_is_reported(capsys: pytest.CaptureFixture) -> None:
+    assert main(["config", "--config", str(ROOT / "configs" / "demo.yaml"), "--set", "split.valid_fraction=lots"]) == 2
+    assert "split.valid_fraction" in capsys.readouterr().err
+
+
+def test_missing_data_path_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = main(["prepare", "--config", str(ROOT / "configs" / "movielens.yaml"), "--output-dir", str(tmp_path),
+               "--set", "source.path=/nonexistent/ml-100k"])
+    assert rc == 2
+    assert "source.path" in capsys.readouterr().err
+
+
+def test_generate_refuses_a_non_synthetic_source(capsys: pytest.CaptureFixture) -> None:
+    assert main(["generate", "--config", str(ROOT / "configs" / "retail.yaml")]) == 2
+    assert "needs type 'synthetic'" in capsys.readouterr().err
+
+
+def test_flags_override_the_config_and_reach_the_resolved_config(capsys: pytest.CaptureFixture) -> None:
+    assert main(["config", "--config", str(ROOT / "configs" / "demo.yaml"), "--seed", "5", "--ray-address", "auto",
+                 "--json"]) == 0
+    import json
+
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["seed"] == 5 and doc["prepare"]["ray_address"] == "auto"
