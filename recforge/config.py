@@ -9,11 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from pydantic import Field
+
 from feature_store.config import FeatureStoreConfig, load_config
+from training.config import TrainConfig
 
 
 class RecForgeConfig(FeatureStoreConfig):
-    """A scenario: data source, features, split, stores (and, in later stages, training and serving)."""
+    """A scenario: data source, features, split, stores, training (and, in later stages, serving)."""
+
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def load(path: str | Path | None, overrides: Iterable[str] = ()) -> RecForgeConfig:

@@ -1,0 +1,282 @@
+"""Columnar batch loading: prepared Parquet -> contiguous tensors -> batches sliced by a seeded permutation.
+
+- `table_to_tensors` turns a transformed Arrow table (the output of `FeatureSpec.transform`) into the batch dict
+  described in `training.features` with numpy/Arrow buffer operations only; serving calls it too.
+- `InMemoryBatches` holds a whole split as contiguous tensors (on the host, optionally pinned, or resident on the
+  GPU) and yields batches as `index_select` gathers of a per-epoch seeded permutation: no per-row __getitem__.
+- `StreamingBatches` reads row groups in order for data larger than memory, mixing them through a shuffle buffer.
+- `CTRDataModule` is the Lightning DataModule over `<output_dir>/prepared/{train,valid,test}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from feature_store.spec import FeatureSpec
+from training.features import (
+    DENSE,
+    GROUP,
+    LABEL,
+    SPARSE,
+    FeatureLayout,
+    bag_key,
+    bag_len_key,
+    seq_key,
+    seq_len_key,
+)
+
+log = logging.getLogger("recforge.data")
+
+Batch = dict[str, Tensor]
+
+
+def _np(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _padded(col: pa.ChunkedArray | pa.Array, max_len: int, keep_last: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A list<int64> column as (N x max_len right-padded ids, N lengths), vectorised over the offsets."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    if arr.null_count:
+        arr = pa.compute.fill_null(arr, pa.scalar([], arr.type))
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.values.to_numpy(zero_copy_only=False)[offsets[0]: offsets[-1]]
+    offsets = offsets - offsets[0]
+    raw_len = np.diff(offsets)
+    lengths = np.minimum(raw_len, max_len)
+    out = np.zeros((n, max_len), dtype=np.int64)
+    if len(values):
+        rows = np.repeat(np.arange(n), raw_len)
+        pos = np.arange(len(values)) - offsets[:-1][rows]
+        if keep_last:
+            pos = pos - (raw_len - lengths)[rows]
+        keep = (pos >= 0) & (pos < max_len)
+        out[rows[keep], pos[keep]] = values[keep]
+    return out, lengths.astype(np.int64)
+
+
+def table_to_tensors(table: pa.Table, layout: FeatureLayout) -> Batch:
+    """A transformed table (spec output) -> batch dict of contiguous CPU tensors."""
+    n = table.num_rows
+    out: Batch = {}
+    if layout.sparse:
+        out[SPARSE] = torch.from_numpy(
+            np.stack([_np(table.column(f.name)).astype(np.int64) for f in layout.sparse], axis=1)
+        )
+    else:
+        out[SPARSE] = torch.zeros((n, 0), dtype=torch.int64)
+    dense_parts = [_np(table.column(name)).astype(np.float32)[:, None] for name in layout.dense_names]
+    for name, dim in layout.vector_dims.items():
+        col = table.column(name).combine_chunks()
+        flat = col.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        start = col.offsets[0].as_py()
+        dense_parts.append(flat[start: start + n * dim].reshape(n, dim))
+    out[DENSE] = torch.from_numpy(np.concatenate(dense_parts, axis=1) if dense_parts else np.zeros((n, 0), np.float32))
+    for f in layout.bags:
+        ids, lens = _padded(table.column(f.name), f.max_len, keep_last=False)
+        out[bag_key(f.name)] = torch.from_numpy(ids)
+        out[bag_len_key(f.name)] = torch.from_numpy(lens)
+    for s in layout.sequences:
+        ids, lens = _padded(table.column(s.name), s.max_len, keep_last=True)
+        out[seq_key(s.name)] = torch.from_numpy(ids)
+        out[seq_len_key(s.name)] = torch.from_numpy(lens)
+    if LABEL in table.column_names:
+        out[LABEL] = torch.from_numpy(_np(table.column(LABEL)).astype(np.float32))
+    if layout.user_field is not None:
+        out[GROUP] = out[SPARSE][:, layout.index_of(layout.user_field)].clone()
+    return out
+
+
+def shard_files(directory: str | Path) -> list[Path]:
+    d = Path(directory)
+    files = sorted(d.glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{d}: no prepared Parquet shards; run `recforge prepare --config ...` first")
+    return files
+
+
+def load_split(directory: str | Path, layout: FeatureLayout) -> Batch:
+    """A whole prepared split as contiguous tensors."""
+    files = shard_files(directory)
+    table = pa.concat_tables(pq.read_table(f) for f in files)
+    return table_to_tensors(table, layout)
+
+
+def _num_rows(tensors: Batch) -> int:
+    return int(next(iter(tensors.values())).shape[0])
+
+
+def _gather(tensors: Batch, idx: Tensor) -> Batch:
+    return {k: v.index_select(0, idx) for k, v in tensors.items()}
+
+
+class InMemoryBatches:
+    """Batches of a split held in memory: seeded permutation per epoch, contiguous gathers.
+
+    With `device` set (e.g. cuda) the tensors are moved there once (GPU-resident mode) and batches are sliced on
+    the device; otherwise they stay on the host, pinned when `pin_memory` so copies can be non-blocking.
+    """
+
+    def __init__(self, tensors: Batch, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False,
+                 device: torch.device | str | None = None, pin_memory: bool = False) -> None:
+        if device is not None:
+            tensors = {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
+        elif pin_memory and torch.cuda.is_available():
+            tensors = {k: v.pin_memory() for k, v in tensors.items()}
+        self.tensors = tensors
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.n = _num_rows(tensors)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (0 if self.drop_last or rest == 0 else 1)
+
+    def __iter__(self) -> Iterator[Batch]:
+        dev = next(iter(self.tensors.values())).device
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).to(dev)
+        else:
+            order = None
+        self.epoch += 1
+        for b in range(len(self)):
+            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.n)
+            if order is None:
+                yield {k: v[lo:hi] for k, v in self.tensors.items()}
+            else:
+                yield _gather(self.tensors, order[lo:hi])
+
+
+class StreamingBatches:
+    """Row groups read in file order through a shuffle buffer; memory ~ buffer_rows, not the split size."""
+
+    def __init__(self, directory: str | Path, layout: FeatureLayout, batch_size: int, *, shuffle: bool,
+                 buffer_rows: int = 262_144, seed: int = 0, drop_last: bool = False) -> None:
+        self.files = shard_files(directory)
+        self.layout = layout
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.buffer_rows = max(buffer_rows, batch_size)
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.n = sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (0 if self.drop_last or rest == 0 else 1)
+
+    def _row_groups(self) -> Iterator[pa.Table]:
+        for f in self.files:
+            pf = pq.ParquetFile(f)
+            for i in range(pf.num_row_groups):
+                yield pf.read_row_group(i)
+
+    def __iter__(self) -> Iterator[Batch]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        buffer: Batch | None = None
+        for rg in self._row_groups():
+            part = table_to_tensors(rg, self.layout)
+            buffer = part if buffer is None else {k: torch.cat([buffer[k], part[k]]) for k in part}
+            while _num_rows(buffer) >= self.buffer_rows:
+                buffer = yield from self._drain(buffer, g, keep=self.buffer_rows // 2)
+        if buffer is not None:
+            rest = yield from self._drain(buffer, g, keep=0)
+            if rest is not None and _num_rows(rest) and not self.drop_last:
+                yield rest
+
+    def _drain(self, buffer: Batch, g: torch.Generator, keep: int) -> Iterator[Batch]:
+        n = _num_rows(buffer)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        emit = ((n - keep) // self.batch_size) * self.batch_size
+        for lo in range(0, emit, self.batch_size):
+            yield _gather(buffer, order[lo: lo + self.batch_size])
+        return _gather(buffer, order[emit:])
+
+
+class CTRDataModule(pl.LightningDataModule):
+    """Lightning DataModule over `<output_dir>/prepared`; `setup` loads the splits, `__init__` only stores."""
+
+    def __init__(self, prepared_dir: str | Path, *, batch_size: int = 4096, eval_batch_size: int | None = None,
+                 seed: int = 0, streaming: bool = False, buffer_rows: int = 262_144,
+                 gpu_resident: bool | None = None, splits: Sequence[str] = ("train", "valid", "test")) -> None:
+        super().__init__()
+        self.prepared_dir = Path(prepared_dir)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size * 4
+        self.seed = seed
+        self.streaming = streaming
+        self.buffer_rows = buffer_rows
+        self.gpu_resident = gpu_resident
+        self.splits = tuple(splits)
+        self.spec: FeatureSpec | None = None
+        self.layout: FeatureLayout | None = None
+        self.tensors: dict[str, Batch] = {}
+
+    def prepare_spec(self) -> FeatureLayout:
+        if self.layout is None:
+            self.spec = FeatureSpec.load(self.prepared_dir / "spec")
+            self.layout = FeatureLayout.from_spec(self.spec)
+        return self.layout
+
+    def setup(self, stage: str | None = None) -> None:
+        layout = self.prepare_spec()
+        for split in self.splits:
+            if split in self.tensors or (self.streaming and split == "train"):
+                continue
+            self.tensors[split] = load_split(self.prepared_dir / split, layout)
+            log.info("loaded %s: %d rows", split, _num_rows(self.tensors[split]))
+
+    def _device(self) -> torch.device | None:
+        trainer = getattr(self, "trainer", None)
+        resident = self.gpu_resident
+        if trainer is None or not torch.cuda.is_available():
+            return None
+        root = trainer.strategy.root_device
+        if root.type != "cuda":
+            return None
+        if resident is None:  # auto: resident when the split uses < 40% of free GPU memory
+            free, _ = torch.cuda.mem_get_info(root)
+            size = sum(t.numel() * t.element_size() for t in self.tensors.get("train", {}).values())
+            resident = size < 0.4 * free
+        return root if resident else None
+
+    def _batches(self, split: str, train: bool) -> Any:
+        if train and self.streaming:
+            return StreamingBatches(self.prepared_dir / split, self.prepare_spec(), self.batch_size, shuffle=True,
+                                    buffer_rows=self.buffer_rows, seed=self.seed)
+        return InMemoryBatches(self.tensors[split], self.batch_size if train else self.eval_batch_size,
+                               shuffle=train, seed=self.seed, device=self._device(),
+                               pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> Any:
+        return self._batches("train", train=True)
+
+    def val_dataloader(self) -> Any:
+        return self._batches("valid", train=False)
+
+    def test_dataloader(self) -> Any:
+        return self._batches("test", train=False)

@@ -1,0 +1,622 @@
+"""The one home of RecForge's metrics: CTR (AUC, gAUC, logloss, calibration), retrieval ranking, and plots.
+
+Everything is columnar: one sort, then segment reductions (`np.add.reduceat`, `np.cumsum`); no Python loop
+over rows, groups or users. Inputs are numpy arrays or torch tensors (via `.detach().cpu().numpy()`);
+outputs are Python floats, small frozen dataclasses or matplotlib Figures. Counting is done in int64, so AUC
+and gAUC are exact (ties get average ranks, i.e. a tied positive/negative pair counts one half).
+
+Conventions:
+- labels are binary (0/1, any numeric or bool dtype); probabilities must lie in [0, 1];
+- a metric that is undefined on its input (AUC with one class, calibration with no positive) is NaN,
+  never an exception; malformed input (length mismatch, NaN scores, non-binary labels) raises `ValueError`
+  naming the argument, the first offending index and what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+ArrayLike = Any  # np.ndarray | torch.Tensor | Sequence[float]
+Strategy = Literal["uniform", "quantile"]
+RelevantLike = Any  # list[np.ndarray] | tuple[indptr, indices] | scipy.sparse.csr_matrix
+
+__all__ = [
+    "GAUCResult",
+    "ReliabilityCurve",
+    "auc",
+    "calibration",
+    "ctr_metrics",
+    "expected_calibration_error",
+    "gauc",
+    "logloss",
+    "plot_loss_curves",
+    "plot_reliability",
+    "plot_roc",
+    "ranking_metrics",
+    "reliability_curve",
+    "roc_curve",
+]
+
+
+# ---------------------------------------------------------------------------------------- input checks
+def _to_numpy(x: ArrayLike, name: str, fn: str) -> np.ndarray:
+    """A 1-D numpy view of `x` (numpy, torch tensor on any device, or sequence); B x 1 is flattened."""
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch
+        t = x.detach()
+        if t.is_floating_point() and t.element_size() < 4:  # bf16 has no numpy dtype
+            t = t.float()
+        x = t.cpu().numpy()
+    arr = np.asarray(x)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"{fn}: '{name}' must be 1-D (or B x 1), got shape {arr.shape}; flatten it first")
+    return arr
+
+
+def _first_bad(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _labels(x: ArrayLike, fn: str) -> np.ndarray:
+    """Binary labels as int64 0/1; raises naming the first value that is neither 0 nor 1."""
+    y = _to_numpy(x, "labels", fn)
+    if y.dtype == np.bool_:
+        return y.astype(np.int64)
+    if not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"{fn}: 'labels' must be numeric 0/1, got dtype {y.dtype}")
+    bad = (y != 0) & (y != 1)
+    if bad.any():
+        i = _first_bad(bad)
+        raise ValueError(
+            f"{fn}: 'labels' must be 0/1 (click or not); found {y[i]!r} at index {i} "
+            f"({int(bad.sum())} such values); binarize the labels before evaluating"
+        )
+    return y.astype(np.int64)
+
+
+def _scores(x: ArrayLike, name: str, fn: str, n: int, *, unit: bool = False) -> np.ndarray:
+    """Finite float scores of length n; with `unit`, also within [0, 1] (probabilities)."""
+    s = _to_numpy(x, name, fn)
+    if s.shape[0] != n:
+        raise ValueError(f"{fn}: 'labels' has {n} rows but '{name}' has {s.shape[0]}; pass aligned arrays")
+    if not np.issubdtype(s.dtype, np.number) or np.issubdtype(s.dtype, np.complexfloating):
+        raise ValueError(f"{fn}: '{name}' must be real numbers, got dtype {s.dtype}")
+    if np.issubdtype(s.dtype, np.floating):
+        bad = ~np.isfinite(s)
+        if bad.any():
+            i = _first_bad(bad)
+            raise ValueError(
+                f"{fn}: '{name}' has {int(bad.sum())} NaN/inf values (first {s[i]!r} at index {i}); "
+                "the model output diverged or the batch was not filled: fix it before evaluating"
+            )
+    if unit:
+        bad = (s < 0) | (s > 1)
+        if bad.any():
+            i = _first_bad(bad)
+            raise ValueError(
+                f"{fn}: '{name}' must be probabilities in [0, 1]; found {s[i]!r} at index {i} "
+                f"({int(bad.sum())} such values); pass sigmoid(logits), not logits"
+            )
+    return s
+
+
+# ---------------------------------------------------------------------------------------- AUC core
+def _dense_ranks(s: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense rank (0-based, ties share a rank) of each score, and the number of distinct scores."""
+    order = np.argsort(s)
+    ss = s[order]
+    new = np.empty(ss.shape[0], dtype=bool)
+    new[:1] = True
+    np.not_equal(ss[1:], ss[:-1], out=new[1:])
+    ranks = np.empty(ss.shape[0], dtype=np.int64)
+    ranks[order] = np.cumsum(new) - 1
+    return ranks, int(ranks.max()) + 1 if ranks.size else 0
+
+
+def _group_codes(g: np.ndarray) -> tuple[np.ndarray, int]:
+    """Non-negative int64 codes for the group keys (order-preserving) and their count bound."""
+    if np.issubdtype(g.dtype, np.integer) and g.size:
+        lo, hi = int(g.min()), int(g.max())
+        if hi - lo < g.size * 4:  # compact id space: shift, no sort needed
+            return g.astype(np.int64) - lo, hi - lo + 1
+    uniq, inv = np.unique(g, return_inverse=True)
+    return inv.astype(np.int64).reshape(-1), int(uniq.size)
+
+
+def _segment_auc_parts(
+    y: np.ndarray, key: np.ndarray, group: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group (2 * Mann-Whitney U, positives, negatives) from rows sorted by (group, score).
+
+    `key` identifies a tie run (same group and same score), `group` the group of each sorted row (None: one
+    group). For each run: neg_below = negatives of the same group with a lower score; the pair count is
+    2 * neg_below * pos + pos * neg (ties count one half, doubled to stay integer).
+    """
+    n = y.shape[0]
+    new_run = np.empty(n, dtype=bool)
+    new_run[:1] = True
+    np.not_equal(key[1:], key[:-1], out=new_run[1:])
+    run_starts = np.flatnonzero(new_run)
+    pos = np.add.reduceat(y, run_starts)
+    cnt = np.diff(np.append(run_starts, n))
+    neg = cnt - pos
+    neg_excl = np.cumsum(neg) - neg  # negatives before this run, over all groups
+    if group is None:
+        grp_starts = np.zeros(1, dtype=np.int64)
+        neg_below = neg_excl
+    else:
+        run_group = group[run_starts]
+        new_grp = np.empty(run_group.shape[0], dtype=bool)
+        new_grp[:1] = True
+        np.not_equal(run_group[1:], run_group[:-1], out=new_grp[1:])
+        grp_starts = np.flatnonzero(new_grp)
+        run_gid = np.cumsum(new_grp) - 1
+        neg_below = neg_excl - neg_excl[grp_starts][run_gid]
+    u2 = 2 * neg_below * pos + pos * neg
+    return (
+        np.add.reduceat(u2, grp_starts),
+        np.add.reduceat(pos, grp_starts),
+        np.add.reduceat(neg, grp_starts),
+    )
+
+
+def auc(labels: ArrayLike, scores: ArrayLike) -> float:
+    """ROC AUC (probability a random positive outscores a random negative; ties count one half).
+
+    Args:
+        labels: N binary labels.
+        scores: N real scores (probabilities or logits: only their order matters).
+    Returns:
+        The AUC, equal to `sklearn.metrics.roc_auc_score`; NaN when only one class (or no row) is present.
+    """
+    y = _labels(labels, "auc")
+    s = _scores(scores, "scores", "auc", y.shape[0])
+    n_pos = int(y.sum())
+    n_neg = y.shape[0] - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s)
+    u2, _, _ = _segment_auc_parts(y[order], s[order], None)
+    return float(u2[0]) / (2.0 * n_pos * n_neg)
+
+
+@dataclass(frozen=True)
+class GAUCResult:
+    """Group AUC: impression-weighted mean of per-group AUC over the groups that have both classes.
+
+    Attributes:
+        value: the gAUC (NaN when no group has both a click and a non-click).
+        groups_used: groups with both classes (those that enter the average).
+        groups_total: distinct groups in the input.
+        impressions_used: rows of the used groups (the sum of the weights).
+    """
+
+    value: float
+    groups_used: int
+    groups_total: int
+    impressions_used: int
+
+
+def gauc(labels: ArrayLike, scores: ArrayLike, groups: ArrayLike) -> GAUCResult:
+    """Group AUC (DIN / industry definition): sum_g n_g * AUC_g / sum_g n_g over groups with both classes.
+
+    One global sort by the composite key (group, dense score rank), then per-run and per-group segment sums;
+    cost O(N log N) whatever the number of groups.
+
+    Args:
+        labels: N binary labels.
+        scores: N real scores.
+        groups: N group keys (user ids; any integer or sortable dtype).
+    """
+    y = _labels(labels, "gauc")
+    s = _scores(scores, "scores", "gauc", y.shape[0])
+    g = _to_numpy(groups, "groups", "gauc")
+    if g.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"gauc: 'labels' has {y.shape[0]} rows but 'groups' has {g.shape[0]}; pass aligned arrays"
+        )
+    if y.shape[0] == 0:
+        return GAUCResult(float("nan"), 0, 0, 0)
+    rank, n_ranks = _dense_ranks(s)
+    code, n_codes = _group_codes(g)
+    if n_codes > (2**62) // (n_ranks + 1):  # composite key would overflow int64: densify the groups
+        code = np.unique(code, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    key = code * n_ranks + rank
+    order = np.argsort(key)
+    u2, pos, neg = _segment_auc_parts(y[order], key[order], code[order])
+    ok = (pos > 0) & (neg > 0)
+    groups_total = int(pos.shape[0])
+    if not ok.any():
+        return GAUCResult(float("nan"), 0, groups_total, 0)
+    p, q = pos[ok].astype(np.float64), neg[ok].astype(np.float64)
+    w = p * 0 + 1
+    value = float(np.sum(w * (u2[ok] / (2.0 * p * q))) / np.sum(w))
+    return GAUCResult(value, int(ok.sum()), groups_total, int(w.sum()))
+
+
+# ---------------------------------------------------------------------------------------- loss, calibration
+def logloss(labels: ArrayLike, probs: ArrayLike, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy, probs clipped to [eps, 1 - eps] (= sklearn `log_loss`); NaN if empty."""
+    y = _labels(labels, "logloss")
+    p = _scores(probs, "probs", "logloss", y.shape[0], unit=True).astype(np.float64)
+    if y.shape[0] == 0:
+        return float("nan")
+    p = np.clip(p, eps, 1.0 - eps)
+    return float(-np.mean(np.where(y == 1, np.log(p), np.log1p(-p))))
+
+
+def calibration(labels: ArrayLike, probs: ArrayLike) -> float:
+    """Mean predicted CTR / observed CTR (1.0 is calibrated, > 1 over-predicts); NaN when no positive."""
+    y = _labels(labels, "calibration")
+    p = _scores(probs, "probs", "calibration", y.shape[0], unit=True)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return float("nan")
+    return float(np.sum(p, dtype=np.float64) / n_pos)
+
+
+@dataclass(frozen=True)
+class ReliabilityCurve:
+    """A reliability diagram: per non-empty bin, its edges, mean prediction, observed rate and row count.
+
+    Bins are (lower, upper], the first one also closed on the left (as `sklearn.calibration_curve`).
+    All arrays have one entry per non-empty bin, in increasing order.
+    """
+
+    bin_lower: np.ndarray
+    bin_upper: np.ndarray
+    mean_predicted: np.ndarray
+    observed_rate: np.ndarray
+    counts: np.ndarray
+    strategy: str
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: sum_b (n_b / N) * |mean_predicted_b - observed_rate_b|."""
+        total = int(self.counts.sum())
+        if total == 0:
+            return float("nan")
+        return float(np.sum(self.counts * np.abs(self.mean_predicted - self.observed_rate)) / total)
+
+
+def reliability_curve(
+    labels: ArrayLike, probs: ArrayLike, n_bins: int = 10, strategy: Strategy = "uniform"
+) -> ReliabilityCurve:
+    """Bin the predictions ("uniform": equal-width on [0, 1]; "quantile": equal-count) and compare.
+
+    Equal to `sklearn.calibration.calibration_curve` (mean_predicted = prob_pred, observed_rate = prob_true).
+    For CTR data (probabilities mostly < 0.1), "quantile" spreads the bins where the predictions are.
+    """
+    if n_bins < 1:
+        raise ValueError(f"reliability_curve: n_bins must be >= 1, got {n_bins}")
+    y = _labels(labels, "reliability_curve")
+    p = _scores(probs, "probs", "reliability_curve", y.shape[0], unit=True).astype(np.float64)
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+    elif strategy == "quantile":
+        if p.size == 0:
+            edges = np.linspace(0.0, 1.0, n_bins + 1)
+        else:
+            edges = np.percentile(p, np.linspace(0.0, 100.0, n_bins + 1))
+    else:
+        raise ValueError(f"reliability_curve: strategy must be 'uniform' or 'quantile', got {strategy!r}")
+    bin_id = np.searchsorted(edges[1:-1], p, side="left")
+    counts = np.bincount(bin_id, minlength=n_bins)
+    sum_pred = np.bincount(bin_id, weights=p, minlength=n_bins)
+    sum_true = np.bincount(bin_id, weights=y, minlength=n_bins)
+    keep = counts > 0
+    c = counts[keep]
+    return ReliabilityCurve(
+        bin_lower=edges[:-1][keep],
+        bin_upper=edges[1:][keep],
+        mean_predicted=sum_pred[keep] / c,
+        observed_rate=sum_true[keep] / c,
+        counts=c.astype(np.int64),
+        strategy=strategy,
+    )
+
+
+def expected_calibration_error(
+    labels: ArrayLike, probs: ArrayLike, n_bins: int = 10, strategy: Strategy = "uniform"
+) -> float:
+    """ECE over the bins of `reliability_curve`: count-weighted mean |predicted - observed|; NaN if empty."""
+    return reliability_curve(labels, probs, n_bins=n_bins, strategy=strategy).ece
+
+
+# ---------------------------------------------------------------------------------------- ROC curve
+def roc_curve(
+    labels: ArrayLike, scores: ArrayLike, max_points: int = 1000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ROC curve (fpr, tpr, thresholds), thresholds decreasing, starting at (0, 0) with threshold +inf.
+
+    With at most `max_points - 1` distinct scores it equals
+    `sklearn.metrics.roc_curve(drop_intermediate=False)`.
+    Longer curves are downsampled for plotting to points evenly spaced along the curve (by fpr + tpr), always
+    keeping both ends; every returned point lies on the exact curve.
+
+    Raises:
+        ValueError: when labels hold a single class (the curve is undefined).
+    """
+    if max_points < 2:
+        raise ValueError(f"roc_curve: max_points must be >= 2, got {max_points}")
+    y = _labels(labels, "roc_curve")
+    s = _scores(scores, "scores", "roc_curve", y.shape[0])
+    n_pos = int(y.sum())
+    n_neg = y.shape[0] - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(
+            f"roc_curve: labels hold {n_pos} positives and {n_neg} negatives; "
+            "the ROC curve needs both classes"
+        )
+    order = np.argsort(s)[::-1]
+    ss, ys = s[order], y[order]
+    last = np.empty(ss.shape[0], dtype=bool)  # last row of each tie run, scanning high to low
+    np.not_equal(ss[1:], ss[:-1], out=last[:-1])
+    last[-1] = True
+    idx = np.flatnonzero(last)
+    tps = np.cumsum(ys)[idx]
+    fps = idx + 1 - tps
+    fpr = np.concatenate(([0.0], fps / n_neg))
+    tpr = np.concatenate(([0.0], tps / n_pos))
+    thresholds = np.concatenate(([np.inf], ss[idx].astype(np.float64)))
+    if fpr.shape[0] > max_points:
+        length = fpr + tpr  # non-decreasing from 0 to 2
+        targets = np.linspace(0.0, 2.0, max_points)[1:-1]
+        pick = np.unique(np.concatenate(([0], np.searchsorted(length, targets), [fpr.shape[0] - 1])))
+        fpr, tpr, thresholds = fpr[pick], tpr[pick], thresholds[pick]
+    return fpr, tpr, thresholds
+
+
+# ---------------------------------------------------------------------------------------- bundles
+def _prefixed(prefix: str, name: str) -> str:
+    if not prefix:
+        return name
+    return f"{prefix}{name}" if prefix.endswith(("/", "_", ".")) else f"{prefix}/{name}"
+
+
+def ctr_metrics(
+    labels: ArrayLike,
+    probs: ArrayLike,
+    groups: ArrayLike | None = None,
+    prefix: str = "",
+    n_bins: int = 10,
+    strategy: Strategy = "uniform",
+) -> dict[str, float]:
+    """The CTR evaluation bundle logged by training, reports, benchmarks and the registry gate.
+
+    Keys: auc, logloss, calibration, ece (`n_bins`/`strategy` bins), mean_pred, observed_ctr, n and, with
+    `groups`, gauc and gauc_groups_used. `prefix` "test" (or "test/") gives "test/auc"; a prefix ending in
+    "_" or "." is used as is.
+    """
+    y = _labels(labels, "ctr_metrics")
+    p = _scores(probs, "probs", "ctr_metrics", y.shape[0], unit=True)
+    n = y.shape[0]
+    out: dict[str, float] = {
+        "auc": auc(y, p),
+        "logloss": logloss(y, p),
+        "calibration": calibration(y, p),
+        "ece": expected_calibration_error(y, p, n_bins=n_bins, strategy=strategy),
+        "mean_pred": float(np.mean(p, dtype=np.float64)) if n else float("nan"),
+        "observed_ctr": float(y.mean()) if n else float("nan"),
+        "n": float(n),
+    }
+    if groups is not None:
+        g = gauc(y, p, groups)
+        out["gauc"] = g.value
+        out["gauc_groups_used"] = float(g.groups_used)
+    return {_prefixed(prefix, k): v for k, v in out.items()}
+
+
+def _relevant_csr(relevant: RelevantLike, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, indices) from a list of per-user id arrays, an (indptr, indices) tuple or a scipy CSR."""
+    if hasattr(relevant, "indptr") and hasattr(relevant, "indices"):  # scipy.sparse CSR (row = user)
+        relevant = (np.asarray(relevant.indptr), np.asarray(relevant.indices))
+    if isinstance(relevant, tuple):
+        if len(relevant) != 2:
+            raise ValueError(
+                "ranking_metrics: a tuple 'relevant' is read as CSR (indptr, indices) but has "
+                f"{len(relevant)} parts; pass per-user arrays as a list instead"
+            )
+        indptr = np.asarray(relevant[0])
+        indices = np.asarray(relevant[1]).reshape(-1)
+        if indptr.ndim != 1 or indptr.shape[0] != n_users + 1 or not np.issubdtype(indptr.dtype, np.integer):
+            raise ValueError(
+                "ranking_metrics: CSR 'relevant' indptr must be 1-D integers of length n_users + 1 = "
+                f"{n_users + 1}, got shape {indptr.shape} dtype {indptr.dtype}; "
+                "pass per-user arrays as a list instead"
+            )
+        indptr = indptr.astype(np.int64)
+        if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != indices.shape[0]:
+            raise ValueError(
+                "ranking_metrics: 'relevant' (indptr, indices) is not a valid CSR: indptr must start at 0, "
+                f"never decrease and end at len(indices) = {indices.shape[0]}"
+            )
+        return indptr, indices
+    if len(relevant) != n_users:
+        raise ValueError(
+            f"ranking_metrics: 'ranked_item_ids' has {n_users} users (rows) but 'relevant' has "
+            f"{len(relevant)} entries; give one array of relevant item ids per ranked user, in the same order"
+        )
+    lengths = np.fromiter((np.size(r) for r in relevant), dtype=np.int64, count=n_users)
+    indptr = np.concatenate(([0], np.cumsum(lengths)))
+    parts = [np.asarray(r).reshape(-1) for r in relevant]
+    indices = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return indptr, indices
+
+
+def ranking_metrics(
+    ranked_item_ids: ArrayLike,
+    relevant: RelevantLike,
+    ks: Sequence[int] = (10, 20, 50, 100),
+    pad_id: int | None = -1,
+    prefix: str = "",
+) -> dict[str, float]:
+    """Top-K retrieval metrics averaged over users that have at least one relevant item.
+
+    Args:
+        ranked_item_ids: n_users x K_max integer item ids, best first; `pad_id` pads short lists (never hits).
+            A repeated id in a row counts once (at its first position).
+        relevant: per user, the relevant (held-out) item ids: a list of arrays (one per row), or CSR-like: a
+            tuple (indptr, indices) with indptr of length n_users + 1, or a scipy CSR matrix (row = user,
+            column index = item id). Duplicates count once.
+        ks: cut-offs, each <= K_max.
+    Returns:
+        recall@K = hits in top K / |relevant| (NOT / min(|relevant|, K): a user with more relevant items
+        than K cannot reach 1), ndcg@K (binary gains, ideal DCG over min(|relevant|, K) items),
+        hit_rate@K (at least one hit), mrr (1 / rank of the first hit within K_max, 0 if none),
+        n_users (evaluated) and n_users_skipped (no relevant item, excluded from every average).
+    """
+    ranked = np.asarray(ranked_item_ids.detach().cpu().numpy() if hasattr(ranked_item_ids, "detach")
+                        else ranked_item_ids)
+    if ranked.ndim != 2 or not np.issubdtype(ranked.dtype, np.integer):
+        raise ValueError(
+            f"ranking_metrics: 'ranked_item_ids' must be an integer n_users x K_max array, got shape "
+            f"{ranked.shape} dtype {ranked.dtype}"
+        )
+    n_users, k_max = ranked.shape
+    ks = tuple(int(k) for k in ks)
+    bad_k = [k for k in ks if k < 1 or k > k_max]
+    if bad_k:
+        raise ValueError(
+            f"ranking_metrics: ks {bad_k} outside 1..K_max={k_max}; retrieve more items or lower ks"
+        )
+    indptr, indices = _relevant_csr(relevant, n_users)
+    if indices.size and not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(f"ranking_metrics: relevant item ids must be integers, got dtype {indices.dtype}")
+    rel_user = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(indptr))
+
+    # Composite (user, item) keys: user * span + item offset; densify ids when that would overflow int64.
+    all_ids = np.concatenate((ranked.reshape(-1).astype(np.int64), indices.astype(np.int64)))
+    if all_ids.size == 0:
+        lo, span = 0, 1
+        r_code, i_code = ranked.reshape(-1).astype(np.int64), indices.astype(np.int64)
+    else:
+        lo, hi = int(all_ids.min()), int(all_ids.max())
+        span = hi - lo + 1
+        if span <= (2**62) // max(n_users, 1):
+            r_code, i_code = ranked.reshape(-1).astype(np.int64) - lo, indices.astype(np.int64) - lo
+        else:
+            _, inv = np.unique(all_ids, return_inverse=True)
+            span = int(inv.max()) + 1
+            r_code, i_code = inv[: ranked.size], inv[ranked.size :]
+    rel_keys = np.unique(rel_user * span + i_code)  # sorted, deduplicated
+    n_rel = np.bincount(rel_keys // span, minlength=n_users)
+    row = np.repeat(np.arange(n_users, dtype=np.int64), k_max)
+    q = row * span + r_code
+    pos = np.searchsorted(rel_keys, q)
+    hit = np.zeros(q.shape[0], dtype=bool)
+    inside = pos < rel_keys.shape[0]
+    hit[inside] = rel_keys[pos[inside]] == q[inside]
+    hit = hit.reshape(n_users, k_max)
+    if pad_id is not None:
+        hit &= ranked != pad_id
+    if k_max > 1:  # a repeated id counts once: clear hits at later duplicates within the row
+        qm = q.reshape(n_users, k_max)
+        o = np.argsort(qm, axis=1, kind="stable")
+        sq = np.take_along_axis(qm, o, axis=1)
+        dup_sorted = np.zeros_like(sq, dtype=bool)
+        dup_sorted[:, 1:] = sq[:, 1:] == sq[:, :-1]
+        dup = np.zeros_like(dup_sorted)
+        np.put_along_axis(dup, o, dup_sorted, axis=1)
+        hit &= ~dup
+
+    eligible = n_rel > 0
+    out: dict[str, float] = {}
+    h = hit[eligible]
+    nr = n_rel[eligible].astype(np.float64)
+    n_eval = int(eligible.sum())
+    discount = 1.0 / np.log2(np.arange(k_max, dtype=np.float64) + 2.0)
+    ideal = np.cumsum(discount)
+    cum_hits = np.cumsum(h, axis=1)
+    dcg = np.cumsum(h * discount, axis=1)
+    nan = float("nan")
+    for k in ks:
+        hits_k = cum_hits[:, k - 1] if n_eval else np.zeros(0)
+        idcg = ideal[np.minimum(nr, k).astype(np.int64) - 1] if n_eval else np.ones(0)
+        out[f"recall@{k}"] = float(np.mean(hits_k / nr)) if n_eval else nan
+        out[f"ndcg@{k}"] = float(np.mean(dcg[:, k - 1] / idcg)) if n_eval else nan
+        out[f"hit_rate@{k}"] = float(np.mean(hits_k > 0)) if n_eval else nan
+    any_hit = h.any(axis=1)
+    first = np.argmax(h, axis=1)
+    out["mrr"] = float(np.mean(np.where(any_hit, 1.0 / (first + 1.0), 0.0))) if n_eval else nan
+    out["n_users"] = float(n_eval)
+    out["n_users_skipped"] = float(n_users - n_eval)
+    return {_prefixed(prefix, k): v for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------- plots
+def _new_figure(width: float = 5.0, height: float = 4.5) -> Figure:
+    """A Figure on the Agg canvas, without pyplot's global state (safe in workers and headless servers)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_roc(
+    labels: ArrayLike, scores: ArrayLike, max_points: int = 1000, title: str = "ROC curve"
+) -> Figure:
+    """ROC curve with its AUC in the legend and the chance diagonal; a Figure ready for `savefig`/MLflow."""
+    fpr, tpr, _ = roc_curve(labels, scores, max_points=max_points)
+    value = auc(labels, scores)
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr, lw=1.8, label=f"AUC = {value:.4f}")
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.set(xlabel="False positive rate", ylabel="True positive rate")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_reliability(
+    labels: ArrayLike,
+    probs: ArrayLike,
+    n_bins: int = 10,
+    strategy: Strategy = "uniform",
+    title: str = "Reliability diagram",
+) -> Figure:
+    """Reliability diagram (observed rate vs mean prediction per bin, ECE in the legend) over row counts."""
+    curve = reliability_curve(labels, probs, n_bins=n_bins, strategy=strategy)
+    fig = _new_figure(5.0, 6.0)
+    ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top = float(max(curve.mean_predicted.max(initial=0.0), curve.observed_rate.max(initial=0.0)))
+    lim = 1.0 if strategy == "uniform" else min(1.0, top * 1.1 + 1e-6)
+    ax.plot([0, lim], [0, lim], ls="--", lw=1, color="grey", label="perfectly calibrated")
+    label = f"model (ECE = {curve.ece:.4f})"
+    ax.plot(curve.mean_predicted, curve.observed_rate, marker="o", lw=1.8, label=label)
+    ax.set(ylabel="Observed positive rate", title=title, xlim=(0, lim), ylim=(0, lim))
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    widths = curve.bin_upper - curve.bin_lower
+    ax_n.bar(curve.bin_lower, curve.counts, width=widths, align="edge", edgecolor="white")
+    ax_n.set(xlabel="Mean predicted probability", ylabel="Rows")
+    return fig
+
+
+def plot_loss_curves(
+    history: Mapping[str, Sequence[float]], title: str = "Loss", xlabel: str = "epoch"
+) -> Figure:
+    """One line per series of `history` (e.g. {"train/loss": [...], "val/loss": [...]}), x = value index."""
+    if not history:
+        raise ValueError("plot_loss_curves: 'history' is empty; pass e.g. {'train/loss': [0.7, 0.5]}")
+    fig = _new_figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    for name, values in history.items():
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        ax.plot(np.arange(v.shape[0]), v, marker="o" if v.shape[0] <= 30 else None, ms=3, lw=1.6, label=name)
+    ax.set(xlabel=xlabel, ylabel="value", title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig

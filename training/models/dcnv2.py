@@ -1,0 +1,46 @@
+"""DCN-V2 (Wang et al., 2021): a cross network and a deep network, stacked or in parallel, optional low rank."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from training.embedding import SparseEmbedding
+from training.features import FeatureLayout
+from training.models.base import CTRModel, ModelConfig
+from training.models.layers import MLP, CrossNetV2, fields_with_pooled_sequences
+
+
+class DCNv2Config(ModelConfig):
+    structure: Literal["stacked", "parallel"] = "parallel"
+    cross_layers: int = Field(3, ge=1)
+    low_rank: int | None = Field(None, gt=0)
+    mlp: list[int] = Field(default_factory=lambda: [256, 128])
+    dropout: float = Field(0.0, ge=0, lt=1)
+    batch_norm: bool = False
+
+
+class DCNv2(CTRModel):
+    """x0 = [flattened field embeddings, dense]; stacked: MLP(Cross(x0)); parallel: [Cross(x0), MLP(x0)]."""
+
+    config_class = DCNv2Config
+
+    def __init__(self, layout: FeatureLayout, cfg: DCNv2Config, embedding: SparseEmbedding | None = None) -> None:
+        super().__init__(layout, cfg, embedding)
+        in_dim = self.num_fields * cfg.embedding_dim + self.dense_dim
+        self.cross = CrossNetV2(in_dim, cfg.cross_layers, cfg.low_rank)
+        self.mlp = MLP(in_dim, cfg.mlp, dropout=cfg.dropout, batch_norm=cfg.batch_norm)
+        head_in = self.mlp.out_dim if cfg.structure == "stacked" else in_dim + self.mlp.out_dim
+        self.head = nn.Linear(head_in, 1)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        fields = fields_with_pooled_sequences(self.embedding(batch))
+        x0 = torch.cat([fields.flatten(1), self.dense(batch)], dim=1)
+        if self.cfg.structure == "stacked":
+            h = self.mlp(self.cross(x0))
+        else:
+            h = torch.cat([self.cross(x0), self.mlp(x0)], dim=1)
+        return self.head(h).squeeze(-1)

@@ -1,0 +1,84 @@
+"""Building blocks shared by the CTR models: MLP, cross network v2, FM interaction, dot interaction, pooling.
+
+Shapes follow the TorchRec docstring convention: B = batch, F = embedded fields, D = embedding dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from training.embedding import EmbeddingOutput, _masked_mean
+
+
+class MLP(nn.Module):
+    """Linear -> (BatchNorm) -> activation -> dropout, per hidden size; optional output layer."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], *, out_dim: int | None = None, dropout: float = 0.0,
+                 batch_norm: bool = False, activation: Literal["relu", "gelu", "silu"] = "relu") -> None:
+        super().__init__()
+        act = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}[activation]
+        layers: list[nn.Module] = []
+        d = in_dim
+        for h in hidden:
+            layers.append(nn.Linear(d, h))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(act())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            d = h
+        if out_dim is not None:
+            layers.append(nn.Linear(d, out_dim))
+            d = out_dim
+        self.net = nn.Sequential(*layers)
+        self.out_dim = d
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class CrossNetV2(nn.Module):
+    """DCN-V2 cross layers: x_{l+1} = x0 * (W x_l + b) + x_l; W full rank or U V^T (low rank)."""
+
+    def __init__(self, dim: int, layers: int, low_rank: int | None = None) -> None:
+        super().__init__()
+        if low_rank:
+            self.u = nn.ModuleList(nn.Linear(dim, low_rank, bias=False) for _ in range(layers))
+            self.v = nn.ModuleList(nn.Linear(low_rank, dim) for _ in range(layers))
+            self.w = None
+        else:
+            self.w = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
+        self.layers = layers
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0
+        for i in range(self.layers):
+            xw = self.w[i](x) if self.w is not None else self.v[i](self.u[i](x))
+            x = x0 * xw + x
+        return x
+
+
+def fm_interaction(emb: Tensor) -> Tensor:
+    """Factorization-machine pairwise term: B x F x D -> B x 1 (0.5 * ((sum)^2 - sum of squares))."""
+    s = emb.sum(dim=1)
+    return 0.5 * (s * s - (emb * emb).sum(dim=1)).sum(dim=1, keepdim=True)
+
+
+def dot_interaction(emb: Tensor) -> Tensor:
+    """DLRM pairwise dot products of the F vectors, upper triangle: B x F x D -> B x F(F-1)/2."""
+    z = torch.bmm(emb, emb.transpose(1, 2))
+    f = emb.shape[1]
+    iu = torch.triu_indices(f, f, offset=1, device=emb.device)
+    return z[:, iu[0], iu[1]]
+
+
+def fields_with_pooled_sequences(out: EmbeddingOutput) -> Tensor:
+    """B x F' x D: the pooled fields plus each behaviour sequence mean-pooled into one more field."""
+    if not out.sequences:
+        return out.pooled
+    pooled = [_masked_mean(e, lens).unsqueeze(1) for e, lens in out.sequences.values()]
+    return torch.cat([out.pooled, *pooled], dim=1)
