@@ -26,6 +26,7 @@ class Option:
     key: str
     type: type
     help: str
+    switch: bool = False  # a flag without a value that sets the key to true
 
 
 # flag -> config key path; which commands accept which options
@@ -50,12 +51,26 @@ MATERIALIZE = [
     Option("--redis-url", "online_store.url", str, "Redis URL (config: online_store.url)"),
 ]
 
+TRAIN = [
+    Option("--model", "train.model", str, "model name: lr, fm, wide_deep, deepfm, dcnv2, dlrm, din, finalmlp"),
+    Option("--epochs", "train.max_epochs", int, "maximum epochs (config: train.max_epochs)"),
+    Option("--batch-size", "train.batch_size", int, "training batch size (config: train.batch_size)"),
+    Option("--accelerator", "train.accelerator", str, "auto, cpu or gpu (config: train.accelerator)"),
+    Option("--devices", "train.devices", int, "devices for the Trainer; >1 uses DDP (config: train.devices)"),
+    Option("--ray-workers", "train.ray_workers", int, "train through Ray Train with N workers"),
+    Option("--tracking-uri", "train.tracking.uri", str, "MLflow tracking URI (default: <output_dir>/mlflow.db)"),
+    Option("--resume", "train.resume", bool, "continue from the last checkpoint", switch=True),
+    Option("--sharded", "train.sharded", bool, "TorchRec planner + DistributedModelParallel", switch=True),
+    Option("--streaming", "train.streaming", bool, "stream row groups through a shuffle buffer", switch=True),
+]
+
 COMMANDS: dict[str, tuple[str, list[Option]]] = {
     "generate": ("write the built-in synthetic data set (deterministic by seed)", COMMON + GENERATE),
     "prepare": ("read, validate, join, split, fit the feature spec and write prepared Parquet", COMMON + PREPARE),
     "materialize": ("write the latest entity features to the online store", COMMON + MATERIALIZE),
     "demo": ("generate -> prepare -> materialize on the synthetic data and print a summary",
              COMMON + PREPARE + GENERATE + MATERIALIZE),
+    "train": ("train a model on prepared features: `recforge train ctr --config X --model dcnv2`", COMMON + TRAIN),
     "config": ("validate a config and print it resolved (defaults filled in)", COMMON + PREPARE),
 }
 
@@ -72,8 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override any config key, e.g. --set split.seed=7 (repeatable)")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
+        if name == "train":
+            p.add_argument("kind", choices=["ctr"], help="what to train: ctr (a ranker)")
         for opt in options:
-            p.add_argument(opt.flag, dest=_dest(opt), type=opt.type, default=None, help=opt.help)
+            if opt.switch:
+                p.add_argument(opt.flag, dest=_dest(opt), action="store_const", const=True, default=None,
+                               help=opt.help)
+            else:
+                p.add_argument(opt.flag, dest=_dest(opt), type=opt.type, default=None, help=opt.help)
     return parser
 
 
@@ -87,7 +108,8 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
     for opt in COMMANDS[args.command][1]:
         value = getattr(args, _dest(opt), None)
         if value is not None:
-            out.append(f"{opt.key}={json.dumps(value) if isinstance(value, str) else value}")
+            shown = json.dumps(value) if isinstance(value, str) else "true" if value is True else value
+            out.append(f"{opt.key}={shown}")
     return out + list(args.overrides)
 
 
@@ -125,6 +147,8 @@ def _run(command: str, cfg: config_mod.RecForgeConfig) -> dict[str, Any]:
         return pipeline.prepare(cfg)
     if command == "materialize":
         return pipeline.materialize(cfg)
+    if command == "train":
+        return pipeline.train_ctr(cfg)
     if command == "demo":
         return pipeline.demo(cfg)
     raise AssertionError(command)

@@ -43,6 +43,25 @@ def render_materialize(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_train(r: dict[str, Any]) -> list[str]:
+    t = r["test"]
+    lines = [f"Train {r['model']} ({r['epochs_run']} epochs, {r['global_steps']:,} steps on {r['device']}, "
+             f"{r['precision']})"]
+    line = f"  test AUC {t.get('auc', float('nan')):.4f}  logloss {t.get('logloss', float('nan')):.4f}"
+    if "gauc" in t:
+        line += f"  gAUC {t['gauc']:.4f}"
+    line += f"  calibration {t.get('calibration', float('nan')):.3f}"
+    lines.append(line)
+    if "oracle_auc" in t:
+        gap = t["oracle_auc"] - t["auc"]
+        lines.append(f"  oracle AUC (true click probability) {t['oracle_auc']:.4f}  gap {gap:+.4f}")
+    lines.append(f"  bundle: {r['bundle']}")
+    ml = r["mlflow"]
+    lines.append(f"  MLflow run {ml['run_id']} (experiment '{ml['experiment']}', {ml['tracking_uri']})")
+    lines.append(f"  time: {r['seconds']:.1f}s")
+    return lines
+
+
 def render(command: str, result: dict[str, Any]) -> str:
     if command == "generate":
         return "\n".join(render_generate(result))
@@ -50,12 +69,16 @@ def render(command: str, result: dict[str, Any]) -> str:
         return "\n".join(render_prepare(result))
     if command == "materialize":
         return "\n".join(render_materialize(result))
+    if command == "train":
+        return "\n".join(render_train(result))
     if command == "demo":
         lines = [f"RecForge demo: {result['name']} -> {result['output_dir']}", ""]
         if "generate" in result:
             lines += [*render_generate(result["generate"]), ""]
         lines += [*render_prepare(result["prepare"]), ""]
         lines += [*render_materialize(result["materialize"]), ""]
+        if "train" in result:
+            lines += [*render_train(result["train"]), ""]
         lines.append(f"Total time: {result['seconds']:.1f}s")
         return "\n".join(lines)
     import yaml

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,11 @@ class Measurement:
     wall_s: float
     peak_rss: int
     peak_shmem: int
+    peak_at_s: float
+    peak_by_process: dict[str, int]
     cpu_s: float
     other_cpu_s: float
-    load_before: float
+    started: datetime
     processes: dict[str, int] = field(default_factory=dict)
     samples: int = 0
 
@@ -92,6 +95,18 @@ def _proc_memory(pid: int) -> tuple[int, int]:
     return rss, shmem
 
 
+def _proc_label(p: psutil.Process) -> str:
+    """A short name: the Ray title (ray::IDLE, raylet, gcs_server) or the Python script's file name."""
+    cmd = p.cmdline()
+    if not cmd:
+        return p.name()
+    first = os.path.basename(cmd[0].split()[0])
+    if first.startswith("python"):
+        script = next((os.path.basename(a) for a in cmd[1:] if a.endswith(".py") or a.endswith("recforge")), None)
+        return script or first
+    return first
+
+
 def _busy_cpu_seconds() -> float:
     t = psutil.cpu_times()
     return float(sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal")))
@@ -101,17 +116,19 @@ def run_measured(name: str, command: list[str], log_path: Path, interval_s: floa
     """Run `command` as a subprocess (output to `log_path`), sampling its process tree every `interval_s`.
 
     Memory is the sum of VmRSS over the process and all its descendants at each sample; the peak of that sum
-    is reported, with the RssShmem part (shared memory, e.g. Ray's object store) of the same sample.
+    is reported, with the RssShmem part (shared memory, e.g. Ray's object store) and the per-process RSS of
+    the same sample. CPU time is the user + system time of every process of the tree (last sample of each).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    load_before = os.getloadavg()[0]
     me = psutil.Process()
     busy0, mine0 = _busy_cpu_seconds(), sum(me.cpu_times()[:2])
     cpu_of: dict[int, float] = {}
     names: dict[int, str] = {}
     peak_rss = peak_shmem = samples = 0
+    peak_at, peak_by = 0.0, {}
+    started = datetime.now()
     t0 = time.perf_counter()
     with log_path.open("w") as log:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -122,19 +139,25 @@ def run_measured(name: str, command: list[str], log_path: Path, interval_s: floa
             except psutil.Error:
                 tree = [root]
             rss_sum = shmem_sum = 0
+            by_pid: dict[int, int] = {}
             for p in tree:
                 rss, shmem = _proc_memory(p.pid)
                 rss_sum += rss
                 shmem_sum += shmem
+                by_pid[p.pid] = rss
                 try:
                     with p.oneshot():
                         cpu_of[p.pid] = sum(p.cpu_times()[:2])
-                        names[p.pid] = p.name()  # latest: Ray workers retitle themselves (ray::IDLE)
+                        names[p.pid] = _proc_label(p)  # latest: Ray workers retitle themselves (ray::IDLE)
                 except psutil.Error:
                     pass
             samples += 1
             if rss_sum > peak_rss:
-                peak_rss, peak_shmem = rss_sum, shmem_sum
+                peak_rss, peak_shmem, peak_at = rss_sum, shmem_sum, time.perf_counter() - t0
+                peak_by = {}
+                for pid, rss in by_pid.items():
+                    label = names.get(pid, str(pid))
+                    peak_by[label] = peak_by.get(label, 0) + rss
             time.sleep(interval_s)
         returncode = proc.wait()
     wall = time.perf_counter() - t0
@@ -144,8 +167,29 @@ def run_measured(name: str, command: list[str], log_path: Path, interval_s: floa
     counts: dict[str, int] = {}
     for n in names.values():
         counts[n] = counts.get(n, 0) + 1
-    return Measurement(name, command, returncode, wall, peak_rss, peak_shmem, tree_cpu, other, load_before,
-                       dict(sorted(counts.items())), samples)
+    peak_by = dict(sorted(peak_by.items(), key=lambda kv: -kv[1]))
+    return Measurement(name, command, returncode, wall, peak_rss, peak_shmem, peak_at, peak_by, tree_cpu, other,
+                       started, dict(sorted(counts.items())), samples)
+
+
+_STAGE_LINE = re.compile(r"^(\d\d:\d\d:\d\d) .*prepare: (\w+) \.\.\.$")
+
+
+def stage_at(log_path: Path, m: Measurement) -> str:
+    """The job stage running when the memory peak was sampled, from the stage-start lines of the log."""
+    peak = m.started + timedelta(seconds=m.peak_at_s)
+    current = "start-up"
+    for line in log_path.read_text(errors="replace").splitlines():
+        hit = _STAGE_LINE.match(line)
+        if not hit:
+            continue
+        clock = datetime.strptime(hit.group(1), "%H:%M:%S").time()
+        started = datetime.combine(m.started.date(), clock)
+        if started < m.started - timedelta(seconds=1):  # the run crossed midnight
+            started += timedelta(days=1)
+        if started <= peak:
+            current = hit.group(2)
+    return current
 
 
 # -------------------------------------------------------------------------------- the pandas contender
@@ -157,6 +201,7 @@ class _Stages:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        print(f"{datetime.now():%H:%M:%S} INFO pandas_prepare: prepare: {name} ...", flush=True)
         t0 = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - t0, 3)
@@ -279,6 +324,7 @@ def pandas_prepare(cfg: Any, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
         is_train = split == 0
         encoded: dict[str, Any] = {}
         vocab_sizes: dict[str, int] = {}
+        boundaries: dict[str, list[float]] = {}
         for c in f.categorical:
             col = ev[c.source_column]
             vocab = _vocab(col[is_train], c.min_freq, c.max_vocab)
@@ -296,6 +342,7 @@ def pandas_prepare(cfg: Any, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
                 idx[x.isna().to_numpy()] = 0
                 encoded[n.name] = idx
                 vocab_sizes[n.name] = len(bounds) + 2
+                boundaries[n.name] = [float(b) for b in bounds]
                 continue
             fill = n.fill if n.fill is not None else float(train_x.mean())
             mean, std = float(stats_x.mean()), float(stats_x.std(ddof=0)) or 1.0
@@ -345,7 +392,7 @@ def pandas_prepare(cfg: Any, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
             pq.write_table(pa.Table.from_arrays(arrays, names=columns), out_dir / f"{name}.parquet")
             rows[name] = int(mask.sum())
 
-    summary = {"rows": rows, "vocab_sizes": vocab_sizes, "stage_seconds": st.seconds,
+    summary = {"rows": rows, "vocab_sizes": vocab_sizes, "boundaries": boundaries, "stage_seconds": st.seconds,
                "seconds": round(time.perf_counter() - t_start, 3), "affinity": vector is not None}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -478,19 +525,31 @@ def _goal(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+def _fmt_runs(runs: Sequence[Measurement]) -> str:
+    return ", ".join(f"{r.wall_s:.1f}" for r in runs)
+
+
+def _peak_note(r: Measurement, stage: str) -> str:
+    top = [(k, v) for k, v in r.peak_by_process.items() if v >= 0.02 * r.peak_rss][:6]
+    parts = ", ".join(f"{k} {_gib(v)}" for k, v in top)
+    return f"at {r.peak_at_s:.0f} s into the run, during `{stage}`: {parts}"
+
+
 def render_section(ctx: dict[str, Any]) -> str:
-    rf: Measurement = ctx["recforge"]
-    pdm: Measurement = ctx["pandas"]
-    rows = ctx["rows"]
-    m = ctx["machine"]
+    rf_runs: list[Measurement] = ctx["recforge"]
+    pd_runs: list[Measurement] = ctx["pandas"]
+    rf, pdm = min(rf_runs, key=lambda r: r.wall_s), min(pd_runs, key=lambda r: r.wall_s)
+    rf_peak, pd_peak = max(rf_runs, key=lambda r: r.peak_rss), max(pd_runs, key=lambda r: r.peak_rss)
+    rows, m, n = ctx["rows"], ctx["machine"], len(rf_runs)
     rf_rps, pd_rps = rows / rf.wall_s, rows / pdm.wall_s
+    best = "best of " + str(n) if n > 1 else "one run"
     lines = [
         SECTION_TITLE,
         "",
         "`recforge prepare` (Ray Data on a local Ray) against a straightforward single-process pandas",
         "implementation of the same transforms (`pandas_prepare` in `scripts/bench_prepare.py`), on the same",
         "synthetic Parquet files, in one run. Each contender is a subprocess; wall time is the whole process",
-        "(interpreter start, imports and, for RecForge, starting Ray included).",
+        "(interpreter start, imports and, for RecForge, starting and stopping Ray included).",
         "",
         f"- Date: {ctx['date']}",
         f"- Machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['ram_gib']} GiB RAM, "
@@ -499,44 +558,53 @@ def render_section(ctx: dict[str, Any]) -> str:
         f"- Data: `{ctx['config']}` with {rows:,} impressions ({ctx['data_rows']}); "
         f"split by time into {ctx['split_rows']}",
         f"- Category-affinity vector: {'included on both sides' if ctx['affinity'] else ctx['affinity_note']}",
+        f"- Runs: {n} per contender, alternating (RecForge first); the table shows each contender's fastest run "
+        "(the least disturbed by other load) and its largest peak over all runs",
         "",
-        "| contender | wall s | rows/s | peak memory (sum of RSS) | shared part at peak | CPU s | "
-        "CPU s of other processes |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| contender | wall s ({best}) | rows/s | peak memory (sum of RSS) | shared part at peak | CPU s | "
+        "CPU s of other processes | wall s of every run |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for label, r, rps in (("RecForge `recforge prepare`", rf, rf_rps), ("pandas, one process", pdm, pd_rps)):
-        lines.append(f"| {label} | {r.wall_s:.1f} | {rps:,.0f} | {_gib(r.peak_rss)} | {_gib(r.peak_shmem)} | "
-                     f"{r.cpu_s:.1f} | {r.other_cpu_s:.1f} |")
+    for label, r, peak, rps, runs in (("RecForge `recforge prepare`", rf, rf_peak, rf_rps, rf_runs),
+                                      ("pandas, one process", pdm, pd_peak, pd_rps, pd_runs)):
+        lines.append(f"| {label} | {r.wall_s:.1f} | {rps:,.0f} | {_gib(peak.peak_rss)} | {_gib(peak.peak_shmem)} | "
+                     f"{r.cpu_s:.1f} | {r.other_cpu_s:.1f} | {_fmt_runs(runs)} |")
     lines += [
         f"| RecForge / pandas | {rf.wall_s / pdm.wall_s:.2f}x | {rf_rps / pd_rps:.2f}x | "
-        f"{rf.peak_rss / pdm.peak_rss:.2f}x | | {rf.cpu_s / max(pdm.cpu_s, 1e-9):.2f}x | |",
+        f"{rf_peak.peak_rss / pd_peak.peak_rss:.2f}x | | {rf.cpu_s / max(pdm.cpu_s, 1e-9):.2f}x | | |",
         "",
         f"Goals: throughput at least pandas' on {m['usable_cores']} cores: **{_goal(rf_rps >= pd_rps)}** "
-        f"({rf_rps / pd_rps:.2f}x); peak memory below pandas': **{_goal(rf.peak_rss < pdm.peak_rss)}** "
-        f"({rf.peak_rss / pdm.peak_rss:.2f}x).",
+        f"({rf_rps / pd_rps:.2f}x); peak memory below pandas': "
+        f"**{_goal(rf_peak.peak_rss < pd_peak.peak_rss)}** ({rf_peak.peak_rss / pd_peak.peak_rss:.2f}x).",
         "",
         f"Same output: {ctx['agreement']}",
         "",
-        "Where the time goes (seconds inside each job, from RecForge's `prepared/summary.json` `stage_seconds` "
-        "and the pandas worker's own timer):",
+        "Where the time goes (seconds inside the fastest run of each job, from RecForge's "
+        "`prepared/summary.json` `stage_seconds` and the pandas worker's own timer):",
         "",
         "- RecForge: " + ", ".join(f"{k} {v:.1f}" for k, v in ctx["rf_stages"].items())
         + f"; job {ctx['rf_job_s']:.1f} s of {rf.wall_s:.1f} s wall",
         "- pandas: " + ", ".join(f"{k} {v:.1f}" for k, v in ctx["pd_stages"].items())
         + f"; job {ctx['pd_job_s']:.1f} s of {pdm.wall_s:.1f} s wall",
         "",
+        "Where the memory peak is (largest peak; RSS per process, stage from the log's stage-start times, to "
+        "the second):",
+        "",
+        f"- RecForge: {_peak_note(rf_peak, ctx['rf_peak_stage'])}",
+        f"- pandas: {_peak_note(pd_peak, ctx['pd_peak_stage'])}",
+        "",
         "How it is measured: the parent samples every "
         f"{ctx['interval_ms']} ms the VmRSS of the subprocess and of all its descendants and sums them; the table "
         "shows the peak of that sum. For RecForge the tree holds the driver and every process Ray starts "
-        f"({', '.join(f'{k} x{v}' if v > 1 else k for k, v in rf.processes.items())}). Ray's object store is "
-        "shared memory (/dev/shm): its pages count in the RSS of every process that maps them (the raylet that "
-        "hosts the store and each worker or driver reading an object), so the sum counts a shared page once per "
-        "process touching it, an upper bound; the 'shared part' column is the RssShmem of the same sample. CPU s "
-        "is user + system time of the tree; 'other processes' is the machine's busy CPU time during the run not "
-        "spent by the tree or the sampler (a check that the machine was otherwise quiet). Both contenders read "
-        "the Parquet files from the page cache (they were written just before). RecForge also writes its "
-        "offline store, spec and rejects (its `offline_store` stage); the pandas program writes only the "
-        "prepared splits.",
+        f"({', '.join(f'{k} x{v}' if v > 1 else k for k, v in rf_peak.processes.items())}). Ray's object store "
+        "is shared memory (/dev/shm): its pages count in the RSS of every process that maps them (the raylet "
+        "that hosts the store and each worker or driver reading an object), so the sum counts a shared page once "
+        "per process touching it, an upper bound; the 'shared part' column is the RssShmem summed over the same "
+        "sample. CPU s is user + system time of the tree; 'other processes' is the machine's busy CPU time "
+        "during the run not spent by the tree or the sampler: this machine is shared, and a large figure there "
+        "means the run was slowed by other work. Both contenders read the Parquet files from the page cache "
+        "(they were written just before). RecForge also writes its offline store, spec and rejects (its "
+        "`offline_store` stage); the pandas program writes only the prepared splits.",
         "",
         "Commands run:",
         "",
@@ -566,35 +634,38 @@ def update_doc(path: Path, section: str) -> None:
     path.write_text(text)
 
 
-def _agreement(rf_summary: dict[str, Any], pd_summary: dict[str, Any],
+def _agreement(rf_summary: dict[str, Any], pd_summary: dict[str, Any], rf_spec: dict[str, Any],
                mismatches: dict[str, dict[str, int]]) -> tuple[str, bool]:
     rf_rows, pd_rows = rf_summary["split"]["rows"], pd_summary["rows"]
     rf_vocab, pd_vocab = rf_summary["vocab_sizes"], pd_summary["vocab_sizes"]
     rows_ok = all(rf_rows[s] == pd_rows[s] for s in SPLITS)
-    vocab_diff = {k: (rf_vocab.get(k), pd_vocab.get(k)) for k in {*rf_vocab, *pd_vocab}
+    vocab_diff = {k: (rf_vocab.get(k), pd_vocab.get(k)) for k in sorted({*rf_vocab, *pd_vocab})
                   if rf_vocab.get(k) != pd_vocab.get(k)}
     parts = [
         "rows per split " + ("identical" if rows_ok else "DIFFER")
-        + f" (RecForge {rf_rows}, pandas {pd_rows});",
+        + " (" + ", ".join(f"{s} {rf_rows[s]:,} / {pd_rows[s]:,}" for s in SPLITS) + ", RecForge / pandas);",
         f"vocabulary sizes identical for all {len(rf_vocab)} embedded features;" if not vocab_diff
         else f"vocabulary sizes DIFFER (RecForge, pandas): {vocab_diff};",
     ]
-    total = {s: rf_rows[s] for s in SPLITS}
     bad: dict[str, str] = {}
     for split, cols in mismatches.items():
         for col, n in cols.items():
             if n:
-                bad[f"{split}.{col}"] = f"{n:,} rows ({100 * n / max(total[split], 1):.2f}%)"
+                bad[f"{split}.{col}"] = f"{n:,} rows ({100 * n / max(rf_rows[split], 1):.2f}%)"
     n_cols = len(next(iter(mismatches.values())))
     if not bad:
         parts.append(f"all {n_cols} output columns equal on every row of every split.")
-    else:
-        parts.append(f"of {n_cols} output columns, these differ: "
-                     + "; ".join(f"{k}: {v}" for k, v in bad.items()) + ".")
-        if all(k.endswith(".rfm_recency_days") for k in bad):
-            parts.append("(Expected: RecForge fits quantile-bucket boundaries on a 20,000-value sample per "
-                         "Ray block, pandas on all train values, so rows near a boundary can land one "
-                         "bucket apart.)")
+        return " ".join(parts), rows_ok and not vocab_diff
+    parts.append(f"of {n_cols} output columns, these differ: " + "; ".join(f"{k}: {v}" for k, v in bad.items())
+                 + ".")
+    rf_bounds = {f["name"]: f.get("boundaries") for f in rf_spec["features"] if f.get("transform") == "bucketize"}
+    for name, bounds in pd_summary.get("boundaries", {}).items():
+        if any(k.endswith(f".{name}") for k in bad) and name in rf_bounds:
+            shown = ", ".join(f"{b:.3f}" for b in rf_bounds[name] or [])
+            parts.append(f"`{name}` is a quantile-bucketized feature; RecForge's fitted boundaries are "
+                         f"[{shown}], pandas' (exact quantiles of all train values) are "
+                         f"[{', '.join(f'{b:.3f}' for b in bounds)}], so rows between the two land one bucket "
+                         f"apart.")
     return " ".join(parts), rows_ok and not vocab_diff
 
 
@@ -627,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="extra config override for both contenders (repeatable)")
     ap.add_argument("--no-affinity", action="store_true",
                     help="drop the category-affinity vector from both contenders")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per contender, alternating (default 1)")
     ap.add_argument("--doc", default="docs/benchmarks.md", help="benchmarks document to update")
     ap.add_argument("--no-doc", action="store_true", help="print the results only; leave the document alone")
     ap.add_argument("--sample-ms", type=int, default=50, help="memory sampling interval in ms (default 50)")
@@ -645,16 +717,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(summary, indent=2))
         return 0
 
-    if args.rows <= 0:
-        raise SystemExit(f"bench_prepare: --rows must be positive, got {args.rows}")
+    if args.rows <= 0 or args.repeat <= 0:
+        raise SystemExit(f"bench_prepare: --rows and --repeat must be positive, got {args.rows}, {args.repeat}")
     work = Path(args.work_dir)
     work = work if work.is_absolute() else REPO / work
     rf_dir, pd_dir, logs = work / "recforge", work / "pandas", work / "logs"
-    shown_rf_dir = _rel(rf_dir)
     cfg = _load_config(args.config, [*base, f"output_dir={rf_dir}"])
     _check_supported(cfg)
     cli = _recforge_cli()
-    rf_sets = _sets([*base, f"output_dir={shown_rf_dir}"])
+    rf_sets = _sets([*base, f"output_dir={_rel(rf_dir)}"])
 
     print(f"bench_prepare: generating {args.rows:,} impressions under {_rel(rf_dir / 'raw')} (not timed) ...")
     gen_cmd = [*cli, "generate", "--config", args.config, *rf_sets]
@@ -667,29 +738,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     interval = args.sample_ms / 1000
     rf_cmd = [*cli, "prepare", "--config", args.config, *rf_sets]
-    print("bench_prepare: contender A, RecForge:", _shown(rf_cmd))
-    rf = run_measured("RecForge", rf_cmd, logs / "recforge.log", interval)
-    if rf.returncode != 0:
-        raise SystemExit(f"bench_prepare: recforge prepare failed (exit {rf.returncode}); see {logs / 'recforge.log'}")
-    print(f"  {rf.wall_s:.1f}s, peak {_gib(rf.peak_rss)}")
-
     pd_cmd = [sys.executable, str(Path(__file__).resolve()), "--pandas-worker", "--config", args.config,
               *_sets(base), "--raw-dir", _rel(rf_dir / "raw"), "--out-dir", _rel(pd_dir)]
-    print("bench_prepare: contender B, pandas:", _shown(pd_cmd))
-    pdm = run_measured("pandas", pd_cmd, logs / "pandas.log", interval)
-    if pdm.returncode != 0:
-        raise SystemExit(f"bench_prepare: the pandas worker failed (exit {pdm.returncode}); see {logs / 'pandas.log'}")
-    print(f"  {pdm.wall_s:.1f}s, peak {_gib(pdm.peak_rss)}")
+    runs: dict[str, list[Measurement]] = {"RecForge": [], "pandas": []}
+    job: dict[str, list[dict[str, Any]]] = {"RecForge": [], "pandas": []}
+    peak_stage: dict[str, list[str]] = {"RecForge": [], "pandas": []}
+    for i in range(args.repeat):
+        for name, cmd, summary_path in (("RecForge", rf_cmd, rf_dir / "prepared" / "summary.json"),
+                                        ("pandas", pd_cmd, pd_dir / "summary.json")):
+            log = logs / f"{name.lower()}-{i + 1}.log"
+            print(f"bench_prepare: run {i + 1}/{args.repeat}, {name}: {_shown(cmd)}")
+            m = run_measured(name, cmd, log, interval)
+            if m.returncode != 0:
+                raise SystemExit(f"bench_prepare: {name} failed (exit {m.returncode}); see its log {_rel(log)}")
+            print(f"  {m.wall_s:.1f}s wall, peak {_gib(m.peak_rss)}, other processes used {m.other_cpu_s:.1f} CPU s")
+            runs[name].append(m)
+            job[name].append(json.loads(summary_path.read_text()))
+            peak_stage[name].append(stage_at(log, m))
 
-    rf_summary = json.loads((rf_dir / "prepared" / "summary.json").read_text())
-    pd_summary = json.loads((pd_dir / "summary.json").read_text())
-    print("bench_prepare: comparing outputs column by column (not timed) ...")
+    def fastest(name: str) -> int:
+        return min(range(args.repeat), key=lambda k: runs[name][k].wall_s)
+
+    def largest(name: str) -> int:
+        return max(range(args.repeat), key=lambda k: runs[name][k].peak_rss)
+
+    rf_summary, pd_summary = job["RecForge"][-1], job["pandas"][-1]
+    rf_spec = json.loads((rf_dir / "prepared" / "spec" / "feature_spec.json").read_text())
+    print("bench_prepare: comparing the outputs column by column (not timed) ...")
     mismatches = compare_outputs(rf_dir / "prepared", pd_dir)
-    agreement, same_shape = _agreement(rf_summary, pd_summary, mismatches)
+    agreement, same_shape = _agreement(rf_summary, pd_summary, rf_spec, mismatches)
 
     data_rows = manifest["rows"]
+    rf_best, pd_best = job["RecForge"][fastest("RecForge")], job["pandas"][fastest("pandas")]
     ctx = {
-        "recforge": rf, "pandas": pdm, "rows": args.rows, "machine": machine(),
+        "recforge": runs["RecForge"], "pandas": runs["pandas"], "rows": args.rows, "machine": machine(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python", "scripts/bench_prepare.py", *(argv if argv is not None else sys.argv[1:])]),
         "config": args.config,
@@ -699,8 +781,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "affinity": pd_summary["affinity"],
         "affinity_note": "dropped from both sides (`--no-affinity`: profiles.category=null, features.vector=[])",
         "agreement": agreement,
-        "rf_stages": rf_summary["stage_seconds"], "pd_stages": pd_summary["stage_seconds"],
-        "rf_job_s": rf_summary["seconds"], "pd_job_s": pd_summary["seconds"],
+        "rf_stages": rf_best["stage_seconds"], "pd_stages": pd_best["stage_seconds"],
+        "rf_job_s": rf_best["seconds"], "pd_job_s": pd_best["seconds"],
+        "rf_peak_stage": peak_stage["RecForge"][largest("RecForge")],
+        "pd_peak_stage": peak_stage["pandas"][largest("pandas")],
         "interval_ms": args.sample_ms,
         "generate_cmd": _shown(gen_cmd), "recforge_cmd": _shown(rf_cmd), "pandas_cmd": _shown(pd_cmd),
     }

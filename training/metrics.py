@@ -109,9 +109,8 @@ def _scores(x: ArrayLike, name: str, fn: str, n: int, *, unit: bool = False) -> 
 
 
 # ---------------------------------------------------------------------------------------- AUC core
-def _dense_ranks(s: np.ndarray) -> tuple[np.ndarray, int]:
-    """Dense rank (0-based, ties share a rank) of each score, and the number of distinct scores."""
-    order = np.argsort(s)
+def _dense_ranks(s: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense rank (0-based, ties share a rank) of each score given `order = argsort(s)`; and the count."""
     ss = s[order]
     new = np.empty(ss.shape[0], dtype=bool)
     new[:1] = True
@@ -126,7 +125,7 @@ def _group_codes(g: np.ndarray) -> tuple[np.ndarray, int]:
     if np.issubdtype(g.dtype, np.integer) and g.size:
         lo, hi = int(g.min()), int(g.max())
         if hi - lo < g.size * 4:  # compact id space: shift, no sort needed
-            return g.astype(np.int64) - lo, hi - lo + 1
+            return (g - g.min()).astype(np.int64), hi - lo + 1
     uniq, inv = np.unique(g, return_inverse=True)
     return inv.astype(np.int64).reshape(-1), int(uniq.size)
 
@@ -178,12 +177,17 @@ def auc(labels: ArrayLike, scores: ArrayLike) -> float:
         The AUC, equal to `sklearn.metrics.roc_auc_score`; NaN when only one class (or no row) is present.
     """
     y = _labels(labels, "auc")
-    s = _scores(scores, "scores", "auc", y.shape[0])
+    return _auc(y, _scores(scores, "scores", "auc", y.shape[0]))
+
+
+def _auc(y: np.ndarray, s: np.ndarray, order: np.ndarray | None = None) -> float:
+    """AUC of validated arrays; `order` is argsort(s) when the caller already has it."""
     n_pos = int(y.sum())
     n_neg = y.shape[0] - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(s)
+    if order is None:
+        order = np.argsort(s)
     u2, _, _ = _segment_auc_parts(y[order], s[order], None)
     return float(u2[0]) / (2.0 * n_pos * n_neg)
 
@@ -223,9 +227,14 @@ def gauc(labels: ArrayLike, scores: ArrayLike, groups: ArrayLike) -> GAUCResult:
         raise ValueError(
             f"gauc: 'labels' has {y.shape[0]} rows but 'groups' has {g.shape[0]}; pass aligned arrays"
         )
+    return _gauc(y, s, g)
+
+
+def _gauc(y: np.ndarray, s: np.ndarray, g: np.ndarray, order: np.ndarray | None = None) -> GAUCResult:
+    """gAUC of validated, aligned arrays; `order` is argsort(s) when the caller already has it."""
     if y.shape[0] == 0:
         return GAUCResult(float("nan"), 0, 0, 0)
-    rank, n_ranks = _dense_ranks(s)
+    rank, n_ranks = _dense_ranks(s, np.argsort(s) if order is None else order)
     code, n_codes = _group_codes(g)
     if n_codes > (2**62) // (n_ranks + 1):  # composite key would overflow int64: densify the groups
         code = np.unique(code, return_inverse=True)[1].reshape(-1).astype(np.int64)
@@ -237,7 +246,7 @@ def gauc(labels: ArrayLike, scores: ArrayLike, groups: ArrayLike) -> GAUCResult:
     if not ok.any():
         return GAUCResult(float("nan"), 0, groups_total, 0)
     p, q = pos[ok].astype(np.float64), neg[ok].astype(np.float64)
-    w = p * 0 + 1
+    w = p + q
     value = float(np.sum(w * (u2[ok] / (2.0 * p * q))) / np.sum(w))
     return GAUCResult(value, int(ok.sum()), groups_total, int(w.sum()))
 
@@ -246,11 +255,15 @@ def gauc(labels: ArrayLike, scores: ArrayLike, groups: ArrayLike) -> GAUCResult:
 def logloss(labels: ArrayLike, probs: ArrayLike, eps: float = 1e-7) -> float:
     """Mean binary cross-entropy, probs clipped to [eps, 1 - eps] (= sklearn `log_loss`); NaN if empty."""
     y = _labels(labels, "logloss")
-    p = _scores(probs, "probs", "logloss", y.shape[0], unit=True).astype(np.float64)
+    return _logloss(y, _scores(probs, "probs", "logloss", y.shape[0], unit=True), eps)
+
+
+def _logloss(y: np.ndarray, p: np.ndarray, eps: float) -> float:
     if y.shape[0] == 0:
         return float("nan")
-    p = np.clip(p, eps, 1.0 - eps)
-    return float(-np.mean(np.where(y == 1, np.log(p), np.log1p(-p))))
+    p = np.clip(p.astype(np.float64), eps, 1.0 - eps)
+    p_true = np.where(y == 1, p, 1.0 - p)  # 1 - p is exact for p >= 0.5, so one log keeps full precision
+    return float(-np.mean(np.log(p_true)))
 
 
 def calibration(labels: ArrayLike, probs: ArrayLike) -> float:
@@ -295,10 +308,15 @@ def reliability_curve(
     Equal to `sklearn.calibration.calibration_curve` (mean_predicted = prob_pred, observed_rate = prob_true).
     For CTR data (probabilities mostly < 0.1), "quantile" spreads the bins where the predictions are.
     """
+    y = _labels(labels, "reliability_curve")
+    p = _scores(probs, "probs", "reliability_curve", y.shape[0], unit=True)
+    return _reliability(y, p, n_bins, strategy)
+
+
+def _reliability(y: np.ndarray, p: np.ndarray, n_bins: int, strategy: str) -> ReliabilityCurve:
     if n_bins < 1:
         raise ValueError(f"reliability_curve: n_bins must be >= 1, got {n_bins}")
-    y = _labels(labels, "reliability_curve")
-    p = _scores(probs, "probs", "reliability_curve", y.shape[0], unit=True).astype(np.float64)
+    p = p.astype(np.float64)
     if strategy == "uniform":
         edges = np.linspace(0.0, 1.0, n_bins + 1)
     elif strategy == "quantile":
@@ -392,26 +410,37 @@ def ctr_metrics(
 ) -> dict[str, float]:
     """The CTR evaluation bundle logged by training, reports, benchmarks and the registry gate.
 
-    Keys: auc, logloss, calibration, ece (`n_bins`/`strategy` bins), mean_pred, observed_ctr, n and, with
-    `groups`, gauc and gauc_groups_used. `prefix` "test" (or "test/") gives "test/auc"; a prefix ending in
-    "_" or "." is used as is.
+    Keys: auc, logloss (eps 1e-7), calibration, ece (`n_bins`/`strategy` bins), mean_pred, observed_ctr, n
+    and, with `groups`, gauc and gauc_groups_used. `prefix` "test" (or "test/") gives "test/auc"; a prefix
+    ending in "_" or "." is used as is.
     """
     y = _labels(labels, "ctr_metrics")
     p = _scores(probs, "probs", "ctr_metrics", y.shape[0], unit=True)
     n = y.shape[0]
+    g = None
+    if groups is not None:
+        g = _to_numpy(groups, "groups", "ctr_metrics")
+        if g.shape[0] != n:
+            raise ValueError(
+                f"ctr_metrics: 'labels' has {n} rows but 'groups' has {g.shape[0]}; pass aligned arrays"
+            )
+    order = np.argsort(p)  # shared by auc and gauc
+    sum_pred = float(np.sum(p, dtype=np.float64))
+    n_pos = int(y.sum())
+    nan = float("nan")
     out: dict[str, float] = {
-        "auc": auc(y, p),
-        "logloss": logloss(y, p),
-        "calibration": calibration(y, p),
-        "ece": expected_calibration_error(y, p, n_bins=n_bins, strategy=strategy),
-        "mean_pred": float(np.mean(p, dtype=np.float64)) if n else float("nan"),
-        "observed_ctr": float(y.mean()) if n else float("nan"),
+        "auc": _auc(y, p, order),
+        "logloss": _logloss(y, p, 1e-7),
+        "calibration": sum_pred / n_pos if n_pos else nan,
+        "ece": _reliability(y, p, n_bins, strategy).ece,
+        "mean_pred": sum_pred / n if n else nan,
+        "observed_ctr": n_pos / n if n else nan,
         "n": float(n),
     }
-    if groups is not None:
-        g = gauc(y, p, groups)
-        out["gauc"] = g.value
-        out["gauc_groups_used"] = float(g.groups_used)
+    if g is not None:
+        res = _gauc(y, p, g, order)
+        out["gauc"] = res.value
+        out["gauc_groups_used"] = float(res.groups_used)
     return {_prefixed(prefix, k): v for k, v in out.items()}
 
 
@@ -507,7 +536,9 @@ def ranking_metrics(
             _, inv = np.unique(all_ids, return_inverse=True)
             span = int(inv.max()) + 1
             r_code, i_code = inv[: ranked.size], inv[ranked.size :]
-    rel_keys = np.unique(rel_user * span + i_code)  # sorted, deduplicated
+    rel_keys = np.sort(rel_user * span + i_code)
+    if rel_keys.size > 1:  # deduplicate
+        rel_keys = rel_keys[np.concatenate(([True], rel_keys[1:] != rel_keys[:-1]))]
     n_rel = np.bincount(rel_keys // span, minlength=n_users)
     row = np.repeat(np.arange(n_users, dtype=np.int64), k_max)
     q = row * span + r_code
@@ -518,15 +549,11 @@ def ranking_metrics(
     hit = hit.reshape(n_users, k_max)
     if pad_id is not None:
         hit &= ranked != pad_id
-    if k_max > 1:  # a repeated id counts once: clear hits at later duplicates within the row
-        qm = q.reshape(n_users, k_max)
-        o = np.argsort(qm, axis=1, kind="stable")
-        sq = np.take_along_axis(qm, o, axis=1)
-        dup_sorted = np.zeros_like(sq, dtype=bool)
-        dup_sorted[:, 1:] = sq[:, 1:] == sq[:, :-1]
-        dup = np.zeros_like(dup_sorted)
-        np.put_along_axis(dup, o, dup_sorted, axis=1)
-        hit &= ~dup
+    hit_at = np.flatnonzero(hit)  # a repeated id counts once: among equal (user, item) hits keep the first
+    if hit_at.size > 1:
+        o = np.argsort(q[hit_at], kind="stable")
+        sk = q[hit_at][o]
+        hit.reshape(-1)[hit_at[o[1:][sk[1:] == sk[:-1]]]] = False
 
     eligible = n_rel > 0
     out: dict[str, float] = {}

@@ -14,9 +14,23 @@ from training.embedding import SparseEmbedding
 from training.features import FeatureLayout
 from training.models.base import CTRModel, ModelConfig
 from training.models.dcnv2 import DCNv2
+from training.models.deepfm import DeepFM
+from training.models.din import DIN
+from training.models.dlrm import DLRM
+from training.models.finalmlp import FinalMLP
+from training.models.fm import FM
+from training.models.lr import LR
+from training.models.wide_deep import WideDeep
 
 MODELS: dict[str, type[CTRModel]] = {
+    "lr": LR,
+    "fm": FM,
+    "wide_deep": WideDeep,
+    "deepfm": DeepFM,
     "dcnv2": DCNv2,
+    "dlrm": DLRM,
+    "din": DIN,
+    "finalmlp": FinalMLP,
 }
 
 

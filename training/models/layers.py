@@ -1,4 +1,4 @@
-"""Building blocks shared by the CTR models: MLP, cross network v2, FM interaction, dot interaction, pooling.
+"""Building blocks shared by the CTR models: MLP, cross network v2, FM and dot interactions, pooling, LR term.
 
 Shapes follow the TorchRec docstring convention: B = batch, F = embedded fields, D = embedding dim.
 """
@@ -11,7 +11,15 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from training.embedding import EmbeddingOutput, _masked_mean
+from training.embedding import (
+    Backend,
+    EmbeddingOutput,
+    SparseEmbedding,
+    TorchRecEmbedding,
+    _masked_mean,
+    build_embedding,
+)
+from training.features import DENSE, FeatureLayout
 
 
 class MLP(nn.Module):
@@ -82,3 +90,39 @@ def fields_with_pooled_sequences(out: EmbeddingOutput) -> Tensor:
         return out.pooled
     pooled = [_masked_mean(e, lens).unsqueeze(1) for e, lens in out.sequences.values()]
     return torch.cat([out.pooled, *pooled], dim=1)
+
+
+# ------------------------------------------------------------------------------ first-order (LR) term
+
+
+def backend_of(embedding: SparseEmbedding) -> Literal["fused", "torchrec"]:
+    """The backend an embedding layer uses, so a model's extra tables (e.g. its LR term) match it."""
+    return "torchrec" if isinstance(embedding, TorchRecEmbedding) else "fused"
+
+
+def first_order(out: EmbeddingOutput) -> Tensor:
+    """B x F' x 1 width-1 embeddings (fields, bags, mean-pooled sequences) summed over fields: B x 1."""
+    return fields_with_pooled_sequences(out).sum(dim=1)
+
+
+class LinearLogit(nn.Module):
+    """The logistic-regression term: one weight per id (its own width-1 embedding) summed over the fields,
+    plus `Linear(dense)` and a bias: batch -> B x 1.
+
+    Args:
+        layout: the model-input layout.
+        backend: embedding backend of the width-1 tables ("fused" or "torchrec"; "auto" = fused).
+        init_std: standard deviation of the id weights' normal init.
+    """
+
+    def __init__(self, layout: FeatureLayout, backend: Backend = "auto", *, init_std: float = 0.01) -> None:
+        super().__init__()
+        self.embedding = build_embedding(layout, 1, backend, init_std=init_std)
+        self.dense = nn.Linear(layout.dense_dim, 1, bias=False) if layout.dense_dim else None
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        out = first_order(self.embedding(batch)) + self.bias
+        if self.dense is not None:
+            out = out + self.dense(batch[DENSE])
+        return out

@@ -1,0 +1,40 @@
+"""DeepFM (Guo et al., 2017): LR term + FM interactions + an MLP, the FM and MLP sharing one embedding."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from training.embedding import SparseEmbedding
+from training.features import FeatureLayout
+from training.models.base import CTRModel, ModelConfig
+from training.models.layers import MLP, LinearLogit, backend_of, fields_with_pooled_sequences, fm_interaction
+
+
+class DeepFMConfig(ModelConfig):
+    mlp: list[int] = Field(default_factory=lambda: [256, 128])
+    dropout: float = Field(0.0, ge=0, lt=1)
+    batch_norm: bool = False
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+
+
+class DeepFM(CTRModel):
+    """logit = LR(batch) + FM(fields) + MLP([flattened fields, dense]); FM and MLP share fields."""
+
+    config_class = DeepFMConfig
+
+    def __init__(self, layout: FeatureLayout, cfg: DeepFMConfig,
+                 embedding: SparseEmbedding | None = None) -> None:
+        super().__init__(layout, cfg, embedding)
+        self.linear = LinearLogit(layout, backend_of(self.embedding), init_std=cfg.embedding_init_std)
+        in_dim = self.num_fields * cfg.embedding_dim + self.dense_dim
+        self.mlp = MLP(in_dim, cfg.mlp, out_dim=1, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
+                       activation=cfg.activation)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        fields = fields_with_pooled_sequences(self.embedding(batch))
+        deep = self.mlp(torch.cat([fields.flatten(1), self.dense(batch)], dim=1))
+        return (self.linear(batch) + fm_interaction(fields) + deep).squeeze(-1)

@@ -1,0 +1,32 @@
+"""Factorization machine (Rendle, 2010): the LR term plus pairwise interactions of the field embeddings."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from training.embedding import SparseEmbedding
+from training.features import FeatureLayout
+from training.models.base import CTRModel, ModelConfig
+from training.models.layers import LinearLogit, backend_of, fields_with_pooled_sequences, fm_interaction
+
+
+class FMConfig(ModelConfig):
+    """FM has no options beyond the embedding ones."""
+
+
+class FM(CTRModel):
+    """logit = LR(batch) + FM(fields), fields = B x F' x D (sparse fields, bags, mean-pooled sequences).
+
+    Dense features enter the LR term only (they have no embedding to interact with).
+    """
+
+    config_class = FMConfig
+
+    def __init__(self, layout: FeatureLayout, cfg: FMConfig,
+                 embedding: SparseEmbedding | None = None) -> None:
+        super().__init__(layout, cfg, embedding)
+        self.linear = LinearLogit(layout, backend_of(self.embedding), init_std=cfg.embedding_init_std)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        fields = fields_with_pooled_sequences(self.embedding(batch))
+        return (self.linear(batch) + fm_interaction(fields)).squeeze(-1)
