@@ -62,6 +62,11 @@ class SyntheticSource(StrictModel):
     latent_dim: int = Field(8, gt=0)
     days: int = Field(30, gt=0)
     start_date: str = "2026-01-01"
+
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _date_text(cls, v: object) -> object:
+        return v.isoformat() if hasattr(v, "isoformat") else v  # YAML reads an unquoted 2026-01-01 as a date
     base_logit: float = -2.2
     interaction_scale: float = 1.2
     position_bias: float = 0.35
@@ -259,6 +264,12 @@ class EntityConfig(StrictModel):
     ttl_days: float | None = Field(None, gt=0)
     features: list[str]
 
+    @model_validator(mode="after")
+    def _ttl_needs_time(self) -> EntityConfig:
+        if self.ttl_days is not None and self.timestamp is None:
+            raise ValueError("ttl_days needs 'timestamp' (a static table has no age to expire)")
+        return self
+
 
 class ProfilesConfig(StrictModel):
     """Precision-marketing user profiles (RFM + category affinity), computed as daily point-in-time snapshots."""
@@ -345,20 +356,26 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict[str, Any], overrides: Iterable[tuple[list[str], Any]]) -> dict[str, Any]:
     """Set dotted key paths in a nested dict (creating mappings as needed); list items by index."""
     for path, value in overrides:
-        node: Any = data
-        for part in path[:-1]:
-            if isinstance(node, list):
-                node = node[int(part)]
-                continue
-            if not isinstance(node.get(part), dict | list):
-                node[part] = {}
-            node = node[part]
-        last = path[-1]
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
+        try:
+            _set_path(data, path, value)
+        except (IndexError, ValueError, TypeError) as exc:
+            raise ConfigError(f"override '{'.'.join(path)}': no such position in the config ({exc})") from None
     return data
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node: Any = data
+    for part in path[:-1]:
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
+        if not isinstance(node.get(part), dict | list):
+            node[part] = {}
+        node = node[part]
+    if isinstance(node, list):
+        node[int(path[-1])] = value
+    else:
+        node[path[-1]] = value
 
 
 def _format_errors(exc: ValidationError, source: str, lines: Mapping[tuple[str, ...], int]) -> str:

@@ -196,9 +196,9 @@ def assemble_events(cfg: FeatureStoreConfig, raw: RawData) -> AssembledEvents:
                 positive=f.label if seq.positive_only else None,
             )
             events = events.append_column(seq.name, hist)
-        keep = [c for c in {f.user_key, f.item_key, f.timestamp, f.label} if c in events.column_names]
-        offline[HISTORY_TABLE] = events.select(keep)
 
+    keep = [c for c in dict.fromkeys([f.user_key, f.item_key, f.timestamp, f.label]) if c in events.column_names]
+    offline[HISTORY_TABLE] = events.select(keep)  # the interaction log: online histories and `as_of` come from it
     _check_columns(cfg, events)
     return AssembledEvents(events, codes, report, offline, profiles)
 
@@ -251,7 +251,7 @@ def transform_ray(cfg: FeatureStoreConfig, spec: FeatureSpec, table: pa.Table, o
 
     ds = ray.data.from_arrow(_blocks(table.select(needed), cfg.prepare.batch_rows))
     ds = ds.map_batches(transform, batch_format="pyarrow", batch_size=None)
-    ds.write_parquet(str(out_dir), min_rows_per_file=min(cfg.prepare.rows_per_shard, max(table.num_rows, 1)),
+    ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=min(cfg.prepare.rows_per_shard, max(table.num_rows, 1)),
                      max_rows_per_file=cfg.prepare.rows_per_shard)
     return table.num_rows
 

@@ -31,7 +31,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
     }
     if address:
         kwargs["address"] = address
-    else:
+    else:  # a fresh local Ray even where RAY_ADDRESS or a `ray start` cluster exists: local means local
+        kwargs["address"] = "local"
         kwargs["include_dashboard"] = False
         if num_cpus:
             kwargs["num_cpus"] = num_cpus

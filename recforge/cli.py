@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Any
 
 from feature_store.config import ConfigError
 from feature_store.rejects import RejectFractionExceeded
+from feature_store.spec import SpecError
 from recforge import config as config_mod
 
 
@@ -32,7 +35,8 @@ class Option:
 # flag -> config key path; which commands accept which options
 COMMON = [
     Option("--output-dir", "output_dir", str, "where outputs go (config: output_dir)"),
-    Option("--seed", "seed", int, "global seed (config: seed)"),
+    Option("--seed", "seed", int, "seed of the feature-spec fitting samples (config: seed); the data, split and "
+           "training have their own: source.seed, split.seed, train.seed"),
 ]
 PREPARE = [
     Option("--ray-address", "prepare.ray_address", str, "attach to a Ray cluster, e.g. auto or ray://host:10001"),
@@ -114,6 +118,8 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE"):  # `recforge ... | head` ends quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -121,12 +127,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.json:  # keep stdout valid JSON: no progress bars there
+        os.environ["RECFORGE_PROGRESS"] = "0"
     try:
         cfg = config_mod.load(args.config, overrides_from_args(args))
         result = _run(args.command, cfg)
-    except (ConfigError, RejectFractionExceeded, FileNotFoundError) as exc:
+    except (ConfigError, RejectFractionExceeded, FileNotFoundError, SpecError, ConnectionError) as exc:
         print(f"recforge {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if type(exc).__module__.startswith("redis"):  # server unreachable, auth, ...
+            print(f"recforge {args.command}: error: online store: {exc}", file=sys.stderr)
+            return 2
+        raise
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:

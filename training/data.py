@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,8 @@ class InMemoryBatches:
     """
 
     def __init__(self, tensors: Batch, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False,
-                 device: torch.device | str | None = None, pin_memory: bool = False) -> None:
+                 device: torch.device | str | None = None, pin_memory: bool = False,
+                 epoch_fn: Callable[[], int] | None = None) -> None:
         if device is not None:
             tensors = {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
         elif pin_memory and torch.cuda.is_available():
@@ -141,6 +142,7 @@ class InMemoryBatches:
         self.seed = seed
         self.drop_last = drop_last
         self.epoch = 0
+        self.epoch_fn = epoch_fn  # the trainer's epoch, so a resumed run replays the same permutation
         self.n = _num_rows(tensors)
 
     def set_epoch(self, epoch: int) -> None:
@@ -152,12 +154,13 @@ class InMemoryBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         dev = next(iter(self.tensors.values())).device
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.n, generator=g).to(dev)
         else:
             order = None
-        self.epoch += 1
+        self.epoch = epoch + 1
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.n)
             if order is None:
@@ -170,7 +173,8 @@ class StreamingBatches:
     """Row groups read in file order through a shuffle buffer; memory ~ buffer_rows, not the split size."""
 
     def __init__(self, directory: str | Path, layout: FeatureLayout, batch_size: int, *, shuffle: bool,
-                 buffer_rows: int = 262_144, seed: int = 0, drop_last: bool = False) -> None:
+                 buffer_rows: int = 262_144, seed: int = 0, drop_last: bool = False,
+                 epoch_fn: Callable[[], int] | None = None) -> None:
         self.files = shard_files(directory)
         self.layout = layout
         self.batch_size = batch_size
@@ -179,6 +183,7 @@ class StreamingBatches:
         self.seed = seed
         self.drop_last = drop_last
         self.epoch = 0
+        self.epoch_fn = epoch_fn
         self.n = sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
 
     def set_epoch(self, epoch: int) -> None:
@@ -195,8 +200,9 @@ class StreamingBatches:
                 yield pf.read_row_group(i)
 
     def __iter__(self) -> Iterator[Batch]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        self.epoch += 1
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        self.epoch = epoch + 1
         buffer: Batch | None = None
         for rg in self._row_groups():
             part = table_to_tensors(rg, self.layout)
@@ -264,13 +270,18 @@ class CTRDataModule(pl.LightningDataModule):
             resident = size < 0.4 * free
         return root if resident else None
 
+    def _epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
     def _batches(self, split: str, train: bool) -> Any:
+        epoch_fn = self._epoch if train else None
         if train and self.streaming:
             return StreamingBatches(self.prepared_dir / split, self.prepare_spec(), self.batch_size, shuffle=True,
-                                    buffer_rows=self.buffer_rows, seed=self.seed)
+                                    buffer_rows=self.buffer_rows, seed=self.seed, epoch_fn=epoch_fn)
         return InMemoryBatches(self.tensors[split], self.batch_size if train else self.eval_batch_size,
                                shuffle=train, seed=self.seed, device=self._device(),
-                               pin_memory=torch.cuda.is_available())
+                               pin_memory=torch.cuda.is_available(), epoch_fn=epoch_fn)
 
     def train_dataloader(self) -> Any:
         return self._batches("train", train=True)

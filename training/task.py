@@ -75,7 +75,9 @@ class CTRTask(pl.LightningModule):
         self.optim = optim or OptimConfig()
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
-        self.save_hyperparameters(ignore=["model"])
+        # plain values only: checkpoints load with torch.load(weights_only=True) on resume
+        self.save_hyperparameters({"optim": self.optim.model_dump(mode="json"), "total_steps": total_steps,
+                                   "steps_per_epoch": steps_per_epoch})
         self.loss_fn = nn.BCEWithLogitsLoss()
         self._outputs: dict[str, list[tuple[Tensor, Tensor, Tensor | None]]] = {"valid": [], "test": []}
         self.history: dict[str, list[float]] = {"train/loss": [], "valid/loss": []}
