@@ -60,7 +60,7 @@ step "torchrec $TORCHREC_VERSION (--no-deps) and its real dependencies"
 "${PIP[@]}" install -q --no-deps "torchrec==$TORCHREC_VERSION" || fail "torchrec" "pip could not install torchrec"
 
 step "RecForge and its dependencies (pinned by constraints.txt)"
-"${PIP[@]}" install -q -c constraints.txt -e ".[dev]" \
+"${PIP[@]}" install -q -c constraints.txt -e ".[dev,bench]" \
   || fail "recforge" "pip could not install the pinned dependencies; see the pip output above"
 
 "$VENV/bin/python" - <<'EOF' || fail "check" "a core package does not import; see the traceback above"

@@ -30,7 +30,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "movielens.yaml", "retail.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "movielens.yaml", "retail.yaml", "criteo.yaml"])
 def test_shipped_configs_validate(name: str) -> None:
     cfg = load(ROOT / "configs" / name)
     assert cfg.name == name.removesuffix(".yaml")

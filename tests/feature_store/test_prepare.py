@@ -154,3 +154,29 @@ def test_movielens_100k_end_to_end(tmp_path: Path, ray_local: object) -> None:
     assert 0.5 < float(np.mean(train.column("label").to_numpy())) < 0.6  # share of ratings >= 4 in ML-100K
     genres = train.column("genres").to_pylist()
     assert all(1 <= len(g) <= 6 for g in genres)
+
+
+def test_criteo_tsv_prepares_with_missing_fields_and_bad_lines(tmp_path: Path, ray_local: object) -> None:
+    from feature_store.synthetic import generate_criteo_schema
+
+    t = generate_criteo_schema(3000, n_ids=500, seed=1).to_pydict()
+    lines = []
+    for r in range(3000):
+        ints = ["" if t[f"I{j}"][r] is None else str(int(t[f"I{j}"][r])) for j in range(1, 14)]
+        cats = [format(t[f"C{j}"][r], "08x") if r % 7 else "" for j in range(1, 27)]
+        lines.append("\t".join([str(int(t["label"][r])), *ints, *cats]))
+    lines.insert(100, "1\tnot-a-number" + "\t" * 38)
+    lines.insert(200, "0\t1\t2")
+    path = tmp_path / "train.txt"
+    path.write_text("\n".join(lines) + "\n")
+    overrides = [f"source.path={path}", f"output_dir={tmp_path / 'out'}", "prepare.max_reject_fraction=0.01"]
+    overrides += [f"features.categorical.{i}.min_freq=1" for i in range(26)]
+    cfg = load(ROOT / "configs" / "criteo.yaml", overrides)
+    summary = prepare(cfg).summary
+    assert summary["rows_read_total"] == 3002 and summary["rows_rejected"] == 2
+    assert summary["events_kept"] == 3000
+    assert set(summary["rejected_by_reason"]) == {"unparsable number: I1", "wrong field count"}
+    train = read_prepared(tmp_path / "out" / "prepared" / "train")
+    assert train.schema.field("C1").type == pa.int64() and train.schema.field("I1").type == pa.float32()
+    ts = read_prepared(tmp_path / "out" / "prepared" / "test")
+    assert ts.num_rows == summary["split"]["rows"]["test"] > 0
