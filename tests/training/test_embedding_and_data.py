@@ -1,0 +1,150 @@
+"""Embedding backends agree for identical weights; the loaders yield every row once per epoch, seeded;
+the optimizer setup gives embeddings their own optimizer, learning rate and schedule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from feature_store.config import FeaturesConfig
+from feature_store.spec import SpecFitter
+from training.config import OptimConfig
+from training.data import InMemoryBatches, StreamingBatches, table_to_tensors
+from training.embedding import FusedEmbedding, TorchRecEmbedding, copy_weights
+from training.features import SPARSE, FeatureLayout, bag_len_key, seq_key
+from training.models import build_model
+from training.task import CombinedOptimizer, CTRTask
+
+CFG = FeaturesConfig.model_validate({
+    "label": "y",
+    "categorical": [{"name": "user_id"}, {"name": "item_id"}, {"name": "city"}],
+    "numeric": [{"name": "price"}, {"name": "age", "transform": "bucketize", "buckets": 4}],
+    "multi_valued": [{"name": "tags", "max_len": 3}],
+    "sequence": [{"name": "hist", "source": "item_id", "max_len": 4}],
+    "vector": [{"name": "vec", "dim": 2}],
+})
+
+
+def raw_table(n: int = 2000, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    items = rng.integers(1, 60, n)
+    return pa.table({
+        "user_id": rng.integers(1, 200, n), "item_id": items, "city": rng.choice(["a", "b", "c"], n),
+        "price": rng.gamma(2.0, 3.0, n), "age": rng.integers(18, 70, n),
+        "tags": [list(rng.choice(["x", "y", "z", "w"], rng.integers(0, 5))) for _ in range(n)],
+        "hist": [list(rng.integers(1, 60, rng.integers(0, 7))) for _ in range(n)],
+        "vec": [list(rng.random(2)) for _ in range(n)],
+        "y": (items % 3 == 0).astype(np.float32),
+    })
+
+
+@pytest.fixture(scope="module")
+def prepared() -> tuple[FeatureLayout, pa.Table]:
+    t = raw_table()
+    spec = SpecFitter(CFG).fit(t)
+    return FeatureLayout.from_spec(spec), spec.transform(t)
+
+
+def test_layout_comes_from_the_spec(prepared: tuple[FeatureLayout, pa.Table]) -> None:
+    layout, _ = prepared
+    assert [f.name for f in layout.sparse] == ["user_id", "item_id", "city", "age"]
+    assert [f.name for f in layout.bags] == ["tags"] and layout.sequences[0].source == "item_id"
+    assert layout.dense_dim == 1 + 2 and layout.user_field == "user_id" and layout.item_field == "item_id"
+
+
+def test_fused_and_torchrec_backends_give_identical_outputs(prepared: tuple[FeatureLayout, pa.Table]) -> None:
+    layout, table = prepared
+    batch = table_to_tensors(table.slice(0, 256), layout)
+    fused, trec = FusedEmbedding(layout, 8), TorchRecEmbedding(layout, 8)
+    copy_weights(fused, trec)
+    a, b = fused(batch), trec(batch)
+    torch.testing.assert_close(a.pooled, b.pooled, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(a.sequences["hist"][0], b.sequences["hist"][0])
+    for backend in ("fused", "torchrec"):  # same weights through a whole model
+        torch.manual_seed(0)
+        m1 = build_model("dcnv2", layout, {"embedding_backend": "fused", "embedding_dim": 8})
+        m2 = build_model("dcnv2", layout, {"embedding_backend": backend, "embedding_dim": 8})
+        m2.load_state_dict({k: v for k, v in m1.state_dict().items() if not k.startswith("embedding.")},
+                           strict=False)
+        copy_weights(m1.embedding, m2.embedding)
+        torch.testing.assert_close(m1(batch), m2(batch), rtol=1e-5, atol=1e-6)
+
+
+def test_empty_bags_pool_to_zero(prepared: tuple[FeatureLayout, pa.Table]) -> None:
+    layout, table = prepared
+    batch = table_to_tensors(table.slice(0, 300), layout)
+    empty = batch[bag_len_key("tags")] == 0
+    assert empty.any()
+    out = FusedEmbedding(layout, 4)(batch)
+    assert torch.all(out.pooled[empty, len(layout.sparse)] == 0)
+
+
+def test_in_memory_batches_cover_every_row_once_with_a_seeded_order(prepared: tuple[FeatureLayout, pa.Table]) -> None:
+    layout, table = prepared
+    tensors = table_to_tensors(table, layout)
+    tensors["row"] = torch.arange(table.num_rows)
+    a = [b["row"] for b in InMemoryBatches(tensors, 300, shuffle=True, seed=1)]
+    b = [b["row"] for b in InMemoryBatches(tensors, 300, shuffle=True, seed=1)]
+    assert torch.equal(torch.cat(a).sort().values, torch.arange(table.num_rows))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    it = InMemoryBatches(tensors, 300, shuffle=True, seed=1)
+    first = torch.cat([x["row"] for x in it])
+    second = torch.cat([x["row"] for x in it])
+    assert not torch.equal(first, second)  # a new permutation each epoch
+    assert len(it) == 7 and len(a[-1]) == 2000 - 6 * 300
+
+
+def test_streaming_batches_match_the_in_memory_rows(prepared: tuple[FeatureLayout, pa.Table], tmp_path: Path) -> None:
+    layout, table = prepared
+    for i in range(0, table.num_rows, 500):
+        pq.write_table(table.slice(i, 500), tmp_path / f"part-{i:05d}.parquet", row_group_size=250)
+    stream = StreamingBatches(tmp_path, layout, 128, shuffle=True, buffer_rows=400, seed=3)
+    batches = list(stream)
+    assert sum(len(b["label"]) for b in batches) == table.num_rows == stream.n
+    got = torch.cat([b[SPARSE] for b in batches])
+    want = table_to_tensors(table, layout)[SPARSE]
+    key = lambda s: s[:, 0] * 10**6 + s[:, 1] * 10**3 + s[:, 2]  # noqa: E731
+    assert torch.equal(torch.sort(key(got)).values, torch.sort(key(want)).values)
+    assert torch.cat([b[seq_key("hist")] for b in batches]).shape == (table.num_rows, 4)
+
+
+@pytest.mark.parametrize("embedding", ["adam", "adagrad"])
+def test_embeddings_get_their_own_optimizer_and_learning_rate(prepared: tuple[FeatureLayout, pa.Table],
+                                                              embedding: str) -> None:
+    layout, _ = prepared
+    model = build_model("deepfm", layout, {"embedding_dim": 4})
+    task = CTRTask(model, OptimConfig(dense="adamw", dense_lr=1e-3, embedding=embedding, embedding_lr=0.05))
+    opt = task.configure_optimizers()
+    assert isinstance(opt, CombinedOptimizer)
+    dense_opt, emb_opt = opt.optimizers
+    assert isinstance(dense_opt, torch.optim.AdamW)
+    assert type(emb_opt).__name__.lower() == embedding
+    emb_params = {id(p) for g in emb_opt.param_groups for p in g["params"]}
+    assert id(model.embedding.weight.weight) in emb_params and emb_opt.param_groups[0]["lr"] == 0.05
+    assert not emb_params & {id(p) for g in dense_opt.param_groups for p in g["params"]}
+
+
+def test_warmup_and_cosine_decay_schedule_every_group(prepared: tuple[FeatureLayout, pa.Table]) -> None:
+    layout, table = prepared
+    model = build_model("dcnv2", layout, {"embedding_dim": 4})
+    task = CTRTask(model, OptimConfig(warmup_steps=4, decay="cosine", dense_lr=1e-2, embedding_lr=1e-1),
+                   total_steps=20, steps_per_epoch=10)
+    conf = task.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    batch = table_to_tensors(table.slice(0, 64), layout)
+    lrs = []
+    for _ in range(20):
+        torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch["label"]).backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+        lrs.append([g["lr"] for g in opt.param_groups])
+    lrs_np = np.array(lrs)
+    assert lrs_np[0, 0] == pytest.approx(1e-2 * 2 / 4) and lrs_np[0, -1] == pytest.approx(1e-1 * 2 / 4)
+    assert lrs_np[2, 0] == pytest.approx(1e-2)  # warm-up done
+    assert lrs_np[-1, 0] < 1e-3  # decayed
