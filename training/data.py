@@ -131,7 +131,7 @@ class InMemoryBatches:
 
     def __init__(self, tensors: Batch, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False,
                  device: torch.device | str | None = None, pin_memory: bool = False,
-                 epoch_fn: Callable[[], int] | None = None) -> None:
+                 epoch_fn: Callable[[], int] | None = None, rank: int = 0, world_size: int = 1) -> None:
         if device is not None:
             tensors = {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
         elif pin_memory and torch.cuda.is_available():
@@ -143,7 +143,11 @@ class InMemoryBatches:
         self.drop_last = drop_last
         self.epoch = 0
         self.epoch_fn = epoch_fn  # the trainer's epoch, so a resumed run replays the same permutation
-        self.n = _num_rows(tensors)
+        self.rank, self.world_size = rank, world_size
+        total = _num_rows(tensors)
+        # data parallel: every rank takes an equal share of each epoch's permutation (the remainder is skipped)
+        self.n = total // world_size if world_size > 1 else total
+        self.total = total
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -157,9 +161,12 @@ class InMemoryBatches:
         epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(self.n, generator=g).to(dev)
+            order = torch.randperm(self.total, generator=g).to(dev)
         else:
             order = None
+        if self.world_size > 1:
+            base = order if order is not None else torch.arange(self.total, device=dev)
+            order = base[self.rank: self.n * self.world_size: self.world_size]
         self.epoch = epoch + 1
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.n)
@@ -274,14 +281,22 @@ class CTRDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return int(trainer.current_epoch) if trainer is not None else 0
 
+    def _rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
     def _batches(self, split: str, train: bool) -> Any:
         epoch_fn = self._epoch if train else None
+        rank, world = self._rank() if train else (0, 1)  # evaluation: every rank scores the whole split
         if train and self.streaming:
             return StreamingBatches(self.prepared_dir / split, self.prepare_spec(), self.batch_size, shuffle=True,
                                     buffer_rows=self.buffer_rows, seed=self.seed, epoch_fn=epoch_fn)
         return InMemoryBatches(self.tensors[split], self.batch_size if train else self.eval_batch_size,
                                shuffle=train, seed=self.seed, device=self._device(),
-                               pin_memory=torch.cuda.is_available(), epoch_fn=epoch_fn)
+                               pin_memory=torch.cuda.is_available(), epoch_fn=epoch_fn, rank=rank,
+                               world_size=world)
 
     def train_dataloader(self) -> Any:
         return self._batches("train", train=True)

@@ -127,10 +127,7 @@ class CTRTask(pl.LightningModule):
         probs = torch.cat([o[0] for o in outs]).numpy()
         labels = torch.cat([o[1] for o in outs]).numpy()
         groups = torch.cat([o[2] for o in outs]).numpy() if outs[0][2] is not None else None
-        if self.trainer is not None and self.trainer.world_size > 1:
-            gathered = self.all_gather({"p": torch.from_numpy(probs), "y": torch.from_numpy(labels)})
-            probs, labels = gathered["p"].reshape(-1).cpu().numpy(), gathered["y"].reshape(-1).cpu().numpy()
-            groups = None
+        # every rank evaluates the whole split (see CTRDataModule), so the metrics agree without a gather
         metrics = ctr_metrics(labels, probs, groups)
         self.last_metrics[stage] = metrics
         self.last_predictions[stage] = {"probs": probs, "labels": labels}

@@ -148,3 +148,14 @@ def test_warmup_and_cosine_decay_schedule_every_group(prepared: tuple[FeatureLay
     assert lrs_np[0, 0] == pytest.approx(1e-2 * 2 / 4) and lrs_np[0, -1] == pytest.approx(1e-1 * 2 / 4)
     assert lrs_np[2, 0] == pytest.approx(1e-2)  # warm-up done
     assert lrs_np[-1, 0] < 1e-3  # decayed
+
+
+def test_data_parallel_ranks_take_disjoint_equal_shares(prepared: tuple[FeatureLayout, pa.Table]) -> None:
+    layout, table = prepared
+    tensors = table_to_tensors(table, layout)
+    tensors["row"] = torch.arange(table.num_rows)
+    shares = [torch.cat([b["row"] for b in InMemoryBatches(tensors, 128, shuffle=True, seed=4, rank=r,
+                                                            world_size=3)]) for r in range(3)]
+    assert {len(s) for s in shares} == {table.num_rows // 3}
+    union = torch.cat(shares)
+    assert len(torch.unique(union)) == len(union)
