@@ -62,6 +62,7 @@ TRAIN = [
     Option("--accelerator", "train.accelerator", str, "auto, cpu or gpu (config: train.accelerator)"),
     Option("--devices", "train.devices", int, "devices for the Trainer; >1 uses DDP (config: train.devices)"),
     Option("--ray-workers", "train.ray_workers", int, "train through Ray Train with N workers"),
+    Option("--ray-address", "prepare.ray_address", str, "Ray cluster for --ray-workers (default: a local Ray)"),
     Option("--tracking-uri", "train.tracking.uri", str, "MLflow tracking URI (default: <output_dir>/mlflow.db)"),
     Option("--resume", "train.resume", bool, "continue from the last checkpoint", switch=True),
     Option("--sharded", "train.sharded", bool, "TorchRec planner + DistributedModelParallel", switch=True),
@@ -98,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                 p.add_argument(opt.flag, dest=_dest(opt), action="store_const", const=True, default=None,
                                help=opt.help)
             else:
-                p.add_argument(opt.flag, dest=_dest(opt), type=opt.type, default=None, help=opt.help)
+                p.add_argument(opt.flag, dest=_dest(opt), type=opt.type, default=None, help=opt.help,
+                               metavar=opt.flag.lstrip("-").upper().replace("-", "_"))
     return parser
 
 

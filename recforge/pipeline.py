@@ -57,7 +57,8 @@ def train_ctr(cfg: RecForgeConfig) -> dict[str, Any]:
         model_config(cfg.train.model, cfg.train.model_params.get(cfg.train.model, {}))
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"train.model / train.model_params.{cfg.train.model}: {exc}") from None
-    result = run_train(cfg.output_dir, cfg.name, cfg.train, config_doc=cfg.model_dump(mode="json"))
+    result = run_train(cfg.output_dir, cfg.name, cfg.train, config_doc=cfg.model_dump(mode="json"),
+                       ray_address=cfg.prepare.ray_address)
     oracle = oracle_auc(cfg)
     if oracle is not None:
         result["test"]["oracle_auc"] = oracle

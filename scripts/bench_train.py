@@ -44,30 +44,27 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor, nn
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from feature_store.config import CategoricalFeature, FeaturesConfig, NumericFeature  # noqa: E402
-from feature_store.spec import FeatureSpec, SpecFitter  # noqa: E402
-from feature_store.synthetic import generate_criteo_schema  # noqa: E402
-from training.config import OptimConfig  # noqa: E402
-from training.data import InMemoryBatches, StreamingBatches, load_split  # noqa: E402
-from training.embedding import FusedEmbedding, torchrec_available  # noqa: E402
-from training.features import LABEL, FeatureLayout  # noqa: E402
-from training.models import build_model  # noqa: E402
-from training.task import CTRTask, _embedding_params  # noqa: E402
+from feature_store.config import CategoricalFeature, FeaturesConfig, NumericFeature
+from feature_store.spec import FeatureSpec, SpecFitter
+from feature_store.synthetic import generate_criteo_schema
+from training.config import OptimConfig
+from training.data import InMemoryBatches, StreamingBatches, load_split
+from training.embedding import FusedEmbedding, SparseEmbedding, torchrec_available
+from training.features import LABEL, FeatureLayout
+from training.models import build_model
+from training.task import CTRTask
 
 DOC_START = "<!-- bench_train:start -->"
 DOC_END = "<!-- bench_train:end -->"
+REPO = Path(__file__).resolve().parents[1]
 SECTION_TITLE = "## CTR training throughput (bench_train.py)"
-DOC_HEADER = "# Benchmarks\n\nEach script under `scripts/` rewrites only its own section (between its marker comments).\n"
+DOC_HEADER = "# Benchmarks\n\nEach `scripts/bench_*.py` rewrites only its own section (between its marker comments).\n"
 N_DENSE, N_SPARSE = 13, 26
 EMB_DIM = 16
 DCN_PARAMS: dict[str, Any] = {"embedding_dim": EMB_DIM, "cross_layers": 3, "mlp": [256, 128], "structure": "parallel"}
@@ -150,10 +147,19 @@ class Run:
     model: str
     samples_per_s: list[float] = field(default_factory=list)
     load: list[float] = field(default_factory=list)
-    note: str = ""
+    cores_used: list[float] = field(default_factory=list)  # process CPU seconds / wall seconds while timed
     dense_params: int = 0
     emb_params: int = 0
     final_loss: float | None = None
+
+    def record(self, samples_per_s: float, cores_used: float) -> None:
+        self.samples_per_s.append(samples_per_s)
+        self.cores_used.append(cores_used)
+
+    @property
+    def best_cores(self) -> float:
+        """Cores the process kept busy in the fastest round."""
+        return self.cores_used[self.samples_per_s.index(self.best)] if self.samples_per_s else float("nan")
 
     @property
     def best(self) -> float:
@@ -167,6 +173,11 @@ class Run:
 def _cycle(batches: InMemoryBatches) -> Iterator[dict[str, Tensor]]:
     while True:
         yield from batches
+
+
+def _our_emb(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of every embedding layer of the model (the main one and e.g. DeepFM's width-1 tables)."""
+    return [p for m in model.modules() if isinstance(m, SparseEmbedding) for p in m.parameters()]
 
 
 def _param_counts(model: nn.Module, emb: Sequence[nn.Parameter]) -> tuple[int, int]:
@@ -211,27 +222,27 @@ def our_step_fn(model: nn.Module, optim: OptimConfig, batches: InMemoryBatches) 
     return step
 
 
-def time_steps(step: Callable[[], Tensor], warmup: int, steps: int) -> tuple[float, float]:
-    """Seconds for `steps` steps after `warmup` steps, and the mean loss of the timed steps."""
+def time_steps(step: Callable[[], Tensor], warmup: int, steps: int) -> tuple[float, float, float]:
+    """Wall seconds and process CPU seconds of `steps` steps after `warmup` steps; mean loss of the timed steps."""
     for _ in range(warmup):
         step()
     losses = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         losses.append(step())
-    elapsed = time.perf_counter() - t0
-    return elapsed, float(torch.stack(losses).mean())
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return elapsed, cpu, float(torch.stack(losses).mean())
 
 
 def run_ours(run: Run, prep: Prepared, train: dict[str, Tensor], args: argparse.Namespace, backend: str,
              sparse_grad: bool = False) -> None:
     model = build_ours(run.model, prep.layout, backend, sparse_grad=sparse_grad)
     optim = OptimConfig(embedding="sparse_adam") if sparse_grad else OptimConfig()
-    run.dense_params, run.emb_params = _param_counts(model, _embedding_params(model))
+    run.dense_params, run.emb_params = _param_counts(model, _our_emb(model))
     batches = InMemoryBatches(train, args.batch_size, shuffle=True, seed=args.seed, drop_last=True)
     run.load.append(load1())
-    elapsed, loss = time_steps(our_step_fn(model, optim, batches), args.warmup, args.steps)
-    run.samples_per_s.append(args.steps * args.batch_size / elapsed)
+    elapsed, cpu, loss = time_steps(our_step_fn(model, optim, batches), args.warmup, args.steps)
+    run.record(args.steps * args.batch_size / elapsed, cpu / elapsed)
     run.final_loss = loss
 
 
@@ -241,13 +252,13 @@ def run_lightning(run: Run, prep: Prepared, train: dict[str, Tensor], args: argp
 
     class StepClock(pl.Callback):
         def __init__(self) -> None:
-            self.ends: list[float] = []
+            self.ends: list[tuple[float, float]] = []
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            self.ends.append(time.perf_counter())
+            self.ends.append((time.perf_counter(), time.process_time()))
 
     model = build_ours(run.model, prep.layout, "fused")
-    run.dense_params, run.emb_params = _param_counts(model, _embedding_params(model))
+    run.dense_params, run.emb_params = _param_counts(model, _our_emb(model))
     task = CTRTask(model, OptimConfig())
     clock = StepClock()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=args.warmup + args.steps, max_epochs=-1,
@@ -257,10 +268,9 @@ def run_lightning(run: Run, prep: Prepared, train: dict[str, Tensor], args: argp
     batches = InMemoryBatches(train, args.batch_size, shuffle=True, seed=args.seed, drop_last=True)
     run.load.append(load1())
     trainer.fit(task, train_dataloaders=batches)
-    ends = clock.ends
-    elapsed = ends[-1] - ends[args.warmup - 1] if args.warmup else ends[-1] - ends[0]
-    timed = len(ends) - max(args.warmup, 1)
-    run.samples_per_s.append(timed * args.batch_size / elapsed)
+    (t0, c0), (t1, c1) = clock.ends[args.warmup - 1], clock.ends[-1]
+    timed = len(clock.ends) - args.warmup
+    run.record(timed * args.batch_size / (t1 - t0), (c1 - c0) / (t1 - t0))
     run.final_loss = float(np.mean(task._epoch_losses[-timed:])) if task._epoch_losses else None
 
 
@@ -286,7 +296,7 @@ def peer_inputs(prep: Prepared, directory: Path, rows: int | None) -> tuple[dict
 
 
 def build_peer(kind: str, prep: Prepared) -> nn.Module:
-    """DeepCTR-Torch models with our sizes; L2 terms 0 so the loss is plain BCE like ours (see `note`)."""
+    """DeepCTR-Torch models with our sizes; their L2 terms set to 0 so the loss is plain BCE, like ours."""
     with contextlib.redirect_stdout(io.StringIO()):
         from deepctr_torch.models import DCN, DeepFM
     if kind == "dcn":
@@ -314,13 +324,13 @@ def run_peer(run: Run, prep: Prepared, x: dict[str, np.ndarray], y: np.ndarray, 
     class EpochClock(Callback):
         def __init__(self) -> None:
             super().__init__()
-            self.begin = self.end = 0.0
+            self.begin = self.end = (0.0, 0.0)
 
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self.begin = time.perf_counter()
+            self.begin = (time.perf_counter(), time.process_time())
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            self.end = time.perf_counter()
+            self.end = (time.perf_counter(), time.process_time())
 
     model = build_peer(run.model, prep)
     run.dense_params, run.emb_params = _param_counts(model, _peer_emb(model))
@@ -333,7 +343,8 @@ def run_peer(run: Run, prep: Prepared, x: dict[str, np.ndarray], y: np.ndarray, 
         run.load.append(load1())
         history = model.fit({k: v[:timed_rows] for k, v in x.items()}, y[:timed_rows], batch_size=args.batch_size,
                             epochs=1, verbose=0, shuffle=True, callbacks=[clock])
-    run.samples_per_s.append(timed_rows / (clock.end - clock.begin))
+    wall = clock.end[0] - clock.begin[0]
+    run.record(timed_rows / wall, (clock.end[1] - clock.begin[1]) / wall)
     run.final_loss = float(history.history["loss"][-1])
 
 
@@ -471,6 +482,10 @@ def machine() -> dict[str, Any]:
                                                  "pytorch-lightning", "pyarrow", "numpy")}}
 
 
+def _flops_key(model: str) -> str:
+    return {"dcn": "dcnv2"}.get(model, model)
+
+
 def _goal(ok: bool) -> str:
     return "**met**" if ok else "**NOT met**"
 
@@ -537,20 +552,22 @@ def render_section(ctx: dict[str, Any]) -> str:
         "### Training samples/s",
         "",
         f"Rounds: {a['repeat']}, contenders interleaved (ours, peer, ours, ...), the order reversed every other round. "
-        "'best' is the fastest round (the least disturbed by other load); 'vs peer' compares bests.",
+        "'best' is the fastest round (the least disturbed by other load); 'vs peer' compares bests; 'cores busy' "
+        "is the process's CPU seconds per wall second during the fastest round's timed steps (at most "
+        f"{a['threads']}: less means it waited, for other jobs or on its own serial parts).",
         "",
-        "| contender | model | samples/s (best) | median | steps/s (best) | vs peer | dense GFLOP/s | every round | "
-        "dense / embedding params |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
+        "| contender | model | samples/s (best) | median | steps/s (best) | vs peer | dense GFLOP/s | cores busy | "
+        "every round | dense / embedding params |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     peer_of = {"dcnv2": "peer_dcn", "deepfm": "peer_deepfm"}
-    for key, run in runs.items():
+    for run in runs.values():
         vs = ""
         if run.family != "peer" and run.model in peer_of and peer_of[run.model] in runs:
             vs = _ratio(run.best, runs[peer_of[run.model]].best)
         lines.append(
             f"| {run.name} | {run.model} | {_fmt(run.best)} | {_fmt(run.median)} | {run.best / a['batch_size']:.1f} | "
-            f"{vs} | {run.best * ctx['flops'][_flops_key(run.model)] / 1e9:.0f} | "
+            f"{vs} | {run.best * ctx['flops'][_flops_key(run.model)] / 1e9:.0f} | {run.best_cores:.2f} | "
             f"{', '.join(_fmt(x) for x in run.samples_per_s)} | {run.dense_params:,} / {run.emb_params:,} |")
     lines += ["", "Goal (at least 2x the peer's samples/s on this CPU):", "",
               f"- DCNv2 (fused) vs DeepCTR-Torch DCN-M, same model: {s['dcn_vs_peer']:.2f}x, "
@@ -568,11 +585,14 @@ def render_section(ctx: dict[str, Any]) -> str:
                  f"without clipping; with `gradient_clip_val=10` (the default of `train.optim.grad_clip`, as "
                  f"`train.py` runs it; it also clips the full embedding gradient) it "
                  f"{_overhead(s['lightning_clip_overhead'])}.")
-    if "ours_dcnv2_sparse" in runs:
-        sp = runs["ours_dcnv2_sparse"].best
-        lines.append(f"- DCNv2 with sparse embedding gradients + `SparseAdam` (the `embedding: sparse_adam` "
-                     f"option, fused table built with `sparse_grad=True` by this script): {_fmt(sp)} samples/s, "
-                     f"{_ratio(sp, runs['peer_dcn'].best)} the peer's DCN-M.")
+    sp, spl = runs["ours_dcnv2_sparse"].best, runs["ours_dlrm_sparse"].best
+    lines.append(f"- Sparse embedding gradients + `SparseAdam` (what `train.optim.embedding: sparse_adam` is for; "
+                 "the fused table is built with `sparse_grad=True` by this script, as no config reaches that "
+                 f"flag today): DCNv2 {_fmt(sp)} samples/s ({_ratio(sp, runs['ours_dcnv2_fused'].best)} dense Adam, "
+                 f"{_ratio(sp, runs['peer_dcn'].best)} the peer's DCN-M); DLRM {_fmt(spl)} samples/s "
+                 f"({_ratio(spl, runs['ours_dlrm_fused'].best)} dense Adam, {_ratio(spl, runs['peer_deepfm'].best)}"
+                 " the peer's DeepFM). Only the rows a batch touches get Adam moments updated (SparseAdam's "
+                 "lazy semantics), so it is not the same optimizer as dense Adam, but it is a configured option.")
     lines += ["", "### Loaders alone", "",
               f"Batches of {a['batch_size']:,} rows per second against the fastest model's consumption "
               f"({max(s['consumption'].values()):.1f} steps/s; DCNv2 {s['consumption']['dcnv2']:.1f}, DLRM "
@@ -593,9 +613,19 @@ def render_section(ctx: dict[str, Any]) -> str:
     for model, (ours, peer) in ctx["inference"].items():
         lines.append(f"| {model} | {_fmt(ours)} | {_fmt(peer) if peer else 'n/a'} | "
                      f"{_ratio(ours, peer) if peer else ''} |")
+    fl = ctx["flops"]
     lines += ["", "### Where the time goes", "",
-              f"`torch.profiler` (CPU) over {a['profile_steps']} steps after warm-up; self CPU time per op. Shares "
-              "by category are grouped by op name.", ""]
+              f"Dense-layer work per training sample (6 x the multiply-adds of the Linear layers, plus DLRM's dot "
+              f"products): DCNv2 {fl['dcnv2'] / 1e6:.2f} MFLOP (its three full-rank {ctx['x0_dim']}x{ctx['x0_dim']}"
+              f" cross layers are {100 * ctx['cross_share']:.0f}% of it), DLRM {fl['dlrm'] / 1e6:.2f}, DeepFM "
+              f"{fl['deepfm'] / 1e6:.2f}; a batch of {a['batch_size']:,} is {a['batch_size'] * fl['dcnv2'] / 1e9:.1f}"
+              f" GFLOP for DCNv2. The 'dense GFLOP/s' column above is this work times samples/s: both libraries "
+              "run the same matrix products (same sizes, torch's CPU GEMM), so a model whose step is mostly GEMM "
+              "cannot be much faster in one library than the other; the gap can only come from the rest of the "
+              "step (input pipeline, embedding lookups, optimizer, framework glue).", "",
+              f"`torch.profiler` (CPU) over {a['profile_steps']} steps after warm-up; self CPU time per op (the "
+              "profiler slows small ops, so ms/step runs above the timed rate). Shares by category are grouped "
+              "by op name.", ""]
     for title, prof in ctx["profiles"].items():
         cats = "; ".join(f"{k} {100 * v:.0f}%" for k, v in prof["categories"])
         lines += [f"**{title}** ({prof['wall_ms_per_step']:.0f} ms per step under the profiler): {cats}.", "",
@@ -645,10 +675,11 @@ def update_doc(path: Path, section: str) -> None:
 
 def print_table(ctx: dict[str, Any]) -> None:
     bs = ctx["args"]["batch_size"]
-    print(f"\n{'contender':58} {'samples/s best':>15} {'median':>10} {'steps/s':>8}  load avg at start")
+    print(f"\n{'contender':58} {'model':7} {'samples/s best':>15} {'median':>10} {'steps/s':>8} {'cores':>6}  "
+          "load avg at start")
     for run in ctx["runs"].values():
-        print(f"{run.name:58} {_fmt(run.best):>15} {_fmt(run.median):>10} {run.best / bs:8.1f}  "
-              f"{', '.join(f'{x:.2f}' for x in run.load)}")
+        print(f"{run.name:58} {run.model:7} {_fmt(run.best):>15} {_fmt(run.median):>10} {run.best / bs:8.1f} "
+              f"{run.best_cores:6.2f}  {', '.join(f'{x:.2f}' for x in run.load)}")
     print("\nloader batches/s (x fastest model's steps/s):")
     for name, bps in ctx["loaders"].items():
         print(f"  {name:62} {bps:10,.1f}  {ctx['summary']['loader_ratio'][name]:6.1f}x")
@@ -734,6 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda r: run_lightning(r, prep, train, args, None))
     add("ours_dcnv2_sparse", Run("RecForge, fused, sparse grads + SparseAdam", "ours", "dcnv2"),
         lambda r: run_ours(r, prep, train, args, "fused", sparse_grad=True))
+    add("ours_dlrm_sparse", Run("RecForge, fused, sparse grads + SparseAdam", "ours", "dlrm"),
+        lambda r: run_ours(r, prep, train, args, "fused", sparse_grad=True))
     add("lightning_dcnv2_clip", Run("RecForge via Lightning, gradient_clip_val=10 (train.py)", "lightning", "dcnv2"),
         lambda r: run_lightning(r, prep, train, args, OptimConfig().grad_clip))
 
@@ -755,18 +788,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "deepfm": (bench_inference_ours("deepfm", prep, test, args),
                    bench_inference_peer("deepfm", prep, test_x, args)),
     }
-    log("profiling one step of each")
+    log("profiling steps")
     profiles: dict[str, Any] = {}
-    for title, model_name in (("RecForge DCNv2 (fused)", "dcnv2"), ("RecForge DLRM (fused)", "dlrm")):
+    for title, model_name in (("RecForge DCNv2 (fused)", "dcnv2"), ("RecForge DLRM (fused)", "dlrm"),
+                              ("RecForge DeepFM (fused)", "deepfm")):
         step = our_step_fn(build_ours(model_name, prep.layout, "fused"), OptimConfig(),
                            InMemoryBatches(train, args.batch_size, shuffle=True, seed=args.seed, drop_last=True))
-        time_steps(step, args.warmup, 1)
+        time_steps(step, min(args.warmup, 5), 1)
         profiles[title] = profile_step(step, args.profile_steps)
-    peer_step = peer_step_fn(build_peer("dcn", prep), peer_x, peer_y, args.batch_size)
-    time_steps(peer_step, args.warmup, 1)
-    profiles["DeepCTR-Torch DCN-M (their fit loop's body, DataLoader excluded)"] = profile_step(
-        peer_step, args.profile_steps)
+    for title, kind in (("DeepCTR-Torch DCN-M", "dcn"), ("DeepCTR-Torch DeepFM", "deepfm")):
+        peer_step = peer_step_fn(build_peer(kind, prep), peer_x, peer_y, args.batch_size)
+        time_steps(peer_step, min(args.warmup, 5), 1)
+        profiles[f"{title} (their fit loop's body, DataLoader excluded)"] = profile_step(peer_step,
+                                                                                          args.profile_steps)
 
+    x0_dim = len(prep.layout.sparse) * EMB_DIM + prep.layout.dense_dim
     argv_shown = list(argv) if argv is not None else sys.argv[1:]
     ctx: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -775,6 +811,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "n_train": prep.n_train, "n_test": prep.n_test, "peer_rows": peer_rows,
         "emb_rows": sum(f.cardinality for f in prep.layout.sparse),
+        "flops": {m: train_flops_per_sample(build_ours(m, prep.layout, "fused")) for m in PARAMS},
+        "x0_dim": x0_dim, "cross_share": 6.0 * DCN_PARAMS["cross_layers"] * x0_dim**2 / train_flops_per_sample(
+            build_ours("dcnv2", prep.layout, "fused")),
         "runs": runs, "loaders": loaders, "inference": inference, "profiles": profiles,
     }
     ctx["summary"] = summarize(ctx)

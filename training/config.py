@@ -56,7 +56,7 @@ class TrainConfig(StrictModel):
     streaming: bool = False
     gpu_resident: bool | None = Field(None, description="None = auto (when the train split fits in GPU memory)")
     ray_workers: int = Field(0, ge=0, description=">0 trains through Ray Train with that many workers")
-    sharded: bool = False
+    sharded: bool = Field(False, description="TorchRec planner + DistributedModelParallel over `devices` processes")
     resume: bool = False
     num_threads: int | None = Field(None, gt=0)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -1,18 +1,21 @@
 """Distributed CTR training: Ray Train data-parallel workers, and TorchRec model-parallel (sharded) embeddings.
 
 - `train_ctr_ray` (`train.ray_workers > 0`): a `ray.train.torch.TorchTrainer` runs the Lightning job of
-  `train_ctr` on every worker (`RayDDPStrategy`). Each worker loads the whole train split but trains on its own
-  rows of a per-epoch permutation shared by all ranks (`RankShardedBatches`); it evaluates a contiguous slice of
-  valid and the slices are gathered (uneven sizes padded) so the metrics cover the whole split exactly once. The
-  driver takes the best reported checkpoint, re-evaluates valid and test, saves the bundle and logs the MLflow run.
+  `train_ctr` on every worker (`RayDDPStrategy`, `RayLightningEnvironment`, `RayTrainReportCallback`). Each
+  worker loads the whole train split and trains on its own share of every epoch's permutation (the rank shares of
+  `CTRDataModule`; streamed splits deal their row groups to ranks, `RankStreamingBatches`); every worker scores
+  the whole valid split, so the early-stopping metric is the same everywhere. The driver takes the best reported
+  checkpoint, re-evaluates valid and test, saves the bundle and logs the MLflow run.
 - `train_ctr_sharded` (`train.sharded`): `world_size` processes (gloo on CPU, nccl on CUDA) wrap the model in
   TorchRec's `DistributedModelParallel`. The planner places whole tables on ranks (table-wise) or splits their
   rows (row-wise: CUDA only in TorchRec 1.8); embeddings are updated in the backward pass by FBGEMM's fused
-  optimizer, dense layers by DDP + Adam. Rank 0 gathers a full, unsharded state dict of the best epoch, evaluates
-  it on the whole valid/test splits and writes the bundle, which loads as a plain `embedding_backend: torchrec` model.
+  optimizer, dense layers by DDP + Adam. Validation runs through the sharded model (each rank scores a slice,
+  predictions are all-gathered). Rank 0 gathers a full, unsharded state dict of the best epoch, evaluates it on the
+  whole valid/test splits and writes the bundle, which loads as a plain `embedding_backend: torchrec` model.
 
-Both return the result dict of `train_ctr` plus a `distributed` section, and write `<output_dir>/train/<model>/`.
-Paths (prepared data, tracking store, Ray storage) must be reachable from every worker: one machine or a shared FS.
+Both return the result dict of `train_ctr` plus `history` and a `distributed` section, and write
+`<output_dir>/train/<model>/`. Paths (prepared data, tracking store, Ray storage) must be reachable from every
+worker: one machine, or a shared file system.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +55,18 @@ from training.tracking import (
     hash_prepared,
     log_training_run,
 )
-from training.train import _precision, _train_rows, train_paths
+from training.train import TrainPaths, _precision, _train_rows, train_paths
 
 log = logging.getLogger("recforge.distributed")
 
 Batch = dict[str, Tensor]
 RAY_RUN_NAME = "ray_train"
-# Models that only mean-pool behaviour sequences (through `fields_with_pooled_sequences`): their sequences can be
-# pooled inside a sharded EmbeddingBagCollection. DIN attends over the unpooled sequence, which a sharded EBC
-# does not return; DLRM's TorchRec arch holds the EBC a second time, which DMP cannot shard twice.
-MEAN_POOLING_MODELS = frozenset({"lr", "fm", "wide_deep", "deepfm", "dcnv2", "finalmlp"})
+# Models that can train sharded: they read embeddings only through `model.embedding` and mean-pool behaviour
+# sequences (`fields_with_pooled_sequences`), which a sharded EmbeddingBagCollection can do itself. Not: DIN
+# (attends over the unpooled sequence), DLRM (TorchRec's arch holds the EBC a second time), and the models with
+# an LR term (lr, fm, wide_deep, deepfm: width-1 tables, while FBGEMM's kernels need widths divisible by 4).
+SHARDABLE_MODELS = frozenset({"dcnv2", "finalmlp"})
+FBGEMM_DIM_MULTIPLE = 4
 
 
 # ------------------------------------------------------------------------------------------ per-rank data
@@ -80,54 +85,16 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return rank * n // world_size, (rank + 1) * n // world_size
 
 
-class RankShardedBatches(InMemoryBatches):
-    """One rank's training batches of an in-memory split.
-
-    Every rank draws the same seeded permutation per epoch, pads it to a multiple of `world_size` by wrapping
-    around (as `DistributedSampler` does) and takes every `world_size`-th row starting at `rank`: the ranks get
-    disjoint rows (up to the < world_size wrapped ones) and exactly the same number of equally sized batches, which
-    DDP's all-reduce and TorchRec's all-to-all need to stay in step.
-    """
-
-    def __init__(self, tensors: Batch, batch_size: int, *, rank: int, world_size: int, seed: int = 0,
-                 device: torch.device | str | None = None, pin_memory: bool = False) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        super().__init__(tensors, batch_size, shuffle=True, seed=seed, device=device, pin_memory=pin_memory)
-        if self.n == 0:
-            raise ValueError("the train split has no rows; nothing to shard across workers")
-        self.rank = rank
-        self.world_size = world_size
-        self.rows_per_rank = -(-self.n // world_size)
-
-    def __len__(self) -> int:
-        return -(-self.rows_per_rank // self.batch_size)
-
-    def rank_rows(self, epoch: int) -> Tensor:
-        """The row indices this rank trains on in `epoch` (in batch order)."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(self.n, generator=g)
-        total = self.rows_per_rank * self.world_size
-        if total > self.n:
-            order = order.repeat(-(-total // self.n))[:total]
-        return order[self.rank::self.world_size]
-
-    def __iter__(self) -> Iterator[Batch]:
-        rows = self.rank_rows(self.epoch)
-        self.epoch += 1
-        for lo in range(0, len(rows), self.batch_size):
-            yield _take(self.tensors, rows[lo: lo + self.batch_size])
-
-
 class RankStreamingBatches(StreamingBatches):
     """One rank's streaming training batches: Parquet row groups are dealt round-robin to the ranks (rotated by one
     rank per epoch, so every rank meets all the data over epochs), read through the shuffle buffer, and every rank
     stops after the same number of full batches: those of the rank with the fewest rows."""
 
     def __init__(self, directory: str | Path, layout: FeatureLayout, batch_size: int, *, rank: int,
-                 world_size: int, buffer_rows: int = 262_144, seed: int = 0) -> None:
+                 world_size: int, buffer_rows: int = 262_144, seed: int = 0,
+                 epoch_fn: Callable[[], int] | None = None) -> None:
         super().__init__(directory, layout, batch_size, shuffle=True, buffer_rows=buffer_rows, seed=seed,
-                         drop_last=True)
+                         drop_last=True, epoch_fn=epoch_fn)
         self.rank = rank
         self.world_size = world_size
         self.groups = [(f, i, pq.ParquetFile(f).metadata.row_group(i).num_rows)
@@ -153,7 +120,7 @@ class RankStreamingBatches(StreamingBatches):
                 yield pq.ParquetFile(f).read_row_group(i)
 
     def __iter__(self) -> Iterator[Batch]:
-        self._groups_epoch = self.epoch
+        self._groups_epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
         it = super().__iter__()
         try:
             for _ in range(self.num_batches):
@@ -163,65 +130,16 @@ class RankStreamingBatches(StreamingBatches):
 
 
 class RankShardedDataModule(CTRDataModule):
-    """`CTRDataModule` for one of `world_size` data-parallel ranks: its own train rows, its slice of valid/test."""
-
-    def __init__(self, prepared_dir: str | Path, *, rank: int, world_size: int, **kwargs: Any) -> None:
-        super().__init__(prepared_dir, **kwargs)
-        self.rank = rank
-        self.world_size = world_size
+    """`CTRDataModule` whose streamed train split is dealt across the trainer's ranks too (in-memory splits already
+    take a rank share of every epoch in `CTRDataModule`; evaluation scores the whole split on every rank)."""
 
     def _batches(self, split: str, train: bool) -> Any:
-        if train and self.streaming:
-            return RankStreamingBatches(self.prepared_dir / split, self.prepare_spec(), self.batch_size,
-                                        rank=self.rank, world_size=self.world_size, buffer_rows=self.buffer_rows,
-                                        seed=self.seed)
-        tensors = self.tensors[split]
-        pin = torch.cuda.is_available()
-        if train:
-            return RankShardedBatches(tensors, self.batch_size, rank=self.rank, world_size=self.world_size,
-                                      seed=self.seed, device=self._device(), pin_memory=pin)
-        lo, hi = shard_bounds(_rows(tensors), self.rank, self.world_size)
-        return InMemoryBatches({k: v[lo:hi] for k, v in tensors.items()}, self.eval_batch_size, shuffle=False,
-                               device=self._device(), pin_memory=pin)
-
-
-def gather_rows(module: pl.LightningModule, t: Tensor) -> Tensor:
-    """Concatenate every rank's `t` (N_r x ...) in rank order; N_r may differ (padded for the collective)."""
-    sizes = module.all_gather(torch.tensor([t.shape[0]], dtype=torch.int64)).reshape(-1).cpu().tolist()
-    longest = max(sizes)
-    if longest == 0:
-        return t
-    padded = torch.cat([t, t.new_zeros((longest - t.shape[0], *t.shape[1:]))])
-    gathered = module.all_gather(padded).cpu()
-    return torch.cat([gathered[r, :s] for r, s in enumerate(sizes)])
-
-
-class DistributedCTRTask(CTRTask):
-    """`CTRTask` whose valid/test metrics gather per-rank outputs of uneven sizes, user groups included (gAUC)."""
-
-    def _eval_epoch_end(self, stage: str) -> None:
-        if self.trainer.world_size <= 1:
-            super()._eval_epoch_end(stage)
-            return
-        outs = self._outputs[stage]
-        self._outputs[stage] = []
-        layout = getattr(self.model, "layout", None)
-        has_groups = layout is not None and layout.user_field is not None
-        probs = torch.cat([o[0] for o in outs]) if outs else torch.zeros(0)
-        labels = torch.cat([o[1] for o in outs]) if outs else torch.zeros(0)
-        groups = torch.cat([o[2] for o in outs]) if outs and has_groups else torch.zeros(0, dtype=torch.int64)
-        probs, labels = gather_rows(self, probs).numpy(), gather_rows(self, labels).numpy()
-        group_arr = gather_rows(self, groups).numpy() if has_groups else None
-        if len(probs) == 0:
-            return
-        metrics = ctr_metrics(labels, probs, group_arr)
-        self.last_metrics[stage] = metrics
-        self.last_predictions[stage] = {"probs": probs, "labels": labels}
-        if stage == "valid":
-            self.history["valid/loss"].append(metrics["logloss"])
-        for k, v in metrics.items():
-            if isinstance(v, float | int) and not (isinstance(v, float) and math.isnan(v)):
-                self.log(f"{stage}/{k}", float(v), prog_bar=k == "auc", sync_dist=False)
+        rank, world_size = self._rank()
+        if not (train and self.streaming and world_size > 1):
+            return super()._batches(split, train)
+        return RankStreamingBatches(self.prepared_dir / split, self.prepare_spec(), self.batch_size, rank=rank,
+                                    world_size=world_size, buffer_rows=self.buffer_rows, seed=self.seed,
+                                    epoch_fn=self._epoch)
 
 
 # ----------------------------------------------------------------------------------------------- shared
@@ -299,16 +217,13 @@ def _ray_train_loop(config: dict[str, Any]) -> dict[str, Any]:
     )
 
     cfg = TrainConfig.model_validate(config["train"])
-    ctx = ray.train.get_context()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = RankShardedDataModule(config["prepared"], rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
-                               batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, seed=cfg.seed,
-                               streaming=cfg.streaming, gpu_resident=cfg.gpu_resident)
+    dm = RankShardedDataModule(config["prepared"], batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+                               seed=cfg.seed, streaming=cfg.streaming, gpu_resident=cfg.gpu_resident)
     model = build_model(cfg.model, dm.prepare_spec(), cfg.model_params.get(cfg.model, {}))
-    task = DistributedCTRTask(model, cfg.optim, total_steps=config["total_steps"],
-                              steps_per_epoch=config["steps_per_epoch"])
+    task = CTRTask(model, cfg.optim, total_steps=config["total_steps"], steps_per_epoch=config["steps_per_epoch"])
     epochs = _EpochMetrics()
     early = EarlyStopping(monitor=cfg.early_stopping.metric, mode=cfg.early_stopping.mode,
                           patience=cfg.early_stopping.patience)
@@ -345,8 +260,10 @@ def train_ctr_ray(output_dir: str | Path, name: str, cfg: TrainConfig, *, config
     """Train `cfg.model` on `<output_dir>/prepared` with Ray Train over `cfg.ray_workers` workers.
 
     Returns the `train_ctr` result (valid/test metrics of the best checkpoint on the whole splits, bundle path,
-    MLflow run id, ...) plus `distributed`: {mode, workers, use_gpu, ray_result_path}. `cfg.resume` continues
-    from the latest checkpoint Ray Train kept under `<output_dir>/train/<model>/ray/`.
+    MLflow run id, ...) plus `history` (per-epoch train/valid loss of rank 0) and `distributed`: {mode, workers,
+    use_gpu, ray_result_path, reported_valid (the valid metrics the workers reported with that checkpoint)}.
+    `cfg.resume` continues from the latest checkpoint Ray Train kept under `<output_dir>/train/<model>/ray/`
+    (the resumed job's `history` holds the new epochs only).
     """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -359,18 +276,19 @@ def train_ctr_ray(output_dir: str | Path, name: str, cfg: TrainConfig, *, config
     if workers < 1:
         raise ValueError("train.ray_workers must be >= 1 to train through Ray Train (got 0); "
                          "use train_ctr for a single-process job")
-    valid_rows = _split_rows(prepared, "valid")
-    if valid_rows < workers:
-        raise ValueError(f"{prepared / 'valid'}: {valid_rows} rows cannot give each of {workers} Ray workers a "
-                         f"validation slice; lower train.ray_workers or enlarge the valid split")
-    ensure_ray(ray_address)
+    use_gpu = torch.cuda.is_available() and cfg.accelerator != "cpu"
+    have = ensure_ray(ray_address).cluster_resources()
+    need = {"CPU": float(workers), **({"GPU": float(workers)} if use_gpu else {})}
+    short = {k: f"{have.get(k, 0):g}" for k, v in need.items() if have.get(k, 0) < v}
+    if short:  # Ray Train would wait for them forever
+        raise ValueError(f"train.ray_workers={workers} needs {workers} CPU{'s and GPUs' if use_gpu else 's'} in "
+                         f"the Ray cluster, which has {short}; lower train.ray_workers, add nodes, or set "
+                         f"train.accelerator: cpu")
     paths = train_paths(output_dir, cfg.model)
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
-    train_rows = _train_rows(prepared)
-    rows_per_rank = -(-train_rows // workers)
+    rows_per_rank = _train_rows(prepared) // workers  # CTRDataModule's rank share (the remainder is skipped)
     steps_per_epoch = max(-(-rows_per_rank // cfg.batch_size), 1)
     total = cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch * cfg.max_epochs
-    use_gpu = torch.cuda.is_available() and cfg.accelerator != "cpu"
     precision = _precision(cfg)
 
     storage = (paths.root / "ray").resolve()
@@ -407,7 +325,7 @@ def train_ctr_ray(output_dir: str | Path, name: str, cfg: TrainConfig, *, config
     return out
 
 
-def _finish_ray(result: Any, paths: Any, prepared: Path, cfg: TrainConfig, uri: str, run_id: str,
+def _finish_ray(result: Any, paths: TrainPaths, prepared: Path, cfg: TrainConfig, uri: str, run_id: str,
                 config_doc: Mapping[str, Any] | None, precision: str) -> dict[str, Any]:
     """Driver side after `fit`: best checkpoint -> weights -> valid/test on the whole splits -> bundle -> MLflow."""
     from ray.train.lightning import RayTrainReportCallback
@@ -555,11 +473,11 @@ def build_shardable_model(name: str, layout: FeatureLayout, params: Mapping[str,
     an LR term's) swapped for a `ShardableTorchRecEmbedding`; `device="meta"` leaves the tables for DMP to place."""
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-    if layout.sequences and name not in MEAN_POOLING_MODELS:
+    if layout.sequences and name not in SHARDABLE_MODELS:
         raise ValueError(f"model '{name}' with behaviour sequences ({', '.join(s.name for s in layout.sequences)}) "
                          f"cannot train sharded: it reads unpooled sequences or raw table weights, which live on "
                          f"other ranks once tables are sharded. Sharded mode supports: "
-                         f"{', '.join(sorted(MEAN_POOLING_MODELS))}; or drop train.sharded")
+                         f"{', '.join(sorted(SHARDABLE_MODELS))}; or drop train.sharded")
     cfg = model_config(name, {**dict(params or {}), "embedding_backend": "torchrec"})
     model = build_model(name, layout, cfg)
     for path, module in list(model.named_modules()):
@@ -567,13 +485,19 @@ def build_shardable_model(name: str, layout: FeatureLayout, params: Mapping[str,
             parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
             setattr(parent, path.rpartition(".")[2], ShardableTorchRecEmbedding(
                 module.layout, module.dim, init_std=cfg.embedding_init_std, device=device))
+    narrow = sorted({e.dim for e in shardable_embeddings(model) if e.dim % FBGEMM_DIM_MULTIPLE})
+    if narrow:
+        raise ValueError(f"model '{name}' has embedding tables of width {narrow} (an LR term's id weights are "
+                         f"width 1); FBGEMM's sharded tables need widths divisible by {FBGEMM_DIM_MULTIPLE}: set "
+                         f"model_params.{name}.embedding_dim to a multiple of {FBGEMM_DIM_MULTIPLE}, or use one of "
+                         f"{', '.join(sorted(SHARDABLE_MODELS))}")
     owned = {id(e.ebc) for e in shardable_embeddings(model)}
     stray = [p for p, m in model.named_modules(remove_duplicate=False)
              if isinstance(m, EmbeddingBagCollection) and id(m) not in owned]
     if stray:
         raise ValueError(f"model '{name}' holds an EmbeddingBagCollection outside its embedding layers "
                          f"({', '.join(stray)}); DistributedModelParallel cannot shard a table held twice. "
-                         f"Sharded mode supports: {', '.join(sorted(MEAN_POOLING_MODELS))}; or drop train.sharded")
+                         f"Sharded mode supports: {', '.join(sorted(SHARDABLE_MODELS))}; or drop train.sharded")
     return model
 
 
@@ -612,9 +536,10 @@ def train_ctr_sharded(output_dir: str | Path, name: str, cfg: TrainConfig, *, wo
                       config_doc: Mapping[str, Any] | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
     """Train `cfg.model` with its embedding tables sharded by TorchRec over `world_size` local processes.
 
-    Returns the `train_ctr` result plus `distributed`: {mode, world_size, backend, plan: {table: {sharding_type,
-    compute_kernel, ranks}}, local_shards: {rank: {param: [[row_offset, col_offset, rows, cols], ...]}},
-    embedding_optimizer, sharded_valid (the valid metrics computed through the sharded model at the best epoch)}.
+    Returns the `train_ctr` result plus `history` and `distributed`: {mode, world_size, backend, best_epoch,
+    plan: {table: {sharding_type, compute_kernel, ranks}}, local_shards: {rank: {param: [[row_offset, col_offset,
+    rows, cols], ...]}}, embedding_optimizer, sharded_valid (valid metrics through the sharded model at the best
+    epoch)}. Checkpoint: `checkpoints/best.pt`, the gathered full state dict of the best epoch.
     """
     import torch.multiprocessing as mp
 
@@ -626,6 +551,9 @@ def train_ctr_sharded(output_dir: str | Path, name: str, cfg: TrainConfig, *, wo
     if use_cuda and torch.cuda.device_count() < world_size:
         raise ValueError(f"sharded training over {world_size} ranks needs {world_size} CUDA devices; this machine "
                          f"has {torch.cuda.device_count()}. Lower world_size or set train.accelerator: cpu")
+    if cfg.resume:
+        raise ValueError("train.resume is not supported with train.sharded (sharded optimizer state is not "
+                         "checkpointed); start a fresh job, or resume a non-sharded one")
     if cfg.optim.embedding_l2 > 0:
         raise ValueError("train.optim.embedding_l2 is not supported with train.sharded (the fused optimizer "
                          "updates the tables inside the backward); set it to 0")
@@ -717,8 +645,8 @@ def _sharded_fit(rank: int, world_size: int, device: torch.device, cfg: TrainCon
         batches: Any = RankStreamingBatches(prepared / "train", layout, cfg.batch_size, rank=rank,
                                             world_size=world_size, seed=cfg.seed)
     else:
-        batches = RankShardedBatches(load_split(prepared / "train", layout), cfg.batch_size, rank=rank,
-                                     world_size=world_size, seed=cfg.seed)
+        batches = InMemoryBatches(load_split(prepared / "train", layout), cfg.batch_size, shuffle=True,
+                                  seed=cfg.seed, rank=rank, world_size=world_size)
     per_epoch = max(len(batches), 1)
     total = cfg.max_steps if cfg.max_steps > 0 else per_epoch * cfg.max_epochs
     sched = None
@@ -733,6 +661,7 @@ def _sharded_fit(rank: int, world_size: int, device: torch.device, cfg: TrainCon
     best_valid: dict[str, float] = {}
     best_path = Path(job["root"]) / "checkpoints" / "best.pt"
     for epoch in range(cfg.max_epochs):
+        batches.set_epoch(epoch)
         dmp.train()
         losses = []
         for batch in batches:

@@ -68,8 +68,21 @@ def _precision(cfg: TrainConfig) -> str:
 
 
 def train_ctr(output_dir: str | Path, name: str, cfg: TrainConfig, *, config_doc: Mapping[str, Any] | None = None,
-              tracking_uri: str | None = None) -> dict[str, Any]:
+              tracking_uri: str | None = None, ray_address: str | None = None) -> dict[str, Any]:
     """Train `cfg.model` on `<output_dir>/prepared`; returns valid/test metrics, paths, MLflow run id, time."""
+    if cfg.sharded and cfg.ray_workers:
+        raise ValueError("train.sharded and train.ray_workers are exclusive: choose TorchRec sharding or Ray Train")
+    if cfg.sharded:
+        from training.distributed import train_ctr_sharded
+
+        world = cfg.devices if isinstance(cfg.devices, int) else 2
+        return train_ctr_sharded(output_dir, name, cfg, world_size=world, config_doc=config_doc,
+                                 tracking_uri=tracking_uri)
+    if cfg.ray_workers > 0:
+        from training.distributed import train_ctr_ray
+
+        return train_ctr_ray(output_dir, name, cfg, config_doc=config_doc, tracking_uri=tracking_uri,
+                             ray_address=ray_address)
     t0 = time.perf_counter()
     prepared = Path(output_dir) / "prepared"
     if not (prepared / "spec" / "feature_spec.json").is_file():

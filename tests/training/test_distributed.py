@@ -1,7 +1,8 @@
-"""Distributed training: per-rank data shards, the shardable TorchRec layer, Ray Train workers and sharded DMP."""
+"""Distributed training: per-rank data, the shardable TorchRec layer, Ray Train workers and sharded DMP."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import mlflow
@@ -14,7 +15,6 @@ from training.bundle import load_bundle
 from training.config import OptimConfig, TrainConfig
 from training.data import load_split
 from training.distributed import (
-    RankShardedBatches,
     RankStreamingBatches,
     build_shardable_model,
     fused_embedding_optimizer,
@@ -60,24 +60,11 @@ def _layout(prepared_root: Path) -> FeatureLayout:
 # ---------------------------------------------------------------------------------------- per-rank data
 
 
-def test_rank_batches_are_disjoint_cover_the_split_and_have_equal_counts() -> None:
-    n, world = 103, 2
-    tensors = {"x": torch.arange(n), LABEL: torch.zeros(n)}
-    ranks = [RankShardedBatches(tensors, 10, rank=r, world_size=world, seed=3) for r in range(world)]
-    assert len(ranks[0]) == len(ranks[1]) == 6  # 52 rows each (one wrapped row pads 103 to 104)
-    seen = [torch.cat([b["x"] for b in r]) for r in ranks]
-    assert [len(s) for s in seen] == [52, 52]
-    assert set(seen[0].tolist()) | set(seen[1].tolist()) == set(range(n))
-    assert len(set(seen[0].tolist()) & set(seen[1].tolist())) <= 1
-    next_epoch = torch.cat([b["x"] for b in ranks[0]])
-    assert not torch.equal(next_epoch, seen[0]), "each epoch must draw a new permutation"
-
-
 def test_eval_slices_cover_every_row_once_with_sizes_within_one() -> None:
     for n, world in [(2000, 2), (5, 4), (7, 3), (4, 4)]:
         bounds = [shard_bounds(n, r, world) for r in range(world)]
         assert bounds[0][0] == 0 and bounds[-1][1] == n
-        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert all(a[1] == b[0] for a, b in pairwise(bounds))
         sizes = [hi - lo for lo, hi in bounds]
         assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
 
@@ -119,12 +106,27 @@ def test_shardable_layer_scores_like_the_plain_torchrec_model_with_sequences(pre
 
 @needs_torchrec
 def test_sharded_mode_rejects_a_model_that_attends_over_unpooled_sequences(prepared_root: Path) -> None:
-    with pytest.raises(ValueError, match="model 'din'.*cannot train sharded"):
+    with pytest.raises(ValueError, match=r"model 'din'.*cannot train sharded"):
         build_shardable_model("din", _layout(prepared_root), {})
 
 
+@needs_torchrec
+def test_sharded_mode_rejects_tables_fbgemm_cannot_shard_and_names_the_culprit() -> None:
+    from training.features import Field
+
+    layout = FeatureLayout(sparse=(Field("a", 10), Field("b", 5)), bags=(), sequences=(), dense_names=("x",),
+                           dense_dim=1)
+    with pytest.raises(ValueError, match=r"'deepfm' has embedding tables of width \[1\]"):
+        build_shardable_model("deepfm", layout, {"embedding_dim": 8})  # its LR term is width 1
+    with pytest.raises(ValueError, match=r"'dcnv2' has embedding tables of width \[6\]"):
+        build_shardable_model("dcnv2", layout, {"embedding_dim": 6})
+    with pytest.raises(ValueError, match=r"dlrm\.sparse_arch\.embedding_bag_collection"):
+        build_shardable_model("dlrm", layout, {"embedding_dim": 4})
+    assert len(shardable_embeddings(build_shardable_model("finalmlp", layout, {"embedding_dim": 4}))) == 1
+
+
 def test_sharded_mode_on_cpu_rejects_adam_for_tables_and_names_the_fix() -> None:
-    with pytest.raises(ValueError, match="train.optim.embedding: adagrad"):
+    with pytest.raises(ValueError, match=r"train\.optim\.embedding: adagrad"):
         fused_embedding_optimizer(OptimConfig(embedding="adam"), "cpu")
     cls, kwargs = fused_embedding_optimizer(OptimConfig(embedding="adagrad", embedding_lr=0.05), "cpu")
     assert cls is torch.optim.Adagrad and kwargs == {"lr": 0.05}
@@ -135,6 +137,7 @@ def test_sharded_mode_on_cpu_rejects_adam_for_tables_and_names_the_fix() -> None
 
 def _cfg(**kw: object) -> TrainConfig:
     base: dict[str, object] = dict(model="dcnv2", batch_size=512, max_epochs=3, model_params={"dcnv2": DCN},
+                                   accelerator="cpu",  # gloo / CPU workers even where a GPU is present
                                    optim={"dense_lr": 0.003, "embedding_lr": 0.01}, tracking={"log_model": False})
     base.update(kw)
     return TrainConfig.model_validate(base)
@@ -150,7 +153,7 @@ def test_ray_train_two_cpu_workers_train_on_shards_and_track_the_run(prepared_ro
     losses = result["history"]["train/loss"]
     assert losses[-1] < losses[0], f"train loss did not fall: {losses}"
     assert result["valid"]["auc"] > 0.55 and result["valid"]["n"] == 2000
-    # the workers' gathered validation covers the whole split once and agrees with the driver's re-evaluation
+    # the workers validated on the whole split, and the best checkpoint's report matches the driver's re-evaluation
     reported = result["distributed"]["reported_valid"]
     assert reported["n"] == 2000
     assert reported["auc"] == pytest.approx(result["valid"]["auc"], abs=1e-5)
@@ -163,6 +166,12 @@ def test_ray_train_two_cpu_workers_train_on_shards_and_track_the_run(prepared_ro
     assert Path(result["best_checkpoint"]).is_file()
     ranker = load_bundle(result["bundle"])
     assert ranker.info["model"] == "dcnv2"
+
+
+@pytest.mark.slow
+def test_ray_train_refuses_more_workers_than_the_cluster_has_cpus(prepared_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"ray_workers=64 needs 64 CPUs"):
+        train_ctr_ray(_job_dir(prepared_root, tmp_path), "dist", _cfg(ray_workers=64))
 
 
 @pytest.mark.slow
