@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -213,47 +214,65 @@ def _train_end_ts(events: pa.Table, codes: np.ndarray, report: SplitReport, ts: 
 # ------------------------------------------------------------------------------------------------ Ray
 
 
-def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
-    return [table.slice(i, rows) for i in range(0, table.num_rows, rows)] or [table]
+def stage_split(table: pa.Table, directory: Path, rows_per_file: int) -> list[Path]:
+    """Write one split's raw joined rows as uncompressed Parquet files of `rows_per_file` rows (Ray reads them)."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    files = []
+    for i, start in enumerate(range(0, max(table.num_rows, 1), rows_per_file)):
+        path = directory / f"part-{i:05d}.parquet"
+        pq.write_table(table.slice(start, rows_per_file), path, compression="none", row_group_size=rows_per_file)
+        files.append(path)
+    return files
 
 
-def fit_spec_ray(cfg: FeatureStoreConfig, train: pa.Table) -> FeatureSpec:
-    """Fit the spec with Ray Data: one partial-statistics task per block, merged on the driver."""
+def fit_spec_ray(cfg: FeatureStoreConfig, train_files: list[Path]) -> FeatureSpec:
+    """Fit the spec with Ray Data: one partial-statistics task per staged file, merged on the driver."""
     ray = ensure_ray(cfg.prepare.ray_address, cfg.prepare.num_cpus)
     fitter = SpecFitter(cfg.features, seed=cfg.seed)
-    needed = _fit_columns(cfg, train)
+    needed = _fit_columns(cfg, pq.read_schema(train_files[0]).names)
 
     def partial(batch: pa.Table) -> pa.Table:
         return pa.table({"stats": pa.array([pickle.dumps(fitter.partial(batch))], pa.binary())})
 
-    ds = ray.data.from_arrow(_blocks(train.select(needed), cfg.prepare.batch_rows))
+    ds = ray.data.read_parquet([str(f.resolve()) for f in train_files], columns=needed)
     rows = ds.map_batches(partial, batch_format="pyarrow", batch_size=None).take_all()
     return fitter.finish([pickle.loads(r["stats"]) for r in rows])
 
 
-def _fit_columns(cfg: FeatureStoreConfig, table: pa.Table) -> list[str]:
+def _fit_columns(cfg: FeatureStoreConfig, columns: list[str]) -> list[str]:
     f = cfg.features
     cols = [c.source_column for c in (*f.categorical, *f.numeric, *f.multi_valued, *f.vector)]
-    return [c for c in dict.fromkeys(cols) if c in table.column_names]
+    return [c for c in dict.fromkeys(cols) if c in columns]
 
 
-def transform_ray(cfg: FeatureStoreConfig, spec: FeatureSpec, table: pa.Table, out_dir: Path) -> int:
-    """Transform `table` with Ray Data and write Parquet shards to `out_dir`; returns rows written."""
+def transform_ray(cfg: FeatureStoreConfig, spec: FeatureSpec, files: list[Path], out_dir: Path, rows: int) -> int:
+    """Transform staged raw files with Ray Data and write Parquet shards to `out_dir`; returns rows written."""
     ray = ensure_ray(cfg.prepare.ray_address, cfg.prepare.num_cpus)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.parquet"):
         old.unlink()
-    needed = [c for c in dict.fromkeys([*spec.raw_columns(), spec.label, *spec.passthrough])
-              if c in table.column_names]
+    have = pq.read_schema(files[0]).names
+    needed = [c for c in dict.fromkeys([*spec.raw_columns(), spec.label, *spec.passthrough]) if c in have]
 
     def transform(batch: pa.Table) -> pa.Table:
         return spec.transform(batch)
 
-    ds = ray.data.from_arrow(_blocks(table.select(needed), cfg.prepare.batch_rows))
+    ds = ray.data.read_parquet([str(f.resolve()) for f in files], columns=needed)
     ds = ds.map_batches(transform, batch_format="pyarrow", batch_size=None)
-    ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=min(cfg.prepare.rows_per_shard, max(table.num_rows, 1)),
+    ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=min(cfg.prepare.rows_per_shard, max(rows, 1)),
                      max_rows_per_file=cfg.prepare.rows_per_shard)
-    return table.num_rows
+    return rows
+
+
+def _split_tables(table: pa.Table, codes: np.ndarray) -> dict[str, pa.Table]:
+    """Zero-copy slices when the rows are already ordered by split (a time split of time-sorted events)."""
+    if len(codes) and not (np.diff(codes) >= 0).all():
+        order = np.argsort(codes, kind="stable")
+        table, codes = table.take(pa.array(order)), codes[order]
+    bounds = np.searchsorted(codes, np.arange(len(SPLITS) + 1), side="left")
+    return {name: table.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i])) for i, name in enumerate(SPLITS)}
 
 
 # ------------------------------------------------------------------------------------------------- job
@@ -274,6 +293,7 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
     timer = _Timer()
     lay = layout(cfg)
     lay.prepared.mkdir(parents=True, exist_ok=True)
+    owns_raw = raw is None
     with timer.stage("read"):
         if raw is None:
             from feature_store.readers import read_source
@@ -283,21 +303,33 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
         raw.rejects.check_fraction(raw.total_read(), cfg.prepare.max_reject_fraction)
     with timer.stage("assemble"):
         assembled = assemble_events(cfg, raw)
-    table, codes = assembled.table, assembled.codes
-    splits = {name: table.filter(pa.array(codes == i)) for i, name in enumerate(SPLITS)}
-    with timer.stage("fit"):
-        spec = fit_spec_ray(cfg, splits["train"])
-        spec.save(lay.spec)
-    written: dict[str, int] = {}
-    with timer.stage("transform"):
-        for name, part in splits.items():
-            written[name] = transform_ray(cfg, spec, part, lay.split_dir(name))
     with timer.stage("offline_store"):
         store = OfflineStore(lay.offline)
         for name, t in assembled.offline_tables.items():
             store.write_table(name, t)
         if assembled.profiles is not None:
             save_profiles(store, assembled.profiles)
+    events_kept = assembled.table.num_rows
+    staging = lay.prepared / "_staging"
+    with timer.stage("stage"):
+        # the driver hands the joined rows to Ray through files and lets go of them: Ray streams the
+        # blocks, so the peak memory of the fit and transform stages does not hold the whole table
+        splits = _split_tables(assembled.table, assembled.codes)
+        label_mean = {n: _label_mean(p, cfg.features.label) for n, p in splits.items()}
+        files = {n: stage_split(p, staging / n, cfg.prepare.batch_rows) for n, p in splits.items()}
+        split_rows = {n: p.num_rows for n, p in splits.items()}
+        split_report = assembled.split
+        del splits, assembled
+        if owns_raw:
+            raw.tables.clear()
+    with timer.stage("fit"):
+        spec = fit_spec_ray(cfg, files["train"])
+        spec.save(lay.spec)
+    written: dict[str, int] = {}
+    with timer.stage("transform"):
+        for name in SPLITS:
+            written[name] = transform_ray(cfg, spec, files[name], lay.split_dir(name), split_rows[name])
+    shutil.rmtree(staging, ignore_errors=True)
     dump_config(cfg, lay.prepared / "resolved_config.yaml")
     rejects = raw.rejects.counts_by_reason()
     summary: dict[str, Any] = {
@@ -307,14 +339,14 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
         "rows_read_total": raw.total_read(),
         "rows_rejected": len(raw.rejects),
         "rejected_by_reason": rejects,
-        "events_kept": table.num_rows,
-        "split": {"method": assembled.split.method, "rows": written,
-                  "valid_start_ts": assembled.split.valid_start_ts,
-                  "test_start_ts": assembled.split.test_start_ts,
-                  "group_by": assembled.split.group_by, "groups": assembled.split.groups},
+        "events_kept": events_kept,
+        "split": {"method": split_report.method, "rows": written,
+                  "valid_start_ts": split_report.valid_start_ts,
+                  "test_start_ts": split_report.test_start_ts,
+                  "group_by": split_report.group_by, "groups": split_report.groups},
         "vocab_sizes": spec.vocab_sizes(),
         "spec_fingerprint": spec.fingerprint(),
-        "label_mean": {n: _label_mean(p, cfg.features.label) for n, p in splits.items()},
+        "label_mean": label_mean,
         "outputs": {
             "prepared": str(lay.prepared),
             "spec": str(lay.spec / "feature_spec.json"),

@@ -156,12 +156,34 @@ def _filter_list_values(lists: pa.Array, keep: pa.Array) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
-def _lookup(values: pa.Array, vocab: pa.Array) -> np.ndarray:
+DENSE_LOOKUP_MAX_ID = 1 << 24  # integer vocabularies with ids below this use an array lookup (<= 64 MiB)
+
+
+def _dense_table(vocab: pa.Array) -> np.ndarray | None:
+    """For a vocabulary of small non-negative integers: a table id -> index (int32), else None."""
+    if not pa.types.is_integer(vocab.type) or len(vocab) == 0 or vocab.null_count:
+        return None
+    ids = vocab.to_numpy()
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= DENSE_LOOKUP_MAX_ID or hi > 64 * len(ids) + 1024:
+        return None
+    table = np.zeros(hi + 1, dtype=np.int32)
+    table[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return table
+
+
+def _lookup(values: pa.Array, vocab: pa.Array, dense: np.ndarray | None = None) -> np.ndarray:
     """Vocabulary index of each value (1-based), 0 for out-of-vocabulary or null."""
     if len(values) == 0:
         return np.zeros(0, dtype=np.int64)
     if pa.types.is_null(values.type):
         return np.zeros(len(values), dtype=np.int64)
+    if dense is not None and pa.types.is_integer(values.type):
+        ids = pc.fill_null(values, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        ok = (ids >= 0) & (ids < len(dense))
+        out = np.zeros(len(ids), dtype=np.int64)
+        out[ok] = dense[ids[ok]]
+        return out
     if values.type != vocab.type:
         values = _coerce(values, vocab.type)
     idx = pc.index_in(values, value_set=vocab)
@@ -235,6 +257,12 @@ class FeatureSpec:
     train_rows: int = 0
     created_at: float = field(default_factory=time.time)
     version: int = SPEC_VERSION
+    _dense: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False, compare=False)
+
+    def _vocab_lookup(self, values: pa.Array, name: str) -> np.ndarray:
+        if name not in self._dense:
+            self._dense[name] = _dense_table(self.vocabs[name])
+        return _lookup(values, self.vocabs[name], self._dense[name])
 
     # -------------------------------------------------------------------------------------- access
 
@@ -307,7 +335,7 @@ class FeatureSpec:
     def _transform_one(self, f: Entry, table: pa.Table, n: int) -> pa.Array:
         if isinstance(f, CategoricalEntry):
             col = _column(table, f.column, f.name)
-            idx = _hash_index(col, f.hash_buckets) if f.hash_buckets else _lookup(col, self.vocabs[f.name])
+            idx = _hash_index(col, f.hash_buckets) if f.hash_buckets else self._vocab_lookup(col, f.name)
             return pa.array(idx, pa.int64())
         if isinstance(f, NumericEntry):
             x = _to_float(_column(table, f.column, f.name))
@@ -324,7 +352,7 @@ class FeatureSpec:
         if isinstance(f, MultiValuedEntry):
             lists = _as_list(_column(table, f.column, f.name), f.separator)
             lists = pc.list_slice(lists, 0, f.max_len)
-            return self._encode_lists(lists, self.vocabs[f.name])
+            return self._encode_lists(lists, f.name)
         if isinstance(f, SequenceEntry):
             lists = _as_list(_column(table, f.column, f.name), None)
             lists = _keep_last(lists, f.max_len)
@@ -334,15 +362,14 @@ class FeatureSpec:
                 flat = pc.list_flatten(lists)
                 codes = _hash_index(flat, source.hash_buckets)
                 return _rebuild(lists, codes)
-            return self._encode_lists(lists, self.vocabs[f.source])
+            return self._encode_lists(lists, f.source)
         col = _column(table, f.column, f.name)
         return _vector(col, f.dim, f.name)
 
-    @staticmethod
-    def _encode_lists(lists: pa.Array, vocab: pa.Array) -> pa.Array:
+    def _encode_lists(self, lists: pa.Array, vocab_name: str) -> pa.Array:
         if lists.null_count:
             lists = pc.fill_null(lists, pa.scalar([], lists.type))
-        codes = _lookup(pc.list_flatten(lists), vocab)
+        codes = self._vocab_lookup(pc.list_flatten(lists), vocab_name)
         return _rebuild(lists, codes)
 
     # -------------------------------------------------------------------------------------- persistence
@@ -495,7 +522,8 @@ class SpecFitter:
             sample = x if len(x) <= QUANTILE_SAMPLE else rng.choice(x, QUANTILE_SAMPLE, replace=False)
             mean = float(x.mean()) if len(x) else 0.0
             out["moments"][f.name] = (len(x), mean, float(((x - mean) ** 2).sum()), raw_sum)
-            out["samples"][f.name] = sample.astype(np.float64)
+            # each kept value stands for len(x)/len(sample) values, so blocks weigh by their size in `finish`
+            out["samples"][f.name] = (sample.astype(np.float64), len(x) / max(len(sample), 1))
         return out
 
     def finish(self, partials: Sequence[dict[str, Any]]) -> FeatureSpec:
@@ -526,10 +554,9 @@ class SpecFitter:
             fill = f.fill if f.fill is not None else (raw_sum / n if n else 0.0)
             boundaries: list[float] = []
             if f.transform == "bucketize":
-                sample = np.concatenate([p["samples"][f.name] for p in partials])
-                if len(sample):
-                    qs = np.quantile(sample, np.linspace(0, 1, f.buckets + 1)[1:-1])
-                    boundaries = [float(b) for b in np.unique(qs)]
+                qs = _weighted_quantiles([p["samples"][f.name] for p in partials],
+                                         np.linspace(0, 1, f.buckets + 1)[1:-1])
+                boundaries = [float(b) for b in np.unique(qs)]
             entries.append(NumericEntry(f.name, f.source_column, f.transform, float(fill), float(mean), std,
                                         boundaries, f.embedding_dim))
         for f in cfg.multi_valued:
@@ -567,6 +594,25 @@ class SpecFitter:
         """Fit in-process (tests, small data); `recforge prepare` fits with Ray Data over the same partials."""
         parts = [self.partial(table.slice(i, batch_rows)) for i in range(0, max(table.num_rows, 1), batch_rows)]
         return self.finish(parts)
+
+
+def _weighted_quantiles(parts: Sequence[tuple[np.ndarray, float]], qs: np.ndarray) -> np.ndarray:
+    """Quantiles of per-block samples, each value weighted by the share of its block it stands for.
+
+    When no block was sampled (all weights 1) this is exactly `np.quantile` of all values.
+    """
+    values = [v for v, _ in parts if len(v)]
+    if not values:
+        return np.zeros(0)
+    if all(w == 1.0 for v, w in parts if len(v)):
+        return np.quantile(np.concatenate(values), qs)
+    v = np.concatenate(values)
+    w = np.concatenate([np.full(len(s), wt) for s, wt in parts if len(s)])
+    order = np.argsort(v, kind="stable")
+    v, w = v[order], w[order]
+    cw = np.cumsum(w)
+    pos = (cw - w / 2) / cw[-1]  # midpoint plotting positions, then linear interpolation
+    return np.interp(qs, pos, v)
 
 
 def _merge_moments(parts: Sequence[tuple[int, float, float]]) -> tuple[int, float, float]:

@@ -64,7 +64,7 @@ ML_EMBEDDING_DIM = 16
 ML_BATCH = 1024
 ML_MAX_EPOCHS = 20
 ML_PATIENCE = 2
-ML_LR_GRID = (1e-3, 3e-3)  # Adam, the same rate for dense and embedding parameters; chosen per model on valid AUC
+ML_LR_GRID = (1e-3, 3e-3, 1e-2)  # Adam, the same rate for dense and embedding parameters; chosen per model on valid AUC
 ML_MLP = [256, 128]
 ML_CROSS_LAYERS = 3
 ML_SEED = 42
@@ -171,7 +171,9 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", module="lightning_fabric")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    for name in ("pytorch_lightning", "lightning_fabric", "lightning", "mlflow", "recforge", "alembic"):
+    for name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning_fabric",
+                 "lightning_fabric.utilities.rank_zero", "lightning", "mlflow", "mlflow.store.db.utils", "alembic",
+                 "recforge"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -228,12 +230,19 @@ def train_run(work: Path, prepared_root: Path, tag: str, name: str, train_doc: d
     seconds = time.perf_counter() - t0
     best = result["best_checkpoint"]
     best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) + 1 if best else None
-    history = MlflowClient(uri).get_metric_history(result["mlflow"]["run_id"], "valid/auc")
+    client = MlflowClient(uri)
+    per_epoch: dict[str, list[float]] = {}
+    for metric in ("auc", "logloss", "gauc"):
+        history = client.get_metric_history(result["mlflow"]["run_id"], f"valid/{metric}")
+        per_epoch[metric] = [float(m.value) for m in sorted(history, key=lambda m: m.step)]
+    # train_ctr's result["valid"] holds the LAST epoch's validation; the tested weights are the best epoch's
+    at = (best_epoch or len(per_epoch["auc"])) - 1
+    valid_best = {k: v[at] for k, v in per_epoch.items() if len(v) > at}
     return {
         "tag": tag, "model": cfg.model, "train": cfg.model_dump(mode="json", exclude={"tracking"}),
-        "valid": result["valid"], "test": result["test"], "best_epoch": best_epoch,
-        "epochs_run": result["epochs_run"], "seconds": round(seconds, 1),
-        "valid_auc_per_epoch": [round(m.value, 4) for m in sorted(history, key=lambda m: m.step)],
+        "valid_auc": valid_best["auc"], "valid_best_epoch": valid_best, "valid_last_epoch": result["valid"],
+        "test": result["test"], "best_epoch": best_epoch, "epochs_run": result["epochs_run"],
+        "seconds": round(seconds, 1), "valid_auc_per_epoch": [round(v, 4) for v in per_epoch["auc"]],
     }
 
 
@@ -284,10 +293,10 @@ def run_movielens(work: Path, models: Sequence[str], reuse: bool) -> dict[str, A
                           movielens_train_doc(model, lr))
             r["lr"] = lr
             runs.append(r)
-            log.info("movielens: %s lr=%g valid auc %.4f (%d epochs, %.0f s)", model, lr, r["valid"]["auc"],
+            log.info("movielens: %s lr=%g valid auc %.4f (%d epochs, %.0f s)", model, lr, r["valid_auc"],
                      r["epochs_run"], r["seconds"])
-        best = max(runs, key=lambda r: r["valid"]["auc"])
-        grid.extend({"model": model, "lr": r["lr"], "valid_auc": r["valid"]["auc"], "best_epoch": r["best_epoch"],
+        best = max(runs, key=lambda r: r["valid_auc"])
+        grid.extend({"model": model, "lr": r["lr"], "valid_auc": r["valid_auc"], "best_epoch": r["best_epoch"],
                      "epochs_run": r["epochs_run"], "seconds": r["seconds"], "chosen": r is best} for r in runs)
         chosen.append(best)
     return {"date": _now(), "prepare_seconds": round(prepare_s, 1), "summary": summary, "grid": grid,
@@ -412,12 +421,12 @@ def train_peer(kind: str, lr: float, cols: list[Any], data: dict[str, tuple[dict
     test = {"auc": float(roc_auc_score(y_te, p)), "logloss": float(log_loss(y_te, np.clip(p, 1e-7, 1 - 1e-7)))}
     if groups is not None:
         test["gauc"] = gauc(y_te, p, groups).value
-    return {"peer": kind, "lr": lr, "valid": {"auc": float(roc_auc_score(y_va, p_va))}, "test": test,
+    return {"peer": kind, "lr": lr, "valid_auc": float(roc_auc_score(y_va, p_va)), "test": test,
             "best_epoch": best_epoch, "epochs_run": epoch, "seconds": round(seconds, 1),
             "valid_auc_per_epoch": history}
 
 
-def run_peer(work: Path, kinds: Sequence[str], reuse: bool) -> dict[str, Any]:
+def run_peer(work: Path, kinds: Sequence[str]) -> dict[str, Any]:
     try:
         with _offline_import():
             import deepctr_torch  # noqa: F401
@@ -435,10 +444,10 @@ def run_peer(work: Path, kinds: Sequence[str], reuse: bool) -> dict[str, Any]:
             log.info("peer: %s lr=%g", kind, lr)
             r = train_peer(kind, lr, cols, data, groups)
             runs.append(r)
-            log.info("peer: %s lr=%g valid auc %.4f (%d epochs, %.0f s)", kind, lr, r["valid"]["auc"],
+            log.info("peer: %s lr=%g valid auc %.4f (%d epochs, %.0f s)", kind, lr, r["valid_auc"],
                      r["epochs_run"], r["seconds"])
-        best = max(runs, key=lambda r: r["valid"]["auc"])
-        grid.extend({"model": kind, "lr": r["lr"], "valid_auc": r["valid"]["auc"], "best_epoch": r["best_epoch"],
+        best = max(runs, key=lambda r: r["valid_auc"])
+        grid.extend({"model": kind, "lr": r["lr"], "valid_auc": r["valid_auc"], "best_epoch": r["best_epoch"],
                      "epochs_run": r["epochs_run"], "seconds": r["seconds"], "chosen": r is best} for r in runs)
         chosen.append(best)
     return {"date": _now(), "grid": grid, "rows": chosen}
@@ -510,12 +519,13 @@ def run_explore(work: Path, only: Sequence[str], reuse: bool) -> dict[str, Any]:
         log.info("explore: %s %s", name, " ".join(overrides))
         r = train_run(work, root, f"explore_{name}", "bench_quality_explore", demo_train_doc(train_o))
         previous["runs"][name] = {
-            "overrides": list(overrides), "valid_auc": r["valid"]["auc"], "valid_logloss": r["valid"]["logloss"],
-            "valid_gauc": r["valid"].get("gauc"), "valid_auc_per_epoch": r["valid_auc_per_epoch"],
+            "overrides": list(overrides), "valid_auc": r["valid_auc"],
+            "valid_logloss": r["valid_best_epoch"].get("logloss"),
+            "valid_gauc": r["valid_best_epoch"].get("gauc"), "valid_auc_per_epoch": r["valid_auc_per_epoch"],
             "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"], "seconds": r["seconds"], "date": _now(),
             "oracle_valid": oracle(root / "prepared", "valid"),
         }
-        log.info("explore: %s valid auc %.4f (per epoch %s)", name, r["valid"]["auc"], r["valid_auc_per_epoch"])
+        log.info("explore: %s valid auc %.4f (per epoch %s)", name, r["valid_auc"], r["valid_auc_per_epoch"])
         _write_json(path, previous)  # keep each finished experiment even if a later one fails
     return previous
 
@@ -596,7 +606,7 @@ def render_movielens(ml: dict[str, Any] | None, peer: dict[str, Any] | None) -> 
         ]
         for r in ml["rows"]:
             t = r["test"]
-            out.append(f"| {r['model']} | {r['lr']:g} | {_f(r['valid']['auc'])} | {_f(t['auc'])} | "
+            out.append(f"| {r['model']} | {r['lr']:g} | {_f(r['valid_auc'])} | {_f(t['auc'])} | "
                        f"{_f(t['logloss'])} | {_f(t.get('gauc'))} | {r['best_epoch']} / {r['epochs_run']} | "
                        f"{r['seconds']:.0f} |")
         test = {r["model"]: r["test"]["auc"] for r in ml["rows"]}
@@ -644,7 +654,7 @@ def render_peer(ml: dict[str, Any] | None, peer: dict[str, Any]) -> list[str]:
         if ok is not None:
             verdicts.append(ok)
         out.append(
-            f"| DeepCTR-Torch {r['peer']} | {r['lr']:g} | {_f(r['valid']['auc'])} | {_f(t['auc'])} | "
+            f"| DeepCTR-Torch {r['peer']} | {r['lr']:g} | {_f(r['valid_auc'])} | {_f(t['auc'])} | "
             f"{_f(t['logloss'])} | {_f(t.get('gauc'))} | {r['best_epoch']} / {r['epochs_run']} | {r['seconds']:.0f} | "
             f"{PEER_OURS[r['peer']]} | {_f(mine['test']['auc']) if mine else 'n/a'} | "
             f"{'n/a' if diff is None else f'{diff:+.4f}'} | {'n/a' if ok is None else 'yes' if ok else '**no**'} |")
@@ -679,7 +689,7 @@ def render_synthetic(syn: dict[str, Any] | None, explore: dict[str, Any] | None)
             t = r["test"]
             gap = r["oracle_test"] - t["auc"]
             overrides = " ".join(f"`{o}`" for o in r["overrides"]) or "(none)"
-            out.append(f"| {r['label']} | {overrides} | {_f(r['valid']['auc'])} | {_f(t['auc'])} | "
+            out.append(f"| {r['label']} | {overrides} | {_f(r['valid_auc'])} | {_f(t['auc'])} | "
                        f"{_f(r['oracle_test'])} | {gap:.4f} | {_f(t['logloss'])} | {_f(t.get('gauc'))} | "
                        f"{r['best_epoch']} / {r['epochs_run']} | {r['seconds']:.0f} |")
         best = syn["rows"][-1]
@@ -779,7 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if part == "movielens":
                     result = run_movielens(work, args.models or list(MODELS), args.reuse_prepared)
                 elif part == "peer":
-                    result = run_peer(work, args.peer_models, args.reuse_prepared)
+                    result = run_peer(work, args.peer_models)
                 elif part == "synthetic":
                     result = run_synthetic(work, args.reuse_prepared)
                 else:

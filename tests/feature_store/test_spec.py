@@ -178,3 +178,32 @@ def _rest_cols(n: int, skip: str = "genres") -> dict[str, object]:
     if skip != "genres":
         cols["genres"] = ["x"] * n
     return cols
+
+
+def test_dense_integer_lookup_matches_the_hash_lookup() -> None:
+    import pyarrow.compute as pc
+
+    from feature_store.spec import _dense_table, _lookup
+
+    vocab = pa.array([7, 3, 100, 0, 42], pa.int64())
+    values = pa.array([3, None, -5, 100, 10**12, 0, 8, 42, 7], pa.int64())
+    dense = _dense_table(vocab)
+    assert dense is not None
+    hashed = pc.fill_null(pc.add(pc.index_in(values, value_set=vocab).cast(pa.int64()), 1), 0).to_numpy()
+    assert _lookup(values, vocab, dense).tolist() == hashed.tolist() == [2, 0, 0, 3, 0, 4, 0, 5, 1]
+    assert _dense_table(pa.array([1, 10**9])) is None  # too sparse for a table
+
+
+def test_bucket_boundaries_weigh_blocks_by_their_size() -> None:
+    from feature_store.spec import QUANTILE_SAMPLE
+
+    cfg = FeaturesConfig.model_validate({"label": "y", "numeric": [{"name": "x", "transform": "bucketize",
+                                                                     "buckets": 4}]})
+    rng = np.random.default_rng(0)
+    big = rng.uniform(0, 100, 5 * QUANTILE_SAMPLE)  # sampled down to QUANTILE_SAMPLE
+    small = rng.uniform(1000, 2000, 2000)  # kept whole: must not weigh as much as the big block
+    fitter = SpecFitter(cfg)
+    spec = fitter.finish([fitter.partial(pa.table({"x": big, "y": np.zeros(len(big))})),
+                          fitter.partial(pa.table({"x": small, "y": np.zeros(len(small))}))])
+    exact = np.quantile(np.concatenate([big, small]), [0.25, 0.5, 0.75])
+    assert np.allclose(spec.feature("x").boundaries, exact, rtol=0.02)
