@@ -305,7 +305,6 @@ class PrepareConfig(StrictModel):
     ray_address: str | None = None
     num_cpus: int | None = Field(None, gt=0)
     batch_rows: int = Field(131_072, gt=0)
-    rows_per_shard: int = Field(1_000_000, gt=0)
     max_reject_fraction: float = Field(0.05, ge=0, le=1)
 
     @field_validator("ray_address")

@@ -261,8 +261,9 @@ def transform_ray(cfg: FeatureStoreConfig, spec: FeatureSpec, files: list[Path],
 
     ds = ray.data.read_parquet([str(f.resolve()) for f in files], columns=needed)
     ds = ds.map_batches(transform, batch_format="pyarrow", batch_size=None)
-    ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=min(cfg.prepare.rows_per_shard, max(rows, 1)),
-                     max_rows_per_file=cfg.prepare.rows_per_shard)
+    # no min/max rows per file: with them Ray 2.60 regroups blocks out of order after read_parquet; without
+    # them every write task keeps its blocks in order and the file names sort in dataset order
+    ds.write_parquet(str(out_dir.resolve()))
     return rows
 
 

@@ -135,8 +135,10 @@ def _vectors(column: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
 
 
 def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """A [rows, width] matrix as fixed_size_list<float32>[width]; no copy when it is C-contiguous float32."""
     width = matrix.shape[1]
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.astype(np.float32).ravel()), width)
+    flat = np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
 
 
 # ---------------------------------------------------------------------------------------------------- RFM
@@ -362,17 +364,27 @@ def add_category_affinity(
             f"idf has {len(idf)} values but the snapshots' '{COUNTS_COLUMN}' vectors have {width}; fit the "
             f"IDF on the same snapshots (same categories)"
         )
+    weights = _tfidf_weights(matrix.reshape(snapshots.num_rows, width), idf, block_rows)
     idx, _ = _snapshot_indices(events, snapshots, user_key, ts, ttl_seconds)
-    out = np.zeros((len(idx), width), dtype=np.float32)
-    for lo in range(0, len(idx), block_rows):
-        block = idx[lo : lo + block_rows]
-        hit = np.flatnonzero(block >= 0)
-        counts = matrix[block[hit]].astype(np.float64)
-        total = counts.sum(axis=1, keepdims=True)
-        weights = counts / np.where(total > 0, total, 1.0) * idf
-        norm = np.sqrt((weights**2).sum(axis=1, keepdims=True))
-        out[lo + hit] = weights / np.where(norm > 0, norm, 1.0)
+    np.putmask(idx, idx < 0, len(weights) - 1)  # events without a valid snapshot read the zero row
+    out = np.take(weights, idx, axis=0)
     return events.append_column(name, _fixed_list(out))
+
+
+def _tfidf_weights(counts: np.ndarray, idf: np.ndarray, block_rows: int) -> np.ndarray:
+    """float32 [rows + 1, C]: each count row's L2-normalised TF-IDF weights (float64 math), then a zero row.
+
+    Computed once per snapshot row (not per event), `block_rows` rows at a time to bound the float64
+    temporaries.
+    """
+    out = np.zeros((len(counts) + 1, len(idf)), dtype=np.float32)
+    for lo in range(0, len(counts), block_rows):
+        block = counts[lo : lo + block_rows].astype(np.float64)
+        total = block.sum(axis=1, keepdims=True)
+        weights = block / np.where(total > 0, total, 1.0) * idf
+        norm = np.sqrt((weights**2).sum(axis=1, keepdims=True))
+        out[lo : lo + len(block)] = weights / np.where(norm > 0, norm, 1.0)
+    return out
 
 
 # ----------------------------------------------------------------------------------------- the whole thing

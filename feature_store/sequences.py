@@ -2,9 +2,10 @@
 
 A history holds the items of the user's events strictly before the event's time (events at the same
 second are not history of each other), optionally only events with a positive `positive` column, most
-recent last, at most `max_len` of them. Built columnar: the history candidates are sorted by (user, time)
-once, every event finds its window with two `searchsorted` calls, and the list column is assembled from
-offsets and one gather; no loop over rows.
+recent last, at most `max_len` of them. Built columnar: the events are sorted by (user, time) once (a
+packed-key sort), each event's window into the sorted history candidates follows from running counts,
+and the list column is gathered from offsets in bounded chunks into one preallocated array; no loop over
+rows and no [events, max_len] matrix.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import pyarrow.compute as pc
 from feature_store.offline import as_array, composite_keys, encode_keys, int_times, require_columns
 
 _MAX_INT32_OFFSET = 2**31 - 1
+_GATHER_CHUNK_VALUES = 1 << 20  # history values built per gather step: bounds each temporary to ~8 MiB
 
 
-def _candidates(
+def _masks(
     events: pa.Table, user: str, item: str, ts: str, positive: str | None, as_of: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, pa.Array]:
-    """(user codes, times, time validity, candidate rows sorted by (user, time), user dictionary)."""
+    """(user codes, times, time validity, history-candidate mask, user dictionary)."""
     require_columns(events, [user, item, ts] + ([positive] if positive else []), "events")
     codes, dictionary = encode_keys(as_array(events.column(user)))
     t, valid = int_times(events.column(ts), ts)
@@ -35,10 +37,42 @@ def _candidates(
         ok &= pc.fill_null(pc.greater(pos.cast(pa.float64()), 0.0), False).to_numpy(zero_copy_only=False)
     if as_of is not None:
         ok &= t <= as_of
+    return codes, t, valid, ok, dictionary
+
+
+def _stable_sort(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, sorted keys) with `order == np.argsort(keys, kind="stable")` for int64 `keys`.
+
+    When the key range leaves room, each key and its position are packed into one int64 and sorted with the
+    (SIMD) plain sort, which is several times faster than numpy's stable argsort; ties keep their order
+    because the position is the low bits.
+    """
+    n = len(keys)
+    if n == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    lo = int(keys.min())
+    bits = max(1, (n - 1).bit_length())
+    if int(keys.max()) - lo >= 1 << (63 - bits):
+        order = np.argsort(keys, kind="stable")
+        return order, keys[order]
+    packed = keys - lo
+    packed <<= bits
+    packed |= np.arange(n, dtype=np.int64)
+    packed.sort()
+    order = packed & ((1 << bits) - 1)
+    packed >>= bits
+    packed += lo
+    return order, packed
+
+
+def _candidates(
+    events: pa.Table, user: str, item: str, ts: str, positive: str | None, as_of: int | None = None
+) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """(user codes, times, candidate rows sorted by (user, time), user dictionary)."""
+    codes, t, _, ok, dictionary = _masks(events, user, item, ts, positive, as_of)
     rows = np.flatnonzero(ok)
     (comp,) = composite_keys([codes[rows]], [t[rows]])
-    rows = rows[np.argsort(comp, kind="stable")]
-    return codes, t, valid, rows, dictionary
+    return codes, t, rows[_stable_sort(comp)[0]], dictionary
 
 
 def _list_array(values: pa.Array, offsets: np.ndarray) -> pa.Array:
@@ -48,11 +82,34 @@ def _list_array(values: pa.Array, offsets: np.ndarray) -> pa.Array:
 
 
 def _gather(items: pa.Array, rows: np.ndarray, start: np.ndarray, length: np.ndarray) -> pa.Array:
-    """List array whose i-th list is items[rows[start[i] : start[i] + length[i]]]."""
+    """List array whose i-th list is items[rows[start[i] : start[i] + length[i]]].
+
+    The flat positions are built for a bounded number of values at a time and written into one
+    preallocated array: numeric items are gathered straight into the output values, other types into an
+    int64 index that one Arrow `take` resolves.
+    """
     offsets = np.zeros(len(length) + 1, dtype=np.int64)
     np.cumsum(length, out=offsets[1:])
-    flat = np.repeat(start - offsets[:-1], length) + np.arange(offsets[-1], dtype=np.int64)
-    return _list_array(items.take(pa.array(rows[flat], pa.int64())), offsets)
+    total = int(offsets[-1])
+    source = items.take(pa.array(rows, pa.int64()))
+    numeric = pa.types.is_integer(items.type) or pa.types.is_floating(items.type)
+    src = source.to_numpy(zero_copy_only=False) if numeric else np.empty(0, np.int64)
+    out = np.empty(total, dtype=src.dtype)
+    step = max(1, _GATHER_CHUNK_VALUES // max(1, int(length.max(initial=0))))
+    ramp = np.arange(min(total, step * int(length.max(initial=0))), dtype=np.int64)
+    for lo in range(0, len(length), step):
+        hi = min(lo + step, len(length))
+        a, b = int(offsets[lo]), int(offsets[hi])
+        if a == b:
+            continue
+        flat = np.repeat(start[lo:hi] - (offsets[lo:hi] - a), length[lo:hi])
+        flat += ramp[: b - a]
+        if numeric:
+            np.take(src, flat, out=out[a:b], mode="clip")  # positions are in range; "clip" skips a buffer
+        else:
+            out[a:b] = flat
+    values = pa.array(out, type=items.type) if numeric else source.take(pa.array(out, pa.int64()))
+    return _list_array(values, offsets)
 
 
 def history_sequences(
@@ -77,19 +134,37 @@ def history_sequences(
     """
     if max_len <= 0:
         raise ValueError(f"max_len must be positive, got {max_len}")
-    codes, t, valid, rows, _ = _candidates(events, user, item, ts, positive)
+    codes, t, valid, ok, _ = _masks(events, user, item, ts, positive)
     items = as_array(events.column(item))
-    e_ok = valid & (codes >= 0)
-    safe_codes = np.where(e_ok, codes, 0)
-    t_min = int(t[valid].min()) if valid.any() else 0
-    t_eff = np.where(valid, t, t_min)  # null times: any valid value keeps the key range tight
-    cand_comp, event_comp, user_start_comp = composite_keys(
-        [codes[rows], safe_codes, safe_codes], [t[rows], t_eff, np.full(len(t), t_min)]
-    )
-    end = np.searchsorted(cand_comp, event_comp, side="left")
-    first = np.searchsorted(cand_comp, user_start_comp, side="left")
-    length = np.where(e_ok, np.minimum(end - first, max_len), 0)
-    return _gather(items, rows, end - length, length)
+    n = len(codes)
+    start = np.zeros(n, dtype=np.int64)
+    length = np.zeros(n, dtype=np.int64)
+    e_rows = np.flatnonzero(valid & (codes >= 0))  # the events that can have a history
+    if len(e_rows) == 0:
+        return _gather(items, e_rows, start, length)
+    (comp,) = composite_keys([codes[e_rows]], [t[e_rows]])
+    order, comp = _stable_sort(comp)
+    e_rows = e_rows[order]  # sorted by (user, time), input order within equal times
+    del order
+    is_cand = ok[e_rows]
+    rows = e_rows[is_cand]  # the history candidates sorted by (user, time): the lists are windows of it
+    before = np.cumsum(is_cand)
+    before -= is_cand  # candidates sorted before each event
+    # Candidates before the first event of the same (user, time), resp. of the same user; `before` never
+    # decreases, so a running maximum carries each group's first value through the group.
+    new_time = np.empty(len(comp), dtype=bool)
+    new_time[0] = True
+    np.not_equal(comp[1:], comp[:-1], out=new_time[1:])
+    end = np.maximum.accumulate(np.where(new_time, before, 0))
+    user_codes = codes[e_rows]
+    new_user = new_time  # reuse: the user's first event also starts a new time
+    np.not_equal(user_codes[1:], user_codes[:-1], out=new_user[1:])
+    first = np.maximum.accumulate(np.where(new_user, before, 0))
+    del before, comp, user_codes, new_time, new_user
+    window = np.minimum(end - first, max_len)
+    length[e_rows] = window
+    start[e_rows] = end - window
+    return _gather(items, rows, start, length)
 
 
 def latest_histories(
@@ -110,7 +185,7 @@ def latest_histories(
     """
     if max_len <= 0:
         raise ValueError(f"max_len must be positive, got {max_len}")
-    codes, t, _, rows, dictionary = _candidates(events, user, item, ts, positive, as_of)
+    codes, t, rows, dictionary = _candidates(events, user, item, ts, positive, as_of)
     items = as_array(events.column(item))
     sorted_codes = codes[rows]
     last = np.flatnonzero(np.r_[sorted_codes[1:] != sorted_codes[:-1], True]) if len(rows) else rows
