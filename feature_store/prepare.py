@@ -214,17 +214,40 @@ def _train_end_ts(events: pa.Table, codes: np.ndarray, report: SplitReport, ts: 
 # ------------------------------------------------------------------------------------------------ Ray
 
 
-def stage_split(table: pa.Table, directory: Path, rows_per_file: int) -> list[Path]:
-    """Write one split's raw joined rows as uncompressed Parquet files of `rows_per_file` rows (Ray reads them)."""
+ROW = "__row"  # staged row number: names the prepared shards so that they sort in dataset order
+MAX_STAGED_FILES = 16  # more files make Ray fetch Parquet footers in extra worker processes
+
+
+def stage_split(table: pa.Table, directory: Path, batch_rows: int) -> list[Path]:
+    """Write one split's joined rows (plus their row number) as uncompressed Parquet files for Ray to read."""
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
+    rows_per_file = max(batch_rows, -(-table.num_rows // MAX_STAGED_FILES))
+    table = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
     files = []
     for i, start in enumerate(range(0, max(table.num_rows, 1), rows_per_file)):
         path = directory / f"part-{i:05d}.parquet"
-        pq.write_table(table.slice(start, rows_per_file), path, compression="none", row_group_size=rows_per_file)
+        pq.write_table(table.slice(start, rows_per_file), path, compression="none", row_group_size=batch_rows)
         files.append(path)
     return files
+
+
+def _write_runs(batch: pa.Table, spec: FeatureSpec, out_dir: str) -> pa.Table:
+    """Transform a block and write it as one shard per run of consecutive staged rows, named by its first row."""
+    rows = batch.column(ROW).to_numpy()
+    if len(rows) == 0:
+        return pa.table({"rows": [0]})
+    if (np.diff(rows) < 0).any():
+        order = np.argsort(rows, kind="stable")
+        batch, rows = batch.take(pa.array(order)), rows[order]
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    out = spec.transform(batch.drop_columns([ROW]))
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [len(rows)]])
+    for lo, hi in zip(starts, ends):
+        pq.write_table(out.slice(int(lo), int(hi - lo)), f"{out_dir}/part-{int(rows[lo]):012d}.parquet")
+    return pa.table({"rows": [len(rows)]})
 
 
 def fit_spec_ray(cfg: FeatureStoreConfig, train_files: list[Path]) -> FeatureSpec:
@@ -256,14 +279,15 @@ def transform_ray(cfg: FeatureStoreConfig, spec: FeatureSpec, files: list[Path],
     have = pq.read_schema(files[0]).names
     needed = [c for c in dict.fromkeys([*spec.raw_columns(), spec.label, *spec.passthrough]) if c in have]
 
-    def transform(batch: pa.Table) -> pa.Table:
-        return spec.transform(batch)
-
-    ds = ray.data.read_parquet([str(f.resolve()) for f in files], columns=needed)
-    ds = ds.map_batches(transform, batch_format="pyarrow", batch_size=None)
-    # no min/max rows per file: with them Ray 2.60 regroups blocks out of order after read_parquet; without
-    # them every write task keeps its blocks in order and the file names sort in dataset order
-    ds.write_parquet(str(out_dir.resolve()))
+    target = str(out_dir.resolve())
+    ds = ray.data.read_parquet([str(f.resolve()) for f in files], columns=[*needed, ROW])
+    done = ds.map_batches(_write_runs, batch_format="pyarrow", batch_size=None, fn_args=(spec, target)).take_all()
+    written = sum(int(r["rows"]) for r in done)
+    if written != rows:
+        raise RuntimeError(f"prepare wrote {written} rows to {out_dir}, expected {rows}")
+    if rows == 0:  # an empty split still gets a (typed, empty) shard so readers find its schema
+        empty = pq.read_table(files[0], columns=needed).slice(0, 0)
+        pq.write_table(spec.transform(empty), out_dir / f"part-{0:012d}.parquet")
     return rows
 
 

@@ -14,6 +14,8 @@ import pytest
 from feature_store.config import ProfilesConfig
 from feature_store.profiles import (
     SEGMENT_RULES,
+    _snapshot_indices,
+    _vectors,
     add_category_affinity,
     add_rfm_features,
     build_user_profiles,
@@ -342,3 +344,83 @@ def test_rfm_on_cdnow_matches_a_pandas_groupby_of_purchases_before_the_cutoff() 
     assert np.allclose(out.column("rfm_recency_days").to_numpy(), recency, rtol=1e-6)
     seg = rfm_segments(rfm_snapshots(purchases, user_key="user"), as_of=as_of, user_key="user")
     assert seg.num_rows == len(before)
+
+
+# ------------------------------------------- affinity: equality with the previous per-event implementation
+
+
+def _previous_affinity(
+    events: pa.Table, snapshots: pa.Table, idf: np.ndarray, *, user_key: str, ttl_seconds: float | None
+) -> np.ndarray:
+    """The implementation before the per-snapshot rewrite: float64 TF-IDF computed for every event row."""
+    matrix = _vectors(snapshots.column("category_counts"), "category_counts")
+    idx, _ = _snapshot_indices(events, snapshots, user_key, "ts", ttl_seconds)
+    out = np.zeros((len(idx), len(idf)), dtype=np.float32)
+    for lo in range(0, len(idx), 1_000):
+        block = idx[lo : lo + 1_000]
+        hit = np.flatnonzero(block >= 0)
+        counts = matrix[block[hit]].astype(np.float64)
+        total = counts.sum(axis=1, keepdims=True)
+        weights = counts / np.where(total > 0, total, 1.0) * idf
+        norm = np.sqrt((weights**2).sum(axis=1, keepdims=True))
+        out[lo + hit] = weights / np.where(norm > 0, norm, 1.0)
+    return out
+
+
+def _random_affinity_case(seed: int, string_users: bool) -> tuple[pa.Table, pa.Table, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n = 3_000
+    users = rng.integers(0, 60, n)
+    interactions = pa.table(
+        {
+            "user": users.astype(str) if string_users else users,
+            "cat": pa.array(rng.choice(list("abcdefg"), n), mask=rng.random(n) < 0.05),
+            "ts": D0 + rng.integers(0, 20 * DAY, n),
+        }
+    )
+    snaps, _ = category_affinity_snapshots(interactions, user_key="user", category="cat")
+    m = 5_000
+    event_users = rng.integers(0, 70, m)  # users 60..69 have no snapshot
+    user_values = event_users.astype(str) if string_users else event_users
+    events = pa.table(
+        {
+            "user": pa.array(user_values, mask=rng.random(m) < 0.03),
+            "ts": pa.array(D0 + rng.integers(-DAY, 25 * DAY, m), pa.int64(), mask=rng.random(m) < 0.03),
+        }
+    )
+    return events, snaps, fit_idf(snaps, D0 + 10 * DAY)
+
+
+def _affinity_matrix(table: pa.Table, name: str = "cat_affinity") -> np.ndarray:
+    column = table.column(name).combine_chunks()
+    return column.values.to_numpy().reshape(len(column), column.type.list_size)
+
+
+@pytest.mark.parametrize("string_users", [False, True])
+@pytest.mark.parametrize("ttl_seconds", [None, 2.0 * DAY])
+def test_affinity_is_bit_identical_to_the_previous_per_event_implementation(
+    string_users: bool, ttl_seconds: float | None
+) -> None:
+    events, snaps, idf = _random_affinity_case(seed=4, string_users=string_users)
+    out = add_category_affinity(events, snaps, idf, user_key="user", ttl_seconds=ttl_seconds)
+    got = _affinity_matrix(out)
+    want = _previous_affinity(events, snaps, idf, user_key="user", ttl_seconds=ttl_seconds)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))  # same bits, not just close
+    assert 0 < (got.sum(axis=1) > 0).sum() < len(got)  # the case has both hits and misses
+    assert out.column_names == ["user", "ts", "cat_affinity"]
+
+
+def test_affinity_block_size_does_not_change_the_weights() -> None:
+    events, snaps, idf = _random_affinity_case(seed=8, string_users=False)
+    whole = add_category_affinity(events, snaps, idf, user_key="user")
+    small = add_category_affinity(events, snaps, idf, user_key="user", block_rows=7)
+    assert whole.equals(small)
+
+
+def test_affinity_with_no_snapshot_rows_gives_zero_vectors_of_the_idf_width() -> None:
+    _, snaps, idf = _random_affinity_case(seed=1, string_users=False)
+    events = pa.table({"user": [1, 2], "ts": [D0, D0 + DAY]})
+    out = add_category_affinity(events, snaps.slice(0, 0), idf, user_key="user")
+    assert out.schema.field("cat_affinity").type == pa.list_(pa.float32(), len(idf))
+    assert np.array_equal(_affinity_matrix(out), np.zeros((2, len(idf)), np.float32))

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pytest
 
+from feature_store import sequences
+from feature_store.offline import as_array, composite_keys, encode_keys, int_times
 from feature_store.sequences import history_sequences, latest_histories
 
 DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
@@ -154,3 +157,131 @@ def test_taobao_purchase_histories_match_the_reference_on_sampled_rows() -> None
         mask = (users == users[i]) & (ts < ts[i]) & bought
         order = np.argsort(ts[mask], kind="stable")
         assert got[int(i)].as_py() == items[mask][order][-5:].tolist()
+
+
+# ------------------------------------------------- equality with the previous (searchsorted) implementation
+
+
+def _previous_history_sequences(
+    events: pa.Table, *, user: str, item: str, ts: str = "ts", max_len: int, positive: str | None = None
+) -> pa.Array:
+    """The implementation before the sort-once rewrite: two searchsorted calls and an [n, L] index gather."""
+    codes, _ = encode_keys(as_array(events.column(user)))
+    t, valid = int_times(events.column(ts), ts)
+    ok = valid & (codes >= 0) & pc.is_valid(as_array(events.column(item))).to_numpy(zero_copy_only=False)
+    if positive is not None:
+        pos = as_array(events.column(positive)).cast(pa.float64())
+        ok &= pc.fill_null(pc.greater(pos, 0.0), False).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(ok)
+    (comp,) = composite_keys([codes[rows]], [t[rows]])
+    rows = rows[np.argsort(comp, kind="stable")]
+    items = as_array(events.column(item))
+    e_ok = valid & (codes >= 0)
+    safe_codes = np.where(e_ok, codes, 0)
+    t_min = int(t[valid].min()) if valid.any() else 0
+    t_eff = np.where(valid, t, t_min)
+    cand_comp, event_comp, user_start_comp = composite_keys(
+        [codes[rows], safe_codes, safe_codes], [t[rows], t_eff, np.full(len(t), t_min)]
+    )
+    end = np.searchsorted(cand_comp, event_comp, side="left")
+    first = np.searchsorted(cand_comp, user_start_comp, side="left")
+    length = np.where(e_ok, np.minimum(end - first, max_len), 0)
+    start = end - length
+    offsets = np.zeros(len(length) + 1, dtype=np.int64)
+    np.cumsum(length, out=offsets[1:])
+    flat = np.repeat(start - offsets[:-1], length) + np.arange(offsets[-1], dtype=np.int64)
+    values = items.take(pa.array(rows[flat], pa.int64()))
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+
+
+def _assert_identical(got: pa.Array, want: pa.Array) -> None:
+    assert got.type == want.type
+    assert got.offsets.equals(want.offsets)
+    assert got.values.equals(want.values)
+    assert got.equals(want)
+
+
+def _larger_events(seed: int, n: int = 4_000, item_type: pa.DataType | None = None) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    table = _random_events(seed, n)
+    items = table.column("item").combine_chunks()
+    if item_type is not None and pa.types.is_string(item_type):
+        items = pc.binary_join_element_wise("i", items.cast(pa.string()), "")
+    else:
+        items = items.cast(item_type or pa.int64())
+    click = pa.array(rng.choice([0.0, 1.0, 2.5, np.nan], n), pa.float64(), mask=rng.random(n) < 0.05)
+    return table.set_column(1, "item", items).set_column(3, "click", click)
+
+
+@pytest.mark.parametrize("item_type", [pa.int64(), pa.int32(), pa.float32(), pa.string()])
+@pytest.mark.parametrize("positive", [None, "click"])
+def test_histories_are_identical_to_the_previous_implementation(
+    item_type: pa.DataType, positive: str | None
+) -> None:
+    events = _larger_events(seed=3, item_type=item_type)
+    for max_len in (1, 4, 1_000):
+        got = history_sequences(events, user="user", item="item", max_len=max_len, positive=positive)
+        want = _previous_history_sequences(events, user="user", item="item", max_len=max_len, positive=positive)
+        _assert_identical(got, want)
+
+
+def test_chunked_gather_gives_the_same_lists_as_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _larger_events(seed=5)
+    whole = history_sequences(events, user="user", item="item", max_len=6)
+    for chunk_values in (1, 7, 100):
+        monkeypatch.setattr(sequences, "_GATHER_CHUNK_VALUES", chunk_values)
+        _assert_identical(history_sequences(events, user="user", item="item", max_len=6), whole)
+
+
+def test_chunked_input_columns_and_string_users_give_identical_histories() -> None:
+    events = _larger_events(seed=9)
+    users = events.column("user").cast(pa.string())
+    events = events.set_column(0, "user", users)
+    chunked = pa.concat_tables([events.slice(0, 1_000), events.slice(1_000)])
+    assert chunked.column("user").num_chunks == 2
+    got = history_sequences(chunked, user="user", item="item", max_len=5, positive="click")
+    want = _previous_history_sequences(events, user="user", item="item", max_len=5, positive="click")
+    _assert_identical(got, want)
+
+
+def test_events_without_any_valid_user_or_time_get_empty_lists_of_the_item_type() -> None:
+    events = pa.table(
+        {
+            "user": pa.array([None, 1, None], pa.int64()),
+            "item": pa.array(["a", "b", "c"]),
+            "ts": pa.array([1, None, 3], pa.int64()),
+        }
+    )
+    got = history_sequences(events, user="user", item="item", max_len=3)
+    assert got.type == pa.list_(pa.string())
+    assert got.to_pylist() == [[], [], []]
+    empty = history_sequences(events.slice(0, 0), user="user", item="item", max_len=3)
+    assert len(empty) == 0 and empty.type == pa.list_(pa.string())
+
+
+@pytest.mark.parametrize("spread", [10, 2**40, 2**62])
+def test_stable_sort_equals_numpy_stable_argsort_for_narrow_and_wide_keys(spread: int) -> None:
+    rng = np.random.default_rng(spread % 1_000)
+    keys = rng.integers(-spread, spread, 50_000, dtype=np.int64)
+    keys[::7] = keys[0]  # many ties: their input order must be kept
+    order, sorted_keys = sequences._stable_sort(keys)
+    assert np.array_equal(order, np.argsort(keys, kind="stable"))
+    assert np.array_equal(sorted_keys, np.sort(keys))
+
+
+def test_latest_histories_match_the_history_of_a_probe_event_after_every_user() -> None:
+    events = _larger_events(seed=13)
+    latest = latest_histories(events, user="user", item="item", max_len=4, positive="click")
+    users = latest.column("user").to_pylist()
+    t_end = int(pc.max(events.column("ts")).as_py()) + 1
+    probes = pa.table(
+        {
+            "user": pa.array(users, pa.int64()),
+            "item": pa.array([0] * len(users), pa.int64()),
+            "ts": pa.array([t_end] * len(users), pa.int64()),
+            "click": pa.array([0.0] * len(users)),
+        }
+    )
+    both = pa.concat_tables([events, probes])
+    hist = history_sequences(both, user="user", item="item", max_len=4, positive="click")
+    assert hist.slice(events.num_rows).to_pylist() == latest.column("history").to_pylist()
