@@ -135,13 +135,25 @@ def history_sequences(
     if max_len <= 0:
         raise ValueError(f"max_len must be positive, got {max_len}")
     codes, t, valid, ok, _ = _masks(events, user, item, ts, positive)
-    items = as_array(events.column(item))
+    rows, start, length = _history_windows(codes, t, valid, ok, max_len)
+    del codes, t, valid, ok  # only the windows are needed from here; frees room for the output
+    return _gather(as_array(events.column(item)), rows, start, length)
+
+
+def _history_windows(
+    codes: np.ndarray, t: np.ndarray, valid: np.ndarray, ok: np.ndarray, max_len: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(candidate rows sorted by (user, time), per-event window start into them, per-event window length).
+
+    One sort of the events by (user, time); the candidates before an event are a running count over that
+    order, taken at the first event of the event's (user, time), resp. of its user.
+    """
     n = len(codes)
     start = np.zeros(n, dtype=np.int64)
     length = np.zeros(n, dtype=np.int64)
     e_rows = np.flatnonzero(valid & (codes >= 0))  # the events that can have a history
     if len(e_rows) == 0:
-        return _gather(items, e_rows, start, length)
+        return e_rows, start, length
     (comp,) = composite_keys([codes[e_rows]], [t[e_rows]])
     order, comp = _stable_sort(comp)
     e_rows = e_rows[order]  # sorted by (user, time), input order within equal times
@@ -150,21 +162,24 @@ def history_sequences(
     rows = e_rows[is_cand]  # the history candidates sorted by (user, time): the lists are windows of it
     before = np.cumsum(is_cand)
     before -= is_cand  # candidates sorted before each event
-    # Candidates before the first event of the same (user, time), resp. of the same user; `before` never
-    # decreases, so a running maximum carries each group's first value through the group.
+    # `before` never decreases, so a running maximum carries each group's first value through the group.
     new_time = np.empty(len(comp), dtype=bool)
     new_time[0] = True
     np.not_equal(comp[1:], comp[:-1], out=new_time[1:])
+    del comp
     end = np.maximum.accumulate(np.where(new_time, before, 0))
     user_codes = codes[e_rows]
     new_user = new_time  # reuse: the user's first event also starts a new time
     np.not_equal(user_codes[1:], user_codes[:-1], out=new_user[1:])
-    first = np.maximum.accumulate(np.where(new_user, before, 0))
-    del before, comp, user_codes, new_time, new_user
-    window = np.minimum(end - first, max_len)
+    del user_codes
+    window = np.maximum.accumulate(np.where(new_user, before, 0))  # candidates before the user's first event
+    del before, new_user
+    np.subtract(end, window, out=window)
+    np.minimum(window, max_len, out=window)
     length[e_rows] = window
-    start[e_rows] = end - window
-    return _gather(items, rows, start, length)
+    np.subtract(end, window, out=end)
+    start[e_rows] = end
+    return rows, start, length
 
 
 def latest_histories(

@@ -696,9 +696,9 @@ def _agreement(rf_summary: dict[str, Any], pd_summary: dict[str, Any], rf_spec: 
             parts.append(f"`{name}` is a quantile-bucketized feature; RecForge's fitted boundaries are "
                          f"[{shown}], pandas' (exact quantiles of all train values) are "
                          f"[{', '.join(f'{b:.3f}' for b in bounds)}], so rows between the two land one bucket "
-                         f"apart. RecForge takes up to {QUANTILE_SAMPLE:,} values from every Ray block whatever the "
-                         "block's size or non-null count and pools them unweighted, so the blocks with few values "
-                         "(here the early ones, when few users have purchased yet) weigh as much as full ones.")
+                         f"apart. RecForge fits quantiles from a sample of up to {QUANTILE_SAMPLE:,} values per Ray "
+                         "block, each value weighted by the share of its block it stands for (approximate "
+                         "quantiles, as distributed fitting does; pandas sees every value).")
     return " ".join(parts), rows_ok and not vocab_diff
 
 

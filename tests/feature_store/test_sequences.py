@@ -220,9 +220,8 @@ def test_histories_are_identical_to_the_previous_implementation(
 ) -> None:
     events = _larger_events(seed=3, item_type=item_type)
     for max_len in (1, 4, 1_000):
-        got = history_sequences(events, user="user", item="item", max_len=max_len, positive=positive)
-        want = _previous_history_sequences(events, user="user", item="item", max_len=max_len, positive=positive)
-        _assert_identical(got, want)
+        kwargs = {"user": "user", "item": "item", "max_len": max_len, "positive": positive}
+        _assert_identical(history_sequences(events, **kwargs), _previous_history_sequences(events, **kwargs))
 
 
 def test_chunked_gather_gives_the_same_lists_as_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
