@@ -15,7 +15,7 @@ class OptimConfig(StrictModel):
     dense: Literal["adam", "adamw"] = "adam"
     dense_lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    embedding: Literal["adam", "adagrad", "sparse_adam"] = "adam"
+    embedding: Literal["adam", "adagrad"] = "adam"
     embedding_lr: float = Field(1e-3, gt=0)
     embedding_l2: float = Field(0.0, ge=0, description="L2 penalty on the embedding rows a batch looks up")
     warmup_steps: int = Field(0, ge=0)

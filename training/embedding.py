@@ -168,11 +168,12 @@ def torchrec_available() -> bool:
     return True
 
 
-def resolve_backend(backend: Backend, device: torch.device | str = "cpu") -> Literal["fused", "torchrec"]:
-    """`auto` picks the fused backend: one gather beats TorchRec's unsharded EBC on one device (see benchmarks),
-    and it needs no FBGEMM CUDA kernels. TorchRec is chosen explicitly, or by `--sharded`."""
+def resolve_backend(backend: Backend) -> Literal["fused", "torchrec"]:
+    """`auto`: on a CUDA machine the fused backend (one gather, no FBGEMM CUDA kernels needed); on CPU TorchRec's
+    EmbeddingBagCollection, whose FBGEMM CPU kernels train faster than the fused table there
+    (docs/benchmarks.md, bench_train.py), falling back to fused where TorchRec cannot load."""
     if backend == "auto":
-        return "fused"
+        return "fused" if torch.cuda.is_available() or not torchrec_available() else "torchrec"
     if backend == "torchrec" and not torchrec_available():
         raise RuntimeError("embedding backend 'torchrec' needs torchrec and fbgemm-gpu(-cpu); run make install, "
                            "or set model.embedding_backend: fused")

@@ -117,7 +117,7 @@ def test_streaming_batches_match_the_in_memory_rows(prepared: tuple[FeatureLayou
 def test_embeddings_get_their_own_optimizer_and_learning_rate(prepared: tuple[FeatureLayout, pa.Table],
                                                               embedding: str) -> None:
     layout, _ = prepared
-    model = build_model("deepfm", layout, {"embedding_dim": 4})
+    model = build_model("deepfm", layout, {"embedding_dim": 4, "embedding_backend": "fused"})
     task = CTRTask(model, OptimConfig(dense="adamw", dense_lr=1e-3, embedding=embedding, embedding_lr=0.05))
     opt = task.configure_optimizers()
     assert isinstance(opt, CombinedOptimizer)

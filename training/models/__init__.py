@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from training.embedding import SparseEmbedding
+from training.embedding import SparseEmbedding, resolve_backend
 from training.features import FeatureLayout
 from training.models.base import CTRModel, ModelConfig
 from training.models.dcnv2 import DCNv2
@@ -52,4 +52,6 @@ def model_config(name: str, params: dict[str, Any] | None = None) -> ModelConfig
 def build_model(name: str, layout: FeatureLayout, params: dict[str, Any] | ModelConfig | None = None,
                 embedding: SparseEmbedding | None = None) -> CTRModel:
     cfg = params if isinstance(params, ModelConfig) else model_config(name, params)
+    if cfg.embedding_backend == "auto":  # resolved once, so a saved model reloads with the same backend
+        cfg = cfg.model_copy(update={"embedding_backend": resolve_backend("auto")})
     return MODELS[name](layout, cfg, embedding)
