@@ -228,7 +228,8 @@ def stage_split(table: pa.Table, directory: Path, batch_rows: int) -> list[Path]
     files = []
     for i, start in enumerate(range(0, max(table.num_rows, 1), rows_per_file)):
         path = directory / f"part-{i:05d}.parquet"
-        pq.write_table(table.slice(start, rows_per_file), path, compression="none", row_group_size=batch_rows)
+        pq.write_table(table.slice(start, rows_per_file), path, compression="none", use_dictionary=False,
+                       row_group_size=batch_rows)
         files.append(path)
     return files
 
@@ -291,6 +292,14 @@ def transform_ray(cfg: FeatureStoreConfig, spec: FeatureSpec, files: list[Path],
     return rows
 
 
+def _staged_columns(cfg: FeatureStoreConfig, columns: list[str]) -> list[str]:
+    """The raw columns the spec reads (features, label, passthrough): all that the fit and transform need."""
+    f = cfg.features
+    cols = [c.source_column for c in (*f.categorical, *f.numeric, *f.multi_valued, *f.vector)]
+    cols += [s.name for s in f.sequence] + [f.label, *f.passthrough]
+    return [c for c in dict.fromkeys(cols) if c in columns]
+
+
 def _split_tables(table: pa.Table, codes: np.ndarray) -> dict[str, pa.Table]:
     """Zero-copy slices when the rows are already ordered by split (a time split of time-sorted events)."""
     if len(codes) and not (np.diff(codes) >= 0).all():
@@ -341,7 +350,8 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
         # blocks, so the peak memory of the fit and transform stages does not hold the whole table
         splits = _split_tables(assembled.table, assembled.codes)
         label_mean = {n: _label_mean(p, cfg.features.label) for n, p in splits.items()}
-        files = {n: stage_split(p, staging / n, cfg.prepare.batch_rows) for n, p in splits.items()}
+        keep = _staged_columns(cfg, assembled.table.column_names)
+        files = {n: stage_split(p.select(keep), staging / n, cfg.prepare.batch_rows) for n, p in splits.items()}
         split_rows = {n: p.num_rows for n, p in splits.items()}
         split_report = assembled.split
         del splits, assembled
