@@ -46,7 +46,7 @@ from training.embedding import EmbeddingOutput, SparseEmbedding, TorchRecEmbeddi
 from training.features import GROUP, LABEL, FeatureLayout, seq_key, seq_len_key
 from training.metrics import ctr_metrics
 from training.models import CTRModel, build_model, model_config
-from training.task import CTRTask
+from training.task import CTRTask, lr_factor
 from training.tracking import (
     LINEAGE_DATA,
     LINEAGE_SPEC,
@@ -513,17 +513,8 @@ def fused_embedding_optimizer(o: OptimConfig, device_type: str) -> tuple[type[to
 
 
 def _lr_factor(o: OptimConfig, per_epoch: int, total: int) -> Any:
-    """Warmup then cosine/exponential decay: the schedule `CTRTask` applies, here for the dense optimizer."""
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
-        if o.decay == "cosine":
-            progress = min(max(step - o.warmup_steps, 0) / max(total - o.warmup_steps, 1), 1.0)
-            return warm * 0.5 * (1 + math.cos(math.pi * progress))
-        if o.decay == "exponential":
-            return warm * o.decay_rate ** (step / per_epoch)
-        return warm
-
-    return factor
+    """The schedule `CTRTask` applies, here for the dense optimizer."""
+    return lr_factor(o, per_epoch, total)
 
 
 def _free_port() -> int:

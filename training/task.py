@@ -9,7 +9,7 @@ decay, and AUC / logloss / gAUC / calibration on valid and test, logged as `f"{s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -165,18 +165,23 @@ class CTRTask(pl.LightningModule):
             return optimizer
         per_epoch = max(self.steps_per_epoch or 1, 1)
         total = max(self.total_steps or per_epoch, 1)
-
-        def factor(step: int) -> float:
-            warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
-            if o.decay == "cosine":
-                progress = min(max(step - o.warmup_steps, 0) / max(total - o.warmup_steps, 1), 1.0)
-                return warm * 0.5 * (1 + math.cos(math.pi * progress))
-            if o.decay == "exponential":
-                return warm * o.decay_rate ** (step / per_epoch)
-            return warm
-
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(o, per_epoch, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def lr_factor(o: OptimConfig, per_epoch: int, total: int) -> Callable[[int], float]:
+    """Learning-rate multiplier per step: linear warmup, then cosine or exponential (per epoch) decay."""
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+        if o.decay == "cosine":
+            progress = min(max(step - o.warmup_steps, 0) / max(total - o.warmup_steps, 1), 1.0)
+            return warm * 0.5 * (1 + math.cos(math.pi * progress))
+        if o.decay == "exponential":
+            return warm * o.decay_rate ** (step / per_epoch)
+        return warm
+
+    return factor
 
 
 def _embedding_optimizer(params: Iterable[nn.Parameter], o: OptimConfig) -> torch.optim.Optimizer:
