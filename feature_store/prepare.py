@@ -19,6 +19,7 @@ import pickle
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,18 @@ class AssembledEvents:
     split: SplitReport
     offline_tables: dict[str, pa.Table] = field(default_factory=dict)
     profiles: UserProfiles | None = None
+
+
+@dataclass
+class _Staged:
+    """What the read-to-staging half of the job hands to the Ray half."""
+
+    raw: RawData
+    events_kept: int
+    split: SplitReport
+    files: dict[str, list[Path]]
+    split_rows: dict[str, int]
+    label_mean: dict[str, float | None]
 
 
 @dataclass
@@ -251,18 +264,36 @@ def _write_runs(batch: pa.Table, spec: FeatureSpec, out_dir: str) -> pa.Table:
     return pa.table({"rows": [len(rows)]})
 
 
-def fit_spec_ray(cfg: FeatureStoreConfig, train_files: list[Path]) -> FeatureSpec:
-    """Fit the spec with Ray Data: one partial-statistics task per staged file, merged on the driver."""
+def _map_files(cfg: FeatureStoreConfig, items: list[dict[str, str]], fn: Any, fn_args: tuple[Any, ...]) -> list[Any]:
+    """Run `fn(path, *extra item fields, *fn_args)` once per staged file with Ray Data; returns the outputs.
+
+    A dataset of file items mapped one item per task: each task reads its own staged Parquet file, so
+    blocks stream through the workers without passing through the object store. (`ray.data.read_parquet`
+    over the same files spends more on its metadata pass, footer fetches and file listing tasks, than the
+    whole fit at a few million rows.) The staged files must be on storage every Ray node can read.
+    """
     ray = ensure_ray(cfg.prepare.ray_address, cfg.prepare.num_cpus)
+    keys = list(items[0])
+
+    def run(batch: dict[str, Any], *args: Any) -> dict[str, list[bytes]]:
+        rows = zip(*(batch[k] for k in keys))
+        return {"out": [pickle.dumps(fn(*(str(v) for v in row), *args)) for row in rows]}
+
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    done = ds.map_batches(run, batch_size=1, fn_args=fn_args).take_all()
+    return [pickle.loads(r["out"]) for r in done]
+
+
+def _fit_file(path: str, fitter: SpecFitter, columns: list[str]) -> Any:
+    return fitter.partial(pq.read_table(path, columns=columns))
+
+
+def fit_spec_ray(cfg: FeatureStoreConfig, train_files: list[Path]) -> FeatureSpec:
+    """Fit the spec with Ray Data: one partial-statistics task per staged train file, merged on the driver."""
     fitter = SpecFitter(cfg.features, seed=cfg.seed)
     needed = _fit_columns(cfg, pq.read_schema(train_files[0]).names)
-
-    def partial(batch: pa.Table) -> pa.Table:
-        return pa.table({"stats": pa.array([pickle.dumps(fitter.partial(batch))], pa.binary())})
-
-    ds = ray.data.read_parquet([str(f.resolve()) for f in train_files], columns=needed)
-    rows = ds.map_batches(partial, batch_format="pyarrow", batch_size=None).take_all()
-    return fitter.finish([pickle.loads(r["stats"]) for r in rows])
+    items = [{"path": str(f.resolve())} for f in train_files]
+    return fitter.finish(_map_files(cfg, items, _fit_file, (fitter, needed)))
 
 
 def _fit_columns(cfg: FeatureStoreConfig, columns: list[str]) -> list[str]:
@@ -271,25 +302,37 @@ def _fit_columns(cfg: FeatureStoreConfig, columns: list[str]) -> list[str]:
     return [c for c in dict.fromkeys(cols) if c in columns]
 
 
-def transform_ray(cfg: FeatureStoreConfig, spec: FeatureSpec, files: list[Path], out_dir: Path, rows: int) -> int:
-    """Transform staged raw files with Ray Data and write Parquet shards to `out_dir`; returns rows written."""
-    ray = ensure_ray(cfg.prepare.ray_address, cfg.prepare.num_cpus)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("*.parquet"):
-        old.unlink()
-    have = pq.read_schema(files[0]).names
-    needed = [c for c in dict.fromkeys([*spec.raw_columns(), spec.label, *spec.passthrough]) if c in have]
+def _transform_file(path: str, out_dir: str, spec: FeatureSpec, columns: list[str]) -> int:
+    return int(_write_runs(pq.read_table(path, columns=[*columns, ROW]), spec, out_dir).column("rows")[0].as_py())
 
-    target = str(out_dir.resolve())
-    ds = ray.data.read_parquet([str(f.resolve()) for f in files], columns=[*needed, ROW])
-    done = ds.map_batches(_write_runs, batch_format="pyarrow", batch_size=None, fn_args=(spec, target)).take_all()
-    written = sum(int(r["rows"]) for r in done)
-    if written != rows:
-        raise RuntimeError(f"prepare wrote {written} rows to {out_dir}, expected {rows}")
-    if rows == 0:  # an empty split still gets a (typed, empty) shard so readers find its schema
-        empty = pq.read_table(files[0], columns=needed).slice(0, 0)
-        pq.write_table(spec.transform(empty), out_dir / f"part-{0:012d}.parquet")
-    return rows
+
+def transform_ray(
+    cfg: FeatureStoreConfig, spec: FeatureSpec, files: dict[str, list[Path]], out_dirs: dict[str, Path],
+    rows: dict[str, int],
+) -> dict[str, int]:
+    """Transform every split's staged files in one Ray Data job, writing Parquet shards to `out_dirs[split]`.
+
+    Returns the rows written per split, checked against `rows`.
+    """
+    for out_dir in out_dirs.values():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for old in out_dir.glob("*.parquet"):
+            old.unlink()
+    have = pq.read_schema(next(iter(files.values()))[0]).names
+    needed = [c for c in dict.fromkeys([*spec.raw_columns(), spec.label, *spec.passthrough]) if c in have]
+    items = [{"path": str(f.resolve()), "out": str(out_dirs[n].resolve()), "split": n}
+             for n, fs in files.items() for f in fs]
+    counts = _map_files(cfg, [{"path": i["path"], "out": i["out"]} for i in items], _transform_file, (spec, needed))
+    written = dict.fromkeys(files, 0)
+    for item, count in zip(items, counts):
+        written[item["split"]] += count
+    for name, n in written.items():
+        if n != rows[name]:
+            raise RuntimeError(f"prepare wrote {n} rows to {out_dirs[name]}, expected {rows[name]}")
+        if n == 0:  # an empty split still gets a (typed, empty) shard so readers find its schema
+            empty = pq.read_table(files[name][0], columns=needed).slice(0, 0)
+            pq.write_table(spec.transform(empty), out_dirs[name] / f"part-{0:012d}.parquet")
+    return written
 
 
 def _staged_columns(cfg: FeatureStoreConfig, columns: list[str]) -> list[str]:
@@ -327,43 +370,56 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
     timer = _Timer()
     lay = layout(cfg)
     lay.prepared.mkdir(parents=True, exist_ok=True)
-    owns_raw = raw is None
-    with timer.stage("read"):
-        if raw is None:
-            from feature_store.readers import read_source
-
-            raw = read_source(cfg.source, lay.raw)
-        raw.rejects.write(lay.rejects)
-        raw.rejects.check_fraction(raw.total_read(), cfg.prepare.max_reject_fraction)
-    with timer.stage("assemble"):
-        assembled = assemble_events(cfg, raw)
-    with timer.stage("offline_store"):
-        store = OfflineStore(lay.offline)
-        for name, t in assembled.offline_tables.items():
-            store.write_table(name, t)
-        if assembled.profiles is not None:
-            save_profiles(store, assembled.profiles)
-    events_kept = assembled.table.num_rows
     staging = lay.prepared / "_staging"
-    with timer.stage("stage"):
-        # the driver hands the joined rows to Ray through files and lets go of them: Ray streams the
-        # blocks, so the peak memory of the fit and transform stages does not hold the whole table
-        splits = _split_tables(assembled.table, assembled.codes)
-        label_mean = {n: _label_mean(p, cfg.features.label) for n, p in splits.items()}
-        keep = _staged_columns(cfg, assembled.table.column_names)
-        files = {n: stage_split(p.select(keep), staging / n, cfg.prepare.batch_rows) for n, p in splits.items()}
-        split_rows = {n: p.num_rows for n, p in splits.items()}
-        split_report = assembled.split
-        del splits, assembled
-        if owns_raw:
-            raw.tables.clear()
+
+    def to_staged_files() -> _Staged:
+        owns_raw = raw is None
+        with timer.stage("read"):
+            if raw is None:
+                from feature_store.readers import read_source
+
+                src = read_source(cfg.source, lay.raw)
+            else:
+                src = raw
+            src.rejects.write(lay.rejects)
+            src.rejects.check_fraction(src.total_read(), cfg.prepare.max_reject_fraction)
+        with timer.stage("assemble"):
+            assembled = assemble_events(cfg, src)
+        with timer.stage("offline_store"):
+            store = OfflineStore(lay.offline)
+            for name, t in assembled.offline_tables.items():
+                store.write_table(name, t)
+            if assembled.profiles is not None:
+                save_profiles(store, assembled.profiles)
+        with timer.stage("stage"):
+            # the driver hands the joined rows to Ray through files and lets go of them: Ray streams the
+            # blocks, so the peak memory of the fit and transform stages does not hold the whole table
+            splits = _split_tables(assembled.table, assembled.codes)
+            keep = _staged_columns(cfg, assembled.table.column_names)
+            files = {n: stage_split(t.select(keep), staging / n, cfg.prepare.batch_rows) for n, t in splits.items()}
+            staged = _Staged(src, assembled.table.num_rows, assembled.split, files,
+                             {n: t.num_rows for n, t in splits.items()},
+                             {n: _label_mean(t, cfg.features.label) for n, t in splits.items()})
+            if owns_raw:
+                src.tables.clear()
+        return staged
+
+    # Ray starts (in this thread: it installs signal handlers) while a worker thread reads, joins and stages
+    # the data; both mostly wait on other processes or run Arrow kernels that release the GIL
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
+        staging_job = pool.submit(to_staged_files)
+        try:
+            with timer.stage("ray_start"):
+                ensure_ray(cfg.prepare.ray_address, cfg.prepare.num_cpus)
+        finally:
+            st = staging_job.result()
+    raw, files, split_rows, label_mean, split_report = st.raw, st.files, st.split_rows, st.label_mean, st.split
+    events_kept = st.events_kept
     with timer.stage("fit"):
         spec = fit_spec_ray(cfg, files["train"])
         spec.save(lay.spec)
-    written: dict[str, int] = {}
     with timer.stage("transform"):
-        for name in SPLITS:
-            written[name] = transform_ray(cfg, spec, files[name], lay.split_dir(name), split_rows[name])
+        written = transform_ray(cfg, spec, files, {n: lay.split_dir(n) for n in SPLITS}, split_rows)
     shutil.rmtree(staging, ignore_errors=True)
     dump_config(cfg, lay.prepared / "resolved_config.yaml")
     rejects = raw.rejects.counts_by_reason()

@@ -610,7 +610,9 @@ def render_section(ctx: dict[str, Any]) -> str:
         "`prepared/summary.json` `stage_seconds` and the pandas worker's own timer):",
         "",
         "- RecForge: " + ", ".join(f"{k} {v:.1f}" for k, v in ctx["rf_stages"].items())
-        + f"; job {ctx['rf_job_s']:.1f} s of {rf.wall_s:.1f} s wall",
+        + f"; job {ctx['rf_job_s']:.1f} s of {rf.wall_s:.1f} s wall"
+        + ("; `ray_start` (starting the local Ray) runs in the main thread while a worker thread runs read "
+           "to stage, so the stages add up to more than the job" if "ray_start" in ctx["rf_stages"] else ""),
         "- pandas: " + ", ".join(f"{k} {v:.1f}" for k, v in ctx["pd_stages"].items())
         + f"; job {ctx['pd_job_s']:.1f} s of {pdm.wall_s:.1f} s wall",
         "",
