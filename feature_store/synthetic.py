@@ -26,7 +26,7 @@ from feature_store.config import SyntheticSource
 from feature_store.readers.base import RawData
 
 # Bump when the generated data changes for an unchanged config, so cached Parquet is rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 TABLE_NAMES = ("events", "users", "items", "purchases")
 MANIFEST_NAME = "manifest.json"
@@ -105,10 +105,10 @@ HOUR = 3_600
 _CHUNK = 1 << 20  # rows per chunk for the row-wise arithmetic (bounds temporary memory)
 
 # Shape of the known click model (besides the knobs in SyntheticSource).
-_USER_BIAS_SD = 0.25
-_ITEM_BIAS_SD = 0.25
-_TASTE_NOISE = 0.3
-_ITEM_VEC_NOISE = 0.2
+_USER_BIAS_SD = 0.1
+_ITEM_BIAS_SD = 0.15
+_TASTE_NOISE = 0.15
+_ITEM_VEC_NOISE = 0.1
 _HOUR_EFFECT = 0.2
 _PRICE_EFFECT = -0.35
 _USER_ZIPF = 0.75

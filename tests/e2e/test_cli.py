@@ -36,7 +36,7 @@ def test_demo_prints_rows_rejects_vocabularies_outputs_and_time(tmp_path: Path) 
 
 def test_unknown_config_key_exits_2_naming_file_line_and_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cfg = tmp_path / "bad.yaml"
-    text = (ROOT / "configs" / "demo.yaml").read_text().replace("  n_users: 20000", "  n_users: 20000\n  n_usres: 5")
+    text = (ROOT / "configs" / "demo.yaml").read_text().replace("  n_items: 5000", "  n_items: 5000\n  n_usres: 5")
     cfg.write_text(text)
     line = text.splitlines().index("  n_usres: 5") + 1
     assert main(["config", "--config", str(cfg)]) == 2

@@ -23,6 +23,8 @@ from tests.conftest import ROOT, dataset
 pytestmark = pytest.mark.slow
 
 SMALL = [
+    "features.categorical.0.min_freq=5",  # user_id: the demo's threshold scaled to the small data
+    "features.categorical.1.min_freq=5",  # item_id
     "source.n_users=1500",
     "source.n_items=400",
     "source.n_impressions=40000",
@@ -67,8 +69,13 @@ def test_vocabularies_are_fitted_on_the_train_split_only(demo_run: tuple[RecForg
     spec = FeatureSpec.load(Path(cfg.output_dir) / "prepared" / "spec")
     raw = read_source(cfg.source, Path(cfg.output_dir) / "raw")
     assembled = assemble_events(cfg, raw)
-    train_users = set(assembled.table.column("user_id").filter(pa.array(assembled.codes == 0)).to_pylist())
-    assert set(spec.vocabs["user_id"].to_pylist()) == train_users
+    train_ids = assembled.table.column("user_id").filter(pa.array(assembled.codes == 0)).to_numpy()
+    ids, counts = np.unique(train_ids, return_counts=True)
+    min_freq = cfg.features.categorical[0].min_freq
+    frequent = set(ids[counts >= min_freq].tolist())
+    assert 0 < len(frequent) < len(ids), "the threshold should keep some train users and drop others"
+    assert set(spec.vocabs["user_id"].to_pylist()) == frequent
+    train_users = set(ids.tolist())
     later_only = set(assembled.table.column("user_id").to_pylist()) - train_users
     assert later_only, "the time split should leave some users first seen after the cut-off"
     test = read_prepared(Path(cfg.output_dir) / "prepared" / "test")
