@@ -319,7 +319,8 @@ def transform_ray(
         for old in out_dir.glob("*.parquet"):
             old.unlink()
     have = pq.read_schema(next(iter(files.values()))[0]).names
-    needed = [c for c in dict.fromkeys([*spec.raw_columns(), spec.label, *spec.passthrough]) if c in have]
+    needed = [c for c in dict.fromkeys([*spec.raw_columns(), spec.label, *spec.passthrough,
+                                         *spec.key_columns().values()]) if c in have]
     items = [{"path": str(f.resolve()), "out": str(out_dirs[n].resolve()), "split": n}
              for n, fs in files.items() for f in fs]
     counts = _map_files(cfg, [{"path": i["path"], "out": i["out"]} for i in items], _transform_file, (spec, needed))
@@ -336,10 +337,10 @@ def transform_ray(
 
 
 def _staged_columns(cfg: FeatureStoreConfig, columns: list[str]) -> list[str]:
-    """The raw columns the spec reads (features, label, passthrough): all that the fit and transform need."""
+    """The raw columns the spec reads (features, label, passthrough, row keys): all the fit and transform need."""
     f = cfg.features
     cols = [c.source_column for c in (*f.categorical, *f.numeric, *f.multi_valued, *f.vector)]
-    cols += [s.name for s in f.sequence] + [f.label, *f.passthrough]
+    cols += [s.name for s in f.sequence] + [f.label, *f.passthrough, f.user_key, f.item_key, f.timestamp]
     return [c for c in dict.fromkeys(cols) if c in columns]
 
 

@@ -8,7 +8,9 @@ function, so the same raw row always becomes the same tensors. Output columns:
 - categorical / bucketized numeric: int64 index (0 = out-of-vocabulary or missing);
 - numeric: float32; vector: list<float32> of fixed width;
 - multi-valued and sequence: list<int64> (sequences keep the most recent `max_len`, most recent last);
-- `label` float32 (when the input has the label column) and the passthrough columns unchanged.
+- `label` float32 (when the input has the label column) and the passthrough columns unchanged;
+- the raw entity keys and event time, unchanged, as `__user_key`, `__item_key`, `__ts` (when the input has them):
+  never model inputs, they identify each row for per-user evaluation (retrieval) and lineage.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ SPEC_FORMAT = "recforge.feature_spec"
 SPEC_VERSION = 1
 QUANTILE_SAMPLE = 20_000
 LABEL = "label"
+USER_KEY, ITEM_KEY, TS_KEY = "__user_key", "__item_key", "__ts"
 
 
 class SpecError(ValueError):
@@ -330,7 +333,15 @@ class FeatureSpec:
             if col in table.column_names:
                 names.append(col)
                 arrays.append(_column(table, col, col))
+        for out_name, col in self.key_columns().items():
+            if col in table.column_names:
+                names.append(out_name)
+                arrays.append(_column(table, col, col))
         return pa.Table.from_arrays(arrays, names=names)
+
+    def key_columns(self) -> dict[str, str]:
+        """Output name -> raw column of the row keys `transform` carries along (user, item, event time)."""
+        return {USER_KEY: self.user_key, ITEM_KEY: self.item_key, TS_KEY: self.timestamp}
 
     def _transform_one(self, f: Entry, table: pa.Table, n: int) -> pa.Array:
         if isinstance(f, CategoricalEntry):

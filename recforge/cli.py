@@ -69,13 +69,27 @@ TRAIN = [
     Option("--streaming", "train.streaming", bool, "stream row groups through a shuffle buffer", switch=True),
 ]
 
+RETRIEVAL = [
+    Option("--epochs", "retrieval.max_epochs", int, "maximum epochs (config: retrieval.max_epochs)"),
+    Option("--batch-size", "retrieval.batch_size", int, "training batch size (config: retrieval.batch_size)"),
+    Option("--accelerator", "retrieval.accelerator", str, "auto, cpu or gpu (config: retrieval.accelerator)"),
+    Option("--tracking-uri", "train.tracking.uri", str, "MLflow tracking URI (default: <output_dir>/mlflow.db)"),
+]
+INDEX = [
+    Option("--index-type", "index.type", str, "auto, flat, ivf_flat, hnsw or ivf_pq (config: index.type)"),
+    Option("--recall-floor", "index.recall_floor", float, "fail the build below this recall@k (config: index)"),
+]
+
 COMMANDS: dict[str, tuple[str, list[Option]]] = {
     "generate": ("write the built-in synthetic data set (deterministic by seed)", COMMON + GENERATE),
     "prepare": ("read, validate, join, split, fit the feature spec and write prepared Parquet", COMMON + PREPARE),
     "materialize": ("write the latest entity features to the online store", COMMON + MATERIALIZE),
     "demo": ("generate -> prepare -> materialize on the synthetic data and print a summary",
              COMMON + PREPARE + GENERATE + MATERIALIZE),
-    "train": ("train a model on prepared features: `recforge train ctr --config X --model dcnv2`", COMMON + TRAIN),
+    "train": ("train a model on prepared features: `recforge train ctr --config X --model dcnv2`, "
+              "`recforge train retrieval --config X`", COMMON + TRAIN),
+    "index": ("`recforge index build --config X`: a FAISS index of the two-tower item embeddings, recall-checked",
+              COMMON + INDEX),
     "config": ("validate a config and print it resolved (defaults filled in)", COMMON + PREPARE),
 }
 
@@ -93,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override any config key, e.g. --set split.seed=7 (repeatable)")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
         if name == "train":
-            p.add_argument("kind", choices=["ctr"], help="what to train: ctr (a ranker)")
+            p.add_argument("kind", choices=["ctr", "retrieval"],
+                           help="what to train: ctr (a ranker) or retrieval (the two-tower candidate model)")
+        if name == "index":
+            p.add_argument("action", choices=["build"], help="build: embeddings -> index, with the recall guard")
         for opt in options:
             if opt.switch:
                 p.add_argument(opt.flag, dest=_dest(opt), action="store_const", const=True, default=None,
@@ -111,7 +128,10 @@ def _dest(opt: Option) -> str:
 def overrides_from_args(args: argparse.Namespace) -> list[str]:
     """Flags become `KEY=VALUE` overrides applied after the YAML and before validation; --set comes last."""
     out: list[str] = []
-    for opt in COMMANDS[args.command][1]:
+    options = COMMANDS[args.command][1]
+    if args.command == "train" and getattr(args, "kind", "ctr") == "retrieval":
+        options = COMMON + RETRIEVAL
+    for opt in options:
         value = getattr(args, _dest(opt), None)
         if value is not None:
             shown = json.dumps(value) if isinstance(value, str) else "true" if value is True else value
@@ -133,11 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["RECFORGE_PROGRESS"] = "0"
     try:
         cfg = config_mod.load(args.config, overrides_from_args(args))
-        result = _run(args.command, cfg)
+        result = _run(args.command, cfg, getattr(args, "kind", None))
     except (ConfigError, RejectFractionExceeded, FileNotFoundError, SpecError, ConnectionError) as exc:
         print(f"recforge {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        from training.index import IndexRecallError
+
+        if isinstance(exc, IndexRecallError):
+            print(f"recforge {args.command}: error: {exc}", file=sys.stderr)
+            return 3
         if type(exc).__module__.startswith("redis"):  # server unreachable, auth, ...
             print(f"recforge {args.command}: error: online store: {exc}", file=sys.stderr)
             return 2
@@ -147,11 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         from recforge.report import render
 
-        print(render(args.command, result))
+        print(render(args.command if getattr(args, "kind", None) != "retrieval" else "train_retrieval", result))
     return 0
 
 
-def _run(command: str, cfg: config_mod.RecForgeConfig) -> dict[str, Any]:
+def _run(command: str, cfg: config_mod.RecForgeConfig, kind: str | None = None) -> dict[str, Any]:
     from recforge import pipeline
 
     if command == "config":
@@ -163,7 +188,9 @@ def _run(command: str, cfg: config_mod.RecForgeConfig) -> dict[str, Any]:
     if command == "materialize":
         return pipeline.materialize(cfg)
     if command == "train":
-        return pipeline.train_ctr(cfg)
+        return pipeline.train_retrieval(cfg) if kind == "retrieval" else pipeline.train_ctr(cfg)
+    if command == "index":
+        return pipeline.build_index(cfg)
     if command == "demo":
         return pipeline.demo(cfg)
     raise AssertionError(command)

@@ -13,12 +13,16 @@ from pydantic import Field
 
 from feature_store.config import FeatureStoreConfig, load_config
 from training.config import TrainConfig
+from training.index import IndexConfig
+from training.retrieval.config import RetrievalConfig
 
 
 class RecForgeConfig(FeatureStoreConfig):
     """A scenario: data source, features, split, stores, training (and, in later stages, serving)."""
 
     train: TrainConfig = Field(default_factory=TrainConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
 
 
 def load(path: str | Path | None, overrides: Iterable[str] = ()) -> RecForgeConfig:

@@ -65,6 +65,31 @@ def train_ctr(cfg: RecForgeConfig) -> dict[str, Any]:
     return result
 
 
+def train_retrieval(cfg: RecForgeConfig) -> dict[str, Any]:
+    """Train the two-tower model; test metrics of it and of the baselines on the same queries."""
+    from training.retrieval.train import train_retrieval as run_retrieval
+
+    try:
+        return run_retrieval(cfg.output_dir, cfg.name, cfg.retrieval, config_doc=cfg.model_dump(mode="json"),
+                             tracking_uri=cfg.train.tracking.uri)
+    except ValueError as exc:
+        if "retrieval." in str(exc):
+            raise ConfigError(str(exc)) from None
+        raise
+
+
+def build_index(cfg: RecForgeConfig) -> dict[str, Any]:
+    """FAISS index of the exported item embeddings under <output_dir>/index, recall-checked against exact search."""
+    from training.index import build_from_embeddings
+
+    t0 = time.perf_counter()
+    emb = Path(cfg.output_dir) / "retrieval" / "embeddings"
+    out = Path(cfg.output_dir) / "index"
+    index = build_from_embeddings(emb, cfg.index, out)
+    return {"path": str(out), "n_items": len(index.item_ids), "dim": index.dim, "params": index.build_params,
+            "recall": index.recall, "seconds": round(time.perf_counter() - t0, 3)}
+
+
 def oracle_auc(cfg: RecForgeConfig) -> float | None:
     """AUC of the true click probability on the test split (synthetic data only; never a model input)."""
     from feature_store.prepare import layout, read_prepared
@@ -77,7 +102,8 @@ def oracle_auc(cfg: RecForgeConfig) -> float | None:
 
 
 def demo(cfg: RecForgeConfig) -> dict[str, Any]:
-    """generate (synthetic sources) -> prepare -> materialize -> train the ranker; every stage's report."""
+    """generate (synthetic sources) -> prepare -> materialize -> train the ranker -> train the two-tower
+    retrieval model and build its index (when the config has a `retrieval:` section); every stage's report."""
     t0 = time.perf_counter()
     out: dict[str, Any] = {"name": cfg.name, "output_dir": str(Path(cfg.output_dir))}
     if isinstance(cfg.source, SyntheticSource):
@@ -85,5 +111,8 @@ def demo(cfg: RecForgeConfig) -> dict[str, Any]:
     out["prepare"] = prepare(cfg)
     out["materialize"] = materialize(cfg)
     out["train"] = train_ctr(cfg)
+    if cfg.retrieval.user_features and cfg.retrieval.item_features:
+        out["retrieval"] = train_retrieval(cfg)
+        out["index"] = build_index(cfg)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out

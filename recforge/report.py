@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -62,6 +63,29 @@ def render_train(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_retrieval(r: dict[str, Any]) -> list[str]:
+    c = r["counts"]
+    lines = [f"Train two-tower retrieval ({r['epochs_run']} epochs, best {r['best_epoch'] + 1}; {c['users']:,} users, "
+             f"{c['items']:,} items; positives train {c['train']:,} / valid {c['valid']:,} / test {c['test']:,})",
+             "  test, full-corpus ranking, seen items excluded:",
+             f"  {'method':14} {'recall@10':>10} {'recall@50':>10} {'ndcg@10':>8} {'hit@50':>8} {'mrr':>7}"]
+    for method, m in r["test"].items():
+        nan = float("nan")
+        lines.append(f"  {method:14} {m.get('recall@10', nan):>10.4f} {m.get('recall@50', nan):>10.4f} "
+                     f"{m.get('ndcg@10', nan):>8.4f} {m.get('hit_rate@50', nan):>8.4f} {m.get('mrr', nan):>7.4f}")
+    lines.append(f"  embeddings: {r['embeddings']['dir']}")
+    lines.append(f"  MLflow run {r['mlflow_run_id']} ({r['tracking_uri']})")
+    lines.append(f"  time: {r['seconds']:.1f}s (fit {r['fit_seconds']:.1f}s, "
+                 f"{r['train_samples_per_second']:,.0f} samples/s)")
+    return lines
+
+
+def render_index(r: dict[str, Any]) -> list[str]:
+    rec = r.get("recall", {})
+    return [f"Index {r['params'].get('type', '?')} over {r['n_items']:,} items (dim {r['dim']}) -> {r['path']}",
+            f"  recall guard: {json.dumps(rec)}", f"  time: {r['seconds']:.1f}s"]
+
+
 def render(command: str, result: dict[str, Any]) -> str:
     if command == "generate":
         return "\n".join(render_generate(result))
@@ -71,6 +95,10 @@ def render(command: str, result: dict[str, Any]) -> str:
         return "\n".join(render_materialize(result))
     if command == "train":
         return "\n".join(render_train(result))
+    if command == "train_retrieval":
+        return "\n".join(render_retrieval(result))
+    if command == "index":
+        return "\n".join(render_index(result))
     if command == "demo":
         lines = [f"RecForge demo: {result['name']} -> {result['output_dir']}", ""]
         if "generate" in result:
@@ -79,6 +107,10 @@ def render(command: str, result: dict[str, Any]) -> str:
         lines += [*render_materialize(result["materialize"]), ""]
         if "train" in result:
             lines += [*render_train(result["train"]), ""]
+        if "retrieval" in result:
+            lines += [*render_retrieval(result["retrieval"]), ""]
+        if "index" in result:
+            lines += [*render_index(result["index"]), ""]
         lines.append(f"Total time: {result['seconds']:.1f}s")
         return "\n".join(lines)
     import yaml

@@ -7,18 +7,24 @@ transformed and written as Parquet shards under the work directory. None of this
 Timed, with `torch.set_num_threads(--threads)`, contenders interleaved (ours, peer, ours, ...), the order
 reversed every other round:
 
-- RecForge: DCNv2 (fused and TorchRec embedding backends), DLRM and DeepFM built by `build_model`, batches from
-  `InMemoryBatches` over `load_split` tensors (the gather is inside the timed loop), the optimizer of
-  `CTRTask.configure_optimizers` (Adam dense + Adam embeddings) and BCE-with-logits; `--warmup` steps, then
-  `--steps` timed steps. The same DCNv2 also through the real Lightning path (`CTRTask` + `pl.Trainer`), and
-  two alternatives measured for the record: the same Adams with `fused=True` (a proposed CTRTask change) and
-  sparse embedding gradients with `SparseAdam` (an experiment of this script).
+- RecForge, training defaults: DCNv2, DLRM and DeepFM built by `build_model` with the embedding backend that
+  `embedding_backend: auto` resolves to (`resolve_backend`), the optimizers of `CTRTask.configure_optimizers()`
+  (Adam(fused=True) for dense and embedding parameters), BCE-with-logits, in the precision `train.precision: auto`
+  picks on CPU (`_precision(TrainConfig(accelerator="cpu"))`; "bf16-mixed" is run as
+  `torch.autocast("cpu", dtype=torch.bfloat16)` around the forward, as Lightning does on CPU); batches from
+  `InMemoryBatches` over `load_split` tensors (the gather is inside the timed loop); `--warmup` steps, then
+  `--steps` timed steps. The same in the other precision (fp32 when the default is bf16; bf16 autocast when the
+  default is fp32 and `cpu_has_native_bf16()`), DCNv2 with the fused embedding backend in fp32 (the backend
+  comparison), and DCNv2 through the real Lightning path (`CTRTask` + `pl.Trainer` with the precision and
+  gradient clipping `recforge train ctr` uses by default).
 - DeepCTR-Torch: DCN (parameterization "matrix", i.e. DCN-M = DCNv2) and DeepFM with the same sizes, fed the
   same transformed columns, trained with their own `model.fit(batch_size, epochs=1)`: once over `--warmup`
   batches, then over `--steps` batches timed from their `on_epoch_begin` to their `on_epoch_end` callback.
+- bf16 quality guard (where `cpu_has_native_bf16()`): DCNv2 and DeepFM trained in fp32 and in bf16 autocast from
+  the same seed over the same `--quality-steps` batches of the train split, then scored on the test split.
 - Loaders alone (InMemoryBatches, StreamingBatches from the shards) against the models' steps/s; inference
   (eval mode, `torch.no_grad`, batch `--eval-batch`) over the test split; the Adam step over the embedding
-  parameters alone; a `torch.profiler` view of a few steps of each model.
+  parameters alone; a `torch.profiler` view of a few training-defaults steps of each model and of the peer's.
 
 Every timed run also records the process's CPU time: samples per CPU-second move much less than samples/s when
 other jobs share the machine (with `--threads 1`; with more threads OpenMP spin-waits count as CPU time).
@@ -58,12 +64,14 @@ from torch import Tensor, nn
 from feature_store.config import CategoricalFeature, FeaturesConfig, NumericFeature
 from feature_store.spec import FeatureSpec, SpecFitter
 from feature_store.synthetic import generate_criteo_schema
-from training.config import OptimConfig
+from training.config import OptimConfig, TrainConfig
 from training.data import InMemoryBatches, StreamingBatches, load_split
-from training.embedding import FusedEmbedding, SparseEmbedding, torchrec_available
+from training.embedding import SparseEmbedding, resolve_backend
 from training.features import LABEL, FeatureLayout
+from training.metrics import auc, logloss
 from training.models import build_model
-from training.task import CombinedOptimizer, CTRTask
+from training.task import CTRTask
+from training.train import _precision, cpu_has_native_bf16
 
 DOC_START = "<!-- bench_train:start -->"
 DOC_END = "<!-- bench_train:end -->"
@@ -76,7 +84,12 @@ DCN_PARAMS: dict[str, Any] = {"embedding_dim": EMB_DIM, "cross_layers": 3, "mlp"
 DLRM_PARAMS: dict[str, Any] = {"embedding_dim": EMB_DIM, "bottom_mlp": [64], "top_mlp": [256, 128]}
 DEEPFM_PARAMS: dict[str, Any] = {"embedding_dim": EMB_DIM, "mlp": [256, 128]}
 PARAMS = {"dcnv2": DCN_PARAMS, "dlrm": DLRM_PARAMS, "deepfm": DEEPFM_PARAMS}
+MODELS = tuple(PARAMS)
+PEER_OF = {"dcnv2": "peer_dcn", "deepfm": "peer_deepfm", "dlrm": "peer_deepfm"}  # DeepCTR-Torch has no DLRM
+QUALITY_MODELS = ("dcnv2", "deepfm")
+AUC_TOLERANCE = 0.002  # bf16 may trail fp32 by this much test AUC before the guard flags it
 DATA_VERSION = 1  # bump when the prepared data changes for unchanged arguments
+RESULTS_FORMAT = 2  # bump when results.json changes shape; --render refuses other formats
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -150,6 +163,8 @@ class Run:
     name: str
     family: str  # "ours" | "peer" | "lightning"
     model: str
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast)
+    backend: str = ""  # our embedding backend; "" for the peer
     samples_per_s: list[float] = field(default_factory=list)
     load: list[float] = field(default_factory=list)
     cores_used: list[float] = field(default_factory=list)  # process CPU seconds / wall seconds while timed
@@ -197,11 +212,9 @@ def _param_counts(model: nn.Module, emb: Sequence[nn.Parameter]) -> tuple[int, i
     return dense, sum(p.numel() for p in emb)
 
 
-def build_ours(name: str, layout: FeatureLayout, backend: str, *, sparse_grad: bool = False) -> nn.Module:
+def build_ours(name: str, layout: FeatureLayout, backend: str) -> nn.Module:
     torch.manual_seed(0)
-    params = {**PARAMS[name], "embedding_backend": backend}
-    embedding = FusedEmbedding(layout, EMB_DIM, sparse_grad=True) if sparse_grad else None
-    return build_model(name, layout, params, embedding=embedding)
+    return build_model(name, layout, {**PARAMS[name], "embedding_backend": backend})
 
 
 def train_flops_per_sample(model: nn.Module) -> float:
@@ -214,36 +227,27 @@ def train_flops_per_sample(model: nn.Module) -> float:
     return 6.0 * macs
 
 
-def fused_adam(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The proposed optimizer: CTRTask's two Adams with torch's fused kernel (`fused=True`, CPU and CUDA): one pass
-    over each tensor instead of several, which matters for a large single embedding table."""
-    emb = _our_emb(model)
-    emb_ids = {id(p) for p in emb}
-    dense = [p for p in model.parameters() if id(p) not in emb_ids]
-    return CombinedOptimizer([torch.optim.Adam(dense, lr=cfg.dense_lr, fused=True),
-                              torch.optim.Adam(emb, lr=cfg.embedding_lr, fused=True)])
+def autocast(bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CPU (what Lightning's "bf16-mixed" enters around the forward), or nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
-def our_step_fn(model: nn.Module, optimizer: str, batches: InMemoryBatches) -> Callable[[], Tensor]:
-    """One CTRTask-equivalent training step (batch gather included): BCE-with-logits and `optimizer`: "ctrtask"
-    (`CTRTask.configure_optimizers()`: Adam dense + Adam embeddings), "fused_adam" (the same with `fused=True`) or
-    "sparse_adam" (dense Adam + `torch.optim.SparseAdam` on a table built with sparse gradients; an experiment of
-    this script, not a config option)."""
-    cfg = OptimConfig()
-    task = CTRTask(model, cfg)
-    if optimizer == "sparse_adam":
-        emb = {id(p) for p in model.embedding.parameters()}
-        opt = CombinedOptimizer([torch.optim.Adam([p for p in model.parameters() if id(p) not in emb], lr=cfg.dense_lr),
-                                 torch.optim.SparseAdam(list(model.embedding.parameters()), lr=cfg.embedding_lr)])
-    else:
-        opt = fused_adam(model, cfg) if optimizer == "fused_adam" else task.configure_optimizers()
+def our_step_fn(model: nn.Module, batches: InMemoryBatches, bf16: bool) -> Callable[[], Tensor]:
+    """One CTRTask-equivalent training step (batch gather included): forward under `autocast(bf16)`, BCE-with-logits
+    on fp32 logits, backward, and the optimizer of `CTRTask.configure_optimizers()` (no clipping)."""
+    task = CTRTask(model, OptimConfig())
+    opt = task.configure_optimizers()
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise SystemExit("bench_train: CTRTask.configure_optimizers() returned a schedule for the default "
+                         "OptimConfig; time the optimizer without it or update this script")
     loss_fn = task.loss_fn
     it = _cycle(batches)
     model.train()
 
     def step() -> Tensor:
         batch = next(it)
-        loss = loss_fn(model(batch).float(), batch[LABEL])
+        with autocast(bf16):
+            loss = loss_fn(model(batch).float(), batch[LABEL])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -264,19 +268,23 @@ def time_steps(step: Callable[[], Tensor], warmup: int, steps: int) -> tuple[flo
     return elapsed, cpu, float(torch.stack(losses).mean())
 
 
-def run_ours(run: Run, prep: Prepared, train: dict[str, Tensor], args: argparse.Namespace, backend: str,
-             optimizer: str = "ctrtask") -> None:
-    model = build_ours(run.model, prep.layout, backend, sparse_grad=optimizer == "sparse_adam")
+def _batches(train: dict[str, Tensor], args: argparse.Namespace) -> InMemoryBatches:
+    return InMemoryBatches(train, args.batch_size, shuffle=True, seed=args.seed, drop_last=True)
+
+
+def run_ours(run: Run, prep: Prepared, train: dict[str, Tensor], args: argparse.Namespace) -> None:
+    model = build_ours(run.model, prep.layout, run.backend)
     run.dense_params, run.emb_params = _param_counts(model, _our_emb(model))
-    batches = InMemoryBatches(train, args.batch_size, shuffle=True, seed=args.seed, drop_last=True)
     run.load.append(load1())
-    elapsed, cpu, loss = time_steps(our_step_fn(model, optimizer, batches), args.warmup, args.steps)
+    step = our_step_fn(model, _batches(train, args), run.precision == "bf16")
+    elapsed, cpu, loss = time_steps(step, args.warmup, args.steps)
     run.record(args.steps * args.batch_size / elapsed, cpu / elapsed)
     run.final_loss = loss
 
 
-def run_lightning(run: Run, prep: Prepared, train: dict[str, Tensor], args: argparse.Namespace,
-                  clip: float | None) -> None:
+def run_lightning(run: Run, prep: Prepared, train: dict[str, Tensor], args: argparse.Namespace) -> None:
+    """`CTRTask` + `pl.Trainer` as `recforge train ctr` runs it by default: `precision=_precision(TrainConfig())`
+    and `gradient_clip_val=OptimConfig().grad_clip`; no logger, checkpoints, progress bar or validation."""
     import pytorch_lightning as pl
 
     class StepClock(pl.Callback):
@@ -286,17 +294,17 @@ def run_lightning(run: Run, prep: Prepared, train: dict[str, Tensor], args: argp
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             self.ends.append((time.perf_counter(), time.process_time()))
 
-    model = build_ours(run.model, prep.layout, "fused")
+    model = build_ours(run.model, prep.layout, run.backend)
     run.dense_params, run.emb_params = _param_counts(model, _our_emb(model))
     task = CTRTask(model, OptimConfig())
     clock = StepClock()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=args.warmup + args.steps, max_epochs=-1,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                         gradient_clip_val=clip, callbacks=[clock], deterministic=False)
-    batches = InMemoryBatches(train, args.batch_size, shuffle=True, seed=args.seed, drop_last=True)
+                         precision=_precision(TrainConfig()),  # type: ignore[arg-type]
+                         gradient_clip_val=OptimConfig().grad_clip, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0, callbacks=[clock], deterministic=False)
     run.load.append(load1())
-    trainer.fit(task, train_dataloaders=batches)
+    trainer.fit(task, train_dataloaders=_batches(train, args))
     (t0, c0), (t1, c1) = clock.ends[args.warmup - 1], clock.ends[-1]
     timed = len(clock.ends) - args.warmup
     run.record(timed * args.batch_size / (t1 - t0), (c1 - c0) / (t1 - t0))
@@ -399,16 +407,55 @@ def bench_loaders(prep: Prepared, train: dict[str, Tensor], args: argparse.Names
 
 
 @torch.no_grad()
-def bench_inference_ours(name: str, prep: Prepared, test: dict[str, Tensor], args: argparse.Namespace) -> float:
-    model = build_ours(name, prep.layout, "fused").eval()
+def predict(model: nn.Module, batches: InMemoryBatches, bf16: bool) -> Tensor:
+    """Probabilities over every batch, eval mode, under `autocast(bf16)`; fp32 on return."""
+    model.eval()
+    with autocast(bf16):
+        return torch.cat([torch.sigmoid(model(b).float()) for b in batches])
+
+
+def bench_inference_ours(name: str, prep: Prepared, test: dict[str, Tensor], args: argparse.Namespace,
+                         backend: str, bf16: bool) -> float:
+    """Best predictions/s of `--repeat` passes over the test split (after one warm-up batch)."""
+    model = build_ours(name, prep.layout, backend).eval()
     batches = InMemoryBatches(test, args.eval_batch, shuffle=False)
-    torch.sigmoid(model(next(iter(batches))))  # warm-up
+    with torch.no_grad(), autocast(bf16):
+        model(next(iter(batches)))  # warm-up
     best = 0.0
     for _ in range(args.repeat):
         t0 = time.perf_counter()
-        n = sum(int(torch.sigmoid(model(b)).shape[0]) for b in batches)
+        n = predict(model, batches, bf16).shape[0]
         best = max(best, n / (time.perf_counter() - t0))
     return best
+
+
+def quality_guard(prep: Prepared, train: dict[str, Tensor], test: dict[str, Tensor], args: argparse.Namespace,
+                  backend: str) -> list[dict[str, Any]]:
+    """Per model: fp32 and bf16 trained from the same initial weights over the same `--quality-steps` batches
+    (capped at two epochs), then scored on the test split in the precision each was trained in (as `trainer.test`
+    does)."""
+    labels = test[LABEL]
+    steps = min(args.quality_steps, max(2 * prep.n_train // args.batch_size, 1))  # at most two epochs
+    out: list[dict[str, Any]] = []
+    for name in QUALITY_MODELS:
+        row: dict[str, Any] = {"model": name, "steps": steps, "backend": backend}
+        for precision in ("fp32", "bf16"):
+            bf16 = precision == "bf16"
+            model = build_ours(name, prep.layout, backend)
+            step = our_step_fn(model, _batches(train, args), bf16)
+            t0 = time.perf_counter()
+            losses = torch.stack([step() for _ in range(steps)])
+            train_s = time.perf_counter() - t0
+            probs = predict(model, InMemoryBatches(test, args.eval_batch, shuffle=False), bf16)
+            tail = losses[-max(len(losses) // 10, 1):]
+            row[precision] = {"auc": auc(labels, probs), "logloss": logloss(labels, probs),
+                              "train_loss_tail": float(tail.mean()), "train_s": train_s}
+            log(f"quality {name} {precision}: test AUC {row[precision]['auc']:.4f} after {steps} steps "
+                f"({train_s:.0f} s)")
+            del model, step
+            gc.collect()
+        out.append(row)
+    return out
 
 
 def bench_inference_peer(kind: str, prep: Prepared, x: dict[str, np.ndarray], args: argparse.Namespace) -> float:
@@ -430,7 +477,7 @@ _CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
                                      "_coalesce", "coalesce", "sparse", "gather", "unique")),
     ("zeroing / allocation of gradients", ("zero", "fill_", "empty", "new_zeros")),
     ("dense layers (matmul)", ("addmm", "mm", "bmm", "linear", "matmul")),
-    ("data loading (batch gather, copies)", ("randperm", "copy_", "to", "cat", "stack")),
+    ("copies and dtype casts (batch gather, autocast)", ("randperm", "copy_", "to", "cat", "stack")),
 )
 
 
@@ -465,20 +512,27 @@ def profile_step(step: Callable[[], Any], n: int) -> dict[str, Any]:
     }
 
 
-def bench_adam(layout: FeatureLayout, repeat: int) -> dict[str, float]:
-    """CPU ms of one Adam step over the embedding parameters alone (dim 16), laid out three ways."""
+def adam_layouts(default_backend: str) -> list[tuple[str, bool, bool]]:
+    """(label, one table per field, fused) of the embedding layouts and Adams `bench_adam` times."""
+    per_field_default = default_backend == "torchrec"
+    rows = [("one table, torch.optim.Adam default (for-loop)", False, False),
+            ("one table per field, torch.optim.Adam default (for-loop; DeepCTR-Torch)", True, False),
+            ("one table, Adam(fused=True) (CTRTask's, fused backend)", False, True),
+            ("one table per field, Adam(fused=True) (CTRTask's, TorchRec EBC backend)", True, True)]
+    return [(f"{label}, training defaults" if fused and per_field == per_field_default else label, per_field, fused)
+            for label, per_field, fused in rows]
+
+
+def bench_adam(layout: FeatureLayout, repeat: int, default_backend: str) -> dict[str, float]:
+    """CPU ms of one Adam step over the embedding parameters alone (dim 16), per layout and Adam variant."""
     cards = [f.cardinality for f in layout.sparse]
-    layouts = {
-        "one table, torch.optim.Adam default (RecForge fused backend today)": [(sum(cards), EMB_DIM)],
-        "one table per field, torch.optim.Adam default (DeepCTR-Torch, TorchRec EBC)": [(c, EMB_DIM) for c in cards],
-        "one table, torch.optim.Adam(fused=True) (proposed)": [(sum(cards), EMB_DIM)],
-    }
     out: dict[str, float] = {}
-    for name, shapes in layouts.items():
+    for name, per_field, fused in adam_layouts(default_backend):
+        shapes = [(c, EMB_DIM) for c in cards] if per_field else [(sum(cards), EMB_DIM)]
         params = [nn.Parameter(torch.randn(*shape) * 0.01) for shape in shapes]
         for p in params:
             p.grad = torch.randn_like(p) * 1e-3
-        opt = torch.optim.Adam(params, lr=1e-3, fused="fused=True" in name)
+        opt = torch.optim.Adam(params, lr=1e-3, fused=fused)
         opt.step()
         best = float("inf")
         for _ in range(repeat):
@@ -559,38 +613,165 @@ def _overhead(x: float) -> str:
     return f"was {100 * -x:.0f}% faster than the plain loop (noise: no speed-up is expected)"
 
 
+def _faster(a: float, b: float) -> str:
+    return "faster" if a >= b else "slower"
+
+
+def default_key(model: str) -> str:
+    return f"ours_{model}_default"
+
+
+def precision_name(precision: str) -> str:
+    return "bf16 autocast" if precision == "bf16" else "fp32"
+
+
+def row_of(runs: dict[str, Run], model: str, precision: str) -> str | None:
+    """Key of `model`'s plain-loop row with the default backend in `precision` ("fp32" | "bf16"), if measured."""
+    for key in (default_key(model), f"ours_{model}_{precision}"):
+        if key in runs and runs[key].precision == precision:
+            return key
+    return None
+
+
+def alt_key(runs: dict[str, Run], model: str) -> str | None:
+    """Key of `model`'s row in the precision the training defaults do not use, if measured."""
+    other = "fp32" if runs[default_key(model)].precision == "bf16" else "bf16"
+    key = f"ours_{model}_{other}"
+    return key if key in runs else None
+
+
+def lightning_reference(runs: dict[str, Run]) -> str:
+    """The plain-loop DCNv2 row in the Lightning run's precision (same backend, same optimizers)."""
+    return row_of(runs, "dcnv2", runs["lightning_dcnv2"].precision) or default_key("dcnv2")
+
+
 def summarize(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Ratios the report states, all computed from the runs (bests, and per CPU-second)."""
     runs: dict[str, Run] = ctx["runs"]
     r = {k: v.best for k, v in runs.items()}
     c = {k: v.per_cpu for k, v in runs.items()}
-    s: dict[str, Any] = {
-        "cpu_dcn_vs_peer": c["ours_dcnv2_fused"] / c["peer_dcn"],
-        "cpu_deepfm_vs_peer": c["ours_deepfm_fused"] / c["peer_deepfm"],
-        "cpu_dlrm_vs_peer_deepfm": c["ours_dlrm_fused"] / c["peer_deepfm"],
-        "dcn_vs_peer": r["ours_dcnv2_fused"] / r["peer_dcn"],
-        "deepfm_vs_peer": r["ours_deepfm_fused"] / r["peer_deepfm"],
-        "dlrm_vs_peer_deepfm": r["ours_dlrm_fused"] / r["peer_deepfm"],
-        "dlrm_vs_peer_dcn": r["ours_dlrm_fused"] / r["peer_dcn"],
-    }
-    if "ours_dcnv2_torchrec" in r:
-        s["auto"] = "fused" if r["ours_dcnv2_fused"] >= r["ours_dcnv2_torchrec"] else "torchrec"
-        s["auto_cpu"] = "fused" if c["ours_dcnv2_fused"] >= c["ours_dcnv2_torchrec"] else "torchrec"
+    s: dict[str, Any] = {"goals": {}, "bf16_gain": {}, "bf16_gain_cpu": {}}
+    for m in MODELS:
+        d, p, alt = default_key(m), PEER_OF[m], alt_key(runs, m)
+        s["goals"][m] = {"default": r[d] / r[p], "default_cpu": c[d] / c[p]}
+        if alt is not None:
+            s["goals"][m] |= {"alt": r[alt] / r[p], "alt_cpu": c[alt] / c[p]}
+        b, f = row_of(runs, m, "bf16"), row_of(runs, m, "fp32")
+        if b is not None and f is not None:
+            s["bf16_gain"][m], s["bf16_gain_cpu"][m] = r[b] / r[f], c[b] / c[f]
+    s["dlrm_vs_peer_dcn"] = r[default_key("dlrm")] / r["peer_dcn"]
+    auto = row_of(runs, "dcnv2", "fp32")
+    if "ours_dcnv2_fused" in runs and auto is not None:
+        fused, name = "ours_dcnv2_fused", runs[auto].backend
+        s["backend"] = {"auto_key": auto, "auto": name, "faster": name if r[auto] >= r[fused] else "fused",
+                        "faster_cpu": name if c[auto] >= c[fused] else "fused"}
     spreads = [max(v.samples_per_s) / min(v.samples_per_s) for v in runs.values() if min(v.samples_per_s) > 0]
     s["spread"] = max(spreads, default=1.0)
-    s["lightning_overhead"] = 1 - r["lightning_dcnv2"] / r["ours_dcnv2_fused"]
-    s["cpu_lightning_overhead"] = 1 - c["lightning_dcnv2"] / c["ours_dcnv2_fused"]
-    s["cpu_lightning_clip_overhead"] = 1 - c["lightning_dcnv2_clip"] / c["ours_dcnv2_fused"]
-    s["lightning_clip_overhead"] = 1 - r["lightning_dcnv2_clip"] / r["ours_dcnv2_fused"]
+    ref = lightning_reference(runs)
+    s["lightning_ref"] = ref
+    s["lightning_overhead"] = 1 - r["lightning_dcnv2"] / r[ref]
+    s["cpu_lightning_overhead"] = 1 - c["lightning_dcnv2"] / c[ref]
     bs = ctx["args"]["batch_size"]
-    s["consumption"] = {m: r[f"ours_{m}_fused"] / bs for m in ("dcnv2", "dlrm", "deepfm")}
+    s["consumption"] = {m: r[default_key(m)] / bs for m in MODELS}
     fastest = max(s["consumption"].values())
     s["loader_ratio"] = {k: v / fastest for k, v in ctx["loaders"].items()}
+    s["quality"] = [{"model": q["model"], "diff": q["bf16"]["auc"] - q["fp32"]["auc"],
+                     "ok": q["bf16"]["auc"] - q["fp32"]["auc"] >= -AUC_TOLERANCE} for q in ctx["quality"]]
     return s
+
+
+def _defaults_label(ctx: dict[str, Any]) -> str:
+    return f"{precision_name(ctx['default_prec'])}, {ctx['default_backend']} embedding"
+
+
+def _goal_lines(ctx: dict[str, Any]) -> list[str]:
+    s, runs = ctx["summary"], ctx["runs"]
+    alt = ctx["alt_prec"]
+    alt_label = {"fp32": "fp32", "bf16": "bf16 autocast (the opt-in `train.precision: bf16-mixed`)"}.get(alt or "")
+    lines = [f"Goal: at least 2x the peer's samples/s on this CPU, for RecForge's training defaults "
+             f"({_defaults_label(ctx)}, CTRTask's optimizers)"
+             + (f"; {alt_label} alongside, with the same backend and optimizers:" if alt_label else ":"), ""]
+    names = {"dcnv2": "DCNv2 vs DeepCTR-Torch DCN-M, same model",
+             "deepfm": "DeepFM vs DeepCTR-Torch DeepFM, same model",
+             "dlrm": "DLRM (DeepCTR-Torch has no DLRM) vs their DeepFM"}
+    for m in ("dcnv2", "deepfm", "dlrm"):
+        g = s["goals"][m]
+        line = (f"- {names[m]}: training defaults {g['default']:.2f}x, {_goal(g['default'] >= 2)} (per CPU-second "
+                f"{g['default_cpu']:.2f}x)")
+        if "alt" in g:
+            line += (f"; {precision_name(alt or '')} {g['alt']:.2f}x, {_goal(g['alt'] >= 2)} (per CPU-second "
+                     f"{g['alt_cpu']:.2f}x)")
+        if m == "dlrm":
+            line += f"; training defaults vs their DCN-M: {s['dlrm_vs_peer_dcn']:.2f}x"
+        lines.append(line)
+    gain = s["bf16_gain"]
+    if gain:
+        faster = [m for m in MODELS if gain[m] > 1]
+        text = ", ".join(f"{m} {gain[m]:.2f}x ({_faster(gain[m], 1.0)}; per CPU-second "
+                         f"{s['bf16_gain_cpu'][m]:.2f}x)" for m in MODELS)
+        which = f" ({', '.join(faster)})" if faster else ""
+        lines.append(f"- bf16 autocast against fp32, same backend and optimizers, samples/s: {text}. bf16 was "
+                     f"faster for {len(faster)} of {len(MODELS)} models{which}; `train.precision: auto` trains in "
+                     f"`{ctx['default_precision']}` on this CPU.")
+    elif not ctx["bf16_native"]:
+        lines.append("- This CPU has no native bf16 (`cpu_has_native_bf16()` is false), so no bf16 autocast rows were "
+                     f"measured; `train.precision: auto` trains in `{ctx['default_precision']}` on it.")
+    if "backend" in s:
+        b = s["backend"]
+        a, f = runs[b["auto_key"]], runs["ours_dcnv2_fused"]
+        head = (f"- Embedding backends (DCNv2, fp32): {b['auto']} (what `auto` picks here) {_fmt(a.best)}, fused "
+                f"{_fmt(f.best)} samples/s (per CPU-second {_fmt(a.per_cpu)} and {_fmt(f.per_cpu)}): ")
+        if b["faster"] != b["faster_cpu"]:
+            lines.append(head + f"samples/s favours {b['faster']}, CPU time favours {b['faster_cpu']}: "
+                         "inconclusive in this run.")
+        else:
+            hi, lo = (a, f) if b["faster"] == b["auto"] else (f, a)
+            verdict = "`auto`'s pick is the faster" if b["faster"] == b["auto"] else (
+                f"**{b['faster']}** is faster, so `auto`'s pick is the slower one in this run")
+            lines.append(head + f"{verdict} ({_ratio(hi.best, lo.best)} in samples/s, "
+                         f"{_ratio(hi.per_cpu, lo.per_cpu)} per CPU-second).")
+    lt, ref = runs["lightning_dcnv2"], runs[s["lightning_ref"]]
+    lines.append(f"- Lightning (`CTRTask` + `pl.Trainer`, DCNv2, `precision=\"{ctx['lightning_precision']}\"` and "
+                 f"`gradient_clip_val={ctx['grad_clip']}`, as `recforge train ctr` runs by default) "
+                 f"{_overhead(s['lightning_overhead'])} (the row '{ref.name}'; that loop does not clip, so this "
+                 f"includes the clipping, which also covers the full embedding gradient). Per CPU-second: "
+                 f"{100 * s['cpu_lightning_overhead']:+.0f}% (positive = slower than the plain loop); "
+                 f"{_fmt(lt.best)} samples/s, {_ratio(lt.best, runs['peer_dcn'].best)} the peer's DCN-M.")
+    return lines
+
+
+def _quality_lines(ctx: dict[str, Any]) -> list[str]:
+    a, s = ctx["args"], ctx["summary"]
+    lines = ["", "### bf16 vs fp32 test AUC", ""]
+    if not ctx["quality"]:
+        why = ("`--quality-steps 0` skipped it" if a["quality_steps"] == 0 else
+               "this CPU has no native bf16, so bf16 autocast was not measured")
+        return [*lines, f"Not measured in this run: {why}."]
+    q0 = ctx["quality"][0]
+    epochs = q0["steps"] * a["batch_size"] / ctx["n_train"]
+    lines += [f"DCNv2 and DeepFM ({q0['backend']} embedding, CTRTask's optimizers) trained from the same initial "
+              f"weights over the same {q0['steps']} shuffled batches of {a['batch_size']:,} ({epochs:.2f} epochs of "
+              f"the train split), once in fp32 and once in bf16 autocast, then scored on the test split "
+              f"({ctx['n_test']:,} rows) in the precision each was trained in (as `trainer.test` does). The "
+              f"guard flags bf16 when its test AUC trails fp32 by more than {AUC_TOLERANCE}.", "",
+              "| model | steps | fp32 test AUC | bf16 test AUC | bf16 - fp32 | fp32 logloss | bf16 logloss | "
+              "train s, fp32 / bf16 | guard |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for q, g in zip(ctx["quality"], s["quality"], strict=True):
+        f, b = q["fp32"], q["bf16"]
+        lines.append(f"| {q['model']} | {q['steps']} | {f['auc']:.4f} | {b['auc']:.4f} | {g['diff']:+.4f} | "
+                     f"{f['logloss']:.4f} | {b['logloss']:.4f} | {f['train_s']:.0f} / {b['train_s']:.0f} | "
+                     f"{'within' if g['ok'] else '**exceeded**'} |")
+    bad = [g["model"] for g in s["quality"] if not g["ok"]]
+    lines += ["", (f"bf16 stays within {AUC_TOLERANCE} test AUC of fp32 for every model checked." if not bad else
+                   f"**bf16 trails fp32 by more than {AUC_TOLERANCE} test AUC for {', '.join(bad)}**: bf16's speed "
+                   "comes at an accuracy cost there; look into it before relying on bf16.")
+              + " One seed per precision: differences of a few 0.001 can be seed noise rather than precision."]
+    return lines
 
 
 def render_section(ctx: dict[str, Any]) -> str:
     a, m, runs, s = ctx["args"], ctx["machine"], ctx["runs"], ctx["summary"]
-    v = m["versions"]
+    v, alt = m["versions"], ctx["alt_prec"] or ("bf16" if ctx["default_prec"] == "fp32" else "fp32")
     loads = [x for run in runs.values() for x in run.load]
     lines = [
         SECTION_TITLE, "",
@@ -599,14 +780,20 @@ def render_section(ctx: dict[str, Any]) -> str:
         "",
         f"- Date: {ctx['date']}",
         f"- Machine: {m['cpu']}, {m['cores']} cores ({m['usable']} usable), {m['ram_gib']:.1f} GiB RAM, {m['os']}; "
+        f"native bf16: {'yes' if ctx['bf16_native'] else 'no'} (`cpu_has_native_bf16()`); "
         f"Python {m['python']}, torch {v['torch']}, deepctr-torch {v['deepctr-torch']}, torchrec {v['torchrec']}, "
         f"pytorch-lightning {v['pytorch-lightning']}; `torch.set_num_threads({a['threads']})`",
         f"- Load average (1 min) when the contenders started: {min(loads):.2f} to {max(loads):.2f} "
         f"(the machine is shared: a load above {m['usable']} means other jobs competed for the cores)",
-        f"- Command: `{ctx['command']}`",
+        f"- Command: `{ctx['command']}` ({ctx['phase_s']['total'] / 60:.0f} min in all)",
         *([f"- **Caution**: other jobs loaded the machine during this run (load average up to {max(loads):.1f} on "
-           f"{m['usable']} cores); the same contender's samples/s varied up to {s['spread']:.1f}x between rounds. "
-           "Treat the wall-clock ratios as rough; the per CPU-second columns are steadier."]
+           f"{m['usable']} cores)"
+           + (f"; the same contender's samples/s varied up to {s['spread']:.1f}x between rounds" if a["repeat"] > 1
+              else "") + (". Treat the wall-clock ratios as rough; the per CPU-second columns are steadier."
+                          if a["threads"] == 1 else
+                          f". With {a['threads']} threads per process, OpenMP threads spin while a sibling waits for "
+                          "a core, which inflates wall and CPU time alike: neither column is reliable; re-run on a "
+                          "quiet machine, or with `--threads 1`.")]
           if max(loads) > m["usable"] else []),
         f"- Data: `generate_criteo_schema({a['rows']:,}, n_ids={a['n_ids']:,})` (13 numeric with ~5% nulls, "
         f"26 categorical Zipf ids), train {ctx['n_train']:,} / test {ctx['n_test']:,} rows; spec fitted on train: "
@@ -616,86 +803,42 @@ def render_section(ctx: dict[str, Any]) -> str:
         f"- Models: DCNv2 parallel, cross {DCN_PARAMS['cross_layers']} full-rank layers, MLP {DCN_PARAMS['mlp']}; "
         f"DLRM bottom {DLRM_PARAMS['bottom_mlp']}+[{EMB_DIM}], top {DLRM_PARAMS['top_mlp']}+[1]; DeepFM MLP "
         f"{DEEPFM_PARAMS['mlp']}; embedding dim {EMB_DIM}; batch {a['batch_size']:,}; Adam lr 1e-3 everywhere",
+        f"- RecForge's training defaults here: `embedding_backend: auto` -> {ctx['default_backend']}, "
+        f"`train.precision: auto` -> `{ctx['default_precision']}` on CPU ({precision_name(ctx['default_prec'])} "
+        "in the plain loop), `CTRTask.configure_optimizers()` -> Adam(fused=True) for dense and embedding "
+        "parameters",
         "",
         "### Training samples/s",
         "",
         f"Rounds: {a['repeat']}, contenders interleaved (ours, peer, ours, ...), the order reversed every other round. "
-        "'best' is the fastest round (the least disturbed by other load); 'vs peer' compares bests; 'cores busy' "
-        "is the process's CPU seconds per wall second during the fastest round's timed steps (at most "
-        f"{a['threads']}: less means it waited, for other jobs or on its own serial parts); 'samples per CPU-s' "
-        "divides samples by the process's CPU time instead of wall time: with one thread it hardly moves with "
-        "the machine's load (waiting costs no CPU time), with more threads spin-waiting counts in it.",
+        "'best' is the fastest round (the least disturbed by other load); 'vs peer' compares bests (DLRM against "
+        "their DeepFM); 'cores busy' is the process's CPU seconds per wall second during the fastest round's timed "
+        f"steps (at most {a['threads']}: less means it waited, for other jobs or on its own serial parts); 'samples "
+        "per CPU-s' divides samples by the process's CPU time instead of wall time: with one thread it hardly moves "
+        "with the machine's load (waiting costs no CPU time), with more threads spin-waiting counts in it.",
         "",
         "| contender | model | samples/s (best) | median | steps/s (best) | vs peer | dense GFLOP/s | cores busy | "
         "samples per CPU-s | vs peer | every round | dense / embedding params |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    peer_of = {"dcnv2": "peer_dcn", "deepfm": "peer_deepfm"}
     for run in runs.values():
         vs = vs_cpu = ""
-        if run.family != "peer" and run.model in peer_of and peer_of[run.model] in runs:
-            vs = _ratio(run.best, runs[peer_of[run.model]].best)
-            vs_cpu = _ratio(run.per_cpu, runs[peer_of[run.model]].per_cpu)
+        if run.family != "peer" and PEER_OF[run.model] in runs:
+            vs = _ratio(run.best, runs[PEER_OF[run.model]].best)
+            vs_cpu = _ratio(run.per_cpu, runs[PEER_OF[run.model]].per_cpu)
         lines.append(
             f"| {run.name} | {run.model} | {_fmt(run.best)} | {_fmt(run.median)} | {run.best / a['batch_size']:.1f} | "
             f"{vs} | {run.best * ctx['flops'][_flops_key(run.model)] / 1e9:.0f} | {run.best_cores:.2f} | "
             f"{_fmt(run.per_cpu)} | {vs_cpu} | "
             f"{', '.join(_fmt(x) for x in run.samples_per_s)} | {run.dense_params:,} / {run.emb_params:,} |")
-    lines += ["", "Goal (at least 2x the peer's samples/s on this CPU):", "",
-              f"- DCNv2 (fused) vs DeepCTR-Torch DCN-M, same model: {s['dcn_vs_peer']:.2f}x, "
-              f"{_goal(s['dcn_vs_peer'] >= 2)} (per CPU-second: {s['cpu_dcn_vs_peer']:.2f}x)",
-              f"- DeepFM vs DeepCTR-Torch DeepFM, same model: {s['deepfm_vs_peer']:.2f}x, "
-              f"{_goal(s['deepfm_vs_peer'] >= 2)} (per CPU-second: {s['cpu_deepfm_vs_peer']:.2f}x)",
-              f"- DLRM (DeepCTR-Torch has no DLRM) vs their DeepFM: {s['dlrm_vs_peer_deepfm']:.2f}x, "
-              f"{_goal(s['dlrm_vs_peer_deepfm'] >= 2)} (per CPU-second: {s['cpu_dlrm_vs_peer_deepfm']:.2f}x); "
-              f"vs their DCN-M: {s['dlrm_vs_peer_dcn']:.2f}x"]
-    if "auto" in s:
-        fr, tr = runs["ours_dcnv2_fused"].best, runs["ours_dcnv2_torchrec"].best
-        fc, tc = runs["ours_dcnv2_fused"].per_cpu, runs["ours_dcnv2_torchrec"].per_cpu
-        head = (f"- Embedding backends (DCNv2): fused {_fmt(fr)}, TorchRec EBC {_fmt(tr)} samples/s "
-                f"(per CPU-second {_fmt(fc)} and {_fmt(tc)}): ")
-        if s["auto"] == s["auto_cpu"]:
-            today = " (it does)." if s["auto"] == "fused" else " (`resolve_backend` picks fused today)."
-            lines.append(head + f"**{s['auto']}** is faster ({_ratio(max(fr, tr), min(fr, tr))} in samples/s, "
-                         f"{_ratio(max(fc, tc), min(fc, tc))} per CPU-second), so `auto` should pick {s['auto']} "
-                         "on CPU" + today)
-        else:
-            lines.append(head + f"samples/s favours {s['auto']}, CPU time favours {s['auto_cpu']}: inconclusive "
-                         "in this run, `auto` stays as it is.")
-    lines.append(f"- Lightning (`CTRTask` + `pl.Trainer`, same DCNv2) {_overhead(s['lightning_overhead'])} "
-                 f"without clipping; with `gradient_clip_val=10` (the default of `train.optim.grad_clip`, as "
-                 f"`train.py` runs it; it also clips the full embedding gradient) it "
-                 f"{_overhead(s['lightning_clip_overhead'])}. Per CPU-second: "
-                 f"{100 * s['cpu_lightning_overhead']:+.0f}% and {100 * s['cpu_lightning_clip_overhead']:+.0f}% "
-                 "(positive = slower than the plain loop).")
-    fd, fm, fl = (runs[f"ours_{m}_fadam"] for m in ("dcnv2", "deepfm", "dlrm"))
-    pd_, pf = runs["peer_dcn"], runs["peer_deepfm"]
-    lines.append(f"- Proposed change, `Adam(fused=True)` for both of CTRTask's optimizers (the same dense Adam, "
-                 "torch's single-pass fused kernel; see 'Where the time goes'): DCNv2 "
-                 f"{_fmt(fd.best)} samples/s, {_ratio(fd.best, pd_.best)} the peer's DCN-M "
-                 f"({_ratio(fd.per_cpu, pd_.per_cpu)} per CPU-second), {_goal(fd.best >= 2 * pd_.best)}; DeepFM "
-                 f"{_fmt(fm.best)}, {_ratio(fm.best, pf.best)} their DeepFM ({_ratio(fm.per_cpu, pf.per_cpu)} per "
-                 f"CPU-second), {_goal(fm.best >= 2 * pf.best)}; DLRM {_fmt(fl.best)}, {_ratio(fl.best, pf.best)} "
-                 f"their DeepFM ({_ratio(fl.per_cpu, pf.per_cpu)} per CPU-second), {_goal(fl.best >= 2 * pf.best)}.")
-    if "ours_dcnv2_torchrec_fadam" in runs:
-        tf = runs["ours_dcnv2_torchrec_fadam"]
-        lines.append(f"- With `Adam(fused=True)` the backends compare as: fused {_fmt(fd.best)} vs TorchRec "
-                     f"{_fmt(tf.best)} samples/s (per CPU-second {_fmt(fd.per_cpu)} vs {_fmt(tf.per_cpu)}).")
-    sp, spl = runs["ours_dcnv2_sparse"].best, runs["ours_dlrm_sparse"].best
-    lines.append(f"- Sparse embedding gradients + `SparseAdam` (an experiment of this script, not a config option; "
-                 "the fused table is built with `sparse_grad=True`): "
-                 f"DCNv2 {_fmt(sp)} samples/s ({_ratio(sp, runs['ours_dcnv2_fused'].best)} dense Adam, "
-                 f"{_ratio(sp, runs['peer_dcn'].best)} the peer's DCN-M); DLRM {_fmt(spl)} samples/s "
-                 f"({_ratio(spl, runs['ours_dlrm_fused'].best)} dense Adam, {_ratio(spl, runs['peer_deepfm'].best)}"
-                 " the peer's DeepFM). Only the rows a batch touches get Adam moments updated (SparseAdam's "
-                 "lazy semantics), so it is not the same optimizer as dense Adam.")
+    lines += ["", *_goal_lines(ctx), *_quality_lines(ctx)]
     lines += ["", "### Loaders alone", "",
-              f"Batches of {a['batch_size']:,} rows per second against the fastest model's consumption "
-              f"({max(s['consumption'].values()):.1f} steps/s; DCNv2 {s['consumption']['dcnv2']:.1f}, DLRM "
-              f"{s['consumption']['dlrm']:.1f}, DeepFM {s['consumption']['deepfm']:.1f}). InMemoryBatches: "
-              f"{a['loader_batches']} shuffled gathers from the in-memory split; StreamingBatches: one whole epoch "
-              "from the Parquet shards (read, `table_to_tensors`, shuffle buffer of 262,144 rows). Best of "
-              f"{a['repeat']}.", "",
+              f"Batches of {a['batch_size']:,} rows per second against the fastest model's consumption with the "
+              f"training defaults ({max(s['consumption'].values()):.1f} steps/s; DCNv2 "
+              f"{s['consumption']['dcnv2']:.1f}, DLRM {s['consumption']['dlrm']:.1f}, DeepFM "
+              f"{s['consumption']['deepfm']:.1f}). InMemoryBatches: {a['loader_batches']} shuffled gathers from the "
+              "in-memory split; StreamingBatches: one whole epoch from the Parquet shards (read, `table_to_tensors`, "
+              f"shuffle buffer of 262,144 rows). Best of {a['repeat']}.", "",
               "| loader | batches/s | x fastest model's steps/s | goal >= 10x |", "|---|---:|---:|---|"]
     for name, bps in ctx["loaders"].items():
         ratio = s["loader_ratio"][name]
@@ -703,29 +846,38 @@ def render_section(ctx: dict[str, Any]) -> str:
     lines += ["", "### Inference", "",
               f"Predictions/s scoring the test split ({ctx['n_test']:,} rows), eval mode, `torch.no_grad`, batch "
               f"{a['eval_batch']:,}, best of {a['repeat']} passes. Ours: `InMemoryBatches` over the loaded split "
-              "+ model + sigmoid; peer: their `model.predict(x, batch_size)` (their DataLoader over a "
-              "TensorDataset, per-row indexing and collation included).", "",
-              "| model | RecForge predictions/s | DeepCTR-Torch predictions/s | ratio |", "|---|---:|---:|---:|"]
-    for model, (ours, peer) in ctx["inference"].items():
-        lines.append(f"| {model} | {_fmt(ours)} | {_fmt(peer) if peer else 'n/a'} | "
-                     f"{_ratio(ours, peer) if peer else ''} |")
-    fl = ctx["flops"]
+              f"+ model ({ctx['default_backend']} embedding) + sigmoid, in the training defaults' precision "
+              f"({precision_name(ctx['default_prec'])}) and in {precision_name(alt)}; peer: their "
+              "`model.predict(x, batch_size)` (their DataLoader over a TensorDataset, per-row indexing and "
+              "collation included).", "",
+              f"| model | RecForge, {precision_name(ctx['default_prec'])} (default) | RecForge, "
+              f"{precision_name(alt)} | DeepCTR-Torch | default vs peer | {precision_name(alt)} vs peer |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for model, inf in ctx["inference"].items():
+        peer, other = inf["peer"], inf["alt"]
+        lines.append(f"| {model} | {_fmt(inf['default'])} | {_fmt(other) if other else 'n/a'} | "
+                     f"{_fmt(peer) if peer else 'n/a'} | {_ratio(inf['default'], peer) if peer else ''} | "
+                     f"{_ratio(other, peer) if peer and other else ''} |")
+    fl, adam = ctx["flops"], ctx["adam"]
+    one_loop, one_fused = (adam[n] for n, per_field, _ in adam_layouts(ctx["default_backend"]) if not per_field)
     lines += ["", "### Where the time goes", "",
               f"Dense-layer work per training sample (6 x the multiply-adds of the Linear layers, plus DLRM's dot "
               f"products): DCNv2 {fl['dcnv2'] / 1e6:.2f} MFLOP (its three full-rank {ctx['x0_dim']}x{ctx['x0_dim']}"
               f" cross layers are {100 * ctx['cross_share']:.0f}% of it), DLRM {fl['dlrm'] / 1e6:.2f}, DeepFM "
               f"{fl['deepfm'] / 1e6:.2f}; a batch of {a['batch_size']:,} is {a['batch_size'] * fl['dcnv2'] / 1e9:.1f}"
-              f" GFLOP for DCNv2. The 'dense GFLOP/s' column above is this work times samples/s: both libraries "
-              "run the same matrix products (same sizes, torch's CPU GEMM), so a model whose step is mostly GEMM "
-              "cannot be much faster in one library than the other; the gap can only come from the rest of the "
-              "step (input pipeline, embedding lookups, optimizer, framework glue).", "",
-              f"The embedding table's optimizer step alone ({ctx['emb_rows'] * EMB_DIM:,} parameters, gradients "
+              f" GFLOP for DCNv2. The 'dense GFLOP/s' column above is this work times samples/s: in fp32 both "
+              "libraries run the same matrix products (same sizes, torch's CPU GEMM), so a mostly-GEMM step can only "
+              "gain from the rest of the step (input pipeline, embedding lookups, optimizer, framework glue) or from "
+              "a cheaper number format (bf16 autocast runs the Linear layers in bf16 and accumulates in fp32).", "",
+              f"The embedding parameters' optimizer step alone ({ctx['emb_rows'] * EMB_DIM:,} parameters, gradients "
               "dense as `nn.Embedding(sparse=False)` makes them; CPU ms per step, best of "
               f"{a['repeat']}):", "", "| layout and optimizer | CPU ms per step |", "|---|---:|",
-              *(f"| {k} | {v:.1f} |" for k, v in ctx["adam"].items()), "",
+              *(f"| {k} | {v:.1f} |" for k, v in adam.items()), "",
               "torch's default (for-loop) Adam makes several passes over each tensor (`lerp_`, `mul_`, "
-              "`addcmul_`, `sqrt`, `div`, `addcdiv_`): over 26 small per-field tables each pass stays in the CPU "
-              "cache, over one large fused table every pass goes to memory. `fused=True` does one pass.", "",
+              "`addcmul_`, `sqrt`, `div`, `addcdiv_`); `fused=True`, which CTRTask uses for both optimizers, does "
+              f"one. Over one table the for-loop Adam took {_ratio(one_loop, one_fused)} the CPU time of the fused one "
+              "here.",
+              "",
               f"`torch.profiler` (CPU) over {a['profile_steps']} steps after warm-up; self CPU time per op (the "
               "profiler slows small ops, so ms/step runs above the timed rate). Shares by category are grouped "
               "by op name.", ""]
@@ -737,13 +889,16 @@ def render_section(ctx: dict[str, Any]) -> str:
         lines.append("")
     lines += [
         "### How it is measured", "",
-        f"- RecForge (plain loop): `build_model(...)`, the optimizer from `CTRTask.configure_optimizers()` (Adam "
-        "for dense parameters and Adam for the embedding table), `BCEWithLogitsLoss`; a step is: next batch from "
-        "`InMemoryBatches` (shuffled `index_select` gathers), forward, loss, `zero_grad`, backward, `step`. "
-        f"{a['warmup']} warm-up steps, then {a['steps']} timed steps (wall clock, `time.perf_counter`).",
-        "- RecForge (Lightning): `pl.Trainer(max_steps=warm-up + steps, logger=False, no checkpointing, no "
-        "progress bar)` fitting `CTRTask` on `InMemoryBatches`; a callback stamps each `on_train_batch_end`; the "
-        "rate is taken between the end of the last warm-up step and the end of the last step.",
+        "- RecForge (plain loop): `build_model(...)` with the embedding backend `auto` resolves to (or fused, the "
+        "backend comparison row), the optimizer from `CTRTask.configure_optimizers()`, `BCEWithLogitsLoss` on "
+        "fp32 logits; a step is: next batch from `InMemoryBatches` (shuffled `index_select` gathers), forward "
+        "(under `torch.autocast(\"cpu\", dtype=torch.bfloat16)` in the bf16 rows), loss, `zero_grad`, backward, "
+        f"`step`; no gradient clipping. {a['warmup']} warm-up steps, then {a['steps']} timed steps (wall clock, "
+        "`time.perf_counter`).",
+        "- RecForge (Lightning): `pl.Trainer(max_steps=warm-up + steps, precision=_precision(TrainConfig()), "
+        "gradient_clip_val=OptimConfig().grad_clip, logger=False, no checkpointing, no progress bar)` fitting "
+        "`CTRTask` on `InMemoryBatches`; a callback stamps each `on_train_batch_end`; the rate is taken between the "
+        "end of the last warm-up step and the end of the last step.",
         "- DeepCTR-Torch: `DCN(cross_parameterization='matrix', cross_num=3, dnn_hidden_units=(256, 128))` with no "
         "linear part (our DCNv2 has none) and `DeepFM(dnn_hidden_units=(256, 128))` with the linear part (ours "
         "has its LR term), `SparseFeat(vocabulary_size=our cardinality, embedding_dim=16)` and `DenseFeat(1)` on "
@@ -776,34 +931,33 @@ def update_doc(path: Path, section: str) -> None:
 
 
 def print_table(ctx: dict[str, Any]) -> None:
-    bs = ctx["args"]["batch_size"]
-    print(f"\n{'contender':58} {'model':7} {'samples/s best':>15} {'median':>10} {'steps/s':>8} {'cores':>6} "
+    bs, s = ctx["args"]["batch_size"], ctx["summary"]
+    print(f"\n{'contender':62} {'model':7} {'samples/s best':>15} {'median':>10} {'steps/s':>8} {'cores':>6} "
           f"{'per CPU-s':>10}  load avg at start")
     for run in ctx["runs"].values():
-        print(f"{run.name:58} {run.model:7} {_fmt(run.best):>15} {_fmt(run.median):>10} {run.best / bs:8.1f} "
+        print(f"{run.name:62} {run.model:7} {_fmt(run.best):>15} {_fmt(run.median):>10} {run.best / bs:8.1f} "
               f"{run.best_cores:6.2f} {_fmt(run.per_cpu):>10}  {', '.join(f'{x:.2f}' for x in run.load)}")
+    print()
+    for line in _goal_lines(ctx):
+        print(line)
+    for line in _quality_lines(ctx):
+        print(line)
     print("\nloader batches/s (x fastest model's steps/s):")
     for name, bps in ctx["loaders"].items():
-        print(f"  {name:62} {bps:10,.1f}  {ctx['summary']['loader_ratio'][name]:6.1f}x")
-    print("\ninference predictions/s (ours, peer):")
-    for model, (ours, peer) in ctx["inference"].items():
-        print(f"  {model:10} {_fmt(ours):>12} {_fmt(peer) if peer else 'n/a':>12}")
-    s = ctx["summary"]
-    print(f"\nper CPU-second: DCNv2 vs peer DCN-M {s['cpu_dcn_vs_peer']:.2f}x, DeepFM vs peer DeepFM "
-          f"{s['cpu_deepfm_vs_peer']:.2f}x, DLRM vs peer DeepFM {s['cpu_dlrm_vs_peer_deepfm']:.2f}x")
-    print(f"DCNv2 vs peer DCN-M {s['dcn_vs_peer']:.2f}x, DeepFM vs peer DeepFM {s['deepfm_vs_peer']:.2f}x, "
-          f"DLRM vs peer DeepFM {s['dlrm_vs_peer_deepfm']:.2f}x (goal 2x); faster backend: {s.get('auto', 'n/a')} "
-          f"(per CPU-s: {s.get('auto_cpu', 'n/a')}); "
-          f"Lightning overhead {100 * s['lightning_overhead']:.0f}% ({100 * s['lightning_clip_overhead']:.0f}% "
-          "with clipping)")
+        print(f"  {name:62} {bps:10,.1f}  {s['loader_ratio'][name]:6.1f}x")
+    print(f"\ninference predictions/s (ours {ctx['default_prec']} = default, ours {ctx['alt_prec']}, peer):")
+    for model, inf in ctx["inference"].items():
+        print(f"  {model:10} {_fmt(inf['default']):>12} {_fmt(inf['alt']) if inf['alt'] else 'n/a':>12} "
+              f"{_fmt(inf['peer']) if inf['peer'] else 'n/a':>12}")
     print("\nAdam step over the embedding parameters alone (CPU ms):")
     for k, v in ctx["adam"].items():
-        print(f"  {k:78} {v:7.1f}")
+        print(f"  {k:90} {v:7.1f}")
     for title, prof in ctx["profiles"].items():
         print(f"\nprofile {title}: {prof['wall_ms_per_step']:.0f} ms/step; "
               + "; ".join(f"{k} {100 * v:.0f}%" for k, v in prof["categories"]))
         for t in prof["top"][:6]:
             print(f"  {t['op']:40} {t['ms_per_step']:8.1f} ms  {100 * t['share']:4.0f}%")
+    print("\nseconds per phase: " + ", ".join(f"{k} {v:.0f}" for k, v in ctx["phase_s"].items()))
 
 
 # -------------------------------------------------------------------------------------------------- main
@@ -818,10 +972,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=150, help="timed training steps per contender and round")
     p.add_argument("--repeat", type=int, default=2, help="rounds (contender order reversed every other round)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every contender")
+    p.add_argument("--quality-steps", type=int, default=300,
+                   help="training steps of each bf16 / fp32 quality-guard model, at most two epochs of the train "
+                        "split (0 skips the guard)")
     p.add_argument("--eval-batch", type=int, default=65_536)
     p.add_argument("--loader-batches", type=int, default=400, help="InMemoryBatches batches timed")
     p.add_argument("--profile-steps", type=int, default=5)
-    p.add_argument("--no-torchrec", action="store_true", help="skip the TorchRec backend")
+    p.add_argument("--no-torchrec", action="store_true",
+                   help="treat TorchRec as absent: the training defaults use the fused backend (auto's fallback)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench_train")
     p.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -829,8 +987,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--render", type=Path, metavar="RESULTS_JSON",
                    help="measure nothing: print and write the doc section again from a saved results.json")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 1 or args.repeat < 1 or args.rows < 1000:
-        p.error("--steps, --warmup and --repeat must be >= 1 and --rows >= 1000")
+    if args.steps < 1 or args.warmup < 1 or args.repeat < 1 or args.profile_steps < 1 or args.rows < 1000:
+        p.error("--steps, --warmup, --repeat and --profile-steps must be >= 1 and --rows >= 1000")
+    if args.quality_steps < 0:
+        p.error("--quality-steps must be >= 0 (0 skips the bf16 quality guard)")
     return args
 
 
@@ -843,11 +1003,42 @@ def _quiet() -> None:
 def load_results(path: Path) -> dict[str, Any]:
     """A saved results.json back into the context `render_section` takes."""
     ctx = json.loads(path.read_text())
+    if ctx.get("format") != RESULTS_FORMAT:
+        raise SystemExit(f"bench_train: {path}: results format {ctx.get('format', 1)}, this script renders format "
+                         f"{RESULTS_FORMAT}; re-run the benchmark to get a results.json it can render")
     names = {f.name for f in Run.__dataclass_fields__.values()}
     ctx["runs"] = {k: Run(**{f: v[f] for f in names if f in v}) for k, v in ctx["runs"].items()}
-    ctx["inference"] = {k: tuple(v) for k, v in ctx["inference"].items()}
     ctx["summary"] = summarize(ctx)
     return ctx
+
+
+def _contenders(prep: Prepared, train: dict[str, Tensor], args: argparse.Namespace, backend: str, default_prec: str,
+                alt_prec: str | None, lightning_precision: str,
+                peer: Callable[[Run], None]) -> list[tuple[str, Run, Callable[[Run], None]]]:
+    """(key, run, measure) of every training contender, in the order of the first round."""
+
+    def ours(r: Run) -> None:
+        run_ours(r, prep, train, args)
+
+    jobs: list[tuple[str, Run, Callable[[Run], None]]] = []
+    peers = {"dcnv2": Run("DeepCTR-Torch DCN-M, model.fit", "peer", "dcn"),
+             "deepfm": Run("DeepCTR-Torch DeepFM, model.fit", "peer", "deepfm")}
+    for m in MODELS:
+        jobs.append((default_key(m), Run(f"RecForge, training defaults ({precision_name(default_prec)}, {backend} "
+                                         "embedding)", "ours", m, default_prec, backend), ours))
+        if m in peers:
+            jobs.append((PEER_OF[m], peers[m], peer))
+        if alt_prec is not None:
+            jobs.append((f"ours_{m}_{alt_prec}", Run(f"RecForge, {precision_name(alt_prec)} ({backend} embedding)",
+                                                     "ours", m, alt_prec, backend), ours))
+        if m == "dcnv2" and backend != "fused":
+            jobs.append(("ours_dcnv2_fused", Run("RecForge, fp32, fused embedding", "ours", m, "fp32", "fused"), ours))
+    lt_prec = "bf16" if lightning_precision.startswith("bf16") else "fp32"
+    jobs.append(("lightning_dcnv2", Run(f"RecForge via Lightning (CTRTask + pl.Trainer, {lightning_precision}, "
+                                        f"gradient_clip_val={OptimConfig().grad_clip}, {backend} embedding)",
+                                        "lightning", "dcnv2", lt_prec, backend),
+                 lambda r: run_lightning(r, prep, train, args)))
+    return jobs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -861,97 +1052,90 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     _quiet()
     torch.set_num_threads(args.threads)
+    phase: dict[str, float] = {}
+    t_all = t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        phase[name] = now - t
+        t = now
+
     prep = prepare(args.work_dir, args.rows, args.n_ids, args.seed)
     train = load_split(prep.train_dir, prep.layout)
     test = load_split(prep.test_dir, prep.layout)
     peer_rows = min(max(args.steps, args.warmup) * args.batch_size, prep.n_train)
     peer_x, peer_y = peer_inputs(prep, prep.train_dir, peer_rows)
-    use_torchrec = not args.no_torchrec and torchrec_available()
-
-    runs: dict[str, Run] = {}
-    jobs: list[tuple[str, Callable[[Run], None]]] = []
-
-    def add(key: str, run: Run, fn: Callable[[Run], None]) -> None:
-        runs[key] = run
-        jobs.append((key, fn))
-
-    def ours(backend: str, optimizer: str = "ctrtask") -> Callable[[Run], None]:
-        return lambda r: run_ours(r, prep, train, args, backend, optimizer)
+    backend = "fused" if args.no_torchrec else resolve_backend("auto")
+    bf16_native = cpu_has_native_bf16()
+    default_precision = _precision(TrainConfig(accelerator="cpu"))  # what `recforge train ctr` uses on this CPU
+    default_prec = "bf16" if default_precision.startswith("bf16") else "fp32"
+    alt_prec = "fp32" if default_prec == "bf16" else ("bf16" if bf16_native else None)
+    lightning_precision = _precision(TrainConfig())
+    lap("prepare")
 
     def peer(r: Run) -> None:
         run_peer(r, prep, peer_x, peer_y, args)
 
-    fa = "Adam(fused=True), proposed"
-    add("ours_dcnv2_fused", Run("RecForge, fused embedding", "ours", "dcnv2"), ours("fused"))
-    add("peer_dcn", Run("DeepCTR-Torch DCN-M, model.fit", "peer", "dcn"), peer)
-    if use_torchrec:
-        add("ours_dcnv2_torchrec", Run("RecForge, TorchRec EmbeddingBagCollection", "ours", "dcnv2"),
-            ours("torchrec"))
-    add("ours_dcnv2_fadam", Run(f"RecForge, fused embedding, {fa}", "ours", "dcnv2"), ours("fused", "fused_adam"))
-    add("ours_dlrm_fused", Run("RecForge, fused embedding", "ours", "dlrm"), ours("fused"))
-    add("peer_deepfm", Run("DeepCTR-Torch DeepFM, model.fit", "peer", "deepfm"), peer)
-    add("ours_deepfm_fused", Run("RecForge, fused embedding", "ours", "deepfm"), ours("fused"))
-    add("ours_deepfm_fadam", Run(f"RecForge, fused embedding, {fa}", "ours", "deepfm"), ours("fused", "fused_adam"))
-    add("ours_dlrm_fadam", Run(f"RecForge, fused embedding, {fa}", "ours", "dlrm"), ours("fused", "fused_adam"))
-    add("lightning_dcnv2", Run("RecForge via Lightning (CTRTask + pl.Trainer), no clipping", "lightning", "dcnv2"),
-        lambda r: run_lightning(r, prep, train, args, None))
-    if use_torchrec:
-        add("ours_dcnv2_torchrec_fadam", Run(f"RecForge, TorchRec EBC, {fa}", "ours", "dcnv2"),
-            ours("torchrec", "fused_adam"))
-    add("ours_dcnv2_sparse", Run("RecForge, fused, sparse grads + SparseAdam", "ours", "dcnv2"),
-        ours("fused", "sparse_adam"))
-    add("ours_dlrm_sparse", Run("RecForge, fused, sparse grads + SparseAdam", "ours", "dlrm"),
-        ours("fused", "sparse_adam"))
-    add("lightning_dcnv2_clip", Run("RecForge via Lightning, gradient_clip_val=10 (train.py)", "lightning", "dcnv2"),
-        lambda r: run_lightning(r, prep, train, args, OptimConfig().grad_clip))
-
+    jobs = _contenders(prep, train, args, backend, default_prec, alt_prec, lightning_precision, peer)
+    runs = {key: run for key, run, _ in jobs}
     for rnd in range(args.repeat):
         order = jobs if rnd % 2 == 0 else list(reversed(jobs))
-        for key, fn in order:
-            fn(runs[key])
+        for key, run, measure in order:
+            measure(run)
             gc.collect()
-            log(f"round {rnd + 1}/{args.repeat} {key:22} {runs[key].samples_per_s[-1]:>10,.0f} samples/s "
-                f"(load {runs[key].load[-1]:.2f})")
+            log(f"round {rnd + 1}/{args.repeat} {key:22} {run.samples_per_s[-1]:>10,.0f} samples/s "
+                f"(load {run.load[-1]:.2f})")
+    lap("training rounds")
 
+    quality = quality_guard(prep, train, test, args, backend) if bf16_native and args.quality_steps > 0 else []
+    lap("quality guard")
     log("loaders alone")
     loaders = bench_loaders(prep, train, args)
+    lap("loaders")
     log("inference")
     test_x, _ = peer_inputs(prep, prep.test_dir, None)
-    inference = {
-        "dcnv2": (bench_inference_ours("dcnv2", prep, test, args), bench_inference_peer("dcn", prep, test_x, args)),
-        "dlrm": (bench_inference_ours("dlrm", prep, test, args), 0.0),
-        "deepfm": (bench_inference_ours("deepfm", prep, test, args),
-                   bench_inference_peer("deepfm", prep, test_x, args)),
-    }
+    peer_kind = {"dcnv2": "dcn", "deepfm": "deepfm"}
+    inference = {m: {"default": bench_inference_ours(m, prep, test, args, backend, default_prec == "bf16"),
+                     "alt": bench_inference_ours(m, prep, test, args, backend, alt_prec == "bf16") if alt_prec else 0.0,
+                     "peer": bench_inference_peer(peer_kind[m], prep, test_x, args) if m in peer_kind else 0.0}
+                 for m in MODELS}
+    lap("inference")
     log("Adam over the embedding parameters alone")
-    adam = bench_adam(prep.layout, args.repeat)
+    adam = bench_adam(prep.layout, args.repeat, backend)
+    lap("adam")
     log("profiling steps")
     profiles: dict[str, Any] = {}
-    for title, model_name in (("RecForge DCNv2 (fused)", "dcnv2"), ("RecForge DLRM (fused)", "dlrm"),
-                              ("RecForge DeepFM (fused)", "deepfm")):
-        step = our_step_fn(build_ours(model_name, prep.layout, "fused"), "ctrtask",
-                           InMemoryBatches(train, args.batch_size, shuffle=True, seed=args.seed, drop_last=True))
+    for m in MODELS:
+        step = our_step_fn(build_ours(m, prep.layout, backend), _batches(train, args), default_prec == "bf16")
         time_steps(step, min(args.warmup, 5), 1)
-        profiles[title] = profile_step(step, args.profile_steps)
+        profiles[f"RecForge {m}, training defaults ({default_prec}, {backend})"] = profile_step(step,
+                                                                                             args.profile_steps)
     for title, kind in (("DeepCTR-Torch DCN-M", "dcn"), ("DeepCTR-Torch DeepFM", "deepfm")):
         peer_step = peer_step_fn(build_peer(kind, prep), peer_x, peer_y, args.batch_size)
         time_steps(peer_step, min(args.warmup, 5), 1)
         profiles[f"{title} (their fit loop's body, DataLoader excluded)"] = profile_step(peer_step,
                                                                                           args.profile_steps)
+    lap("profiles")
+    phase["total"] = time.perf_counter() - t_all
 
     x0_dim = len(prep.layout.sparse) * EMB_DIM + prep.layout.dense_dim
+    flops = {m: train_flops_per_sample(build_ours(m, prep.layout, "fused")) for m in PARAMS}
     argv_shown = list(argv) if argv is not None else sys.argv[1:]
     ctx: dict[str, Any] = {
+        "format": RESULTS_FORMAT,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "command": " ".join(["python scripts/bench_train.py", *argv_shown]),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "n_train": prep.n_train, "n_test": prep.n_test, "peer_rows": peer_rows,
         "emb_rows": sum(f.cardinality for f in prep.layout.sparse),
-        "flops": {m: train_flops_per_sample(build_ours(m, prep.layout, "fused")) for m in PARAMS},
-        "x0_dim": x0_dim, "cross_share": 6.0 * DCN_PARAMS["cross_layers"] * x0_dim**2 / train_flops_per_sample(
-            build_ours("dcnv2", prep.layout, "fused")),
+        "default_backend": backend, "bf16_native": bf16_native, "default_precision": default_precision,
+        "default_prec": default_prec, "alt_prec": alt_prec, "lightning_precision": lightning_precision,
+        "grad_clip": OptimConfig().grad_clip,
+        "flops": flops, "x0_dim": x0_dim, "cross_share": 6.0 * DCN_PARAMS["cross_layers"] * x0_dim**2 / flops["dcnv2"],
         "runs": runs, "loaders": loaders, "adam": adam, "inference": inference, "profiles": profiles,
+        "quality": quality, "phase_s": phase,
     }
     ctx["summary"] = summarize(ctx)
     print_table(ctx)

@@ -8,6 +8,7 @@ Outputs under `<output_dir>/train/<model>/`: checkpoints/, bundle/, metrics.json
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -61,7 +62,21 @@ def train_paths(output_dir: str | Path, model: str) -> TrainPaths:
     return TrainPaths(Path(output_dir) / "train" / model)
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16). A large GEMM then runs 2-3x
+    faster under bf16 autocast, but a whole training step gains or loses with the embedding backend (DCNv2 on
+    the demo data: faster with the fused table, slower with TorchRec's EmbeddingBagCollection), so
+    `precision: auto` stays fp32 on CPU and `precision: bf16-mixed` opts in (scripts/bench_train.py measures)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return (" avx512_bf16" in flags or " amx_bf16" in flags) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _precision(cfg: TrainConfig) -> str:
+    """`train.precision` for Lightning: auto = bf16 autocast on CUDA, fp32 on CPU."""
     if cfg.precision != "auto":
         return "32-true" if cfg.precision == "32" else cfg.precision
     return "bf16-mixed" if torch.cuda.is_available() and cfg.accelerator != "cpu" else "32-true"

@@ -1,0 +1,140 @@
+"""Two-tower retrieval: the loss against a hand computation, the data split, and a real end-to-end run
+(prepare -> train retrieval -> baselines -> exported embeddings -> FAISS index with the recall guard)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from feature_store.prepare import prepare
+from recforge.config import RecForgeConfig, load
+from training.index import IndexConfig, ItemIndex, build_from_embeddings
+from training.retrieval.config import NegativesConfig, RetrievalConfig
+from training.retrieval.data import load_retrieval_data, tower_layout
+from training.retrieval.model import sampled_softmax_loss
+from training.retrieval.train import train_retrieval
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = [
+    "source.n_users=600", "source.n_items=300", "source.n_impressions=60000", "source.days=10",
+    "features.categorical.0.min_freq=1", "features.categorical.1.min_freq=1",
+    "retrieval.max_epochs=3", "retrieval.batch_size=256", "retrieval.num_threads=2",
+    "retrieval.baselines=[most_popular, item_knn]", "retrieval.query_sample=200",
+]
+
+
+def test_logq_corrected_in_batch_loss_matches_a_hand_computation() -> None:
+    user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    item = torch.tensor([[0.8, 0.6], [0.0, 1.0], [1.0, 0.0]])
+    codes = torch.tensor([5, 7, 9])
+    log_q = torch.log(torch.tensor([0.5, 0.3, 0.2]))
+    t = torch.tensor(0.5)
+    got = sampled_softmax_loss(user, item, codes, log_q, t)
+    expected = 0.0
+    for i in range(3):
+        logits = [float(user[i] @ item[j]) / 0.5 - math.log([0.5, 0.3, 0.2][j]) for j in range(3)]
+        expected += -(logits[i] - math.log(sum(math.exp(v) for v in logits)))
+    assert float(got) == pytest.approx(expected / 3, rel=1e-6)
+
+
+def test_duplicate_positives_in_a_batch_are_not_negatives_of_each_other() -> None:
+    user = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    item = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    codes = torch.tensor([3, 3])  # the same item twice: neither row may treat the other as a negative
+    loss = sampled_softmax_loss(user, item, codes, None, torch.tensor(1.0))
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_hard_negatives_keep_the_highest_scoring_extra_items() -> None:
+    user = torch.tensor([[1.0, 0.0]])
+    item = torch.tensor([[1.0, 0.0]])
+    extra = torch.tensor([[0.9, 0.1], [-1.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor(1.0)
+    hard = sampled_softmax_loss(user, item, torch.tensor([0]), None, t, extra, torch.tensor([1, 2, 3]), None, hard=1)
+    expected = -(1.0 - math.log(math.exp(1.0) + math.exp(0.9)))
+    assert float(hard) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match=r"negatives\.hard"):
+        NegativesConfig(uniform=2, hard=3)
+
+
+@pytest.fixture(scope="module")
+def demo_prepared(tmp_path_factory: pytest.TempPathFactory, ray_local: object) -> RecForgeConfig:
+    out = tmp_path_factory.mktemp("retrieval")
+    cfg = load(ROOT / "configs" / "demo.yaml", [*SMALL, f"output_dir={out}"])
+    prepare(cfg)
+    return cfg
+
+
+def test_per_user_split_holds_out_each_users_latest_positives(demo_prepared: RecForgeConfig) -> None:
+    cfg = demo_prepared
+    data = load_retrieval_data(Path(cfg.output_dir) / "prepared", cfg.retrieval)
+    assert data.counts["test"] > 0 and data.counts["valid"] > 0 and data.counts["train"] > 0
+    # seen items of a test query are exactly its user's train + valid items: never in its truth by time
+    seen, truth = data.test.seen, data.test.truth
+    assert seen.shape == truth.shape == (data.n_users, len(data.corpus_ids))
+    assert len(data.test.users) == len(np.unique(data.test.users))
+    assert data.fit_matrix.nnz == seen.nnz
+
+
+def test_unknown_tower_feature_is_an_error_naming_the_key(demo_prepared: RecForgeConfig) -> None:
+    from feature_store.spec import FeatureSpec
+
+    spec = FeatureSpec.load(Path(demo_prepared.output_dir) / "prepared" / "spec")
+    bad = demo_prepared.retrieval.model_copy(update={"item_features": ["item_id", "colour"]})
+    with pytest.raises(ValueError, match=r"retrieval.item_features: unknown feature\(s\) \['colour'\]"):
+        tower_layout(spec, bad)
+
+
+def test_two_tower_trains_beats_popularity_and_its_index_passes_the_recall_guard(
+    demo_prepared: RecForgeConfig,
+) -> None:
+    cfg = demo_prepared
+    rcfg = cfg.retrieval.model_copy(update={"negatives": NegativesConfig(uniform=64, hard=32)})
+    result = train_retrieval(cfg.output_dir, "retrieval_test", rcfg)
+    test = result["test"]
+    assert set(test) == {"two_tower", "most_popular", "item_knn"}
+    n_items = result["counts"]["items"]
+    random_recall10 = 10 / n_items  # expected recall@10 of a random ranking
+    assert test["two_tower"]["recall@10"] > 3 * random_recall10, test
+    assert test["two_tower"]["recall@10"] > test["most_popular"]["recall@10"], test
+    assert test["two_tower"]["ndcg@10"] > test["most_popular"]["ndcg@10"], test
+    # per-epoch valid metric recorded, best checkpoint chosen from it
+    hist = result["valid_history"]["valid/recall@50"]
+    assert len(hist) == result["epochs_run"] and result["best_epoch"] == int(np.argmax(hist))
+    emb = Path(result["embeddings"]["dir"])
+    items = pq.read_table(emb / "item_embeddings.parquet")
+    vecs = np.stack(items.column("embedding").to_numpy(zero_copy_only=False))
+    assert items.num_rows == n_items and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
+    # the index built from the exported embeddings passes the guard and answers with excluded items removed
+    out = Path(cfg.output_dir) / "index"
+    index = build_from_embeddings(emb, IndexConfig(), out)
+    assert index.recall["recall_at_k"] >= 0.95 and index.recall["k"] == 100
+    queries = np.stack(pq.read_table(emb / "query_embeddings.parquet").column("embedding")
+                       .to_numpy(zero_copy_only=False))[:5].astype(np.float32)
+    top, _ = index.search(queries, 10)
+    banned = [top[i, :3] for i in range(len(top))]
+    again, _ = ItemIndex.load(out).search(queries, 10, exclude=banned)
+    for i in range(len(top)):
+        assert not set(banned[i].tolist()) & set(again[i].tolist())
+    metrics = json.loads((Path(cfg.output_dir) / "retrieval" / "metrics.json").read_text())
+    assert metrics["test"]["two_tower"]["recall@50"] == pytest.approx(test["two_tower"]["recall@50"])
+
+
+def test_retrieval_run_is_tracked_in_mlflow_with_the_bundle(demo_prepared: RecForgeConfig) -> None:
+    import mlflow
+
+    cfg = demo_prepared
+    rcfg = RetrievalConfig(**{**cfg.retrieval.model_dump(), "max_epochs": 1})
+    result = train_retrieval(cfg.output_dir, "retrieval_tracked", rcfg)
+    client = mlflow.MlflowClient(tracking_uri=result["tracking_uri"])
+    run = client.get_run(result["mlflow_run_id"])
+    assert "test/two_tower/recall_at_50" in run.data.metrics
+    assert "test/most_popular/recall_at_50" in run.data.metrics
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "retrieval_bundle")}
+    assert {"retrieval_bundle/two_tower.pt", "retrieval_bundle/embeddings", "retrieval_bundle/feature_spec"} <= files

@@ -1,0 +1,1 @@
+"""Two-tower retrieval: config, data (per-user time split, corpus, queries), model and training."""

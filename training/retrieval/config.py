@@ -1,0 +1,67 @@
+"""Typed config of the retrieval stage (the `retrieval:` section of a scenario YAML)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from feature_store.config import StrictModel
+
+
+class TwoTowerConfig(StrictModel):
+    """Tower shapes: both towers embed their fields, run an MLP and L2-normalise the output."""
+
+    embedding_dim: int = Field(32, gt=0)
+    embedding_init_std: float = Field(0.05, gt=0)
+    tower_mlp: list[int] = Field(default_factory=lambda: [128])
+    output_dim: int = Field(64, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    history_pooling: Literal["mean", "attention"] = Field(
+        "mean", description="how the user tower pools behaviour sequences: mean, or attention with a learned query")
+    temperature: float = Field(0.05, gt=0, description="softmax temperature (the start value when learned)")
+    learn_temperature: bool = False
+
+
+class NegativesConfig(StrictModel):
+    """In-batch sampled softmax, optionally mixed with uniformly sampled corpus items and hard negatives."""
+
+    logq_correction: bool = Field(True, description="subtract log(sampling probability) of each in-batch item")
+    uniform: int = Field(0, ge=0, description="extra negatives per batch drawn uniformly from the corpus")
+    hard: int = Field(0, ge=0, description="of the uniform negatives, keep only the `hard` highest-scoring per user")
+
+    @model_validator(mode="after")
+    def _hard_needs_uniform(self) -> NegativesConfig:
+        if self.hard and self.hard > self.uniform:
+            raise ValueError(f"negatives.hard ({self.hard}) must be <= negatives.uniform ({self.uniform}): hard "
+                             f"negatives are mined from the uniformly sampled ones")
+        return self
+
+
+class RetrievalConfig(StrictModel):
+    """`recforge train retrieval`: which spec features feed which tower, positives, split, training, metrics."""
+
+    user_features: list[str] = Field(
+        default_factory=list, description="spec features of the user tower (ids, profile, sequences, vectors)")
+    item_features: list[str] = Field(default_factory=list, description="spec features of the item tower")
+    positive_threshold: float = Field(0.5, description="rows whose label is >= this are positives")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="each user's latest interactions held out for test")
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="each user's latest train interactions for valid")
+    model: TwoTowerConfig = Field(default_factory=TwoTowerConfig)
+    negatives: NegativesConfig = Field(default_factory=NegativesConfig)
+    batch_size: int = Field(1024, gt=1)
+    max_epochs: int = Field(10, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(2, ge=0, description="early stopping on valid recall@`select_k`")
+    select_k: int = Field(50, gt=0)
+    ks: list[int] = Field(default_factory=lambda: [10, 20, 50, 100])
+    baselines: list[Literal["most_popular", "item_knn", "als", "bpr"]] = Field(
+        default_factory=lambda: ["most_popular", "item_knn", "als", "bpr"])
+    seed: int = 42
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
+    devices: int | Literal["auto"] = "auto"
+    strategy: Literal["auto", "ddp"] = "auto"
+    precision: Literal["auto", "32", "bf16-mixed"] = "auto"
+    num_threads: int | None = Field(None, gt=0)
+    query_sample: int = Field(2000, gt=0, description="user vectors exported for the index recall guard")

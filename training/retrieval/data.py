@@ -1,0 +1,217 @@
+"""Retrieval data from prepared features: positives, a per-user time split, query rows and the item corpus.
+
+Reads the prepared shards of every split (`recforge prepare` output: model inputs plus the raw row keys
+`__user_key`, `__item_key`, `__ts`), then:
+
+- corpus: every item with a row in the prepared TRAIN split, its item-side features from its latest such row;
+- positives: rows with label >= `positive_threshold` on corpus items (test interactions on items outside the
+  corpus cannot be retrieved by any method and are dropped for every method alike);
+- per-user time split: each user's latest `test_fraction` of positives are test, the latest `valid_fraction` of
+  the rest are valid (early stopping), the remainder train;
+- queries: for each user with valid (test) positives, the user-side features of the FIRST valid (test) row,
+  point-in-time (history, profile as of that moment), with the truth set (all of the user's valid/test items)
+  and the seen set (items before it) to exclude from the ranking.
+Everything is columnar (Arrow -> numpy -> tensors); no loop over rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+from torch import Tensor
+
+from feature_store.spec import ITEM_KEY, LABEL, TS_KEY, USER_KEY, FeatureSpec
+from training.data import shard_files, table_to_tensors
+from training.features import FeatureLayout
+from training.retrieval.config import RetrievalConfig
+from training.retrieval_eval import latest_mask
+
+log = logging.getLogger("recforge.retrieval")
+
+Batch = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class TowerLayout:
+    """The sub-layout the two towers read, and which of its fields and dense columns each tower owns."""
+
+    layout: FeatureLayout
+    user_fields: tuple[int, ...]  # indices into layout.tables
+    item_fields: tuple[int, ...]
+    user_sequences: tuple[str, ...]
+    user_dense: tuple[int, ...]  # column indices into the batch's dense tensor
+    item_dense: tuple[int, ...]
+
+    @property
+    def columns(self) -> list[str]:
+        lay = self.layout
+        return [*(f.name for f in lay.tables), *(s.name for s in lay.sequences), *lay.dense_names, *lay.vector_dims]
+
+
+def tower_layout(spec: FeatureSpec, cfg: RetrievalConfig, where: str = "retrieval") -> TowerLayout:
+    """Split the spec's features between the towers as `cfg` names them; errors name the key and the choices."""
+    full = FeatureLayout.from_spec(spec)
+    known = [f.name for f in spec.features]
+    for key, names in (("user_features", cfg.user_features), ("item_features", cfg.item_features)):
+        if not names:
+            raise ValueError(f"{where}.{key} is empty: name the spec features of that tower (choices: "
+                             f"{', '.join(known)})")
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"{where}.{key}: unknown feature(s) {unknown}; the feature spec has: {', '.join(known)}")
+    both = set(cfg.user_features) & set(cfg.item_features)
+    if both:
+        raise ValueError(f"{where}: features {sorted(both)} are in both user_features and item_features")
+    wanted = set(cfg.user_features) | set(cfg.item_features)
+    seqs = tuple(s for s in full.sequences if s.name in wanted)
+    if any(s.name in cfg.item_features for s in seqs):
+        raise ValueError(f"{where}.item_features: behaviour sequences belong to the user tower")
+    table_names = {f.name for f in full.tables}
+    for s in seqs:
+        if s.source not in wanted or s.source not in table_names:
+            raise ValueError(f"{where}.user_features: sequence '{s.name}' reads the embedding of '{s.source}', "
+                             f"which must be one of the tower features (add it to item_features)")
+    dense = tuple(n for n in full.dense_names if n in wanted)
+    vectors = {n: d for n, d in full.vector_dims.items() if n in wanted}
+    layout = FeatureLayout(
+        sparse=tuple(f for f in full.sparse if f.name in wanted), bags=tuple(f for f in full.bags if f.name in wanted),
+        sequences=seqs, dense_names=dense, dense_dim=len(dense) + sum(vectors.values()),
+        user_field=None, item_field=None, vector_dims=vectors)
+    user = set(cfg.user_features)
+    fields = [f.name for f in layout.tables]
+    dense_cols: list[str] = [*dense]
+    for n, d in vectors.items():
+        dense_cols += [n] * d
+    return TowerLayout(
+        layout=layout,
+        user_fields=tuple(i for i, n in enumerate(fields) if n in user),
+        item_fields=tuple(i for i, n in enumerate(fields) if n not in user),
+        user_sequences=tuple(s.name for s in seqs),
+        user_dense=tuple(i for i, n in enumerate(dense_cols) if n in user),
+        item_dense=tuple(i for i, n in enumerate(dense_cols) if n not in user),
+    )
+
+
+@dataclass
+class QuerySet:
+    """One query row per user with held-out positives; matrices are users x corpus items (binary)."""
+
+    users: np.ndarray  # user codes of the queries
+    batch: Batch  # their user-side features
+    truth: sp.csr_matrix
+    seen: sp.csr_matrix
+
+
+@dataclass
+class RetrievalData:
+    towers: TowerLayout
+    corpus: Batch  # one row per corpus item, code order
+    corpus_ids: np.ndarray  # raw item key per code
+    train: Batch  # positive rows of the train part
+    train_items: np.ndarray  # item code per train row
+    item_log_q: np.ndarray  # log frequency of each item among train positives (logQ correction)
+    valid: QuerySet
+    test: QuerySet
+    fit_matrix: sp.csr_matrix  # train + valid positives (what baselines fit on before test)
+    n_users: int
+    user_ids: np.ndarray  # raw user key per code
+    counts: dict[str, int]
+
+
+def read_rows(prepared: Path, columns: list[str], splits: tuple[str, ...] = ("train", "valid", "test")) -> pa.Table:
+    parts = []
+    for split in splits:
+        for f in shard_files(prepared / split):
+            parts.append(pq.read_table(f, columns=columns))
+    return pa.concat_tables(parts)
+
+
+def _last_per_key(keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Row index of the latest row per key (ties: the later row), keys in sorted order."""
+    order = np.lexsort((np.arange(len(keys)), ts, keys))
+    k = keys[order]
+    last = np.flatnonzero(np.r_[k[1:] != k[:-1], True])
+    return order[last]
+
+
+def _matrix(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
+    m = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(n_users, n_items))
+    m.data[:] = 1.0  # duplicates binarised
+    return m
+
+
+def _queries(table: pa.Table, towers: TowerLayout, users: np.ndarray, items: np.ndarray, ts: np.ndarray,
+             mask: np.ndarray, seen_mask: np.ndarray, n_users: int, n_items: int) -> QuerySet:
+    idx = np.flatnonzero(mask)
+    first = idx[_last_per_key(users[idx], -ts[idx])]  # earliest held-out row per user
+    q_users = users[first]
+    batch = table_to_tensors(table.take(pa.array(first)), towers.layout)
+    seen = np.flatnonzero(seen_mask)
+    return QuerySet(q_users, batch, _matrix(users[idx], items[idx], n_users, n_items),
+                    _matrix(users[seen], items[seen], n_users, n_items))
+
+
+def load_retrieval_data(prepared: str | Path, cfg: RetrievalConfig) -> RetrievalData:
+    """Build the retrieval data set from `recforge prepare` output; see the module docstring."""
+    prepared = Path(prepared)
+    spec = FeatureSpec.load(prepared / "spec")
+    towers = tower_layout(spec, cfg)
+    cols = [*towers.columns, LABEL, USER_KEY, ITEM_KEY, TS_KEY]
+    have = pq.read_schema(shard_files(prepared / "train")[0]).names
+    missing = [c for c in cols if c not in have]
+    if missing:
+        raise ValueError(f"{prepared}: prepared shards lack {missing}; re-run `recforge prepare` (the row keys "
+                         f"__user_key/__item_key/__ts are written by this version)")
+    train_split = read_rows(prepared, cols, ("train",))
+    # corpus: items of the train split with their latest item-side features
+    t_items = train_split.column(ITEM_KEY).to_numpy()
+    last = _last_per_key(t_items, train_split.column(TS_KEY).to_numpy())
+    corpus_table = train_split.take(pa.array(last))
+    corpus_ids = t_items[last]
+    del train_split
+
+    rows = read_rows(prepared, cols)
+    label = rows.column(LABEL).to_numpy()
+    item_raw = rows.column(ITEM_KEY).to_numpy()
+    code = np.searchsorted(corpus_ids, item_raw)
+    in_corpus = (code < len(corpus_ids)) & (corpus_ids[np.minimum(code, len(corpus_ids) - 1)] == item_raw)
+    keep = (label >= cfg.positive_threshold) & in_corpus
+    counts = {"rows": rows.num_rows, "positives": int((label >= cfg.positive_threshold).sum()),
+              "positives_outside_corpus": int(((label >= cfg.positive_threshold) & ~in_corpus).sum())}
+    rows = rows.filter(pa.array(keep))
+    items = code[keep]
+    user_ids, users = np.unique(rows.column(USER_KEY).to_numpy(zero_copy_only=False), return_inverse=True)
+    ts = rows.column(TS_KEY).to_numpy()
+    test_mask = latest_mask(users, ts, cfg.test_fraction)
+    rest = np.flatnonzero(~test_mask)
+    valid_mask = np.zeros(len(users), dtype=bool)
+    valid_mask[rest[latest_mask(users[rest], ts[rest], cfg.valid_fraction)]] = True
+    train_mask = ~test_mask & ~valid_mask
+    n_users, n_items = len(user_ids), len(corpus_ids)
+
+    train_idx = np.flatnonzero(train_mask)
+    train_items = items[train_idx]
+    freq = np.bincount(train_items, minlength=n_items).astype(np.float64)
+    log_q = np.log((freq + 1.0) / (freq.sum() + n_items))  # add-one smoothing: unseen items keep a finite q
+    data = RetrievalData(
+        towers=towers,
+        corpus=table_to_tensors(corpus_table, towers.layout),
+        corpus_ids=corpus_ids,
+        train=table_to_tensors(rows.take(pa.array(train_idx)), towers.layout),
+        train_items=train_items,
+        item_log_q=log_q.astype(np.float32),
+        valid=_queries(rows, towers, users, items, ts, valid_mask, train_mask, n_users, n_items),
+        test=_queries(rows, towers, users, items, ts, test_mask, ~test_mask, n_users, n_items),
+        fit_matrix=_matrix(users[~test_mask], items[~test_mask], n_users, n_items),
+        n_users=n_users, user_ids=user_ids,
+        counts={**counts, "train": int(train_mask.sum()), "valid": int(valid_mask.sum()),
+                "test": int(test_mask.sum()), "users": n_users, "items": n_items},
+    )
+    log.info("retrieval data: %s", data.counts)
+    return data

@@ -1,0 +1,233 @@
+"""`recforge train retrieval`: train the two-tower model with Lightning, evaluate against baselines, export.
+
+`RetrievalTask` holds the loss (in-batch sampled softmax with logQ correction, optional uniform and hard
+negatives), the optimizer and the per-epoch full-corpus evaluation on the valid queries (early stopping and
+the best checkpoint on valid recall@`select_k`). `train_retrieval` runs it on `<output_dir>/prepared`, scores
+the best model and the baselines (most-popular, item-KNN, implicit ALS/BPR) on the SAME test queries, writes the
+item and query embeddings that `recforge index build` reads, the towers, and logs it all to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+from training.data import InMemoryBatches
+from training.retrieval.config import RetrievalConfig
+from training.retrieval.data import Batch, QuerySet, RetrievalData, load_retrieval_data
+from training.retrieval.model import TwoTower, mixed_negatives, sampled_softmax_loss
+from training.retrieval_eval import evaluate_scores, run_baselines
+from training.tracking import default_tracking_uri, ensure_experiment
+
+log = logging.getLogger("recforge.retrieval")
+
+ITEM_CODE = "__item_code"
+EVAL_BATCH = 8192
+
+
+def _chunks(batch: Batch, size: int) -> list[Batch]:
+    n = next(iter(batch.values())).shape[0]
+    return [{k: v[i: i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def embed(fn: Any, batch: Batch, device: torch.device) -> torch.Tensor:
+    """Apply a tower to a large batch in chunks; returns an N x O float32 CPU tensor."""
+    out = [fn({k: v.to(device, non_blocking=True) for k, v in part.items()}).float().cpu()
+           for part in _chunks(batch, EVAL_BATCH)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def evaluate_two_tower(model: TwoTower, data: RetrievalData, queries: QuerySet, ks: list[int],
+                       device: torch.device | None = None) -> dict[str, float]:
+    """Full-corpus ranking of the queries' users with the model's vectors; seen items excluded."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    items = embed(model.item, data.corpus, device)
+    users = torch.zeros((data.n_users, items.shape[1]))
+    users[torch.from_numpy(queries.users)] = embed(model.user, queries.batch, device)
+    model.train(was_training)
+
+    def scores(codes: np.ndarray) -> torch.Tensor:
+        return users[torch.from_numpy(codes)] @ items.T
+
+    return evaluate_scores(scores, queries.seen, queries.truth, ks=ks)
+
+
+class RetrievalTask(pl.LightningModule):
+    """Loss, optimizer and valid ranking metrics around a `TwoTower`."""
+
+    def __init__(self, model: TwoTower, cfg: RetrievalConfig, data: RetrievalData) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.data = data
+        self.save_hyperparameters({"retrieval": cfg.model_dump(mode="json")})
+        self.register_buffer("log_q", torch.from_numpy(data.item_log_q), persistent=False)
+        self._gen = torch.Generator().manual_seed(cfg.seed)
+        self.history: dict[str, list[float]] = {"train/loss": [], f"valid/recall@{cfg.select_k}": []}
+        self._losses: list[float] = []
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        user, item = self.model(batch)
+        codes = batch[ITEM_CODE]
+        neg = self.cfg.negatives
+        log_q = self.log_q[codes] if neg.logq_correction else None
+        extra_codes = mixed_negatives(len(self.data.corpus_ids), neg, self._gen)
+        extra_items = extra_log_q = None
+        if extra_codes is not None:
+            extra_codes = extra_codes.to(codes.device)
+            corpus = {k: v.index_select(0, extra_codes.cpu()).to(codes.device) for k, v in self.data.corpus.items()}
+            extra_items = self.model.item(corpus)
+            if neg.logq_correction:  # uniform: expected count N/I against B * q for the in-batch items
+                n_items = len(self.data.corpus_ids)
+                value = math.log(len(extra_codes) / (n_items * len(codes)))
+                extra_log_q = torch.full((len(extra_codes),), value, device=codes.device)
+        loss = sampled_softmax_loss(user, item, codes, log_q, self.model.temperature, extra_items, extra_codes,
+                                    extra_log_q, hard=neg.hard)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(codes))
+        self._losses.append(float(loss.detach()))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        metrics = evaluate_two_tower(self.model, self.data, self.data.valid, self.cfg.ks, self.device)
+        key = f"valid/recall@{self.cfg.select_k}"
+        value = metrics.get(f"recall@{self.cfg.select_k}", 0.0)
+        self.log(key, value, prog_bar=True)
+        for name in ("ndcg@10", "mrr"):
+            if name in metrics:
+                self.log(f"valid/{name}", metrics[name])
+        self.history[key].append(value)
+        self.history["train/loss"].append(float(np.mean(self._losses)) if self._losses else float("nan"))
+        self._losses = []
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+
+def _precision(cfg: RetrievalConfig) -> str:
+    from training.config import TrainConfig
+    from training.train import _precision as ctr_precision
+
+    return ctr_precision(TrainConfig(precision=cfg.precision, accelerator=cfg.accelerator))
+
+
+def _vectors_table(ids: np.ndarray, vectors: torch.Tensor, id_name: str) -> pa.Table:
+    flat = pa.array(vectors.numpy().astype(np.float32).reshape(-1))
+    return pa.table({id_name: pa.array(ids), "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
+
+
+def export_embeddings(model: TwoTower, data: RetrievalData, out_dir: Path, query_sample: int, seed: int) -> dict:
+    """Write item_embeddings.parquet (item_id, embedding) and query_embeddings.parquet (a seeded sample of real
+    held-out users' vectors, for the index recall guard)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    model.eval()
+    items = embed(model.item, data.corpus, device)
+    pq.write_table(_vectors_table(data.corpus_ids, items, "item_id"), out_dir / "item_embeddings.parquet")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.permutation(len(data.test.users))[:query_sample])
+    batch = {k: v[torch.from_numpy(pick)] for k, v in data.test.batch.items()}
+    users = embed(model.user, batch, device)
+    pq.write_table(_vectors_table(data.user_ids[data.test.users[pick]], users, "user_id"),
+                   out_dir / "query_embeddings.parquet")
+    return {"items": int(items.shape[0]), "queries": int(users.shape[0]), "dim": int(items.shape[1])}
+
+
+def train_retrieval(output_dir: str | Path, name: str, cfg: RetrievalConfig, *,
+                    config_doc: Mapping[str, Any] | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Train the two-tower model on `<output_dir>/prepared`; returns test metrics (model and baselines), paths."""
+    t0 = time.perf_counter()
+    output_dir = Path(output_dir)
+    prepared = output_dir / "prepared"
+    if not (prepared / "spec" / "feature_spec.json").is_file():
+        raise FileNotFoundError(f"{prepared}: no prepared features; run `recforge prepare --config ...` first")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    root = output_dir / "retrieval"
+    root.mkdir(parents=True, exist_ok=True)
+    data = load_retrieval_data(prepared, cfg)
+    model = TwoTower(data.towers, cfg.model)
+    task = RetrievalTask(model, cfg, data)
+    train = dict(data.train)
+    train[ITEM_CODE] = torch.from_numpy(data.train_items)
+    batches = InMemoryBatches(train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
+
+    uri = tracking_uri or default_tracking_uri(output_dir)
+    ensure_experiment(uri, name, output_dir)
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    logger = MLFlowLogger(experiment_name=name, tracking_uri=uri, run_name="two_tower", log_model=False)
+    monitor = f"valid/recall@{cfg.select_k}"
+    ckpt = ModelCheckpoint(dirpath=root / "checkpoints", filename="best", monitor=monitor, mode="max",
+                           save_top_k=1, save_on_train_epoch_end=True)
+    early = EarlyStopping(monitor=monitor, mode="max", patience=cfg.patience, check_on_train_epoch_end=True)
+    trainer = pl.Trainer(
+        accelerator="gpu" if cfg.accelerator == "cuda" else cfg.accelerator, devices=cfg.devices,
+        strategy=cfg.strategy, precision=_precision(cfg),  # type: ignore[arg-type]
+        max_epochs=cfg.max_epochs, callbacks=[ckpt, early], logger=logger, num_sanity_val_steps=0,
+        limit_val_batches=0, enable_model_summary=False, deterministic=False,
+    )
+    t_fit = time.perf_counter()
+    trainer.fit(task, train_dataloaders=batches)
+    fit_seconds = time.perf_counter() - t_fit
+    if ckpt.best_model_path:
+        state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        task.load_state_dict(state, strict=False)
+    model = task.model.cpu().eval()
+    samples = len(data.train_items) // cfg.batch_size * cfg.batch_size * max(trainer.current_epoch, 1)
+    test = evaluate_two_tower(model, data, data.test, cfg.ks, torch.device("cpu"))
+    baselines = run_baselines(data.fit_matrix, data.test.truth, ks=cfg.ks, names=cfg.baselines)
+    exported = export_embeddings(model, data, root / "embeddings", cfg.query_sample, cfg.seed)
+    torch.save(model.state_dict(), root / "two_tower.pt")
+    best_epoch = int(np.argmax(task.history[monitor])) if task.history[monitor] else -1
+    result: dict[str, Any] = {
+        "test": {"two_tower": test, **baselines},
+        "valid_history": task.history,
+        "best_epoch": best_epoch,
+        "epochs_run": trainer.current_epoch,
+        "train_samples_per_second": samples / fit_seconds if fit_seconds > 0 else 0.0,
+        "fit_seconds": fit_seconds,
+        "counts": data.counts,
+        "embeddings": {"dir": str(root / "embeddings"), **exported},
+        "model_path": str(root / "two_tower.pt"),
+        "mlflow_run_id": logger.run_id,
+        "tracking_uri": uri,
+        "seconds": time.perf_counter() - t0,
+    }
+    (root / "metrics.json").write_text(json.dumps(result, indent=2, default=float))
+    _log_run(logger, uri, result, cfg, config_doc, root, prepared)
+    return result
+
+
+def _log_run(logger: Any, uri: str, result: dict[str, Any], cfg: RetrievalConfig,
+             config_doc: Mapping[str, Any] | None, root: Path, prepared: Path) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = logger.run_id
+    for method, metrics in result["test"].items():
+        for key, value in metrics.items():
+            client.log_metric(run_id, f"test/{method}/{key.replace('@', '_at_')}", float(value))
+    client.log_param(run_id, "retrieval_config", json.dumps(cfg.model_dump(mode="json"))[:6000])
+    if config_doc is not None:
+        client.log_dict(run_id, dict(config_doc), "resolved_config.json")
+    # the retrieval bundle: towers, embeddings (index input) and the feature spec travel together
+    client.log_artifact(run_id, str(root / "two_tower.pt"), "retrieval_bundle")
+    client.log_artifacts(run_id, str(root / "embeddings"), "retrieval_bundle/embeddings")
+    client.log_artifacts(run_id, str(prepared / "spec"), "retrieval_bundle/feature_spec")
+    client.log_artifact(run_id, str(root / "metrics.json"), "retrieval_bundle")
