@@ -22,11 +22,8 @@ docs/benchmarks.md (between its marker comments) unless `--no-doc`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
-import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -40,10 +37,10 @@ import numpy as np
 
 from training.index import IndexConfig, ItemIndex, build_index
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchdoc
+
 REPO = Path(__file__).resolve().parents[1]
-DOC_START = "<!-- bench_index:start -->"
-DOC_END = "<!-- bench_index:end -->"
-DOC_HEADER = "# Benchmarks\n\nEach `scripts/bench_*.py` rewrites only its own section (between its marker comments).\n"
 K = 100
 RECALL_GOAL, SPEEDUP_GOAL = 0.95, 10.0
 
@@ -127,16 +124,8 @@ def build(kind: str, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, 
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable": len(os.sched_getaffinity(0)), "ram_gib": ram,
-            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-            "faiss": faiss.__version__, "numpy": np.__version__, "faiss_threads": faiss.omp_get_max_threads()}
+    return {**benchdoc.machine(), "faiss": faiss.__version__, "numpy": np.__version__,
+            "faiss_threads": faiss.omp_get_max_threads()}
 
 
 def goals(rows: list[Row]) -> list[str]:
@@ -192,17 +181,7 @@ def render(rows: list[Row], ctx: dict[str, Any]) -> str:
 
 
 def update_doc(path: Path, section: str) -> None:
-    """Replace this benchmark's block (between its markers) in `path`, or append it; nothing else changes."""
-    block = f"{DOC_START}\n{section}{DOC_END}"
-    text = path.read_text() if path.is_file() else DOC_HEADER
-    start, end = text.find(DOC_START), text.find(DOC_END)
-    if (start == -1) != (end == -1) or (start != -1 and end < start):
-        raise SystemExit(f"bench_index: {path}: markers {DOC_START} / {DOC_END} are unbalanced; fix them by hand")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        text = text[:start] + block + text[end + len(DOC_END):]
-    path.write_text(text)
+    benchdoc.update_doc(path, "bench_index", section)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -756,8 +756,9 @@ def render_synthetic(syn: dict[str, Any] | None, explore: dict[str, Any] | None)
             f"(a passthrough column, never a feature): test {_f(first['oracle_test'])}, valid "
             f"{_f(first['oracle_valid'])}",
             "- Model: DCNv2 trained by `train_ctr` with the config's `train:` section (plus "
-            f"`train.num_threads={THREADS}`, `train.accelerator=cpu`), and with the recommended overrides. "
-            f"The config's train settings at the time of the run: {_train_settings(first['train'])}",
+            f"`train.num_threads={THREADS}`, `train.accelerator=cpu`)"
+            + (", and with the recommended overrides. " if DEMO_RECOMMENDED else ". ")
+            + f"The config's train settings at the time of the run: {_train_settings(first['train'])}",
             "",
             "| run | overrides | valid AUC | test AUC | oracle test AUC | oracle - test | test logloss | test gAUC "
             "| best / run epochs | seconds |",

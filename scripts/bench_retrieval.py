@@ -1,0 +1,134 @@
+"""Benchmark of retrieval quality: the two-tower model against most-popular, item-KNN and implicit ALS/BPR.
+
+For each data set (`--datasets`, default MovieLens 100K and UCI Online Retail from ../shared/datasets), one run:
+`recforge prepare` with the scenario's config, then `recforge train retrieval` (`train_retrieval`), which trains
+the two-tower model (early stopping on valid recall@50) and fits every baseline on the SAME per-user time split
+(each user's latest 20% of positives are test; the latest 10% of the rest valid, which the baselines fit on
+too), then ranks the whole corpus for every test user with seen items excluded. Writes a table per data set
+(Recall/NDCG/HitRate@K, MRR, fit seconds) and the goal lines to its section of docs/benchmarks.md.
+
+    .venv/bin/python scripts/bench_retrieval.py
+    .venv/bin/python scripts/bench_retrieval.py --datasets movielens --no-doc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+import benchdoc  # noqa: E402
+
+CONFIGS = {"movielens": "configs/movielens.yaml", "retail": "configs/retail.yaml"}
+KS = (10, 20, 50, 100)
+NAME = "bench_retrieval"
+
+
+def log(msg: str) -> None:
+    print(f"{NAME}: {msg}", file=sys.stderr, flush=True)
+
+
+def run_one(name: str, work: Path, threads: int) -> dict[str, Any]:
+    from feature_store.prepare import prepare
+    from recforge.config import load
+    from training.retrieval.train import train_retrieval
+
+    cfg = load(REPO / CONFIGS[name], [f"output_dir={work / name}", f"retrieval.num_threads={threads}"])
+    if not Path(cfg.source.path).exists():  # type: ignore[union-attr]
+        raise SystemExit(f"{NAME}: {cfg.source.path} is absent; the real data sets live in ../shared/datasets")  # type: ignore[union-attr]
+    t0 = time.perf_counter()
+    summary = prepare(cfg).summary
+    log(f"{name}: prepared in {time.perf_counter() - t0:.1f} s")
+    result = train_retrieval(cfg.output_dir, f"{NAME}_{name}", cfg.retrieval)
+    result["prepare_rows"] = summary["events_kept"]
+    result["retrieval_config"] = cfg.retrieval.model_dump(mode="json")
+    log(f"{name}: two-tower recall@50 {result['test']['two_tower']['recall@50']:.4f}")
+    return result
+
+
+def render(results: dict[str, dict[str, Any]], ctx: dict[str, Any]) -> str:
+    m = ctx["machine"]
+    out = ["## Retrieval quality (bench_retrieval.py)", "",
+           "The two-tower model (`recforge train retrieval`) against most-popular, item-KNN (cosine item-item) and "
+           "the `implicit` library's ALS and BPR, on the same per-user time split, in one run per data set. "
+           "Full-corpus ranking for every test user, the user's train/valid items excluded.", "",
+           f"- Date: {ctx['date']}",
+           f"- Machine: {m['cpu']}, {m['usable']} cores usable, {m['ram_gib']:.1f} GiB RAM, {m['os']}; Python "
+           f"{m['python']}",
+           f"- Command: `{ctx['command']}`", ""]
+    for name, r in results.items():
+        c = r["counts"]
+        rc = r["retrieval_config"]
+        out += [f"### {name} (`{CONFIGS[name]}`)", "",
+                f"- Data: {r['prepare_rows']:,} prepared rows, {c['positives']:,} positives (label >= "
+                f"{rc['positive_threshold']}); {c['users']:,} users, corpus {c['items']:,} items (those with a row in "
+                f"the prepared train split; {c['positives_outside_corpus']:,} positives on other items dropped for "
+                f"every method)",
+                f"- Split (seed {rc['seed']}): per user by time, test = latest {rc['test_fraction']:.0%} of positives "
+                f"({c['test']:,}), valid = latest {rc['valid_fraction']:.0%} of the rest ({c['valid']:,}), train "
+                f"{c['train']:,}; baselines fit on train + valid",
+                f"- Two-tower: {json.dumps(rc['model'])}, negatives {json.dumps(rc['negatives'])}, batch "
+                f"{rc['batch_size']}, lr {rc['lr']}, {r['epochs_run']} epochs run (best {r['best_epoch'] + 1}, "
+                f"valid recall@{rc['select_k']}); {r['fit_seconds']:.1f} s training, "
+                f"{r['train_samples_per_second']:,.0f} samples/s", "",
+                "| method | " + " | ".join(f"recall@{k}" for k in KS) + " | ndcg@10 | ndcg@50 | hit_rate@50 | mrr | "
+                "fit s |", "|---|" + "---:|" * (len(KS) + 5)]
+        for method, mt in r["test"].items():
+            fit = r["fit_seconds"] if method == "two_tower" else mt.get("fit_seconds", float("nan"))
+            out.append(f"| {method} | " + " | ".join(f"{mt[f'recall@{k}']:.4f}" for k in KS)
+                       + f" | {mt['ndcg@10']:.4f} | {mt['ndcg@50']:.4f} | {mt['hit_rate@50']:.4f} | {mt['mrr']:.4f} "
+                       f"| {fit:.1f} |")
+        tt = r["test"]["two_tower"]
+        out.append("")
+        for peer in ("most_popular", "item_knn"):
+            if peer not in r["test"]:
+                continue
+            p = r["test"][peer]
+            wins = [k for k in ("recall@10", "recall@50", "ndcg@10") if tt[k] > p[k]]
+            verdict = "met" if len(wins) == 3 else "NOT met"
+            out.append(f"- Goal, beat {peer} (recall@10, recall@50 and ndcg@10): **{verdict}** (two-tower "
+                       f"{tt['recall@10']:.4f} / {tt['recall@50']:.4f} / {tt['ndcg@10']:.4f} vs "
+                       f"{p['recall@10']:.4f} / {p['recall@50']:.4f} / {p['ndcg@10']:.4f})")
+        for peer in ("als", "bpr"):
+            if peer in r["test"]:
+                p = r["test"][peer]
+                out.append(f"- Against implicit {peer.upper()}: recall@50 {tt['recall@50'] - p['recall@50']:+.4f}, "
+                           f"ndcg@10 {tt['ndcg@10'] - p['ndcg@10']:+.4f} (two-tower - {peer}); fit "
+                           f"{r['fit_seconds']:.1f} s vs {p['fit_seconds']:.1f} s")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--work-dir", type=Path, default=REPO / "runs" / NAME)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-doc", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    results = {name: run_one(name, args.work_dir, args.threads) for name in args.datasets}
+    argv_shown = list(argv) if argv is not None else sys.argv[1:]
+    ctx = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": benchdoc.machine(),
+           "command": " ".join(["python scripts/bench_retrieval.py", *argv_shown])}
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    (args.work_dir / "results.json").write_text(json.dumps({"ctx": ctx, "results": results}, indent=2, default=str))
+    section = render(results, ctx)
+    print(section)
+    if not args.no_doc:
+        benchdoc.update_doc(benchdoc.DOC, NAME, section)
+        log(f"wrote its section of {benchdoc.DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
