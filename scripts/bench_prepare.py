@@ -373,6 +373,9 @@ def pandas_prepare(cfg: Any, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
         out["label"] = ev[label].astype("float32").to_numpy()
         for c in f.passthrough:
             out[c] = ev[c].to_numpy()
+        # the raw row keys the prepared shards carry (FeatureSpec.key_columns)
+        for out_name, c in (("__user_key", f.user_key), ("__item_key", f.item_key), ("__ts", f.timestamp)):
+            out[out_name] = ev[c].to_numpy()
         if reordered:
             order = np.argsort(ev["_row"].to_numpy(), kind="stable")
             out, split = out.iloc[order].reset_index(drop=True), split[order]

@@ -119,10 +119,10 @@ class RetrievalTask(pl.LightningModule):
 
 
 def _precision(cfg: RetrievalConfig) -> str:
-    from training.config import TrainConfig
-    from training.train import _precision as ctr_precision
-
-    return ctr_precision(TrainConfig(precision=cfg.precision, accelerator=cfg.accelerator))
+    """auto = bf16 autocast on CUDA, fp32 on CPU (CPU bf16 is measured for the CTR models only)."""
+    if cfg.precision != "auto":
+        return "32-true" if cfg.precision == "32" else cfg.precision
+    return "bf16-mixed" if torch.cuda.is_available() and cfg.accelerator != "cpu" else "32-true"
 
 
 def _vectors_table(ids: np.ndarray, vectors: torch.Tensor, id_name: str) -> pa.Table:
