@@ -138,6 +138,7 @@ def test_sharded_mode_on_cpu_rejects_adam_for_tables_and_names_the_fix() -> None
 def _cfg(**kw: object) -> TrainConfig:
     base: dict[str, object] = dict(model="dcnv2", batch_size=512, max_epochs=3, model_params={"dcnv2": DCN},
                                    accelerator="cpu",  # gloo / CPU workers even where a GPU is present
+                                   precision="32",  # the workers' report and the driver's re-evaluation compare exactly
                                    optim={"dense_lr": 0.003, "embedding_lr": 0.01}, tracking={"log_model": False})
     base.update(kw)
     return TrainConfig.model_validate(base)
