@@ -41,15 +41,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
-DOC_START = "<!-- bench_prepare:start -->"
-DOC_END = "<!-- bench_prepare:end -->"
+if str(REPO / "scripts") not in sys.path:
+    sys.path.insert(0, str(REPO / "scripts"))
+import benchdoc  # noqa: E402
+
 SECTION_TITLE = "## Feature preparation (bench_prepare.py)"
-DOC_HEADER = (
-    "# Benchmarks\n\n"
-    "Every figure here comes from one real run of a script under `scripts/` (`bench_*.py`), side by side with\n"
-    "a peer or a reference in the same run, with the command, the data and the machine. Each script rewrites\n"
-    "only its own section (between its marker comments).\n"
-)
 SPLITS = ("train", "valid", "test")
 DAY = 86_400
 GIB = 1024**3
@@ -650,22 +646,8 @@ def render_section(ctx: dict[str, Any]) -> str:
 
 
 def update_doc(path: Path, section: str) -> None:
-    """Replace this benchmark's block (between its markers) in `path`, leaving the rest of the file alone."""
-    block = f"{DOC_START}\n{section.rstrip()}\n{DOC_END}"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(DOC_HEADER + "\n" + block + "\n")
-        return
-    text = path.read_text()
-    start, end = text.find(DOC_START), text.find(DOC_END)
-    if start >= 0 and end > start:
-        text = text[:start] + block + text[end + len(DOC_END):]
-    elif start >= 0 or end >= 0:
-        raise SystemExit(f"bench_prepare: {path}: found only one of the markers {DOC_START} / {DOC_END}; "
-                         f"restore both around the '{SECTION_TITLE}' section (or remove both)")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    """Replace this benchmark's block (between its markers) in `path`, or append it; nothing else changes."""
+    benchdoc.update_doc(path, "bench_prepare", section.rstrip() + "\n")
 
 
 def _agreement(rf_summary: dict[str, Any], pd_summary: dict[str, Any], rf_spec: dict[str, Any],

@@ -48,12 +48,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "scripts") not in sys.path:
+    sys.path.insert(0, str(REPO / "scripts"))
+import benchdoc  # noqa: E402
+
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 DOC = REPO / "docs" / "benchmarks.md"
-DOC_START = "<!-- bench_quality:start -->"
-DOC_END = "<!-- bench_quality:end -->"
 SECTION_TITLE = "## CTR quality (bench_quality.py)"
 PARTS = ("movielens", "peer", "synthetic", "explore")
 DEFAULT_PARTS = ("movielens", "peer", "synthetic")
@@ -837,22 +839,8 @@ def render(work: Path) -> str:
 
 
 def update_doc(path: Path, section: str) -> None:
-    """Replace this benchmark's block (between its markers) in `path`, leaving the rest of the file alone."""
-    block = f"{DOC_START}\n{section.rstrip()}\n{DOC_END}"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# Benchmarks\n\n" + block + "\n")
-        return
-    text = path.read_text()
-    start, end = text.find(DOC_START), text.find(DOC_END)
-    if start >= 0 and end > start:
-        text = text[:start] + block + text[end + len(DOC_END):]
-    elif start >= 0 or end >= 0:
-        raise SystemExit(f"bench_quality: {path}: found only one of the markers {DOC_START} / {DOC_END}; "
-                         f"restore both around the '{SECTION_TITLE}' section (or remove both)")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    """Replace this benchmark's block (between its markers) in `path`, or append it; nothing else changes."""
+    benchdoc.update_doc(path, "bench_quality", section.rstrip() + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ main

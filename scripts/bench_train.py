@@ -73,11 +73,12 @@ from training.models import build_model
 from training.task import CTRTask
 from training.train import _precision, cpu_has_native_bf16
 
-DOC_START = "<!-- bench_train:start -->"
-DOC_END = "<!-- bench_train:end -->"
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "scripts") not in sys.path:
+    sys.path.insert(0, str(REPO / "scripts"))
+import benchdoc  # noqa: E402
+
 SECTION_TITLE = "## CTR training throughput (bench_train.py)"
-DOC_HEADER = "# Benchmarks\n\nEach `scripts/bench_*.py` rewrites only its own section (between its marker comments).\n"
 N_DENSE, N_SPARSE = 13, 26
 EMB_DIM = 16
 DCN_PARAMS: dict[str, Any] = {"embedding_dim": EMB_DIM, "cross_layers": 3, "mlp": [256, 128], "structure": "parallel"}
@@ -918,16 +919,7 @@ def render_section(ctx: dict[str, Any]) -> str:
 
 def update_doc(path: Path, section: str) -> None:
     """Replace this benchmark's block (between its markers) in `path`, or append it; nothing else changes."""
-    block = f"{DOC_START}\n{section}{DOC_END}"
-    text = path.read_text() if path.is_file() else DOC_HEADER
-    start, end = text.find(DOC_START), text.find(DOC_END)
-    if (start == -1) != (end == -1) or (start != -1 and end < start):
-        raise SystemExit(f"bench_train: {path}: markers {DOC_START} / {DOC_END} are unbalanced; fix them by hand")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        text = text[:start] + block + text[end + len(DOC_END):]
-    path.write_text(text)
+    benchdoc.update_doc(path, "bench_train", section.rstrip() + "\n")
 
 
 def print_table(ctx: dict[str, Any]) -> None:
