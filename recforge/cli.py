@@ -131,6 +131,11 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
     options = COMMANDS[args.command][1]
     if args.command == "train" and getattr(args, "kind", "ctr") == "retrieval":
         options = COMMON + RETRIEVAL
+        allowed = {o.flag for o in options}
+        ignored = [o.flag for o in TRAIN if o.flag not in allowed and getattr(args, _dest(o), None) is not None]
+        if ignored:
+            raise ConfigError(f"recforge train retrieval does not take {', '.join(ignored)} (options of `train ctr`); "
+                              f"set retrieval.* keys with --set instead (docs/config.md#retrieval)")
     for opt in options:
         value = getattr(args, _dest(opt), None)
         if value is not None:
@@ -152,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:  # keep stdout valid JSON: no progress bars there
         os.environ["RECFORGE_PROGRESS"] = "0"
     try:
-        cfg = config_mod.load(args.config, overrides_from_args(args))
+        overrides = overrides_from_args(args)
+        cfg = config_mod.load(args.config, overrides)
         result = _run(args.command, cfg, getattr(args, "kind", None))
     except (ConfigError, RejectFractionExceeded, FileNotFoundError, SpecError, ConnectionError) as exc:
         print(f"recforge {args.command}: error: {exc}", file=sys.stderr)

@@ -70,3 +70,9 @@ def test_flags_override_the_config_and_reach_the_resolved_config(capsys: pytest.
 
     doc = json.loads(capsys.readouterr().out)
     assert doc["seed"] == 5 and doc["prepare"]["ray_address"] == "auto"
+
+
+def test_train_retrieval_refuses_options_of_train_ctr(capsys: pytest.CaptureFixture) -> None:
+    rc = main(["train", "retrieval", "--config", str(ROOT / "configs" / "movielens.yaml"), "--model", "dcnv2"])
+    assert rc == 2
+    assert "does not take --model" in capsys.readouterr().err
