@@ -117,6 +117,16 @@ class RetrievalTask(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
+    def train_dataloader(self) -> InMemoryBatches:
+        """The train positives in batches of a seeded per-epoch permutation; under DDP each rank takes its share
+        of every epoch's permutation (the trainer's rank and world size), pinned for non-blocking copies on CUDA."""
+        trainer = self.trainer
+        train = dict(self.data.train)
+        train[ITEM_CODE] = torch.from_numpy(self.data.train_items)
+        return InMemoryBatches(train, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed, drop_last=True,
+                               pin_memory=torch.cuda.is_available(), epoch_fn=lambda: int(trainer.current_epoch),
+                               rank=int(trainer.global_rank), world_size=int(trainer.world_size))
+
 
 def _precision(cfg: RetrievalConfig) -> str:
     """auto = bf16 autocast on CUDA, fp32 on CPU (CPU bf16 is measured for the CTR models only)."""
@@ -163,9 +173,6 @@ def train_retrieval(output_dir: str | Path, name: str, cfg: RetrievalConfig, *,
     data = load_retrieval_data(prepared, cfg)
     model = TwoTower(data.towers, cfg.model)
     task = RetrievalTask(model, cfg, data)
-    train = dict(data.train)
-    train[ITEM_CODE] = torch.from_numpy(data.train_items)
-    batches = InMemoryBatches(train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
 
     uri = tracking_uri or default_tracking_uri(output_dir)
     ensure_experiment(uri, name, output_dir)
@@ -183,7 +190,7 @@ def train_retrieval(output_dir: str | Path, name: str, cfg: RetrievalConfig, *,
         limit_val_batches=0, enable_model_summary=False, deterministic=False,
     )
     t_fit = time.perf_counter()
-    trainer.fit(task, train_dataloaders=batches)
+    trainer.fit(task)
     fit_seconds = time.perf_counter() - t_fit
     if ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
