@@ -67,6 +67,14 @@ def evaluate_two_tower(model: TwoTower, data: RetrievalData, queries: QuerySet, 
     return evaluate_scores(scores, queries.seen, queries.truth, ks=ks)
 
 
+class ValidRanking(pl.Callback):
+    """Runs `RetrievalTask.validate_epoch` at each train epoch end, before the callbacks that read its metric
+    (list it first: callbacks run in order, and EarlyStopping / ModelCheckpoint after every other one)."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.validate_epoch()  # type: ignore[operator]
+
+
 class RetrievalTask(pl.LightningModule):
     """Loss, optimizer and valid ranking metrics around a `TwoTower`."""
 
@@ -102,7 +110,8 @@ class RetrievalTask(pl.LightningModule):
         self._losses.append(float(loss.detach()))
         return loss
 
-    def on_train_epoch_end(self) -> None:
+    def validate_epoch(self) -> None:
+        """Full-corpus ranking of the valid queries; logs valid/recall@`select_k` (early stopping, checkpoints)."""
         metrics = evaluate_two_tower(self.model, self.data, self.data.valid, self.cfg.ks, self.device)
         key = f"valid/recall@{self.cfg.select_k}"
         value = metrics.get(f"recall@{self.cfg.select_k}", 0.0)
@@ -186,7 +195,7 @@ def train_retrieval(output_dir: str | Path, name: str, cfg: RetrievalConfig, *,
     trainer = pl.Trainer(
         accelerator="gpu" if cfg.accelerator == "cuda" else cfg.accelerator, devices=cfg.devices,
         strategy=cfg.strategy, precision=_precision(cfg),  # type: ignore[arg-type]
-        max_epochs=cfg.max_epochs, callbacks=[ckpt, early], logger=logger, num_sanity_val_steps=0,
+        max_epochs=cfg.max_epochs, callbacks=[ValidRanking(), ckpt, early], logger=logger, num_sanity_val_steps=0,
         limit_val_batches=0, enable_model_summary=False, deterministic=False,
     )
     t_fit = time.perf_counter()
@@ -195,30 +204,36 @@ def train_retrieval(output_dir: str | Path, name: str, cfg: RetrievalConfig, *,
     if ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state, strict=False)
+    result = finish(task, data, cfg, root, fit_seconds, trainer.current_epoch)
+    result.update({"mlflow_run_id": logger.run_id, "tracking_uri": uri, "seconds": time.perf_counter() - t0})
+    (root / "metrics.json").write_text(json.dumps(result, indent=2, default=float))
+    _log_run(logger, uri, result, cfg, config_doc, root, prepared)
+    return result
+
+
+def finish(task: RetrievalTask, data: RetrievalData, cfg: RetrievalConfig, root: Path, fit_seconds: float,
+           epochs_run: int) -> dict[str, Any]:
+    """After training (best weights loaded in `task`): test metrics of the model and the baselines on the same
+    queries, exported embeddings and towers under `root`."""
     model = task.model.cpu().eval()
-    samples = len(data.train_items) // cfg.batch_size * cfg.batch_size * max(trainer.current_epoch, 1)
+    samples = len(data.train_items) // cfg.batch_size * cfg.batch_size * max(epochs_run, 1)
     test = evaluate_two_tower(model, data, data.test, cfg.ks, torch.device("cpu"))
     baselines = run_baselines(data.fit_matrix, data.test.truth, ks=cfg.ks, names=cfg.baselines)
     exported = export_embeddings(model, data, root / "embeddings", cfg.query_sample, cfg.seed)
     torch.save(model.state_dict(), root / "two_tower.pt")
-    best_epoch = int(np.argmax(task.history[monitor])) if task.history[monitor] else -1
-    result: dict[str, Any] = {
+    monitor = f"valid/recall@{cfg.select_k}"
+    history = task.history[monitor]
+    return {
         "test": {"two_tower": test, **baselines},
         "valid_history": task.history,
-        "best_epoch": best_epoch,
-        "epochs_run": trainer.current_epoch,
+        "best_epoch": int(np.argmax(history)) if history else -1,
+        "epochs_run": epochs_run,
         "train_samples_per_second": samples / fit_seconds if fit_seconds > 0 else 0.0,
         "fit_seconds": fit_seconds,
         "counts": data.counts,
         "embeddings": {"dir": str(root / "embeddings"), **exported},
         "model_path": str(root / "two_tower.pt"),
-        "mlflow_run_id": logger.run_id,
-        "tracking_uri": uri,
-        "seconds": time.perf_counter() - t0,
     }
-    (root / "metrics.json").write_text(json.dumps(result, indent=2, default=float))
-    _log_run(logger, uri, result, cfg, config_doc, root, prepared)
-    return result
 
 
 def _log_run(logger: Any, uri: str, result: dict[str, Any], cfg: RetrievalConfig,
