@@ -73,6 +73,8 @@ RETRIEVAL = [
     Option("--epochs", "retrieval.max_epochs", int, "maximum epochs (config: retrieval.max_epochs)"),
     Option("--batch-size", "retrieval.batch_size", int, "training batch size (config: retrieval.batch_size)"),
     Option("--accelerator", "retrieval.accelerator", str, "auto, cpu or gpu (config: retrieval.accelerator)"),
+    Option("--ray-workers", "retrieval.ray_workers", int, "train through Ray Train with N workers"),
+    Option("--ray-address", "prepare.ray_address", str, "Ray cluster for --ray-workers (default: a local Ray)"),
     Option("--tracking-uri", "train.tracking.uri", str, "MLflow tracking URI (default: <output_dir>/mlflow.db)"),
 ]
 INDEX = [

@@ -71,7 +71,7 @@ def train_retrieval(cfg: RecForgeConfig) -> dict[str, Any]:
 
     try:
         return run_retrieval(cfg.output_dir, cfg.name, cfg.retrieval, config_doc=cfg.model_dump(mode="json"),
-                             tracking_uri=cfg.train.tracking.uri)
+                             tracking_uri=cfg.train.tracking.uri, ray_address=cfg.prepare.ray_address)
     except ValueError as exc:
         if "retrieval." in str(exc):
             raise ConfigError(str(exc)) from None

@@ -138,3 +138,15 @@ def test_retrieval_run_is_tracked_in_mlflow_with_the_bundle(demo_prepared: RecFo
     assert "test/most_popular/recall_at_50" in run.data.metrics
     files = {a.path for a in client.list_artifacts(run.info.run_id, "retrieval_bundle")}
     assert {"retrieval_bundle/two_tower.pt", "retrieval_bundle/embeddings", "retrieval_bundle/feature_spec"} <= files
+
+
+@pytest.mark.slow
+def test_two_tower_trains_through_ray_train_with_two_cpu_workers(demo_prepared: RecForgeConfig) -> None:
+    cfg = demo_prepared
+    rcfg = cfg.retrieval.model_copy(update={"ray_workers": 2, "max_epochs": 2, "num_threads": 1})
+    result = train_retrieval(cfg.output_dir, "retrieval_ray", rcfg)
+    assert result["distributed"]["workers"] == 2 and result["epochs_run"] == 2
+    assert len(result["valid_history"]["valid/recall@50"]) == 2
+    n_items = result["counts"]["items"]
+    assert result["test"]["two_tower"]["recall@10"] > 3 * 10 / n_items, result["test"]
+    assert (Path(result["embeddings"]["dir"]) / "item_embeddings.parquet").is_file()

@@ -64,4 +64,5 @@ class RetrievalConfig(StrictModel):
     strategy: Literal["auto", "ddp"] = "auto"
     precision: Literal["auto", "32", "bf16-mixed"] = "auto"
     num_threads: int | None = Field(None, gt=0)
+    ray_workers: int = Field(0, ge=0, description=">0 trains through Ray Train with that many workers")
     query_sample: int = Field(2000, gt=0, description="user vectors exported for the index recall guard")

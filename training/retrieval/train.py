@@ -167,8 +167,16 @@ def export_embeddings(model: TwoTower, data: RetrievalData, out_dir: Path, query
 
 
 def train_retrieval(output_dir: str | Path, name: str, cfg: RetrievalConfig, *,
-                    config_doc: Mapping[str, Any] | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Train the two-tower model on `<output_dir>/prepared`; returns test metrics (model and baselines), paths."""
+                    config_doc: Mapping[str, Any] | None = None, tracking_uri: str | None = None,
+                    ray_address: str | None = None) -> dict[str, Any]:
+    """Train the two-tower model on `<output_dir>/prepared`; returns test metrics (model and baselines), paths.
+
+    With `cfg.ray_workers > 0` the training runs through Ray Train (`training.retrieval.distributed`)."""
+    if cfg.ray_workers > 0:
+        from training.retrieval.distributed import train_retrieval_ray
+
+        return train_retrieval_ray(output_dir, name, cfg, config_doc=config_doc, tracking_uri=tracking_uri,
+                                   ray_address=ray_address)
     t0 = time.perf_counter()
     output_dir = Path(output_dir)
     prepared = output_dir / "prepared"

@@ -1,0 +1,123 @@
+"""Two-tower training through Ray Train (`retrieval.ray_workers > 0`): the same Lightning task on N workers.
+
+Each worker loads the retrieval data, takes its rank's share of every epoch's permutation
+(`RetrievalTask.train_dataloader` under Ray's DDP strategy), validates on the whole valid query set (all ranks
+agree without a gather) and reports the metric with a checkpoint. Ray Train keeps the best checkpoint by valid
+recall@`select_k`; the driver loads it and finishes as the single-process job does (test metrics beside the
+baselines, exported embeddings, MLflow).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping
+
+from training.retrieval.config import RetrievalConfig
+from training.retrieval.data import load_retrieval_data
+from training.retrieval.model import TwoTower
+from training.retrieval.train import RetrievalTask, ValidRanking, _log_run, _precision, finish
+from training.tracking import default_tracking_uri, ensure_experiment
+
+RUN_NAME = "two_tower"
+
+
+def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
+    """`train_loop_per_worker`: the Lightning job of `train_retrieval` on this worker's share of the data."""
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
+
+    cfg = RetrievalConfig.model_validate(config["retrieval"])
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = load_retrieval_data(config["prepared"], cfg)
+    task = RetrievalTask(TwoTower(data.towers, cfg.model), cfg, data)
+    monitor = f"valid/recall@{cfg.select_k}"
+    trainer = pl.Trainer(
+        accelerator="gpu" if config["use_gpu"] else "cpu", devices="auto", strategy=RayDDPStrategy(),
+        plugins=[RayLightningEnvironment()], precision=config["precision"], max_epochs=cfg.max_epochs,
+        callbacks=[ValidRanking(), RayTrainReportCallback(),
+                   EarlyStopping(monitor=monitor, mode="max", patience=cfg.patience, check_on_train_epoch_end=True)],
+        logger=False, enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+        enable_model_summary=False, enable_progress_bar=False, deterministic=False,
+    )
+    trainer = prepare_trainer(trainer)
+    trainer.fit(task)
+    return {"history": task.history, "epochs_run": trainer.current_epoch}
+
+
+def train_retrieval_ray(output_dir: str | Path, name: str, cfg: RetrievalConfig, *,
+                        config_doc: Mapping[str, Any] | None = None, tracking_uri: str | None = None,
+                        ray_address: str | None = None) -> dict[str, Any]:
+    """`train_retrieval` over `cfg.ray_workers` Ray Train workers; same result plus `distributed`."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.lightning import RayTrainReportCallback
+    from ray.train.torch import TorchTrainer
+
+    from feature_store.raycluster import ensure_ray
+
+    t0 = time.perf_counter()
+    output_dir = Path(output_dir)
+    prepared = output_dir / "prepared"
+    if not (prepared / "spec" / "feature_spec.json").is_file():
+        raise FileNotFoundError(f"{prepared}: no prepared features; run `recforge prepare --config ...` first")
+    workers = cfg.ray_workers
+    use_gpu = torch.cuda.is_available() and cfg.accelerator != "cpu"
+    have = ensure_ray(ray_address).cluster_resources()
+    if have.get("CPU", 0) < workers or (use_gpu and have.get("GPU", 0) < workers):
+        raise ValueError(f"retrieval.ray_workers={workers} needs {workers} CPUs{' and GPUs' if use_gpu else ''} in "
+                         f"the Ray cluster, which has {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs; "
+                         f"lower retrieval.ray_workers or add nodes")
+    root = output_dir / "retrieval"
+    root.mkdir(parents=True, exist_ok=True)
+    monitor = f"valid/recall@{cfg.select_k}"
+    precision = _precision(cfg)
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"retrieval": cfg.model_dump(mode="json"), "prepared": str(prepared.resolve()),
+                           "use_gpu": use_gpu, "precision": precision},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name=RUN_NAME, storage_path=str((root / "ray").resolve()),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=monitor,
+                                                                checkpoint_score_order="max")),
+    )
+    t_fit = time.perf_counter()
+    result = trainer.fit()
+    fit_seconds = time.perf_counter() - t_fit
+    best = result.get_best_checkpoint(monitor, "max") if result.best_checkpoints else result.checkpoint
+    if best is None:
+        raise RuntimeError(f"Ray Train finished without a checkpoint ({result.path}); see its logs")
+    data = load_retrieval_data(prepared, cfg)
+    task = RetrievalTask(TwoTower(data.towers, cfg.model), cfg, data)
+    with best.as_directory() as d:
+        state = torch.load(Path(d) / RayTrainReportCallback.CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+    task.load_state_dict(state["state_dict"], strict=False)
+    worker = getattr(result, "return_value", None) or {}  # rank 0's return value: its per-epoch history
+    task.history.update(worker.get("history", {}))
+    epochs_run = int(worker.get("epochs_run", len(task.history.get(monitor, []))))
+    out = finish(task, data, cfg, root, fit_seconds, epochs_run)
+
+    uri = tracking_uri or default_tracking_uri(output_dir)
+    ensure_experiment(uri, name, output_dir)
+    import mlflow
+
+    run = mlflow.MlflowClient(tracking_uri=uri).create_run(
+        mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(name).experiment_id,
+        run_name=RUN_NAME, tags={"recforge.mode": "ray_train", "recforge.ray_workers": str(workers)})
+
+    class _Logger:  # what `_log_run` needs of Lightning's MLFlowLogger
+        run_id = run.info.run_id
+
+    out.update({"mlflow_run_id": run.info.run_id, "tracking_uri": uri, "seconds": time.perf_counter() - t0,
+                "distributed": {"mode": "ray_train", "workers": workers, "use_gpu": use_gpu,
+                                "ray_result_path": str(result.path)}})
+    (root / "metrics.json").write_text(json.dumps(out, indent=2, default=float))
+    _log_run(_Logger(), uri, out, cfg, config_doc, root, prepared)
+    mlflow.MlflowClient(tracking_uri=uri).set_terminated(run.info.run_id, "FINISHED")
+    return out
