@@ -21,6 +21,7 @@ from feature_store.config import ConfigError
 from feature_store.rejects import RejectFractionExceeded
 from feature_store.spec import SpecError
 from recforge import config as config_mod
+from training.index import IndexRecallError
 
 
 @dataclass(frozen=True)
@@ -159,18 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:  # keep stdout valid JSON: no progress bars there
         os.environ["RECFORGE_PROGRESS"] = "0"
     try:
-        overrides = overrides_from_args(args)
-        cfg = config_mod.load(args.config, overrides)
+        cfg = config_mod.load(args.config, overrides_from_args(args))
         result = _run(args.command, cfg, getattr(args, "kind", None))
     except (ConfigError, RejectFractionExceeded, FileNotFoundError, SpecError, ConnectionError) as exc:
         print(f"recforge {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except IndexRecallError as exc:  # a built index below the recall floor: nothing was written
+        print(f"recforge {args.command}: error: {exc}", file=sys.stderr)
+        return 3
     except Exception as exc:
-        from training.index import IndexRecallError
-
-        if isinstance(exc, IndexRecallError):
-            print(f"recforge {args.command}: error: {exc}", file=sys.stderr)
-            return 3
         if type(exc).__module__.startswith("redis"):  # server unreachable, auth, ...
             print(f"recforge {args.command}: error: online store: {exc}", file=sys.stderr)
             return 2

@@ -493,14 +493,7 @@ def _shown(command: Sequence[str]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = benchdoc.cpu_model()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:

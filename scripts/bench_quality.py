@@ -97,12 +97,7 @@ def datasets_dir() -> Path:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = benchdoc.cpu_model()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:

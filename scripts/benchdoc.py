@@ -16,14 +16,18 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 DOC_HEADER = "# Benchmarks\n\nEach `scripts/bench_*.py` rewrites only its own section (between its marker comments).\n"
 
 
-def machine() -> dict[str, Any]:
-    """CPU model, cores (all and usable), RAM, OS and Python version of this machine."""
-    cpu = platform.processor() or "unknown CPU"
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() where that is unreadable)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores (all and usable), RAM, OS and Python version of this machine."""
+    cpu = cpu_model()
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     return {"cpu": cpu, "cores": os.cpu_count(), "usable": len(os.sched_getaffinity(0)), "ram_gib": ram,
             "os": f"{platform.system()} {platform.release()}", "python": platform.python_version()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -218,15 +219,26 @@ class BPRConfig(StrictModel):
 class _FactorModel(_Baseline):
     """A fitted user x factor and item x factor pair; score = dot product."""
 
+    config: Any  # the subclass's config; its `num_threads` (None = all usable cores) sizes the fit
+
     def __init__(self) -> None:
         super().__init__()
         self.user_factors = np.zeros((0, 0), dtype=np.float32)
         self.item_factors = np.zeros((0, 0), dtype=np.float32)
 
-    def _fit_implicit(self, model: Any, x: sp.csr_matrix) -> None:
-        model.fit(x, show_progress=False)  # implicit >= 0.5: the user x item matrix
+    def _fit_implicit(self, x: sp.csr_matrix, make_model: Callable[[int], Any]) -> None:
+        """Fit the implicit model `make_model(num_threads)` on `x` with BLAS held to one thread; keeps the
+        factors and the fit time."""
+        from threadpoolctl import threadpool_limits
+
+        t0 = time.perf_counter()
+        self._start_fit(x)
+        with threadpool_limits(1, "blas"):
+            model = make_model(self.config.num_threads or _threads())
+            model.fit(x, show_progress=False)  # implicit >= 0.5: the user x item matrix
         self.user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        self.fit_seconds = time.perf_counter() - t0
 
     def scores(self, users: np.ndarray) -> np.ndarray:
         u = self._users(users)
@@ -259,19 +271,11 @@ class ImplicitALS(_FactorModel):
 
     def fit(self, train: sp.spmatrix) -> ImplicitALS:
         from implicit.cpu.als import AlternatingLeastSquares
-        from threadpoolctl import threadpool_limits
 
-        t0 = time.perf_counter()
-        x = as_csr(train, "train", "ImplicitALS.fit")
-        self._start_fit(x)
         c = self.config
-        with threadpool_limits(1, "blas"):
-            model = AlternatingLeastSquares(
-                factors=c.factors, regularization=c.regularization, alpha=c.alpha, iterations=c.iterations,
-                random_state=c.seed, num_threads=c.num_threads or _threads(),
-            )
-            self._fit_implicit(model, x)
-        self.fit_seconds = time.perf_counter() - t0
+        self._fit_implicit(as_csr(train, "train", "ImplicitALS.fit"), lambda threads: AlternatingLeastSquares(
+            factors=c.factors, regularization=c.regularization, alpha=c.alpha, iterations=c.iterations,
+            random_state=c.seed, num_threads=threads))
         return self
 
 
@@ -301,20 +305,11 @@ class ImplicitBPR(_FactorModel):
 
     def fit(self, train: sp.spmatrix) -> ImplicitBPR:
         from implicit.cpu.bpr import BayesianPersonalizedRanking
-        from threadpoolctl import threadpool_limits
 
-        t0 = time.perf_counter()
-        x = _binary(train, "ImplicitBPR.fit")
-        self._start_fit(x)
         c = self.config
-        with threadpool_limits(1, "blas"):
-            model = BayesianPersonalizedRanking(
-                factors=c.factors, learning_rate=c.learning_rate, regularization=c.regularization,
-                iterations=c.iterations, random_state=c.seed, num_threads=c.num_threads or _threads(),
-                verify_negative_samples=True,
-            )
-            self._fit_implicit(model, x)
-        self.fit_seconds = time.perf_counter() - t0
+        self._fit_implicit(_binary(train, "ImplicitBPR.fit"), lambda threads: BayesianPersonalizedRanking(
+            factors=c.factors, learning_rate=c.learning_rate, regularization=c.regularization,
+            iterations=c.iterations, random_state=c.seed, num_threads=threads, verify_negative_samples=True))
         return self
 
 

@@ -74,12 +74,18 @@ def cpu_has_native_bf16() -> bool:
     return (" avx512_bf16" in flags or " amx_bf16" in flags) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def lightning_precision(precision: str, accelerator: str, *, cpu_bf16: bool = True) -> str:
+    """A `precision` config value for Lightning: auto = bf16 autocast on CUDA and (with `cpu_bf16`) on CPUs with
+    native bf16, else fp32; "32" = "32-true"."""
+    if precision != "auto":
+        return "32-true" if precision == "32" else precision
+    on_cuda = torch.cuda.is_available() and accelerator != "cpu"
+    return "bf16-mixed" if on_cuda or (cpu_bf16 and cpu_has_native_bf16()) else "32-true"
+
+
 def _precision(cfg: TrainConfig) -> str:
-    """`train.precision` for Lightning: auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32."""
-    if cfg.precision != "auto":
-        return "32-true" if cfg.precision == "32" else cfg.precision
-    on_cuda = torch.cuda.is_available() and cfg.accelerator != "cpu"
-    return "bf16-mixed" if on_cuda or cpu_has_native_bf16() else "32-true"
+    """`train.precision` for Lightning (`lightning_precision`)."""
+    return lightning_precision(cfg.precision, cfg.accelerator)
 
 
 def train_ctr(output_dir: str | Path, name: str, cfg: TrainConfig, *, config_doc: Mapping[str, Any] | None = None,

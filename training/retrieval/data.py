@@ -124,12 +124,8 @@ class RetrievalData:
     counts: dict[str, int]
 
 
-def read_rows(prepared: Path, columns: list[str], splits: tuple[str, ...] = ("train", "valid", "test")) -> pa.Table:
-    parts = []
-    for split in splits:
-        for f in shard_files(prepared / split):
-            parts.append(pq.read_table(f, columns=columns))
-    return pa.concat_tables(parts)
+def read_split(prepared: Path, split: str, columns: list[str]) -> pa.Table:
+    return pa.concat_tables(pq.read_table(f, columns=columns) for f in shard_files(prepared / split))
 
 
 def _last_per_key(keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -168,15 +164,14 @@ def load_retrieval_data(prepared: str | Path, cfg: RetrievalConfig) -> Retrieval
     if missing:
         raise ValueError(f"{prepared}: prepared shards lack {missing}; re-run `recforge prepare` (the row keys "
                          f"__user_key/__item_key/__ts are written by this version)")
-    train_split = read_rows(prepared, cols, ("train",))
+    parts = {split: read_split(prepared, split, cols) for split in ("train", "valid", "test")}
     # corpus: items of the train split with their latest item-side features
-    t_items = train_split.column(ITEM_KEY).to_numpy()
-    last = _last_per_key(t_items, train_split.column(TS_KEY).to_numpy())
-    corpus_table = train_split.take(pa.array(last))
+    t_items = parts["train"].column(ITEM_KEY).to_numpy()
+    last = _last_per_key(t_items, parts["train"].column(TS_KEY).to_numpy())
+    corpus_table = parts["train"].take(pa.array(last))
     corpus_ids = t_items[last]
-    del train_split
-
-    rows = read_rows(prepared, cols)
+    rows = pa.concat_tables(parts.values())
+    del parts
     label = rows.column(LABEL).to_numpy()
     item_raw = rows.column(ITEM_KEY).to_numpy()
     code = np.searchsorted(corpus_ids, item_raw)

@@ -107,17 +107,14 @@ def train_retrieval_ray(output_dir: str | Path, name: str, cfg: RetrievalConfig,
     ensure_experiment(uri, name, output_dir)
     import mlflow
 
-    run = mlflow.MlflowClient(tracking_uri=uri).create_run(
-        mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(name).experiment_id,
-        run_name=RUN_NAME, tags={"recforge.mode": "ray_train", "recforge.ray_workers": str(workers)})
-
-    class _Logger:  # what `_log_run` needs of Lightning's MLFlowLogger
-        run_id = run.info.run_id
-
-    out.update({"mlflow_run_id": run.info.run_id, "tracking_uri": uri, "seconds": time.perf_counter() - t0,
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.get_experiment_by_name(name).experiment_id, run_name=RUN_NAME,
+                            tags={"recforge.mode": "ray_train", "recforge.ray_workers": str(workers)})
+    run_id = run.info.run_id
+    out.update({"mlflow_run_id": run_id, "tracking_uri": uri, "seconds": time.perf_counter() - t0,
                 "distributed": {"mode": "ray_train", "workers": workers, "use_gpu": use_gpu,
                                 "ray_result_path": str(result.path)}})
     (root / "metrics.json").write_text(json.dumps(out, indent=2, default=float))
-    _log_run(_Logger(), uri, out, cfg, config_doc, root, prepared)
-    mlflow.MlflowClient(tracking_uri=uri).set_terminated(run.info.run_id, "FINISHED")
+    _log_run(run_id, uri, out, cfg, config_doc, root, prepared)
+    client.set_terminated(run_id, "FINISHED")
     return out

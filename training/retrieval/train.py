@@ -30,6 +30,7 @@ from training.retrieval.data import Batch, QuerySet, RetrievalData, load_retriev
 from training.retrieval.model import TwoTower, mixed_negatives, sampled_softmax_loss
 from training.retrieval_eval import evaluate_scores, run_baselines
 from training.tracking import default_tracking_uri, ensure_experiment
+from training.train import lightning_precision
 
 log = logging.getLogger("recforge.retrieval")
 
@@ -139,9 +140,7 @@ class RetrievalTask(pl.LightningModule):
 
 def _precision(cfg: RetrievalConfig) -> str:
     """auto = bf16 autocast on CUDA, fp32 on CPU (CPU bf16 is measured for the CTR models only)."""
-    if cfg.precision != "auto":
-        return "32-true" if cfg.precision == "32" else cfg.precision
-    return "bf16-mixed" if torch.cuda.is_available() and cfg.accelerator != "cpu" else "32-true"
+    return lightning_precision(cfg.precision, cfg.accelerator, cpu_bf16=False)
 
 
 def _vectors_table(ids: np.ndarray, vectors: torch.Tensor, id_name: str) -> pa.Table:
@@ -215,7 +214,7 @@ def train_retrieval(output_dir: str | Path, name: str, cfg: RetrievalConfig, *,
     result = finish(task, data, cfg, root, fit_seconds, trainer.current_epoch)
     result.update({"mlflow_run_id": logger.run_id, "tracking_uri": uri, "seconds": time.perf_counter() - t0})
     (root / "metrics.json").write_text(json.dumps(result, indent=2, default=float))
-    _log_run(logger, uri, result, cfg, config_doc, root, prepared)
+    _log_run(logger.run_id, uri, result, cfg, config_doc, root, prepared)
     return result
 
 
@@ -244,15 +243,15 @@ def finish(task: RetrievalTask, data: RetrievalData, cfg: RetrievalConfig, root:
     }
 
 
-def _log_run(logger: Any, uri: str, result: dict[str, Any], cfg: RetrievalConfig,
+def _log_run(run_id: str, uri: str, result: dict[str, Any], cfg: RetrievalConfig,
              config_doc: Mapping[str, Any] | None, root: Path, prepared: Path) -> None:
     import mlflow
+    from mlflow.entities import Metric
 
     client = mlflow.MlflowClient(tracking_uri=uri)
-    run_id = logger.run_id
-    for method, metrics in result["test"].items():
-        for key, value in metrics.items():
-            client.log_metric(run_id, f"test/{method}/{key.replace('@', '_at_')}", float(value))
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"test/{method}/{key.replace('@', '_at_')}", float(value), now, 0)
+                                      for method, metrics in result["test"].items() for key, value in metrics.items()])
     client.log_param(run_id, "retrieval_config", json.dumps(cfg.model_dump(mode="json"))[:6000])
     if config_doc is not None:
         client.log_dict(run_id, dict(config_doc), "resolved_config.json")
