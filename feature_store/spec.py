@@ -313,14 +313,17 @@ class FeatureSpec:
     # -------------------------------------------------------------------------------------- transform
 
     def transform(
-        self, data: pa.Table | Mapping[str, Any] | Sequence[Mapping[str, Any]], *, with_label: bool | None = None
+        self, data: pa.Table | Mapping[str, Any] | Sequence[Mapping[str, Any]], *, with_label: bool | None = None,
+        features: Sequence[str] | None = None,
     ) -> pa.Table:
-        """Raw rows -> model inputs. The label is emitted when present (or required with with_label=True)."""
+        """Raw rows -> model inputs. The label is emitted when present (or required with with_label=True).
+        `features` limits the output to those features (e.g. one tower's), so only their raw columns are needed."""
         table = _rows_to_table(data)
         n = table.num_rows
         names: list[str] = []
         arrays: list[pa.Array] = []
-        for f in self.features:
+        wanted = self.features if features is None else [self.feature(name) for name in features]
+        for f in wanted:
             names.append(f.name)
             arrays.append(self._transform_one(f, table, n))
         has_label = self.label in table.column_names

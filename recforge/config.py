@@ -12,17 +12,20 @@ from pathlib import Path
 from pydantic import Field
 
 from feature_store.config import FeatureStoreConfig, load_config
+from serving.config import RegistryConfig, ServingConfig
 from training.config import TrainConfig
 from training.index import IndexConfig
 from training.retrieval.config import RetrievalConfig
 
 
 class RecForgeConfig(FeatureStoreConfig):
-    """A scenario: data source, features, split, stores, training (and, in later stages, serving)."""
+    """A scenario: data source, features, split, stores, training, retrieval, index, registry and serving."""
 
     train: TrainConfig = Field(default_factory=TrainConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
 
 def load(path: str | Path | None, overrides: Iterable[str] = ()) -> RecForgeConfig:

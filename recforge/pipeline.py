@@ -79,12 +79,14 @@ def train_retrieval(cfg: RecForgeConfig) -> dict[str, Any]:
 
 
 def build_index(cfg: RecForgeConfig) -> dict[str, Any]:
-    """FAISS index of the exported item embeddings under <output_dir>/index, recall-checked against exact search."""
+    """FAISS index of the retrieval bundle's item embeddings, recall-checked against exact search, saved into the
+    bundle (<output_dir>/retrieval/bundle/index) so that the bundle is complete for registration and serving."""
     from training.index import build_from_embeddings
 
     t0 = time.perf_counter()
-    emb = Path(cfg.output_dir) / "retrieval" / "embeddings"
-    out = Path(cfg.output_dir) / "index"
+    bundle = Path(cfg.output_dir) / "retrieval" / "bundle"
+    emb = bundle / "embeddings"
+    out = bundle / "index"
     index = build_from_embeddings(emb, cfg.index, out)
     return {"path": str(out), "n_items": len(index.item_ids), "dim": index.dim, "params": index.build_params,
             "recall": index.recall, "seconds": round(time.perf_counter() - t0, 3)}

@@ -29,12 +29,16 @@ class NegativesConfig(StrictModel):
     logq_correction: bool = Field(True, description="subtract log(sampling probability) of each in-batch item")
     uniform: int = Field(0, ge=0, description="extra negatives per batch drawn uniformly from the corpus")
     hard: int = Field(0, ge=0, description="of the uniform negatives, keep only the `hard` highest-scoring per user")
+    full_corpus: bool = Field(False, description="exact softmax over every corpus item instead of sampled "
+                                                 "negatives (no sampling bias to correct; for corpora up to ~100k)")
 
     @model_validator(mode="after")
     def _hard_needs_uniform(self) -> NegativesConfig:
         if self.hard and self.hard > self.uniform:
             raise ValueError(f"negatives.hard ({self.hard}) must be <= negatives.uniform ({self.uniform}): hard "
                              f"negatives are mined from the uniformly sampled ones")
+        if self.full_corpus and (self.uniform or self.hard):
+            raise ValueError("negatives.full_corpus scores every corpus item; uniform/hard sampling must be 0 with it")
         return self
 
 
@@ -54,6 +58,9 @@ class RetrievalConfig(StrictModel):
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(2, ge=0, description="early stopping on valid recall@`select_k`")
+    refit: bool = Field(True, description="after early stopping picks the epoch count, train a fresh model on "
+                                          "train + valid positives for that many epochs (the baselines also fit "
+                                          "on train + valid); false keeps the selected checkpoint")
     select_k: int = Field(50, gt=0)
     ks: list[int] = Field(default_factory=lambda: [10, 20, 50, 100])
     baselines: list[Literal["most_popular", "item_knn", "als", "bpr"]] = Field(

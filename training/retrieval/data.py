@@ -17,13 +17,14 @@ Everything is columnar (Arrow -> numpy -> tensors); no loop over rows.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
+import torch
 from torch import Tensor
 
 from feature_store.spec import ITEM_KEY, LABEL, TS_KEY, USER_KEY, FeatureSpec
@@ -116,12 +117,28 @@ class RetrievalData:
     train: Batch  # positive rows of the train part
     train_items: np.ndarray  # item code per train row
     item_log_q: np.ndarray  # log frequency of each item among train positives (logQ correction)
+    valid_rows: Batch  # positive rows of the valid part (what a refit trains on besides `train`)
+    valid_items: np.ndarray
     valid: QuerySet
     test: QuerySet
     fit_matrix: sp.csr_matrix  # train + valid positives (what baselines fit on before test)
     n_users: int
     user_ids: np.ndarray  # raw user key per code
     counts: dict[str, int]
+
+    def with_valid_in_train(self) -> RetrievalData:
+        """The same data with the valid positives appended to the train rows (the refit after model selection;
+        the test queries and corpus are unchanged, the valid queries are no longer held out)."""
+        items = np.concatenate([self.train_items, self.valid_items])
+        train = {k: torch.cat([v, self.valid_rows[k]]) for k, v in self.train.items()}
+        return replace(self, train=train, train_items=items, item_log_q=item_log_q(items, len(self.corpus_ids)))
+
+
+def item_log_q(items: np.ndarray, n_items: int) -> np.ndarray:
+    """log of each corpus item's frequency among the training positives (the in-batch sampling probability);
+    add-one smoothing keeps unseen items finite."""
+    freq = np.bincount(items, minlength=n_items).astype(np.float64)
+    return np.log((freq + 1.0) / (freq.sum() + n_items)).astype(np.float32)
 
 
 def read_split(prepared: Path, split: str, columns: list[str]) -> pa.Table:
@@ -192,15 +209,16 @@ def load_retrieval_data(prepared: str | Path, cfg: RetrievalConfig) -> Retrieval
 
     train_idx = np.flatnonzero(train_mask)
     train_items = items[train_idx]
-    freq = np.bincount(train_items, minlength=n_items).astype(np.float64)
-    log_q = np.log((freq + 1.0) / (freq.sum() + n_items))  # add-one smoothing: unseen items keep a finite q
+    valid_idx = np.flatnonzero(valid_mask)
     data = RetrievalData(
         towers=towers,
         corpus=table_to_tensors(corpus_table, towers.layout),
         corpus_ids=corpus_ids,
         train=table_to_tensors(rows.take(pa.array(train_idx)), towers.layout),
         train_items=train_items,
-        item_log_q=log_q.astype(np.float32),
+        item_log_q=item_log_q(train_items, n_items),
+        valid_rows=table_to_tensors(rows.take(pa.array(valid_idx)), towers.layout),
+        valid_items=items[valid_idx],
         valid=_queries(rows, towers, users, items, ts, valid_mask, train_mask, n_users, n_items),
         test=_queries(rows, towers, users, items, ts, test_mask, ~test_mask, n_users, n_items),
         fit_matrix=_matrix(users[~test_mask], items[~test_mask], n_users, n_items),

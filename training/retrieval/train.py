@@ -1,10 +1,13 @@
 """`recforge train retrieval`: train the two-tower model with Lightning, evaluate against baselines, export.
 
 `RetrievalTask` holds the loss (in-batch sampled softmax with logQ correction, optional uniform and hard
-negatives), the optimizer and the per-epoch full-corpus evaluation on the valid queries (early stopping and
-the best checkpoint on valid recall@`select_k`). `train_retrieval` runs it on `<output_dir>/prepared`, scores
-the best model and the baselines (most-popular, item-KNN, implicit ALS/BPR) on the SAME test queries, writes the
-item and query embeddings that `recforge index build` reads, the towers, and logs it all to MLflow.
+negatives, or the exact softmax over the whole corpus), the optimizer and the per-epoch full-corpus evaluation on
+the valid queries (early stopping and the best checkpoint on valid recall@`select_k`). `train_retrieval` runs it
+on `<output_dir>/prepared`, then (`refit`, the default) trains a fresh model on train + valid positives for the
+selected number of epochs, as the baselines fit on train + valid too; it scores the final model and the
+baselines (most-popular, item-KNN, implicit ALS/BPR) on the SAME test queries, writes the
+retrieval bundle (training/retrieval/bundle.py: towers, spec, embeddings that `recforge index build` reads) and
+logs it all to MLflow.
 """
 
 from __future__ import annotations
@@ -14,17 +17,17 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from training.data import InMemoryBatches
+from training.retrieval.bundle import save_retrieval_bundle
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import Batch, QuerySet, RetrievalData, load_retrieval_data
 from training.retrieval.model import TwoTower, mixed_negatives, sampled_softmax_loss
@@ -91,9 +94,17 @@ class RetrievalTask(pl.LightningModule):
         self._losses: list[float] = []
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        user, item = self.model(batch)
         codes = batch[ITEM_CODE]
         neg = self.cfg.negatives
+        if neg.full_corpus:
+            user = self.model.user(batch)
+            corpus = {k: v.to(codes.device, non_blocking=True) for k, v in self.data.corpus.items()}
+            logits = user @ self.model.item(corpus).T / self.model.temperature
+            loss = torch.nn.functional.cross_entropy(logits.float(), codes)
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(codes))
+            self._losses.append(float(loss.detach()))
+            return loss
+        user, item = self.model(batch)
         log_q = self.log_q[codes] if neg.logq_correction else None
         extra_codes = mixed_negatives(len(self.data.corpus_ids), neg, self._gen)
         extra_items = extra_log_q = None
@@ -143,26 +154,14 @@ def _precision(cfg: RetrievalConfig) -> str:
     return lightning_precision(cfg.precision, cfg.accelerator, cpu_bf16=False)
 
 
-def _vectors_table(ids: np.ndarray, vectors: torch.Tensor, id_name: str) -> pa.Table:
-    flat = pa.array(vectors.numpy().astype(np.float32).reshape(-1))
-    return pa.table({id_name: pa.array(ids), "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
-
-
-def export_embeddings(model: TwoTower, data: RetrievalData, out_dir: Path, query_sample: int, seed: int) -> dict:
-    """Write item_embeddings.parquet (item_id, embedding) and query_embeddings.parquet (a seeded sample of real
-    held-out users' vectors, for the index recall guard)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
-    model.eval()
-    items = embed(model.item, data.corpus, device)
-    pq.write_table(_vectors_table(data.corpus_ids, items, "item_id"), out_dir / "item_embeddings.parquet")
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.permutation(len(data.test.users))[:query_sample])
-    batch = {k: v[torch.from_numpy(pick)] for k, v in data.test.batch.items()}
-    users = embed(model.user, batch, device)
-    pq.write_table(_vectors_table(data.user_ids[data.test.users[pick]], users, "user_id"),
-                   out_dir / "query_embeddings.parquet")
-    return {"items": int(items.shape[0]), "queries": int(users.shape[0]), "dim": int(items.shape[1])}
+def _trainer(cfg: RetrievalConfig, max_epochs: int, callbacks: list[pl.Callback], logger: Any) -> pl.Trainer:
+    """The single-process Trainer of the selection run (callbacks, MLflow logger) and of the refit (neither)."""
+    return pl.Trainer(
+        accelerator="gpu" if cfg.accelerator == "cuda" else cfg.accelerator, devices=cfg.devices,
+        strategy=cfg.strategy, precision=_precision(cfg),  # type: ignore[arg-type]
+        max_epochs=max_epochs, callbacks=callbacks, logger=logger, enable_checkpointing=bool(callbacks),
+        num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False, deterministic=False,
+    )
 
 
 def train_retrieval(output_dir: str | Path, name: str, cfg: RetrievalConfig, *,
@@ -199,47 +198,81 @@ def train_retrieval(output_dir: str | Path, name: str, cfg: RetrievalConfig, *,
     ckpt = ModelCheckpoint(dirpath=root / "checkpoints", filename="best", monitor=monitor, mode="max",
                            save_top_k=1, save_on_train_epoch_end=True)
     early = EarlyStopping(monitor=monitor, mode="max", patience=cfg.patience, check_on_train_epoch_end=True)
-    trainer = pl.Trainer(
-        accelerator="gpu" if cfg.accelerator == "cuda" else cfg.accelerator, devices=cfg.devices,
-        strategy=cfg.strategy, precision=_precision(cfg),  # type: ignore[arg-type]
-        max_epochs=cfg.max_epochs, callbacks=[ValidRanking(), ckpt, early], logger=logger, num_sanity_val_steps=0,
-        limit_val_batches=0, enable_model_summary=False, deterministic=False,
-    )
+    trainer = _trainer(cfg, cfg.max_epochs, [ValidRanking(), ckpt, early], logger)
     t_fit = time.perf_counter()
     trainer.fit(task)
     fit_seconds = time.perf_counter() - t_fit
     if ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state, strict=False)
-    result = finish(task, data, cfg, root, fit_seconds, trainer.current_epoch)
+    fit = Fitted(task, fit_seconds, trainer.current_epoch, trained_samples(data, cfg, trainer.current_epoch))
+    if cfg.refit:
+        fit = refit(fit, data, cfg)
+    result = finish(fit, data, cfg, root, prepared / "spec")
     result.update({"mlflow_run_id": logger.run_id, "tracking_uri": uri, "seconds": time.perf_counter() - t0})
     (root / "metrics.json").write_text(json.dumps(result, indent=2, default=float))
     _log_run(logger.run_id, uri, result, cfg, config_doc, root, prepared)
     return result
 
 
-def finish(task: RetrievalTask, data: RetrievalData, cfg: RetrievalConfig, root: Path, fit_seconds: float,
-           epochs_run: int) -> dict[str, Any]:
-    """After training (best weights loaded in `task`): test metrics of the model and the baselines on the same
-    queries, exported embeddings and towers under `root`."""
+@dataclass
+class Fitted:
+    """A trained task (final weights loaded) and what its training cost."""
+
+    task: RetrievalTask
+    fit_seconds: float
+    epochs_run: int
+    samples: int
+    refit_epochs: int = 0
+
+
+def trained_samples(data: RetrievalData, cfg: RetrievalConfig, epochs: int) -> int:
+    return len(data.train_items) // cfg.batch_size * cfg.batch_size * max(epochs, 1)
+
+
+def best_epoch(task: RetrievalTask) -> int:
+    """0-based epoch of the best valid recall@`select_k` (-1 when nothing was validated)."""
+    history = task.history[f"valid/recall@{task.cfg.select_k}"]
+    return int(np.argmax(history)) if history else -1
+
+
+def refit(fit: Fitted, data: RetrievalData, cfg: RetrievalConfig) -> Fitted:
+    """Train a fresh model on train + valid positives for the selected number of epochs (no validation: the
+    valid queries are now training data); the selection run's valid history is kept for the record."""
+    epochs = best_epoch(fit.task) + 1
+    if epochs <= 0:
+        return fit
+    full = data.with_valid_in_train()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    task = RetrievalTask(TwoTower(full.towers, cfg.model), cfg, full)
+    trainer = _trainer(cfg, epochs, [], False)
+    t0 = time.perf_counter()
+    trainer.fit(task)
+    task.history = fit.task.history
+    return Fitted(task, fit.fit_seconds + time.perf_counter() - t0, fit.epochs_run,
+                  fit.samples + trained_samples(full, cfg, epochs), refit_epochs=epochs)
+
+
+def finish(fit: Fitted, data: RetrievalData, cfg: RetrievalConfig, root: Path, spec_dir: Path) -> dict[str, Any]:
+    """After training (final weights loaded in `fit.task`): test metrics of the model and the baselines on the
+    same queries; the retrieval bundle (towers, spec, embeddings, popularity) under `root/bundle`."""
+    task, fit_seconds = fit.task, fit.fit_seconds
     model = task.model.cpu().eval()
-    samples = len(data.train_items) // cfg.batch_size * cfg.batch_size * max(epochs_run, 1)
     test = evaluate_two_tower(model, data, data.test, cfg.ks, torch.device("cpu"))
     baselines = run_baselines(data.fit_matrix, data.test.truth, ks=cfg.ks, names=cfg.baselines)
-    exported = export_embeddings(model, data, root / "embeddings", cfg.query_sample, cfg.seed)
-    torch.save(model.state_dict(), root / "two_tower.pt")
-    monitor = f"valid/recall@{cfg.select_k}"
-    history = task.history[monitor]
+    exported = save_retrieval_bundle(root / "bundle", model=model, cfg=cfg, data=data, spec_dir=spec_dir,
+                                     metrics=test)
     return {
         "test": {"two_tower": test, **baselines},
         "valid_history": task.history,
-        "best_epoch": int(np.argmax(history)) if history else -1,
-        "epochs_run": epochs_run,
-        "train_samples_per_second": samples / fit_seconds if fit_seconds > 0 else 0.0,
+        "best_epoch": best_epoch(task),
+        "epochs_run": fit.epochs_run,
+        "refit_epochs": fit.refit_epochs,
+        "train_samples_per_second": fit.samples / fit_seconds if fit_seconds > 0 else 0.0,
         "fit_seconds": fit_seconds,
         "counts": data.counts,
-        "embeddings": {"dir": str(root / "embeddings"), **exported},
-        "model_path": str(root / "two_tower.pt"),
+        "embeddings": exported,
+        "bundle": str(root / "bundle"),
     }
 
 
@@ -256,7 +289,5 @@ def _log_run(run_id: str, uri: str, result: dict[str, Any], cfg: RetrievalConfig
     if config_doc is not None:
         client.log_dict(run_id, dict(config_doc), "resolved_config.json")
     # the retrieval bundle: towers, embeddings (index input) and the feature spec travel together
-    client.log_artifact(run_id, str(root / "two_tower.pt"), "retrieval_bundle")
-    client.log_artifacts(run_id, str(root / "embeddings"), "retrieval_bundle/embeddings")
-    client.log_artifacts(run_id, str(prepared / "spec"), "retrieval_bundle/feature_spec")
-    client.log_artifact(run_id, str(root / "metrics.json"), "retrieval_bundle")
+    client.log_artifacts(run_id, str(root / "bundle"), "retrieval_bundle")
+    client.log_artifact(run_id, str(root / "metrics.json"))
