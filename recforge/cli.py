@@ -21,6 +21,8 @@ from feature_store.config import ConfigError
 from feature_store.rejects import RejectFractionExceeded
 from feature_store.spec import SpecError
 from recforge import config as config_mod
+from serving.registry import RegistryError
+from serving.server import ServeError
 from training.index import IndexRecallError
 
 
@@ -78,6 +80,14 @@ RETRIEVAL = [
     Option("--ray-address", "prepare.ray_address", str, "Ray cluster for --ray-workers (default: a local Ray)"),
     Option("--tracking-uri", "train.tracking.uri", str, "MLflow tracking URI (default: <output_dir>/mlflow.db)"),
 ]
+REGISTRY = [
+    Option("--tracking-uri", "train.tracking.uri", str, "MLflow tracking and registry URI (default: "
+           "<output_dir>/mlflow.db)"),
+]
+SERVE = [
+    Option("--port", "serving.port", int, "HTTP port on serving.host (config: serving.port, default 8000)"),
+    Option("--ray-address", "serving.ray_address", str, "attach to a Ray cluster, e.g. auto (default: a local Ray)"),
+]
 INDEX = [
     Option("--index-type", "index.type", str, "auto, flat, ivf_flat, hnsw or ivf_pq (config: index.type)"),
     Option("--recall-floor", "index.recall_floor", float, "fail the build below this recall@k (config: index)"),
@@ -94,7 +104,17 @@ COMMANDS: dict[str, tuple[str, list[Option]]] = {
     "index": ("`recforge index build --config X`: a FAISS index of the two-tower item embeddings, recall-checked",
               COMMON + INDEX),
     "config": ("validate a config and print it resolved (defaults filled in)", COMMON + PREPARE),
+    "serve": ("serve the champion ranker and retriever over HTTP with Ray Serve until Ctrl-C; --detach returns once "
+              "healthy, --stop stops a detached server", COMMON + SERVE),
+    "register": ("register a finished training run as a model version with alias challenger: "
+                 "`recforge register --config X --kind ranker|retriever [--run-id ID]`", COMMON + REGISTRY),
+    "promote": ("gate a model version against the champion on the same held-out data and make it champion; "
+                "exit 4 when the gate refuses", COMMON + REGISTRY),
+    "rollback": ("make a model's `previous` version the champion again", COMMON + REGISTRY),
+    "registry": ("`recforge registry list --config X`: models, versions, aliases, metrics and decisions",
+                 COMMON + REGISTRY),
 }
+REGISTRY_COMMANDS = ("register", "promote", "rollback", "registry")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, options) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         default = "configs/demo.yaml" if name in ("demo", "generate") else None
-        p.add_argument("--config", "-c", default=default, required=default is None,
+        p.add_argument("--config", "-c", default=default, required=default is None and name != "serve",
                        help="scenario YAML (see configs/)" + (f"; default {default}" if default else ""))
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override any config key, e.g. --set split.seed=7 (repeatable)")
@@ -114,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="what to train: ctr (a ranker) or retrieval (the two-tower candidate model)")
         if name == "index":
             p.add_argument("action", choices=["build"], help="build: embeddings -> index, with the recall guard")
+        if name in REGISTRY_COMMANDS:
+            _registry_arguments(name, p)
+        if name == "serve":
+            p.add_argument("--detach", action="store_true", help="start in the background, return once healthy")
+            p.add_argument("--stop", action="store_true", help="stop the server started for --port (or the "
+                                                                "config's serving.port)")
         for opt in options:
             if opt.switch:
                 p.add_argument(opt.flag, dest=_dest(opt), action="store_const", const=True, default=None,
@@ -121,7 +147,31 @@ def build_parser() -> argparse.ArgumentParser:
             else:
                 p.add_argument(opt.flag, dest=_dest(opt), type=opt.type, default=None, help=opt.help,
                                metavar=opt.flag.lstrip("-").upper().replace("-", "_"))
+    from serving.client import add_parser as add_query_parser
+
+    add_query_parser(sub)
     return parser
+
+
+def _registry_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    """What the registry commands act on (a run, a model version): arguments, not config keys."""
+    if name == "register":
+        p.add_argument("--kind", choices=["ranker", "retriever"], required=True,
+                       help="ranker: a `train ctr` run; retriever: a `train retrieval` run (with its index)")
+        p.add_argument("--run-id", default=None, help="the MLflow run to register (default: the scenario's latest "
+                                                      "finished run of that kind)")
+        p.add_argument("--index-dir", default=None, help="retriever: the index to log into the run's bundle "
+                                                         "(default: <output_dir>/retrieval/bundle/index)")
+    if name in ("promote", "rollback"):
+        p.add_argument("--model", dest="model_name", required=True, metavar="NAME",
+                       help="registered model name, e.g. demo-ranker (see `recforge registry list`)")
+    if name == "promote":
+        p.add_argument("--version", type=int, required=True, metavar="N", help="the model version to promote")
+        p.add_argument("--force", action="store_true", help="promote even when the gate refuses (needs --reason; "
+                                                            "who and why are recorded on the version)")
+        p.add_argument("--reason", default=None, help="why the promotion is forced (recorded as a version tag)")
+    if name == "registry":
+        p.add_argument("action", choices=["list"], help="list: every registered model with its versions")
 
 
 def _dest(opt: Option) -> str:
@@ -157,12 +207,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.command == "query":  # a client of a running server: no config
+        from serving.client import run as run_query
+
+        return run_query(args)
     if args.json:  # keep stdout valid JSON: no progress bars there
         os.environ["RECFORGE_PROGRESS"] = "0"
     try:
-        cfg = config_mod.load(args.config, overrides_from_args(args))
-        result = _run(args.command, cfg, getattr(args, "kind", None))
-    except (ConfigError, RejectFractionExceeded, FileNotFoundError, SpecError, ConnectionError) as exc:
+        no_config = args.command == "serve" and args.config is None  # `recforge serve --stop`
+        cfg = None if no_config else config_mod.load(args.config, overrides_from_args(args))
+        if args.command == "serve":
+            result = _serve(args, cfg, argv)
+        elif args.command in REGISTRY_COMMANDS:
+            result = _run_registry(args, cfg)
+        else:
+            result = _run(args.command, cfg, getattr(args, "kind", None))
+    except (ConfigError, RejectFractionExceeded, FileNotFoundError, SpecError, ConnectionError,
+            RegistryError, ServeError) as exc:
         print(f"recforge {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except IndexRecallError as exc:  # a built index below the recall floor: nothing was written
@@ -173,6 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"recforge {args.command}: error: online store: {exc}", file=sys.stderr)
             return 2
         raise
+    if args.command == "promote" and not result["promoted"]:  # refused by the gate: the figures go to stderr
+        from recforge.report import render
+
+        print(render("promote", result), file=sys.stderr)
+        if args.json:
+            print(json.dumps(result, indent=2, default=str))
+        return 4
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
@@ -200,6 +268,41 @@ def _run(command: str, cfg: config_mod.RecForgeConfig, kind: str | None = None) 
     if command == "demo":
         return pipeline.demo(cfg)
     raise AssertionError(command)
+
+
+def _run_registry(args: argparse.Namespace, cfg: config_mod.RecForgeConfig) -> dict[str, Any]:
+    from serving import registry
+
+    if args.command == "register":
+        if args.kind == "ranker":
+            if args.index_dir is not None:
+                raise ConfigError("--index-dir applies to `recforge register --kind retriever` only")
+            return registry.register_ranker(cfg, args.run_id).to_dict()
+        return registry.register_retriever(cfg, args.run_id, args.index_dir).to_dict()
+    if args.command == "promote":
+        return registry.promote(cfg, args.model_name, args.version, force=args.force, reason=args.reason).to_dict()
+    if args.command == "rollback":
+        return registry.rollback(cfg, args.model_name)
+    return registry.list_models(cfg)
+
+
+def _serve(args: argparse.Namespace, cfg: config_mod.RecForgeConfig | None,
+           argv: Sequence[str] | None) -> dict[str, Any]:
+    """`recforge serve`: in the foreground until Ctrl-C, in the background (--detach) or stop one (--stop)."""
+    from pathlib import Path
+
+    from serving import server
+
+    if args.stop:
+        port = args.opt_port or (cfg.serving.port if cfg is not None else 8000)
+        return {"action": "stop", **server.stop_detached(port)}
+    if cfg is None:
+        raise ConfigError("recforge serve: pass --config FILE (only `recforge serve --stop` works without one)")
+    if args.detach:  # the same command without --detach, in a new session, logging to a file
+        child = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--detach"]
+        log = Path(cfg.output_dir) / "serving" / f"serve-{cfg.serving.port}.log"
+        return {"action": "detach", **server.start_detached(child, cfg.serving.port, cfg.serving.host, log)}
+    return {"action": "serve", **server.serve_forever(cfg)}
 
 
 if __name__ == "__main__":

@@ -86,6 +86,81 @@ def render_index(r: dict[str, Any]) -> list[str]:
             f"  recall guard: {json.dumps(rec)}", f"  time: {r['seconds']:.1f}s"]
 
 
+def _aliases(aliases: dict[str, int]) -> str:
+    return ", ".join(f"{a} v{v}" for a, v in sorted(aliases.items())) or "none"
+
+
+def render_register(r: dict[str, Any]) -> list[str]:
+    tags = r["tags"]
+    metrics = {k[len("metric."):]: v for k, v in tags.items() if k.startswith("metric.")}
+    lines = [f"Registered {r['name']} v{r['version']} ({r['kind']}) from run {r['run_id']}, alias challenger",
+             f"  source: {r['source']}",
+             f"  prepared-data hash {tags.get('recforge.data_hash') or 'unknown'}",
+             f"  feature-spec fingerprint {tags.get('recforge.spec_fingerprint') or 'unknown'}"]
+    if metrics:
+        lines.append("  test metrics: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
+    if "index.type" in tags:
+        lines.append(f"  index: {tags['index.type']}, recall {tags.get('index.recall', '?')}")
+    return lines
+
+
+def _num(v: float | None, signed: bool = False) -> str:
+    return "-" if v is None else f"{v:+.5f}" if signed else f"{v:.5f}"
+
+
+def render_promote(r: dict[str, Any]) -> list[str]:
+    against = f"champion v{r['champion_before']}" if r["champion_before"] is not None else "no champion"
+    lines = [f"Promotion of {r['model']} v{r['version']} ({r['kind']}) against {against}: {r['decision'].upper()}",
+             f"  {'metric':12} {'candidate':>10} {'champion':>10} {'delta':>10}  allowed     ok"]
+    for m in r["metrics"]:
+        lines.append(f"  {m['name']:12} {_num(m['candidate']):>10} {_num(m['champion']):>10} "
+                     f"{_num(m['delta'], True):>10}  {m['allowed']:<10}  {'yes' if m['passed'] else 'NO'}")
+    lines += [f"  gate: {f}" for f in r["failures"]]
+    if r.get("reason"):
+        lines.append(f"  forced by {r['user']}: {r['reason']}" if r["decision"] == "forced"
+                     else f"  reason: {r['reason']}")
+    lines.append(f"  review: {r['review']['html']} (MLflow: {r['review']['artifact_uri']})")
+    lines.append(f"  aliases now: {_aliases(r['aliases'])}")
+    return lines
+
+
+def render_rollback(r: dict[str, Any]) -> list[str]:
+    replaced = f"v{r['replaced']}" if r["replaced"] is not None else "none"
+    return [f"Rolled back {r['model']}: champion v{r['champion']} (replaced {replaced}) by {r['user']}",
+            f"  aliases now: {_aliases(r['aliases'])}"]
+
+
+def render_registry(r: dict[str, Any]) -> list[str]:
+    lines = [f"Model registry ({r['tracking_uri']})"]
+    if not r["models"]:
+        lines.append("  (no registered models: `recforge register --config X --kind ranker` creates one)")
+    for m in r["models"]:
+        lines.append(f"  {m['name']} ({m['kind'] or '?'}): {_aliases(m['aliases'])}")
+        for v in m["versions"]:
+            gate = ", ".join(f"{k} {val}" for k, val in v["gate"].items())
+            decision = v["decision"] or "not reviewed"
+            if v["decision_reason"]:
+                decision += f" ({v['decision_user']}: {v['decision_reason']})"
+            aliases = f" [{', '.join(v['aliases'])}]" if v["aliases"] else ""
+            lines.append(f"    v{v['version']}{aliases} run {v['run_id']} {v['created']}  {decision}"
+                         + (f"  gate: {gate}" if gate else ""))
+    return lines
+
+
+def render_serve(r: dict[str, Any]) -> list[str]:
+    """`recforge serve` (foreground, --detach or --stop)."""
+    if r["action"] == "stop":
+        if not r.get("stopped"):
+            return [f"No server running at {r.get('url')} (pid {r['pid']} {r.get('note', 'not running')})"]
+        return [f"Stopped the server at {r.get('url')} (pid {r['pid']})"]
+    if r["action"] == "detach":
+        models = ", ".join(f"{role} v{v}" for role, v in r.get("models", {}).items()) or "none"
+        port = r["url"].rsplit(":", 1)[-1]
+        return [f"Serving at {r['url']} (pid {r['pid']}; docs {r['url']}/docs)", f"  models: {models}",
+                f"  log: {r['log']}", f"  stop it: recforge serve --stop --port {port}"]
+    return [f"Stopped serving {r['url']} after {r['seconds']:.0f}s"]
+
+
 def render(command: str, result: dict[str, Any]) -> str:
     if command == "generate":
         return "\n".join(render_generate(result))
@@ -99,6 +174,16 @@ def render(command: str, result: dict[str, Any]) -> str:
         return "\n".join(render_retrieval(result))
     if command == "index":
         return "\n".join(render_index(result))
+    if command == "register":
+        return "\n".join(render_register(result))
+    if command == "promote":
+        return "\n".join(render_promote(result))
+    if command == "rollback":
+        return "\n".join(render_rollback(result))
+    if command == "registry":
+        return "\n".join(render_registry(result))
+    if command == "serve":
+        return "\n".join(render_serve(result))
     if command == "demo":
         lines = [f"RecForge demo: {result['name']} -> {result['output_dir']}", ""]
         if "generate" in result:

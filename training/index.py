@@ -1,19 +1,24 @@
-"""The FAISS candidate index over item embeddings: build (with a recall guard), search with exclusions, save/load.
+"""The candidate index over item embeddings: build (with a recall guard), search with exclusions, save/load.
 
-Scores are inner products (the two-tower model emits L2-normalised item vectors). The faiss index stores item
-*positions* 0..n-1; `ItemIndex.item_ids` maps a position to the raw item id. `build_index` refuses to return an
-approximate index whose recall@k against exact search, measured on real user query vectors, is below the floor
-(`IndexRecallError`). `faiss` is imported inside the functions that use it, so importing this module needs numpy
-and pydantic only.
+Scores are inner products (the two-tower model emits L2-normalised item vectors). Two kinds of index store item
+*positions* 0..n-1 behind one query API (`ItemIndex`): faiss indexes (flat, ivf_flat, hnsw, ivf_pq) and
+`TorchExactIndex` (type `torch_exact`), an exact float32 matmul + top-k on torch (CPU or CUDA) that scans the
+corpus in chunks with a running top-k merge and masks exclusions to -inf before each top-k.
+`ItemIndex.item_ids` maps a position to the raw item id; exclusion bookkeeping, id mapping, padding and the
+recall figures are shared by both kinds. `build_index` refuses to return an approximate index whose recall@k
+against exact search, measured on real user query vectors, is below the floor (`IndexRecallError`). `faiss` and
+`torch` are imported inside the functions that use them, so importing this module needs numpy and pydantic only,
+and `torch_exact` works where faiss is not installed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,10 +30,13 @@ from feature_store.config import StrictModel
 log = logging.getLogger("recforge.index")
 
 INDEX_FILE, IDS_FILE, META_FILE = "index.faiss", "item_ids.npy", "index.json"
+VECTORS_FILE = "vectors.npy"  # torch_exact: the float32 item matrix (its "index" file)
 ITEM_EMBEDDINGS, QUERY_EMBEDDINGS = "item_embeddings.parquet", "query_embeddings.parquet"
 PRODUCER = "`recforge train retrieval`"
 FORMAT_VERSION = 1
-IndexType = Literal["flat", "ivf_flat", "hnsw", "ivf_pq"]
+IndexType = Literal["flat", "ivf_flat", "hnsw", "ivf_pq", "torch_exact"]
+FAISS_TYPES = ("flat", "ivf_flat", "hnsw", "ivf_pq")
+AUTO_GPU_SHARE = 0.25  # auto on CUDA: torch_exact when the item matrix takes at most this share of free GPU memory
 
 
 class IndexRecallError(ValueError):
@@ -38,7 +46,7 @@ class IndexRecallError(ValueError):
 class IndexConfig(StrictModel):
     """`index:` section: the index type and its parameters, the recall guard and the faiss thread count."""
 
-    type: Literal["auto", "flat", "ivf_flat", "hnsw", "ivf_pq"] = "auto"
+    type: Literal["auto", "flat", "ivf_flat", "hnsw", "ivf_pq", "torch_exact"] = "auto"
     nlist: int | None = Field(None, gt=0, description="IVF lists; None = about 4*sqrt(n_items)")
     nprobe: int = Field(16, gt=0, description="IVF lists visited per query")
     hnsw_m: int = Field(32, ge=2, description="HNSW links per node")
@@ -51,9 +59,18 @@ class IndexConfig(StrictModel):
     recall_queries: int = Field(1000, gt=0, description="query vectors used by the recall check")
     auto_exact_max: int = Field(100_000, ge=0, description="auto: exact search up to this many items, HNSW above")
     threads: int | None = Field(None, gt=0, description="faiss OpenMP threads; None = faiss default (all cores)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="torch_exact: where the item matrix lives and is searched; auto = cuda when present")
+    chunk_items: int = Field(262_144, gt=0, description="torch_exact: items scored per matmul (running top-k merge)")
+    query_batch: int = Field(256, gt=0, description="torch_exact: queries per matmul")
+    allow_tf32: bool = Field(False, description="torch_exact on CUDA: TF32 matmul (faster, ~1e-3 score error); "
+                                                "off = IEEE float32, exact to float32 rounding")
 
     @model_validator(mode="after")
     def _combinations(self) -> IndexConfig:
+        if self.device == "cuda" and self.type in FAISS_TYPES:
+            raise ValueError(f"'device: cuda' applies only to type 'torch_exact' or 'auto' (faiss type "
+                             f"'{self.type}' searches on the CPU here); remove it or use type 'torch_exact'")
         ivf = self.type in ("ivf_flat", "ivf_pq")
         if self.nlist is not None and not ivf:
             raise ValueError(f"'nlist' applies only to type 'ivf_flat' or 'ivf_pq', not '{self.type}'; remove it")
@@ -64,11 +81,19 @@ class IndexConfig(StrictModel):
         return self
 
 
+def _faiss(kind: str = "flat") -> Any:
+    """The faiss module, or an error saying how to get it (or to use torch_exact) where it is not installed."""
+    try:
+        import faiss
+    except ImportError as e:
+        raise ImportError(f"index type '{kind}' needs faiss, which is not installed here ({e}); install faiss-cpu "
+                          f"(make install) or set index.type: torch_exact (exact search on torch)") from e
+    return faiss
+
+
 def _set_threads(threads: int | None) -> None:
     if threads is not None:
-        import faiss
-
-        faiss.omp_set_num_threads(threads)
+        _faiss().omp_set_num_threads(threads)
 
 
 def _as_matrix(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
@@ -89,13 +114,168 @@ def _as_matrix(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
     return arr
 
 
-class ItemIndex:
-    """A built faiss index over item positions, the position -> raw item id map, build parameters and recall.
+def _torch_device(requested: str) -> Any:
+    """`index.device` as a torch.device: auto = cuda when torch sees a CUDA device, else cpu."""
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("index.device is 'cuda' but torch sees no CUDA device here; set index.device to 'auto' "
+                         "or 'cpu' (or load the index with device='cpu')")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def _cuda_free_bytes() -> int | None:
+    """Free memory of the current CUDA device, or None where torch (or CUDA) is not available."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
+
+
+@contextlib.contextmanager
+def _fp32_matmul(device_type: str, allow_tf32: bool) -> Iterator[None]:
+    """float32 matmuls in IEEE float32 on `device_type` (TF32 on CUDA only when `allow_tf32`), whatever the global
+    matmul precision says (Lightning or a user may have set TF32 / bf16); restored on exit."""
+    import torch
+
+    backend = torch.backends.cuda.matmul if device_type == "cuda" else getattr(torch.backends.mkldnn, "matmul", None)
+    if backend is None or not hasattr(backend, "fp32_precision"):  # torch < 2.9: the legacy CUDA flag
+        if device_type != "cuda":
+            yield
+            return
+        before_flag = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before_flag
+        return
+    before = backend.fp32_precision
+    backend.fp32_precision = "tf32" if allow_tf32 and device_type == "cuda" else "ieee"
+    try:
+        yield
+    finally:
+        backend.fp32_precision = before
+
+
+class TorchExactIndex:
+    """Exact inner-product top-k on torch: the float32 item matrix on `device`, scored `query_batch` queries x
+    `chunk_items` items per matmul, with a running top-k merge across chunks (the score block never exceeds
+    query_batch x chunk_items floats, so corpora that do not fit at once are still searched exactly).
+
+    Exclusions are applied inside the scan: scores of excluded items are set to -inf before each top-k (a
+    broadcast mask for items excluded for all queries, an index_put of (row, position) pairs per chunk for
+    per-query ones), so a result slot is never spent on an excluded item. float32 matmul in IEEE precision
+    (bf16 is not used; TF32 on CUDA only with `allow_tf32`).
 
     Args:
-        index: the faiss index (inner-product metric) holding `len(item_ids)` vectors at ids 0..n-1.
+        vectors: n x d float32 item vectors (row = position).
+        device: "auto" (cuda when present), "cpu" or "cuda".
+        chunk_items: items per matmul chunk.
+        query_batch: queries per matmul.
+        allow_tf32: let CUDA matmuls use TF32.
+        copy: copy `vectors` (False: share the array's memory on CPU; the caller must not change it).
+    """
+
+    def __init__(self, vectors: np.ndarray, *, device: str = "auto", chunk_items: int = 262_144,
+                 query_batch: int = 256, allow_tf32: bool = False, copy: bool = True) -> None:
+        import torch
+
+        self.device = _torch_device(device)
+        arr = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.vectors = torch.from_numpy(arr).to(self.device, copy=copy or self.device.type != "cpu")
+        self.chunk_items, self.query_batch, self.allow_tf32 = int(chunk_items), int(query_batch), bool(allow_tf32)
+
+    @property
+    def d(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def _exclusions(self, excl: np.ndarray | None, r0: int, r1: int) -> tuple[Any, Any, list[int]] | None:
+        """Per-query exclusions of query rows r0..r1 as device tensors (local row, position) sorted by position,
+        and the offsets where each item chunk's pairs start (so a chunk takes a slice, no loop over queries)."""
+        import torch
+
+        if excl is None or not excl.size:
+            return None
+        n = self.ntotal
+        lo, hi = np.searchsorted(excl, [r0 * n, r1 * n])
+        if hi == lo:
+            return None
+        keys = excl[lo:hi]
+        pos = keys % n
+        order = np.argsort(pos, kind="stable")
+        pos, rows = pos[order], keys[order] // n - r0
+        edges = np.searchsorted(pos, np.arange(0, n + self.chunk_items, self.chunk_items)).tolist()
+        return (torch.from_numpy(rows).to(self.device), torch.from_numpy(pos).to(self.device), edges)
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               excl: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k positions (-1 where none) and scores (-inf where none) of each query row, best first.
+
+        Args:
+            queries: B x d float32.
+            k: results per query (at most n).
+            allowed: n bools, False = excluded for every query (None: all allowed).
+            excl: sorted unique keys `row * n + position` of per-query exclusions (row = query row here).
+        """
+        import torch
+
+        n, b = self.ntotal, len(queries)
+        k = min(int(k), n)
+        pos_out = np.full((b, k), -1, dtype=np.int64)
+        score_out = np.full((b, k), -np.inf, dtype=np.float32)
+        if b == 0 or k == 0:
+            return pos_out, score_out
+        banned = None if allowed is None else torch.from_numpy(~np.asarray(allowed, dtype=bool)).to(self.device)
+        neg_inf = float("-inf")
+        parts: list[tuple[Any, Any]] = []
+        with torch.inference_mode(), _fp32_matmul(self.device.type, self.allow_tf32):
+            for r0 in range(0, b, self.query_batch):
+                r1 = min(b, r0 + self.query_batch)
+                q = torch.from_numpy(np.ascontiguousarray(queries[r0:r1], dtype=np.float32)).to(self.device)
+                ex = self._exclusions(excl, r0, r1)
+                best_s = best_i = None
+                for j, c0 in enumerate(range(0, n, self.chunk_items)):
+                    c1 = min(n, c0 + self.chunk_items)
+                    s = q @ self.vectors[c0:c1].T
+                    if banned is not None:
+                        s.masked_fill_(banned[c0:c1], neg_inf)
+                    if ex is not None and ex[2][j + 1] > ex[2][j]:
+                        sl = slice(ex[2][j], ex[2][j + 1])
+                        s[ex[0][sl], ex[1][sl] - c0] = neg_inf
+                    top_s, top_i = s.topk(min(k, c1 - c0), dim=1)
+                    top_i += c0
+                    if best_s is None:
+                        best_s, best_i = top_s, top_i
+                    else:
+                        cat_s, cat_i = torch.cat([best_s, top_s], 1), torch.cat([best_i, top_i], 1)
+                        best_s, sel = cat_s.topk(min(k, cat_s.shape[1]), dim=1)
+                        best_i = cat_i.gather(1, sel)
+                parts.append((best_s, torch.where(torch.isneginf(best_s), -1, best_i)))
+            scores = torch.cat([p[0] for p in parts]).cpu().numpy()
+            positions = torch.cat([p[1] for p in parts]).cpu().numpy()
+        pos_out[:, : positions.shape[1]] = positions
+        score_out[:, : scores.shape[1]] = scores
+        return pos_out, score_out
+
+
+class ItemIndex:
+    """A built index over item positions (faiss or `TorchExactIndex`), the position -> raw item id map, build
+    parameters and recall. Both kinds share the query API, the exclusion bookkeeping and persistence.
+
+    Args:
+        index: the faiss index (inner-product metric) or `TorchExactIndex` holding `len(item_ids)` vectors at
+            positions 0..n-1.
         item_ids: int64 array, position -> raw item id (unique).
-        build_params: `type` (flat|ivf_flat|hnsw|ivf_pq) and that type's parameters (nprobe, ef_search, ...).
+        build_params: `type` (flat|ivf_flat|hnsw|ivf_pq|torch_exact) and that type's parameters (nprobe,
+            ef_search, device, chunk_items, ...).
         recall: measured recall figures (`recall_at_k`, `k`, `queries`, `floor`, ...).
         timings: seconds spent training, adding and checking recall.
     """
@@ -122,6 +302,11 @@ class ItemIndex:
     def type(self) -> str:
         return str(self.build_params["type"])
 
+    @property
+    def device(self) -> str:
+        """Where searches run: the torch device of a torch_exact index, "cpu" for faiss."""
+        return str(self.index.device) if isinstance(self.index, TorchExactIndex) else "cpu"
+
     def positions(self, raw_ids: np.ndarray) -> np.ndarray:
         """Positions of the raw ids that are in the index (ids not in the corpus are dropped)."""
         raw = np.asarray(raw_ids, dtype=np.int64).ravel()
@@ -130,8 +315,7 @@ class ItemIndex:
         return self._order[at[found]]
 
     def _params(self, selector: Any) -> Any:
-        import faiss
-
+        faiss = _faiss(self.type)
         t = self.build_params["type"]
         if t in ("ivf_flat", "ivf_pq"):
             return faiss.SearchParametersIVF(sel=selector, nprobe=int(self.build_params["nprobe"]))
@@ -139,10 +323,19 @@ class ItemIndex:
             return faiss.SearchParametersHNSW(sel=selector, efSearch=int(self.build_params["ef_search"]))
         return None if selector is None else faiss.SearchParameters(sel=selector)
 
-    def _raw_search(self, q: np.ndarray, k: int, selector: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """Positions (-1 where none) and inner products of the top-k, for the faiss index as built."""
+    def _raw_search(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None,
+                    excl: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Positions (-1 where none) and inner products of the top-k of the index as built. `allowed` (n bools)
+        bans items for every query; `excl` (sorted keys row*n+position, rows of `q`) bans per query, which only
+        torch_exact applies inside its scan (faiss results are filtered afterwards by `search`)."""
+        if isinstance(self.index, TorchExactIndex):
+            return self.index.search(q, k, allowed, excl)
+        faiss = _faiss(self.type)
         _set_threads(self.build_params.get("threads"))
+        bitmap = None if allowed is None else np.packbits(allowed, bitorder="little")  # alive until the search ends
+        selector = None if bitmap is None else faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
         dist, pos = self.index.search(q, k, params=self._params(selector))
+        del bitmap
         return pos, dist
 
     def _row_exclusions(self, exclude: Sequence[np.ndarray] | None, b: int) -> tuple[np.ndarray, np.ndarray]:
@@ -169,35 +362,34 @@ class ItemIndex:
             user_vectors: B x dim float32 query vectors.
             n: items per query.
             exclude: per-query exclusions, one array of raw item ids per query (e.g. already purchased).
-            exclude_all: raw item ids excluded for every query (e.g. out of stock); applied inside faiss through
-                an ID selector, so the index never spends result slots on them.
+            exclude_all: raw item ids excluded for every query (e.g. out of stock); applied inside the index (a faiss
+                ID selector, or a -inf mask in torch_exact), so it never spends result slots on them.
 
         Returns:
             ids (B x n int64) and scores (B x n float32). Excluded items are never returned; a row the corpus
             cannot fill (or an approximate index cannot reach) is padded with id -1 and score -inf.
+            torch_exact masks the per-query exclusions inside its scan too (one pass); faiss indexes fetch a few
+            more than `n` and search again deeper for rows whose exclusions used up the results.
         """
-        import faiss
-
         if int(n) < 1:
             raise ValueError(f"'n' must be at least 1, got {n}")
         n = int(n)
         q = _as_matrix(user_vectors, "user_vectors", self.dim)
         b, total = len(q), self.n_items
         excl, counts = self._row_exclusions(exclude, b)
-        selector, bitmap, available = None, None, total
+        allowed, available = None, total
         if exclude_all is not None and len(np.asarray(exclude_all)):
             allowed = np.ones(total, dtype=bool)
             allowed[self.positions(exclude_all)] = False
             available = int(allowed.sum())
-            bitmap = np.packbits(allowed, bitorder="little")  # referenced until the searches are done
-            selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
         ids = np.full((b, n), -1, dtype=np.int64)
         scores = np.full((b, n), -np.inf, dtype=np.float32)
         rows = np.arange(b)
-        extra = int(np.quantile(counts, 0.9)) if b and excl.size else 0
+        one_pass = isinstance(self.index, TorchExactIndex)  # exclusions masked inside: deeper search finds no more
+        extra = int(np.quantile(counts, 0.9)) if b and excl.size and not one_pass else 0
         k = min(available, n + extra)
         while rows.size and k > 0:
-            pos, dist = self._raw_search(q[rows], k, selector)
+            pos, dist = self._raw_search(q[rows], k, allowed, excl if one_pass else None)
             keep = pos >= 0
             if excl.size:
                 key = rows[:, None].astype(np.int64) * total + pos
@@ -209,54 +401,73 @@ class ItemIndex:
             ids[rows, : order.shape[1]] = np.where(got, self.item_ids[np.maximum(top, 0)], -1)
             scores[rows, : order.shape[1]] = np.where(got, np.take_along_axis(dist, order, axis=1), -np.inf)
             short = keep.sum(axis=1) < n
-            if k >= available or not short.any():
+            if one_pass or k >= available or not short.any():
                 break
             rows = rows[short]
             k = min(available, max(2 * k, n + int(counts[rows].max())))
-        del bitmap
         return ids, scores
 
     def save(self, directory: Path | str) -> Path:
-        """Write index.faiss, item_ids.npy and index.json (last, so a complete index.json means a complete save)."""
-        import faiss
-
+        """Write index.faiss (torch_exact: vectors.npy), item_ids.npy and index.json (last, so a complete
+        index.json means a complete save)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(out / INDEX_FILE))
+        if isinstance(self.index, TorchExactIndex):
+            import torch
+
+            np.save(out / VECTORS_FILE, self.index.vectors.cpu().numpy(), allow_pickle=False)
+            version = {"torch_version": torch.__version__}
+        else:
+            faiss = _faiss(self.type)
+            faiss.write_index(self.index, str(out / INDEX_FILE))
+            version = {"faiss_version": faiss.__version__}
         np.save(out / IDS_FILE, self.item_ids, allow_pickle=False)
         meta = {"format_version": FORMAT_VERSION, "type": self.type, "params": self.build_params, "dim": self.dim,
-                "n_items": self.n_items, "recall": self.recall, "faiss_version": faiss.__version__,
-                "build_seconds": self.timings}
+                "n_items": self.n_items, "recall": self.recall, **version, "build_seconds": self.timings}
         (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return out
 
     @classmethod
-    def load(cls, directory: Path | str) -> ItemIndex:
-        """Read a directory written by `save`; checks that the three files exist and agree (n_items, dim)."""
-        import faiss
+    def load(cls, directory: Path | str, *, device: str | None = None) -> ItemIndex:
+        """Read a directory written by `save`; checks that the three files exist and agree (n_items, dim).
 
+        `device` (auto|cpu|cuda) places a torch_exact index; None = the `device` it was built with."""
         src = Path(directory)
-        for name in (META_FILE, INDEX_FILE, IDS_FILE):
-            if not (src / name).is_file():
-                raise FileNotFoundError(f"{src / name}: missing; an index directory holds {META_FILE}, {INDEX_FILE} "
-                                        f"and {IDS_FILE} (written by `recforge index build`); rebuild it")
+        what = (f"an index directory holds {META_FILE}, {INDEX_FILE} ({VECTORS_FILE} for torch_exact) and {IDS_FILE} "
+                f"(written by `recforge index build`); rebuild it")
+        if not (src / META_FILE).is_file():
+            raise FileNotFoundError(f"{src / META_FILE}: missing; {what}")
         try:
             meta = json.loads((src / META_FILE).read_text())
             n_items, dim, params = int(meta["n_items"]), int(meta["dim"]), dict(meta["params"])
-            if params["type"] not in ("flat", "ivf_flat", "hnsw", "ivf_pq"):
+            if params["type"] not in (*FAISS_TYPES, "torch_exact"):
                 raise ValueError(f"unknown index type {params['type']!r}")
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{src / META_FILE}: not a valid index description ({e}); rebuild the index") from e
-        try:
-            index = faiss.read_index(str(src / INDEX_FILE))
-        except RuntimeError as e:
-            raise ValueError(f"{src / INDEX_FILE}: faiss cannot read it ({e}); rebuild the index") from e
+        data_file = VECTORS_FILE if params["type"] == "torch_exact" else INDEX_FILE
+        for name in (data_file, IDS_FILE):
+            if not (src / name).is_file():
+                raise FileNotFoundError(f"{src / name}: missing; {what}")
+        if params["type"] == "torch_exact":
+            vectors = np.load(src / VECTORS_FILE, allow_pickle=False)
+            if vectors.ndim != 2 or vectors.dtype != np.float32:
+                raise ValueError(f"{src / VECTORS_FILE}: expected an n x d float32 matrix, got shape {vectors.shape} "
+                                 f"{vectors.dtype}; rebuild the index")
+            index: Any = TorchExactIndex(vectors, device=device or params.get("device", "auto"),
+                                         chunk_items=params["chunk_items"], query_batch=params["query_batch"],
+                                         allow_tf32=params.get("allow_tf32", False), copy=False)
+        else:
+            faiss = _faiss(params["type"])
+            try:
+                index = faiss.read_index(str(src / INDEX_FILE))
+            except RuntimeError as e:
+                raise ValueError(f"{src / INDEX_FILE}: faiss cannot read it ({e}); rebuild the index") from e
         ids = np.load(src / IDS_FILE, allow_pickle=False)
         if ids.ndim != 1 or ids.dtype != np.int64 or len(ids) != n_items:
             raise ValueError(f"{src / IDS_FILE}: expected {n_items} int64 item ids (n_items in {META_FILE}), got "
                              f"shape {ids.shape} {ids.dtype}; the files come from different builds, rebuild")
         if index.ntotal != n_items or index.d != dim:
-            raise ValueError(f"{src / INDEX_FILE}: holds {index.ntotal} vectors of dim {index.d}, {META_FILE} says "
+            raise ValueError(f"{src / data_file}: holds {index.ntotal} vectors of dim {index.d}, {META_FILE} says "
                              f"{n_items} of dim {dim}; the files come from different builds, rebuild")
         _tune(index, params)
         return cls(index, ids, params, meta.get("recall", {}), meta.get("build_seconds", {}))
@@ -264,18 +475,35 @@ class ItemIndex:
 
 def _tune(index: Any, params: dict[str, Any]) -> None:
     """Apply the query-time knobs (nprobe, efSearch) stored in `params` to a faiss index."""
-    import faiss
-
     if params["type"] in ("ivf_flat", "ivf_pq"):
-        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+        _faiss(params["type"]).extract_index_ivf(index).nprobe = int(params["nprobe"])
     elif params["type"] == "hnsw":
         index.hnsw.efSearch = int(params["ef_search"])
 
 
+def _auto_type(cfg: IndexConfig, n: int, dim: int) -> IndexType:
+    """`type: auto`: torch_exact when torch sees a CUDA device (and `device` is not cpu) and the n x dim float32
+    matrix takes at most AUTO_GPU_SHARE of its free memory; otherwise (always on a CPU-only machine) faiss exact
+    search up to `auto_exact_max` items and HNSW above."""
+    free = _cuda_free_bytes() if cfg.device != "cpu" else None
+    if free is not None and 4 * n * dim <= AUTO_GPU_SHARE * free:
+        return "torch_exact"
+    if cfg.device == "cuda":
+        _torch_device("cuda")  # names the problem where no CUDA device is visible
+        raise ValueError(f"index.device is 'cuda' but {n} x {dim} float32 vectors exceed {AUTO_GPU_SHARE:.0%} of "
+                         f"the free GPU memory; set index.device: auto (CPU faiss) or type 'torch_exact' with a "
+                         f"smaller chunk_items")
+    return "flat" if n <= cfg.auto_exact_max else "hnsw"
+
+
 def _resolve(cfg: IndexConfig, n: int, dim: int) -> dict[str, Any]:
     """The concrete type and parameters for a corpus of n x dim; data-dependent checks name the config field."""
-    kind: IndexType = ("flat" if n <= cfg.auto_exact_max else "hnsw") if cfg.type == "auto" else cfg.type
+    kind: IndexType = _auto_type(cfg, n, dim) if cfg.type == "auto" else cfg.type
     params: dict[str, Any] = {"type": kind, "requested": cfg.type, "threads": cfg.threads}
+    if kind == "torch_exact":
+        _torch_device(cfg.device)  # a missing CUDA device fails here, before any work
+        params |= {"device": cfg.device, "chunk_items": cfg.chunk_items, "query_batch": cfg.query_batch,
+                   "allow_tf32": cfg.allow_tf32}
     if kind == "hnsw":
         params |= {"hnsw_m": cfg.hnsw_m, "ef_construction": cfg.ef_construction, "ef_search": cfg.ef_search}
     if kind in ("ivf_flat", "ivf_pq"):
@@ -297,8 +525,7 @@ def _resolve(cfg: IndexConfig, n: int, dim: int) -> dict[str, Any]:
 
 
 def _make(params: dict[str, Any], dim: int) -> Any:
-    import faiss
-
+    faiss = _faiss(params["type"])
     ip = faiss.METRIC_INNER_PRODUCT
     if params["type"] == "flat":
         return faiss.IndexFlatIP(dim)
@@ -314,14 +541,22 @@ def _make(params: dict[str, Any], dim: int) -> Any:
     return index  # faiss's Python wrapper keeps `quantizer` referenced by the index
 
 
-def measure_recall(item: ItemIndex, vectors: np.ndarray, queries: np.ndarray, k: int) -> dict[str, Any]:
-    """recall@k of `item` against exact inner-product search over `vectors`: mean over queries of |approx ∩ exact|/k."""
-    import faiss
-
-    k = min(k, item.n_items)
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the exact inner-product top-k of each query: faiss IndexFlatIP where faiss is installed (an
+    implementation independent of torch_exact), else `TorchExactIndex` on the CPU."""
+    try:
+        import faiss
+    except ImportError:
+        return TorchExactIndex(vectors, device="cpu", copy=False).search(queries, k)[0]
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
-    _, truth = exact.search(queries, k)
+    return exact.search(queries, k)[1]
+
+
+def measure_recall(item: ItemIndex, vectors: np.ndarray, queries: np.ndarray, k: int) -> dict[str, Any]:
+    """recall@k of `item` against exact inner-product search over `vectors`: mean over queries of |approx ∩ exact|/k."""
+    k = min(k, item.n_items)
+    truth = exact_top_k(vectors, queries, k)
     approx, _ = item._raw_search(queries, k)
     rows = np.arange(len(queries), dtype=np.int64)[:, None] * item.n_items
     truth_keys = np.sort((rows + truth).ravel())
@@ -357,20 +592,25 @@ def build_index(vectors: np.ndarray, item_ids: np.ndarray, cfg: IndexConfig, que
     if len(queries) == 0:
         raise ValueError("'queries' is empty; the recall check needs real user query vectors")
     params = _resolve(cfg, n, dim)
-    _set_threads(cfg.threads)
     rng = np.random.default_rng(seed)
-    index = _make(params, dim)
-    t0 = time.perf_counter()
-    if not index.is_trained:
-        need = 256 * params["nlist"]
-        if params["type"] == "ivf_pq":
-            need = max(need, 64 << cfg.pq_bits)  # PQ codebooks want tens of points per centroid
-        sample = vectors if n <= need else vectors[np.sort(rng.choice(n, size=need, replace=False))]
-        params["train_size"] = len(sample)
-        index.train(sample)
-    t1 = time.perf_counter()
-    index.add(vectors)
-    _tune(index, params)
+    if params["type"] == "torch_exact":
+        t0 = t1 = time.perf_counter()
+        index: Any = TorchExactIndex(vectors, device=params["device"], chunk_items=params["chunk_items"],
+                                     query_batch=params["query_batch"], allow_tf32=params["allow_tf32"])
+    else:
+        _set_threads(cfg.threads)
+        index = _make(params, dim)
+        t0 = time.perf_counter()
+        if not index.is_trained:
+            need = 256 * params["nlist"]
+            if params["type"] == "ivf_pq":
+                need = max(need, 64 << cfg.pq_bits)  # PQ codebooks want tens of points per centroid
+            sample = vectors if n <= need else vectors[np.sort(rng.choice(n, size=need, replace=False))]
+            params["train_size"] = len(sample)
+            index.train(sample)
+        t1 = time.perf_counter()
+        index.add(vectors)
+        _tune(index, params)
     t2 = time.perf_counter()
     item = ItemIndex(index, ids, params, {})
     checked = queries if len(queries) <= cfg.recall_queries else queries[
@@ -420,10 +660,12 @@ def _read_embeddings(path: Path, columns: list[str]) -> dict[str, Any]:
         flat = flat.cast(pa.float32())
     values = flat.to_numpy(zero_copy_only=flat.null_count == 0)
     out["embedding"] = values.reshape(len(emb), emb.type.list_size)
-    if "item_id" in columns:
-        col = table.column("item_id")
+    for name in ("item_id", "item_code"):
+        if name not in columns:
+            continue
+        col = table.column(name)
         if not pa.types.is_integer(col.type) or col.null_count:
-            raise ValueError(f"{path}: column 'item_id' must be non-null integers, got {col.type} with "
+            raise ValueError(f"{path}: column '{name}' must be non-null integers, got {col.type} with "
                              f"{col.null_count} nulls; re-create the file with {PRODUCER}")
         out["item_id"] = col.to_numpy().astype(np.int64, copy=False)
     return out
@@ -431,8 +673,13 @@ def _read_embeddings(path: Path, columns: list[str]) -> dict[str, Any]:
 
 def build_from_embeddings(embeddings_dir: Path, cfg: IndexConfig, out_dir: Path) -> ItemIndex:
     """Read item_embeddings.parquet and query_embeddings.parquet from `embeddings_dir`, build, save to `out_dir`."""
+    import pyarrow.parquet as pq
+
     src = Path(embeddings_dir)
-    items = _read_embeddings(src / ITEM_EMBEDDINGS, ["item_id", "embedding"])
+    path = src / ITEM_EMBEDDINGS
+    # a retrieval bundle's corpus position `item_code` when present (raw ids may be strings), else integer item ids
+    code = path.is_file() and "item_code" in pq.read_schema(path).names
+    items = _read_embeddings(path, ["item_code" if code else "item_id", "embedding"])
     queries = _read_embeddings(src / QUERY_EMBEDDINGS, ["embedding"])["embedding"]
     if queries.shape[1] != items["embedding"].shape[1]:
         raise ValueError(f"{src / QUERY_EMBEDDINGS}: vectors of dim {queries.shape[1]}, but {ITEM_EMBEDDINGS} has "

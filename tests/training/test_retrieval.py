@@ -181,7 +181,7 @@ def test_retrieval_bundle_loads_and_scores_raw_users_like_the_trained_towers(dem
     # exact search (no index) equals a brute-force ranking, honours exclusions, pads when the corpus runs out
     ids, scores = retriever.search(got[:3], 10)
     brute = np.argsort(-(got[:3] @ retriever.item_vectors.T), axis=1, kind="stable")[:, :10]
-    assert (ids == retriever.item_ids[brute]).all()
+    assert (ids == retriever.item_ids[brute]).all() and (np.diff(scores, axis=1) <= 1e-6).all()
     banned = [ids[i, :4].tolist() for i in range(3)]
     again, _ = retriever.search(got[:3], 10, exclude=banned)
     assert all(not set(banned[i]) & set(again[i].tolist()) for i in range(3))

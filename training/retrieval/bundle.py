@@ -53,12 +53,12 @@ def save_retrieval_bundle(directory: str | Path, *, model: TwoTower, cfg: Retrie
                           spec_dir: str | Path, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write the bundle (see the module docstring) for a trained model; returns what was exported."""
     out = Path(directory)
+    if out.exists():  # a bundle is written whole: nothing of an earlier run (its index above all) may survive
+        shutil.rmtree(out)
     emb = out / EMBEDDINGS
-    emb.mkdir(parents=True, exist_ok=True)
+    emb.mkdir(parents=True)
     model = model.cpu().eval()
     torch.save(model.state_dict(), out / "two_tower.pt")
-    if (out / "spec").exists():
-        shutil.rmtree(out / "spec")
     shutil.copytree(spec_dir, out / "spec")
     items = _embed(model.item, data.corpus)
     codes = np.arange(len(data.corpus_ids), dtype=np.int64)

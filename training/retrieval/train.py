@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,13 +27,14 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
+from feature_store.spec import FeatureSpec
 from training.data import InMemoryBatches
 from training.retrieval.bundle import save_retrieval_bundle
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import Batch, QuerySet, RetrievalData, load_retrieval_data
 from training.retrieval.model import TwoTower, mixed_negatives, sampled_softmax_loss
 from training.retrieval_eval import evaluate_scores, run_baselines
-from training.tracking import default_tracking_uri, ensure_experiment
+from training.tracking import LINEAGE_DATA, LINEAGE_SPEC, default_tracking_uri, ensure_experiment, hash_prepared
 from training.train import lightning_precision
 
 log = logging.getLogger("recforge.retrieval")
@@ -160,7 +162,8 @@ def _trainer(cfg: RetrievalConfig, max_epochs: int, callbacks: list[pl.Callback]
         accelerator="gpu" if cfg.accelerator == "cuda" else cfg.accelerator, devices=cfg.devices,
         strategy=cfg.strategy, precision=_precision(cfg),  # type: ignore[arg-type]
         max_epochs=max_epochs, callbacks=callbacks, logger=logger, enable_checkpointing=bool(callbacks),
-        num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False, deterministic=False,
+        enable_progress_bar=os.environ.get("RECFORGE_PROGRESS", "1") != "0", num_sanity_val_steps=0,
+        limit_val_batches=0, enable_model_summary=False, deterministic=False,
     )
 
 
@@ -286,6 +289,8 @@ def _log_run(run_id: str, uri: str, result: dict[str, Any], cfg: RetrievalConfig
     client.log_batch(run_id, metrics=[Metric(f"test/{method}/{key.replace('@', '_at_')}", float(value), now, 0)
                                       for method, metrics in result["test"].items() for key, value in metrics.items()])
     client.log_param(run_id, "retrieval_config", json.dumps(cfg.model_dump(mode="json"))[:6000])
+    client.set_tag(run_id, LINEAGE_DATA, hash_prepared(prepared))
+    client.set_tag(run_id, LINEAGE_SPEC, FeatureSpec.load(prepared / "spec").fingerprint())
     if config_doc is not None:
         client.log_dict(run_id, dict(config_doc), "resolved_config.json")
     # the retrieval bundle: towers, embeddings (index input) and the feature spec travel together
