@@ -1,0 +1,364 @@
+"""The recommendation HTTP API (FastAPI behind Ray Serve) and the application graph `build_app(cfg)` deploys.
+
+Graph: HTTP -> `Ingress` -> `FeatureLookup` (online store) -> `RetrieverModel` (user tower + index top-N) ->
+`FeatureLookup` (candidates' item features) -> `RankerModel` (CTR, batched) -> top-k.
+
+Endpoints (OpenAPI docs at /docs):
+- POST /recommend {user_id, k, context?, exclude_seen?}: the top-k items with scores. Users the online store does
+  not know get the most popular items (ranked the same way) and `fallback: "popular"`.
+- POST /predict {user_id, item_ids, context?}: click probability per item; ids the online store does not know are
+  reported per item (`status: "unknown_item"`, `score: null`), never a failure of the request.
+- GET /healthz (503 until every model has a version loaded), GET /models (versions, since when, last error),
+  POST /admin/reload (checks the aliases now; needs the `X-Admin-Token` header; disabled without
+  `serving.admin_token`).
+Bad bodies get 422 naming the field (`k` above `serving.max_k`, empty or too long `item_ids`, wrong types,
+unknown context fields). Every answer says which model versions produced it and how long each stage took
+(`timings_ms` and a `Server-Timing` header).
+
+Reliability: a model call that fails because its replica died (Ray Serve does not retry a request already sent
+to a replica) is retried by the ingress up to `RETRIES` times; Serve routes the retry to a live or restarted
+replica. Model calls are read-only, so a retry is safe.
+"""
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Header, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from ray import serve
+from ray.exceptions import RayActorError
+
+from serving.deployments import Candidates, FeatureLookup, ModelSource, RankerModel, ReplicaSettings, RetrieverModel
+from serving.features import ItemFeatures, UserFeatures, assemble_rows, user_row
+
+APP_NAME = "recforge"
+RETRIES = 3
+RETRY_BACKOFF_S = (0.05, 0.25, 1.0)
+
+Id = StrictInt | StrictStr
+ContextValue = StrictStr | StrictInt | StrictFloat | StrictBool | list[StrictStr | StrictInt | StrictFloat] | None
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """What the ingress needs from the config: limits, keys, which history columns hold seen items."""
+
+    max_k: int
+    max_items: int
+    candidates: int
+    admin_token: str | None
+    user_key: str
+    item_key: str
+    seen_columns: tuple[str, ...]
+    has_retriever: bool
+
+
+# ------------------------------------------------------------------------------------------------ API models
+class ModelVersion(BaseModel):
+    name: str
+    version: str
+    alias: str
+
+
+class RecommendedItem(BaseModel):
+    item_id: Any
+    score: float = Field(description="click probability from the ranker")
+    retrieval_score: float | None = Field(description="two-tower similarity (null for the popularity fallback)")
+
+
+class RecommendResponse(BaseModel):
+    user_id: Any
+    items: list[RecommendedItem]
+    fallback: str | None = Field(description='"popular" when the user is unknown to the online store')
+    models: dict[str, ModelVersion]
+    timings_ms: dict[str, float]
+
+
+class Prediction(BaseModel):
+    item_id: Any
+    score: float | None
+    status: str = Field(description='"ok" or "unknown_item" (no score)')
+
+
+class PredictResponse(BaseModel):
+    user_id: Any
+    user_status: str = Field(description='"known" or "unknown" (scored with out-of-vocabulary user features)')
+    predictions: list[Prediction]
+    models: dict[str, ModelVersion]
+    timings_ms: dict[str, float]
+
+
+def request_models(s: ApiSettings) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The request bodies, with this deployment's limits (k <= max_k, 1..max_items item ids)."""
+
+    class RecommendRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        user_id: Id
+        k: StrictInt = Field(10, ge=1, le=s.max_k, description=f"items to return (at most {s.max_k})")
+        context: dict[str, ContextValue] | None = Field(
+            None, description="request-time raw columns (e.g. channel, device, hour); override stored values")
+        exclude_seen: StrictBool = Field(True, description="leave out items in the user's behaviour history")
+
+    class PredictRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        user_id: Id
+        item_ids: list[Id] = Field(min_length=1, max_length=s.max_items,
+                                   description=f"1 to {s.max_items} item ids")
+        context: dict[str, ContextValue] | None = None
+
+    return RecommendRequest, PredictRequest
+
+
+def field_error(status: int, loc: list[Any], msg: str) -> JSONResponse:
+    """An error in FastAPI's validation shape: {"detail": [{"loc": [...], "msg": ..., "type": ...}]}."""
+    return JSONResponse({"detail": [{"loc": loc, "msg": msg, "type": "value_error"}]}, status_code=status)
+
+
+def _unavailable(msg: str) -> JSONResponse:
+    return JSONResponse({"detail": msg}, status_code=503)
+
+
+def _server_timing(response: Response, timings: dict[str, float]) -> None:
+    response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items())
+
+
+class _Clock:
+    """Wall time per stage of one request, in ms."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    async def time(self, stage: str, call: Awaitable[Any]) -> Any:
+        t = time.perf_counter()
+        out = await call
+        self.stages[stage] = self.stages.get(stage, 0.0) + (time.perf_counter() - t) * 1e3
+        return out
+
+    def done(self) -> dict[str, float]:
+        return {**{k: round(v, 3) for k, v in self.stages.items()},
+                "total": round((time.perf_counter() - self.t0) * 1e3, 3)}
+
+
+# ------------------------------------------------------------------------------------------------ ingress
+@serve.ingress()
+class Ingress:
+    """The HTTP entry point: validates requests, calls the model deployments, shapes the answers."""
+
+    def __init__(self, features: Any, ranker: Any, retriever: Any | None, settings: ApiSettings) -> None:
+        self.features = features
+        self.ranker = ranker
+        self.retriever = retriever
+        self.s = settings
+        self.retries = 0  # model calls retried after a replica died
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self)
+
+    async def call(self, handle: Any, method: str, *args: Any) -> Any:
+        """`handle.method.remote(*args)`, retried when the replica died mid-request (see module docstring)."""
+        for attempt in range(RETRIES + 1):
+            try:
+                return await getattr(handle, method).remote(*args)
+            except RayActorError:
+                if attempt == RETRIES:
+                    raise
+                self.retries += 1
+                await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+        raise AssertionError("unreachable")
+
+    def _context_error(self, context: dict[str, Any] | None) -> JSONResponse | None:
+        for key in (self.s.user_key, self.s.item_key):
+            if context and key in context:
+                return field_error(422, ["body", "context", key],
+                                   f"'{key}' is a key, not context: pass it as the request's "
+                                   f"{'user_id' if key == self.s.user_key else 'item_ids'}")
+        return None
+
+    def _seen(self, user: UserFeatures) -> list[Any]:
+        seen: list[Any] = []
+        for col in self.s.seen_columns:
+            values = user.values.get(col)
+            if isinstance(values, list):
+                seen += values
+        return seen
+
+    async def recommend(self, user_id: Any, k: int, context: dict[str, Any] | None, exclude_seen: bool,
+                        response: Response) -> Any:
+        bad = self._context_error(context)
+        if bad is not None:
+            return bad
+        if self.retriever is None:
+            return _unavailable("this scenario has no retriever (no `retrieval:` features); use /predict")
+        clock = _Clock()
+        user: UserFeatures = await clock.time("features", self.call(self.features, "user", user_id))
+        exclude = self._seen(user) if exclude_seen else []
+        n = max(self.s.candidates, k)
+        if user.known:
+            cands: Candidates = await clock.time("retrieval", self.call(
+                self.retriever, "candidates", user_row(user, context, user_key=self.s.user_key), n, exclude))
+        else:
+            cands = await clock.time("retrieval", self.call(self.retriever, "popular", n, exclude))
+        if cands.error is not None:
+            return (field_error(422, ["body", *cands.error_field.split(".")], cands.error) if cands.error_field
+                    else _unavailable(cands.error))
+        items: ItemFeatures = await clock.time("features", self.call(self.features, "items", cands.ids))
+        rows = assemble_rows(user, items, context, user_key=self.s.user_key, item_key=self.s.item_key)
+        scored = await clock.time("ranking", self.call(self.ranker, "score", rows, list(context or {})))
+        if scored.error is not None:
+            return (field_error(422, ["body", *scored.error_field.split(".")], scored.error) if scored.error_field
+                    else _unavailable(scored.error))
+        probs = np.asarray(scored.scores, dtype=np.float64)
+        top = np.argsort(-probs, kind="stable")[:k]
+        ids = np.empty(len(cands.ids), dtype=object)
+        ids[:] = cands.ids
+        retrieval = np.empty(len(cands.scores), dtype=object)
+        retrieval[:] = cands.scores
+        timings = clock.done()
+        _server_timing(response, timings)
+        return {
+            "user_id": user_id,
+            "items": [{"item_id": i, "score": p, "retrieval_score": r}
+                      for i, p, r in zip(ids[top].tolist(), probs[top].tolist(), retrieval[top].tolist())],
+            "fallback": None if user.known else "popular",
+            "models": {"retriever": cands.model.to_json(), "ranker": scored.model.to_json()},
+            "timings_ms": timings,
+        }
+
+    async def predict(self, user_id: Any, item_ids: list[Any], context: dict[str, Any] | None,
+                      response: Response) -> Any:
+        bad = self._context_error(context)
+        if bad is not None:
+            return bad
+        clock = _Clock()
+        user, items = await clock.time("features", asyncio.gather(
+            self.call(self.features, "user", user_id), self.call(self.features, "items", item_ids)))
+        known = np.flatnonzero(items.known)
+        rows = assemble_rows(user, items, context, user_key=self.s.user_key, item_key=self.s.item_key, take=known)
+        scored = await clock.time("ranking", self.call(self.ranker, "score", rows, list(context or {})))
+        if scored.error is not None:
+            return (field_error(422, ["body", *scored.error_field.split(".")], scored.error) if scored.error_field
+                    else _unavailable(scored.error))
+        scores = np.full(len(item_ids), None, dtype=object)
+        scores[known] = scored.scores
+        status = np.where(items.known, "ok", "unknown_item")
+        timings = clock.done()
+        _server_timing(response, timings)
+        return {
+            "user_id": user_id,
+            "user_status": "known" if user.known else "unknown",
+            "predictions": [{"item_id": i, "score": p, "status": st}
+                            for i, p, st in zip(item_ids, scores.tolist(), status.tolist())],
+            "models": {"ranker": scored.model.to_json()},
+            "timings_ms": timings,
+        }
+
+    def _model_handles(self) -> dict[str, Any]:
+        return {"ranker": self.ranker, **({"retriever": self.retriever} if self.retriever is not None else {})}
+
+    async def models(self) -> dict[str, Any]:
+        handles = {**self._model_handles(), "online_store": self.features}
+        got = await asyncio.gather(*(self.call(h, "status") for h in handles.values()))
+        return {**dict(zip(handles, got)), "ingress": {"retries": self.retries, "replica_pid": os.getpid()}}
+
+    async def healthz(self) -> JSONResponse:
+        handles = self._model_handles()
+        got = dict(zip(handles, await asyncio.gather(*(self.call(h, "status") for h in handles.values()))))
+        missing = {role: s["last_error"] for role, s in got.items() if not s["version"]}
+        body: dict[str, Any] = {"status": "unavailable" if missing else "ok",
+                                "models": {role: s["version"] for role, s in got.items()}}
+        if missing:
+            body["missing"] = missing
+        return JSONResponse(body, status_code=503 if missing else 200)
+
+    async def reload(self, token: str | None) -> JSONResponse:
+        if self.s.admin_token is None:
+            return JSONResponse({"detail": "admin reload is disabled: set serving.admin_token to enable it"},
+                                status_code=403)
+        if token != self.s.admin_token:
+            return JSONResponse({"detail": "missing or wrong X-Admin-Token header"}, status_code=401)
+        handles = self._model_handles()
+        got = await asyncio.gather(*(self.call(h, "reload") for h in handles.values()))
+        return JSONResponse(dict(zip(handles, got)))
+
+
+def build_api(ingress: Ingress) -> FastAPI:
+    """The FastAPI app of one ingress replica (routes call the ingress; request models carry its limits)."""
+    RecommendRequest, PredictRequest = request_models(ingress.s)
+    api = FastAPI(title="RecForge recommendation API", version="1",
+                  description="Two-stage recommender: online features -> two-tower retrieval -> CTR ranking.")
+
+    @api.post("/recommend", response_model=RecommendResponse,
+              responses={422: {"description": "a field is invalid (named in detail[].loc)"},
+                         503: {"description": "a model has no version loaded"}})
+    async def recommend(body: RecommendRequest, response: Response) -> Any:  # type: ignore[valid-type]
+        """Top-k items for a user: retrieval over the item index, ranked by the CTR model."""
+        return await ingress.recommend(body.user_id, body.k, body.context, body.exclude_seen, response)
+
+    @api.post("/predict", response_model=PredictResponse,
+              responses={422: {"description": "a field is invalid (named in detail[].loc)"},
+                         503: {"description": "the ranker has no version loaded"}})
+    async def predict(body: PredictRequest, response: Response) -> Any:  # type: ignore[valid-type]
+        """Click probability of each item for a user."""
+        return await ingress.predict(body.user_id, body.item_ids, body.context, response)
+
+    @api.get("/healthz")
+    async def healthz() -> JSONResponse:
+        """200 when every model has a version loaded, else 503 naming what is missing."""
+        return await ingress.healthz()
+
+    @api.get("/models")
+    async def models() -> dict[str, Any]:
+        """Per model: the registry version served, since when, the last alias check and the last load error."""
+        return await ingress.models()
+
+    @api.post("/admin/reload")
+    async def reload(x_admin_token: str | None = Header(None)) -> JSONResponse:
+        """Check the aliases now (instead of waiting for the next poll) and load moved versions."""
+        return await ingress.reload(x_admin_token)
+
+    return api
+
+
+# ------------------------------------------------------------------------------------------------ graph
+def api_settings(cfg: Any) -> ApiSettings:
+    """ApiSettings of a `RecForgeConfig`."""
+    f = cfg.features
+    sources = {c.name: c.source_column for c in f.categorical}
+    seen = tuple(s.name for s in f.sequence if sources.get(s.source) == f.item_key)
+    s = cfg.serving
+    return ApiSettings(max_k=s.max_k, max_items=s.max_items, candidates=s.candidates, admin_token=s.admin_token,
+                       user_key=f.user_key, item_key=f.item_key, seen_columns=seen,
+                       has_retriever=bool(cfg.retrieval.user_features and cfg.retrieval.item_features))
+
+
+def build_app(cfg: Any) -> Any:
+    """The bound Ray Serve application of a `RecForgeConfig` (serve.run it, or use serving.server.start_app)."""
+    from pathlib import Path
+
+    from serving.config import model_names
+    from serving.registry import tracking_uri
+
+    s = cfg.serving
+    settings = api_settings(cfg)
+    uri = tracking_uri(cfg)
+    ranker_name, retriever_name = model_names(cfg.name, cfg.registry)
+    replica = ReplicaSettings(threads=max(1, int(s.cpus_per_replica)), device="cuda" if s.num_gpus > 0 else "cpu")
+    model_opts = {"num_cpus": s.cpus_per_replica, "num_gpus": s.num_gpus}
+    features = FeatureLookup.options(ray_actor_options={"num_cpus": 0.1}).bind(
+        cfg.online_store.model_dump(mode="json"), str(Path(cfg.output_dir) / "online.db"),
+        settings.user_key, settings.item_key)
+    ranker = RankerModel.options(num_replicas=s.ranker_replicas, ray_actor_options=model_opts).bind(
+        ModelSource("ranker", ranker_name, s.alias, uri, s.poll_seconds), replica)
+    retriever = None
+    if settings.has_retriever:
+        retriever = RetrieverModel.options(num_replicas=s.retriever_replicas, ray_actor_options=model_opts).bind(
+            ModelSource("retriever", retriever_name, s.alias, uri, s.poll_seconds), replica)
+    ingress = serve.deployment(Ingress, name="Ingress", ray_actor_options={"num_cpus": 0.1})
+    return ingress.bind(features, ranker, retriever, settings)

@@ -1,0 +1,405 @@
+"""The model-side Ray Serve deployments (online features, retriever, ranker) and the model lifecycle they share.
+
+Lifecycle (`ModelSlot`): a model deployment serves `models:/<name>@<alias>` of the MLflow registry. At start it
+resolves the alias, downloads that version's artifacts (a ranker bundle or a retrieval bundle) and loads them; a
+background thread then checks the alias every `poll_seconds` and, when it points at another version, loads that
+version next to the serving one and swaps one reference: a request reads the reference once, so it is answered
+entirely by the old or entirely by the new version and none is dropped. A version that fails to load (missing
+files, wrong format, a broken state dict) leaves the old version serving; the error is kept for `/models` and
+that version is not retried until the alias moves again or an admin reload forces it.
+
+Every answer carries the version that produced it (`ModelRef`), so a client can see which model answered.
+Deployments return results (`Scored`, `Candidates`) rather than raising, so request errors reach the HTTP
+ingress as data it maps to status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from ray import serve
+
+from serving.features import Columns, FeatureReader, ItemFeatures, UserFeatures, complete
+
+log = logging.getLogger("recforge.serving")
+
+
+# ------------------------------------------------------------------------------------------------ lifecycle
+@dataclass(frozen=True)
+class ModelSource:
+    """Which registered model a deployment serves and how often it checks the alias."""
+
+    role: str  # "ranker" | "retriever"
+    name: str
+    alias: str
+    tracking_uri: str
+    poll_seconds: float
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """Compute settings of a model replica: torch threads and device ("cpu" or "cuda")."""
+
+    threads: int = 1
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The registry version that answered a request."""
+
+    name: str
+    version: str
+    alias: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "alias": self.alias}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded model version: `model` is a `Ranker` or a `Retriever`."""
+
+    ref: ModelRef
+    run_id: str | None
+    model: Any
+    loaded_at: float
+    path: Path
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class ModelSlot:
+    """The version a deployment serves, swapped atomically when the alias moves (see the module docstring).
+
+    Args:
+        source: registered model, alias, tracking URI and poll interval.
+        loader: bundle directory -> loaded model (raises when the directory is not a usable bundle).
+    """
+
+    def __init__(self, source: ModelSource, loader: Callable[[Path], Any]) -> None:
+        self.source = source
+        self.loader = loader
+        self._current: Loaded | None = None
+        self._lock = threading.Lock()  # one check at a time (poll thread and admin reload)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failed_version: str | None = None
+        self.last_error: dict[str, Any] | None = None
+        self.last_check: float | None = None
+        self.swaps = 0
+        self._dir = Path(tempfile.mkdtemp(prefix=f"recforge-{source.role}-"))
+        self._client: Any = None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.source.name}@{self.source.alias}"
+
+    def current(self) -> Loaded | None:
+        """The serving version (read once per request: one reference, so a swap never splits a request)."""
+        return self._current
+
+    def _registry(self) -> Any:
+        if self._client is None:
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            import mlflow
+
+            uri = self.source.tracking_uri
+            self._client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return self._client
+
+    def check(self, force: bool = False) -> bool:
+        """Resolve the alias and load its version when it differs from the serving one; True when swapped.
+        Never raises: a failure is recorded in `last_error` and the serving version stays."""
+        with self._lock:
+            self.last_check = time.time()
+            version = None
+            try:
+                mv = self._registry().get_model_version_by_alias(self.source.name, self.source.alias)
+                version = str(mv.version)
+                current = self._current
+                if current is not None and current.ref.version == version and not force:
+                    self.last_error = None
+                    return False
+                if version == self._failed_version and not force:
+                    return False
+                loaded = self._load(version, mv.run_id)
+            except Exception as exc:
+                self._failed_version = version
+                self.last_error = {"version": version, "error": f"{type(exc).__name__}: {exc}",
+                                   "at": _iso(time.time())}
+                log.warning("%s: version %s not loaded, %s keeps serving: %s", self.uri, version,
+                            self._current.ref.version if self._current else "nothing", exc)
+                return False
+            old, self._current = self._current, loaded  # the swap: one reference assignment
+            self._failed_version, self.last_error = None, None
+            self.swaps += 1
+            if old is not None and old.path != loaded.path:
+                shutil.rmtree(old.path.parent, ignore_errors=True)
+            log.info("%s: now serving version %s", self.uri, version)
+            return True
+
+    def _load(self, version: str, run_id: str | None) -> Loaded:
+        import mlflow
+
+        client = self._registry()
+        dst = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=self._dir))
+        try:
+            uri = client.get_model_version_download_uri(self.source.name, version)
+            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst),
+                                                            tracking_uri=self.source.tracking_uri))
+            model = self.loader(path)
+        except BaseException:
+            shutil.rmtree(dst, ignore_errors=True)
+            raise
+        ref = ModelRef(self.source.name, version, self.source.alias)
+        return Loaded(ref=ref, run_id=run_id, model=model, loaded_at=time.time(), path=path)
+
+    def start(self) -> None:
+        """First check now (so a replica starts serving), then poll in a daemon thread."""
+        self.check()
+        self._thread = threading.Thread(target=self._poll, name=f"poll-{self.source.role}", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.source.poll_seconds):
+            self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def status(self) -> dict[str, Any]:
+        """What `/models` shows: serving version, since when, last check and the last load error."""
+        cur = self._current
+        return {
+            "model": self.uri,
+            "name": self.source.name,
+            "alias": self.source.alias,
+            "version": cur.ref.version if cur else None,
+            "run_id": cur.run_id if cur else None,
+            "loaded_at": _iso(cur.loaded_at) if cur else None,
+            "last_check": _iso(self.last_check),
+            "poll_seconds": self.source.poll_seconds,
+            "swaps": self.swaps,
+            "last_error": self.last_error,
+            "replica_pid": os.getpid(),
+        }
+
+    def unavailable(self) -> str:
+        why = self.last_error["error"] if self.last_error else "not loaded yet"
+        return f"{self.source.role} {self.uri}: no version loaded ({why})"
+
+
+def _torch_threads(settings: ReplicaSettings) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, settings.threads))
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclass
+class Scored:
+    """Ranker answer: one click probability per row, the version that produced them, or an error.
+    `error_field` names the request field at fault (a 422); otherwise an error means no model (a 503)."""
+
+    scores: list[float] = field(default_factory=list)
+    model: ModelRef | None = None
+    ms: float = 0.0
+    error: str | None = None
+    error_field: str | None = None
+
+
+@dataclass
+class Candidates:
+    """Retriever answer: candidate item ids (best first) with their retrieval scores."""
+
+    ids: list[Any] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)  # None: popularity order, no retrieval score
+    model: ModelRef | None = None
+    ms: float = 0.0
+    error: str | None = None
+    error_field: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------ deployments
+@serve.deployment
+class FeatureLookup:
+    """Online-feature lookup: the scenario's online store, read by user and item ids."""
+
+    def __init__(self, store_config: dict[str, Any], default_path: str, user_key: str, item_key: str) -> None:
+        from feature_store.config import RedisOnlineStoreConfig, SQLiteOnlineStoreConfig
+        from feature_store.online import open_online_store
+
+        kind = SQLiteOnlineStoreConfig if store_config.get("type", "sqlite") == "sqlite" else RedisOnlineStoreConfig
+        self.store = open_online_store(kind.model_validate(store_config), Path(default_path))
+        self.reader = FeatureReader(self.store, user_key, item_key)
+
+    async def user(self, user_id: Any) -> UserFeatures:
+        return self.reader.user(user_id)
+
+    async def items(self, item_ids: Sequence[Any]) -> ItemFeatures:
+        return self.reader.items(item_ids)
+
+    async def status(self) -> dict[str, Any]:
+        users, items = self.reader.views()
+        return {"store": repr(self.store), "user_views": [v.name for v in users], "item_views": [v.name for v in items],
+                "views": {v.name: {"rows": v.rows, "version": v.version, "written_at": _iso(v.written_at)}
+                          for v in (*users, *items)}}
+
+
+@dataclass
+class _Job:
+    loaded: Loaded
+    table: pa.Table  # spec-transformed rows
+
+
+def _load_ranker(device: str) -> Callable[[Path], Any]:
+    def load(path: Path) -> Any:
+        from training.bundle import load_bundle
+
+        ranker = load_bundle(path)
+        ranker.model.to(device)
+        return ranker
+
+    return load
+
+
+def score_transformed(jobs: Sequence[_Job], device: str) -> list[np.ndarray]:
+    """Score several requests' transformed rows with one forward pass per model version."""
+    import torch
+
+    from training.data import table_to_tensors
+
+    out: list[np.ndarray | None] = [None] * len(jobs)
+    groups: dict[int, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(id(job.loaded), []).append(i)
+    for members in groups.values():
+        ranker = jobs[members[0]].loaded.model
+        tables = [jobs[i].table for i in members]
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        batch = table_to_tensors(table, ranker.layout)
+        if device != "cpu":
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.no_grad():
+            probs = torch.sigmoid(ranker.model(batch).float()).cpu().numpy()
+        bounds = np.cumsum([0, *(t.num_rows for t in tables)])
+        for j, i in enumerate(members):
+            out[i] = probs[bounds[j]: bounds[j + 1]]
+    return [p if p is not None else np.empty(0, np.float32) for p in out]
+
+
+@serve.deployment
+class RankerModel:
+    """The CTR ranker: raw rows -> click probabilities; concurrent requests are scored in one batch."""
+
+    def __init__(self, source: ModelSource, settings: ReplicaSettings) -> None:
+        _torch_threads(settings)
+        self.settings = settings
+        self.slot = ModelSlot(source, _load_ranker(settings.device))
+        self.slot.start()
+
+    async def score(self, cols: Columns, context_keys: Sequence[str] = ()) -> Scored:
+        """Raw rows (column -> list; missing spec columns become null) -> one probability per row."""
+        t0 = time.perf_counter()
+        loaded = self.slot.current()
+        if loaded is None:
+            return Scored(error=self.slot.unavailable())
+        spec = loaded.model.spec
+        raw = spec.raw_columns()
+        unknown = [k for k in context_keys if k not in raw]
+        if unknown:
+            return Scored(error=f"unknown context field(s) {unknown}; the model reads: {', '.join(raw)}",
+                          error_field=f"context.{unknown[0]}")
+        n = len(next(iter(cols.values()))) if cols else 0
+        if n == 0:
+            return Scored(model=loaded.ref)
+        try:
+            table = spec.transform(pa.table(complete(cols, raw)), with_label=False)
+        except (ValueError, TypeError, pa.ArrowException) as exc:
+            return Scored(error=f"the request's values do not fit the model's feature spec: {exc}",
+                          error_field="context")
+        probs = await self._batched(_Job(loaded, table))
+        return Scored(scores=probs.astype(np.float64).tolist(), model=loaded.ref,
+                      ms=(time.perf_counter() - t0) * 1e3)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _batched(self, jobs: list[_Job]) -> list[np.ndarray]:
+        return await asyncio.to_thread(score_transformed, jobs, self.settings.device)
+
+    async def status(self) -> dict[str, Any]:
+        return self.slot.status()
+
+    async def reload(self) -> dict[str, Any]:
+        await asyncio.to_thread(self.slot.check, True)
+        return self.slot.status()
+
+    def __del__(self) -> None:
+        self.slot.stop()
+
+
+def _load_retriever(path: Path) -> Any:
+    from training.retrieval.bundle import load_retriever
+
+    return load_retriever(path)
+
+
+@serve.deployment
+class RetrieverModel:
+    """The two-tower retriever: a user's raw row -> user vector -> top-N items of the index, exclusions applied;
+    the popularity list for users the online store does not know."""
+
+    def __init__(self, source: ModelSource, settings: ReplicaSettings) -> None:
+        _torch_threads(settings)
+        self.slot = ModelSlot(source, _load_retriever)
+        self.slot.start()
+
+    async def candidates(self, user_cols: Columns, n: int, exclude: Sequence[Any] = ()) -> Candidates:
+        t0 = time.perf_counter()
+        loaded = self.slot.current()
+        if loaded is None:
+            return Candidates(error=self.slot.unavailable())
+        retriever = loaded.model
+        try:
+            vectors = retriever.user_vectors(pa.table(complete(user_cols, retriever.user_columns)))
+        except (ValueError, TypeError, pa.ArrowException) as exc:
+            return Candidates(error=f"the request's values do not fit the retriever's feature spec: {exc}",
+                              error_field="context")
+        ids, scores = retriever.search(vectors, n, exclude=[list(exclude)] if len(exclude) else None)
+        keep = np.isfinite(scores[0])
+        return Candidates(ids=ids[0][keep].tolist(), scores=scores[0][keep].astype(np.float64).tolist(),
+                          model=loaded.ref, ms=(time.perf_counter() - t0) * 1e3)
+
+    async def popular(self, n: int, exclude: Sequence[Any] = ()) -> Candidates:
+        t0 = time.perf_counter()
+        loaded = self.slot.current()
+        if loaded is None:
+            return Candidates(error=self.slot.unavailable())
+        ids = loaded.model.popular(n, exclude=list(exclude))
+        return Candidates(ids=ids.tolist(), scores=[None] * len(ids), model=loaded.ref,
+                          ms=(time.perf_counter() - t0) * 1e3)
+
+    async def status(self) -> dict[str, Any]:
+        return self.slot.status()
+
+    async def reload(self) -> dict[str, Any]:
+        await asyncio.to_thread(self.slot.check, True)
+        return self.slot.status()
+
+    def __del__(self) -> None:
+        self.slot.stop()

@@ -1,0 +1,159 @@
+"""Request rows from the online store: a user's and a list of items' latest features, merged into raw rows.
+
+The online store holds one view per entity (`recforge materialize`): views keyed by the scenario's user key (the
+`user` entity, `user_profile`, `user_history`, ...) and views keyed by its item key (the `item` entity). A request
+row is the raw row a model's feature spec reads: the user key, the item key, every user-side and item-side feature
+the views hold, and the request's context (request-time columns such as channel, device or hour), the context
+overriding stored values. Columns no view and no context supplies stay null, which the spec turns into its
+out-of-vocabulary index or numeric fill, exactly as it does offline.
+
+Lookups are columnar: one store read per view for the whole id list, values aligned by the store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from feature_store.online import OnlineStore
+from feature_store.online.base import EntityInfo, normalize_ids
+
+Columns = dict[str, list[Any]]
+
+
+@dataclass
+class UserFeatures:
+    """One user's merged features: `known` when any user view holds the id; `key` is the id as the store types it
+    (an int for an integer key column); `values` maps feature name -> value (views in name order, first wins)."""
+
+    key: Any
+    known: bool
+    values: dict[str, Any]
+    expired: list[str]
+
+
+@dataclass
+class ItemFeatures:
+    """Features of a list of items, aligned with the ids asked for: `known[i]` when an item view holds id i."""
+
+    keys: list[Any]
+    known: np.ndarray
+    columns: Columns
+
+
+def canonical_ids(ids: Sequence[Any], key_type: str) -> list[Any]:
+    """Ids as the store types its keys (`"42"` -> 42 for an integer key); ids that cannot be keys stay as given."""
+    text = normalize_ids(list(ids), key_type)
+    typed = pc.cast(text, pa.int64()) if key_type == "int" else text
+    valid = typed.is_valid().to_numpy(zero_copy_only=False)
+    out = np.empty(len(ids), dtype=object)
+    out[:] = list(ids)
+    converted = np.empty(len(ids), dtype=object)
+    converted[:] = typed.to_pylist()
+    out[valid] = converted[valid]
+    return out.tolist()
+
+
+class FeatureReader:
+    """Reads request rows' features from an online store.
+
+    Args:
+        store: the scenario's online store (SQLite or Redis).
+        user_key / item_key: the raw key columns of the feature spec (`features.user_key` / `item_key`).
+        refresh_seconds: how long the list of views is cached (a `recforge materialize` may add views).
+    """
+
+    def __init__(self, store: OnlineStore, user_key: str, item_key: str, refresh_seconds: float = 5.0) -> None:
+        self.store = store
+        self.user_key = user_key
+        self.item_key = item_key
+        self.refresh_seconds = refresh_seconds
+        self._views: tuple[float, list[EntityInfo], list[EntityInfo]] | None = None
+
+    def views(self) -> tuple[list[EntityInfo], list[EntityInfo]]:
+        """(user views, item views), each in name order; cached for `refresh_seconds`."""
+        now = time.monotonic()
+        if self._views is None or now - self._views[0] > self.refresh_seconds:
+            infos = sorted(self.store.entities().values(), key=lambda i: i.name)
+            self._views = (now, [i for i in infos if i.key == self.user_key],
+                           [i for i in infos if i.key == self.item_key])
+        return self._views[1], self._views[2]
+
+    def user(self, user_id: Any) -> UserFeatures:
+        """The user's features from every user-keyed view (one read per view)."""
+        user_views, _ = self.views()
+        values: dict[str, Any] = {}
+        expired: list[str] = []
+        known = False
+        key = user_id
+        for info in user_views:
+            names = [n for n in info.features if n != info.ts_column and n not in values]
+            if not names:
+                continue
+            got = self.store.read(info.name, [user_id], names)
+            for n in names:
+                status = got.status[n][0]
+                known |= status != "missing"
+                if status == "expired":
+                    expired.append(n)
+                values[n] = got.values[n][0]
+            key = canonical_ids([user_id], info.key_type)[0]
+        return UserFeatures(key=key, known=known, values=values, expired=expired)
+
+    def items(self, item_ids: Sequence[Any]) -> ItemFeatures:
+        """Features of `item_ids` from every item-keyed view, in the order of the ids."""
+        _, item_views = self.views()
+        n = len(item_ids)
+        columns: Columns = {}
+        known = np.zeros(n, dtype=bool)
+        keys = list(item_ids)
+        for info in item_views:
+            names = [c for c in info.features if c != info.ts_column and c not in columns]
+            if not names:
+                continue
+            got = self.store.read(info.name, list(item_ids), names)
+            for c in names:
+                known |= np.asarray(got.status[c], dtype=object) != "missing"
+                columns[c] = got.values[c]
+            keys = canonical_ids(list(item_ids), info.key_type)
+        return ItemFeatures(keys=keys, known=known, columns=columns)
+
+
+def assemble_rows(user: UserFeatures, items: ItemFeatures, context: Mapping[str, Any] | None, *,
+                  user_key: str, item_key: str, take: np.ndarray | None = None) -> Columns:
+    """Raw rows (column -> list) pairing the user with each item (rows `take` of `items`, default all):
+    user key, item key, user features, item features, then the context, which overrides stored values."""
+    idx = np.arange(len(items.keys)) if take is None else np.asarray(take, dtype=np.int64)
+    n = len(idx)
+    keys = np.empty(len(items.keys), dtype=object)
+    keys[:] = items.keys
+    cols: Columns = {user_key: [user.key] * n, item_key: keys[idx].tolist()}
+    for name, value in user.values.items():
+        cols.setdefault(name, [value] * n)
+    for name, values in items.columns.items():
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = values
+        cols.setdefault(name, arr[idx].tolist())
+    for name, value in (context or {}).items():
+        cols[name] = [value] * n
+    return cols
+
+
+def user_row(user: UserFeatures, context: Mapping[str, Any] | None, *, user_key: str) -> Columns:
+    """The one-row raw input of a user tower: user key, stored user features, context on top."""
+    cols: Columns = {user_key: [user.key], **{k: [v] for k, v in user.values.items()}}
+    for name, value in (context or {}).items():
+        cols[name] = [value]
+    return cols
+
+
+def complete(cols: Columns, needed: Sequence[str]) -> Columns:
+    """`cols` with every `needed` column present (absent ones null), so a spec never meets a missing column."""
+    n = len(next(iter(cols.values()))) if cols else 0
+    return {**cols, **{c: [None] * n for c in needed if c not in cols}}

@@ -1,0 +1,185 @@
+"""Starting and stopping the recommendation app: in this process (`start_app` / `stop_app`, what the demo and the
+tests call), in the foreground until Ctrl-C (`serve_forever`, `recforge serve`), or in the background
+(`start_detached` / `stop_detached`, `recforge serve --detach` / `--stop`).
+
+Ray: a local Ray on this machine unless `serving.ray_address` (or `--ray-address`) names a cluster to attach to.
+The HTTP proxy listens on `serving.host:serving.port` (127.0.0.1:8000 by default). A server started by
+`recforge serve` records its pid and URL in a small state file named after its port in the temp directory, which
+`recforge serve --stop` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from recforge.config import RecForgeConfig
+
+HEALTH_TIMEOUT_S = 300.0
+
+
+class ServeError(RuntimeError):
+    """The app could not be started or stopped; the message says why and what to do."""
+
+
+def app_url(host: str, port: int) -> str:
+    return f"http://{host}:{port}"
+
+
+def health(url: str, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of GET /healthz; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {}
+    except (OSError, ValueError):
+        return 0, {}
+
+
+def wait_healthy(url: str, timeout: float = HEALTH_TIMEOUT_S, alive: Any = None) -> dict[str, Any]:
+    """Poll /healthz until 200; raises ServeError with the last answer after `timeout` seconds or when
+    `alive()` turns false (a background server that exited)."""
+    deadline = time.monotonic() + timeout
+    code, body = 0, {}
+    while time.monotonic() < deadline:
+        code, body = health(url)
+        if code == 200:
+            return body
+        if alive is not None and not alive():
+            raise ServeError(f"the server exited before {url} became healthy")
+        time.sleep(0.5)
+    raise ServeError(f"{url} not healthy after {timeout:.0f}s (last /healthz: HTTP {code} {json.dumps(body)}); "
+                     f"check that the models are registered with the served alias (`recforge registry list`)")
+
+
+def start_app(cfg: RecForgeConfig, *, port: int | None = None, ray_address: str | None = None,
+              wait: bool = True, timeout: float = HEALTH_TIMEOUT_S) -> str:
+    """Deploy the app of `cfg` on a local Ray (or the cluster at `ray_address`) and return its URL; with `wait`,
+    only after /healthz answers 200 (every model loaded)."""
+    from feature_store.raycluster import ensure_ray
+
+    s = cfg.serving
+    port = port or s.port
+    url = app_url(s.host, port)
+    code, _ = health(url, timeout=2.0)
+    if code:
+        raise ServeError(f"{url} is already answering; stop that server (`recforge serve --stop --port {port}`) "
+                         f"or pick another --port")
+    ensure_ray(ray_address or s.ray_address)
+    from ray import serve
+
+    from serving.app import APP_NAME, build_app
+
+    serve.start(http_options={"host": s.host, "port": port})
+    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
+    if wait:
+        wait_healthy(url, timeout)
+    return url
+
+
+def stop_app() -> None:
+    """Remove the app and shut Serve down (the Ray this process started stays up until it exits)."""
+    from ray import serve
+
+    with contextlib.suppress(Exception):
+        serve.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------ CLI modes
+def state_path(port: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"recforge-serve-{port}.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def serve_forever(cfg: RecForgeConfig, *, port: int | None = None, ray_address: str | None = None) -> dict[str, Any]:
+    """`recforge serve`: start the app, then block until Ctrl-C or SIGTERM; stops Serve on the way out."""
+    port = port or cfg.serving.port
+    url = start_app(cfg, port=port, ray_address=ray_address)
+    state = state_path(port)
+    state.write_text(json.dumps({"pid": os.getpid(), "url": url, "config": cfg.name, "started_at": time.time()}))
+    print(f"recforge serve: {url} (docs {url}/docs); Ctrl-C stops it", flush=True)
+
+    def _term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _term)
+    t0 = time.time()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop_app()
+        with contextlib.suppress(FileNotFoundError):
+            state.unlink()
+    return {"url": url, "stopped": True, "seconds": round(time.time() - t0, 1)}
+
+
+def start_detached(argv: Sequence[str], port: int, host: str, log_path: Path,
+                   timeout: float = HEALTH_TIMEOUT_S) -> dict[str, Any]:
+    """`recforge serve --detach`: run `recforge <argv>` (a foreground serve) in a new session, return once
+    healthy with its pid, URL and log file; on failure stop it and raise with the log's tail."""
+    url = app_url(host, port)
+    if health(url, timeout=2.0)[0]:
+        raise ServeError(f"{url} is already answering; `recforge serve --stop --port {port}` first")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "recforge.cli", *argv], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        body = wait_healthy(url, timeout, alive=lambda: proc.poll() is None)
+    except ServeError as exc:
+        if proc.poll() is None:
+            proc.terminate()
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise ServeError(f"{exc}; server log {log_path}:\n{tail}") from None
+    return {"url": url, "pid": proc.pid, "log": str(log_path), "models": body.get("models", {})}
+
+
+def stop_detached(port: int, timeout: float = 60.0) -> dict[str, Any]:
+    """`recforge serve --stop`: SIGTERM the server recorded for `port` and wait for it to exit."""
+    state = state_path(port)
+    if not state.is_file():
+        raise ServeError(f"no recforge server recorded for port {port} ({state} is absent); "
+                         f"pass the --port it was started with")
+    info = json.loads(state.read_text())
+    pid = int(info["pid"])
+    if not _pid_alive(pid):
+        state.unlink()
+        return {"url": info.get("url"), "pid": pid, "stopped": False, "note": "was not running (stale state file)"}
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    if _pid_alive(pid):
+        raise ServeError(f"server pid {pid} did not exit within {timeout:.0f}s of SIGTERM; stop it by hand")
+    with contextlib.suppress(FileNotFoundError):
+        state.unlink()
+    return {"url": info.get("url"), "pid": pid, "stopped": True}
