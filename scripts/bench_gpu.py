@@ -1,9 +1,9 @@
 """Benchmark of the GPU paths on one CUDA device: CTR training throughput (against DeepCTR-Torch when importable),
 GPU-vs-CPU test AUC after one epoch, exact top-100 search on torch, and two-tower training throughput.
 
-Needs only torch, pytorch_lightning, pyarrow, numpy (and the package's own pydantic/PyYAML); DeepCTR-Torch, faiss
-and scipy (the two-tower model's data module) are used when importable and their rows are skipped with a line
-saying why otherwise. Data are synthetic and seeded; none of the data preparation is timed.
+Needs only torch, pytorch_lightning, pyarrow, numpy (and the package's own pydantic/PyYAML); DeepCTR-Torch and
+faiss are used when importable and their rows are skipped with a line saying why otherwise. Data are synthetic
+and seeded; none of the data preparation is timed.
 
 - Training: DCNv2, DeepFM and DLRM (the sizes of bench_train.py) built by `build_model` with the fused embedding,
   the optimizers of `CTRTask.configure_optimizers()`, BCE-with-logits on fp32 logits, the forward under bf16
@@ -489,7 +489,7 @@ def bench_faiss(args: argparse.Namespace, vectors: np.ndarray, ids: np.ndarray, 
 def bench_two_tower(args: argparse.Namespace, device: torch.device, out: dict[str, Any]) -> None:
     try:
         from training.retrieval.config import TwoTowerConfig
-        from training.retrieval.data import TowerLayout
+        from training.retrieval.layout import TowerLayout
         from training.retrieval.model import TwoTower, sampled_softmax_loss
     except ImportError as e:
         out["two_tower"] = {"skipped": f"training.retrieval does not import here ({e})"}

@@ -170,9 +170,8 @@ def test_lightning_trains_on_cuda_in_bf16_mixed() -> None:
 
 
 def test_two_tower_runs_forward_and_backward_on_cuda() -> None:
-    pytest.importorskip("scipy")  # training.retrieval.model imports training.retrieval.data, which needs scipy
     from training.retrieval.config import TwoTowerConfig
-    from training.retrieval.data import TowerLayout
+    from training.retrieval.layout import TowerLayout
     from training.retrieval.model import TwoTower, sampled_softmax_loss
 
     layout = synthetic_layout()  # tables: user_id, item_id, category, tags

@@ -16,7 +16,8 @@ from feature_store.prepare import prepare
 from recforge.config import RecForgeConfig, load
 from training.index import IndexConfig, ItemIndex, build_from_embeddings
 from training.retrieval.config import NegativesConfig, RetrievalConfig
-from training.retrieval.data import load_retrieval_data, tower_layout
+from training.retrieval.data import load_retrieval_data
+from training.retrieval.layout import tower_layout
 from training.retrieval.model import sampled_softmax_loss
 from training.retrieval.train import train_retrieval
 

@@ -28,7 +28,8 @@ import torch
 from feature_store.spec import FeatureSpec
 from training.data import table_to_tensors
 from training.retrieval.config import RetrievalConfig
-from training.retrieval.data import RetrievalData, TowerLayout, load_retrieval_data, tower_layout
+from training.retrieval.data import RetrievalData, load_retrieval_data
+from training.retrieval.layout import TowerLayout, tower_layout
 from training.retrieval.model import TwoTower
 
 BUNDLE_FORMAT = "recforge.retriever"

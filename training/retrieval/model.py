@@ -9,6 +9,8 @@ FAISS index searches by inner product. The nn.Module knows nothing of Lightning,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,7 +19,9 @@ from training.embedding import FusedEmbedding, _masked_mean
 from training.features import DENSE
 from training.models.layers import MLP
 from training.retrieval.config import NegativesConfig, TwoTowerConfig
-from training.retrieval.data import TowerLayout
+
+if TYPE_CHECKING:  # the model runs without scipy (data.py's sparse matrices), e.g. on a bare GPU box
+    from training.retrieval.layout import TowerLayout
 
 
 class AttentionPooling(nn.Module):
