@@ -105,7 +105,8 @@ def oracle_auc(cfg: RecForgeConfig) -> float | None:
 
 def demo(cfg: RecForgeConfig) -> dict[str, Any]:
     """generate (synthetic sources) -> prepare -> materialize -> train the ranker -> train the two-tower
-    retrieval model and build its index (when the config has a `retrieval:` section); every stage's report."""
+    retrieval model and build its index -> register both and promote them through the gate -> serve them and
+    send a few real requests (when the config has a `retrieval:` section); every stage's report."""
     t0 = time.perf_counter()
     out: dict[str, Any] = {"name": cfg.name, "output_dir": str(Path(cfg.output_dir))}
     if isinstance(cfg.source, SyntheticSource):
@@ -116,5 +117,53 @@ def demo(cfg: RecForgeConfig) -> dict[str, Any]:
     if cfg.retrieval.user_features and cfg.retrieval.item_features:
         out["retrieval"] = train_retrieval(cfg)
         out["index"] = build_index(cfg)
+        out["registry"] = register_and_promote(cfg)
+        out["serving"] = serve_and_query(cfg)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
+
+
+def register_and_promote(cfg: RecForgeConfig) -> dict[str, Any]:
+    """Register the latest ranker and retriever runs and promote each through the gate (against the current
+    champion when there is one); the decisions and review paths."""
+    from serving.config import model_names
+    from serving.registry import promote, register_ranker, register_retriever
+
+    out: dict[str, Any] = {}
+    for name, register in zip(model_names(cfg.name, cfg.registry), (register_ranker, register_retriever),
+                              strict=True):
+        version = register(cfg)
+        result = promote(cfg, name, version.version, user="recforge-demo")
+        out[name] = {"version": version.version, "decision": result.decision, "failures": result.failures,
+                     "aliases": result.aliases, "review": result.review.get("markdown") or result.review}
+    return out
+
+
+def serve_and_query(cfg: RecForgeConfig, users: int = 3) -> dict[str, Any]:
+    """Start the Ray Serve app on 127.0.0.1, send a few real requests (known users, an unknown user, a CTR
+    request), collect the answers and shut the app down."""
+    import pyarrow.parquet as pq
+
+    from feature_store.prepare import layout
+    from serving.client import request
+    from serving.server import start_app, stop_app
+
+    test = pq.read_table(next(iter(sorted(layout(cfg).split_dir("test").glob("*.parquet")))),
+                         columns=["__user_key", "__item_key"]).slice(0, 50)
+    user_ids = list(dict.fromkeys(test.column("__user_key").to_pylist()))[:users]
+    items = list(dict.fromkeys(test.column("__item_key").to_pylist()))[:5]
+    t0 = time.perf_counter()
+    url = start_app(cfg)
+    answers: list[dict[str, Any]] = []
+    try:
+        started = round(time.perf_counter() - t0, 3)
+        for user in [*user_ids, "no-such-user"]:
+            code, body = request(url, "/recommend", {"user_id": user, "k": 5, "exclude_seen": True})
+            answers.append({"request": f"POST /recommend user_id={user} k=5", "status": code, "body": body})
+        code, body = request(url, "/predict", {"user_id": user_ids[0], "item_ids": [*items, "no-such-item"]})
+        answers.append({"request": f"POST /predict user_id={user_ids[0]} items={len(items) + 1}", "status": code,
+                        "body": body})
+        code, models = request(url, "/models")
+    finally:
+        stop_app()
+    return {"url": url, "start_seconds": started, "answers": answers, "models": models if code == 200 else None}

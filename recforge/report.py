@@ -161,6 +161,39 @@ def render_serve(r: dict[str, Any]) -> list[str]:
     return [f"Stopped serving {r['url']} after {r['seconds']:.0f}s"]
 
 
+def render_demo_registry(r: dict[str, Any]) -> list[str]:
+    lines = ["Registry (MLflow aliases; each candidate gated against the champion on the same held-out data):"]
+    for name, d in r.items():
+        why = f" ({'; '.join(d['failures'])})" if d.get("failures") else ""
+        lines.append(f"  {name} v{d['version']}: {d['decision']}{why}; aliases {_aliases(d['aliases'])}")
+        lines.append(f"    review: {d['review']}")
+    return lines
+
+
+def _answer(body: Any) -> str:
+    """One line of an app answer: items or predictions with scores, the fallback flag, the model versions."""
+    if not isinstance(body, dict):
+        return json.dumps(body)[:160]
+    versions = ", ".join(f"{m['name']} v{m['version']}" for m in body.get("models", {}).values())
+    if "items" in body:
+        items = ", ".join(f"{i['item_id']}:{i['score']:.3f}" for i in body["items"])
+        extra = f" fallback={body['fallback']}" if body.get("fallback") else ""
+        return f"[{items}]{extra} ({versions})"
+    if "predictions" in body:
+        preds = ", ".join(f"{p['item_id']}:" + (f"{p['score']:.3f}" if p.get("score") is not None else p["status"])
+                          for p in body["predictions"])
+        return f"user {body.get('user_status')} [{preds}] ({versions})"
+    return json.dumps(body)[:160]
+
+
+def render_demo_serving(r: dict[str, Any]) -> list[str]:
+    lines = [f"Serving at {r['url']} (Ray Serve, up in {r['start_seconds']:.1f}s), real requests:"]
+    for a in r["answers"]:
+        lines.append(f"  {a['request']} -> HTTP {a['status']} {_answer(a['body'])}")
+    lines.append("  app shut down")
+    return lines
+
+
 def render(command: str, result: dict[str, Any]) -> str:
     if command == "generate":
         return "\n".join(render_generate(result))
@@ -196,6 +229,10 @@ def render(command: str, result: dict[str, Any]) -> str:
             lines += [*render_retrieval(result["retrieval"]), ""]
         if "index" in result:
             lines += [*render_index(result["index"]), ""]
+        if "registry" in result:
+            lines += [*render_demo_registry(result["registry"]), ""]
+        if "serving" in result:
+            lines += [*render_demo_serving(result["serving"]), ""]
         lines.append(f"Total time: {result['seconds']:.1f}s")
         return "\n".join(lines)
     import yaml

@@ -78,8 +78,9 @@ def render(results: dict[str, dict[str, Any]], ctx: dict[str, Any]) -> str:
                 f"{c['train']:,}; baselines fit on train + valid",
                 f"- Two-tower: {json.dumps(rc['model'])}, negatives {json.dumps(rc['negatives'])}, batch "
                 f"{rc['batch_size']}, lr {rc['lr']}, {r['epochs_run']} epochs run (best {r['best_epoch'] + 1}, "
-                f"valid recall@{rc['select_k']}); {r['fit_seconds']:.1f} s training, "
-                f"{r['train_samples_per_second']:,.0f} samples/s", "",
+                f"valid recall@{rc['select_k']})"
+                + (f", then refit on train + valid for {r['refit_epochs']} epochs" if r.get("refit_epochs") else "")
+                + f"; {r['fit_seconds']:.1f} s training in all, {r['train_samples_per_second']:,.0f} samples/s", "",
                 "| method | " + " | ".join(f"recall@{k}" for k in KS) + " | ndcg@10 | ndcg@50 | hit_rate@50 | mrr | "
                 "fit s |", "|---|" + "---:|" * (len(KS) + 5)]
         for method, mt in r["test"].items():
