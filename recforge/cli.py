@@ -297,7 +297,7 @@ def _serve(args: argparse.Namespace, cfg: config_mod.RecForgeConfig | None,
         port = args.opt_port or (cfg.serving.port if cfg is not None else 8000)
         return {"action": "stop", **server.stop_detached(port)}
     if cfg is None:
-        raise ConfigError("recforge serve: pass --config FILE (only `recforge serve --stop` works without one)")
+        raise ConfigError("pass --config FILE (only `recforge serve --stop` works without one)")
     if args.detach:  # the same command without --detach, in a new session, logging to a file
         child = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--detach"]
         log = Path(cfg.output_dir) / "serving" / f"serve-{cfg.serving.port}.log"

@@ -1,7 +1,9 @@
 """The recommendation HTTP API (FastAPI behind Ray Serve) and the application graph `build_app(cfg)` deploys.
 
-Graph: HTTP -> `Ingress` -> `FeatureLookup` (online store) -> `RetrieverModel` (user tower + index top-N) ->
-`FeatureLookup` (candidates' item features) -> `RankerModel` (CTR, batched) -> top-k.
+Graph: HTTP -> `Ingress` (FastAPI) -> `RetrieverModel` (the user's online features -> user tower -> index top-N,
+history excluded) -> `RankerModel` (the candidates' online features -> CTR model, batched) -> top-k. /predict goes
+to the ranker only. Two Serve calls per /recommend, one per /predict (see serving.deployments on why the online
+store is read inside the model replicas).
 
 Endpoints (OpenAPI docs at /docs):
 - POST /recommend {user_id, k, context?, exclude_seen?}: the top-k items with scores. Users the online store does
@@ -13,7 +15,8 @@ Endpoints (OpenAPI docs at /docs):
   `serving.admin_token`).
 Bad bodies get 422 naming the field (`k` above `serving.max_k`, empty or too long `item_ids`, wrong types,
 unknown context fields). Every answer says which model versions produced it and how long each stage took
-(`timings_ms` and a `Server-Timing` header).
+(`timings_ms` and a `Server-Timing` header: features = online-store reads, retrieval, ranking, calls = the rest
+of the time inside Serve calls (routing, queueing, batching), total = the ingress's wall time).
 
 Reliability: a model call that fails because its replica died (Ray Serve does not retry a request already sent
 to a replica) is retried by the ingress up to `RETRIES` times; Serve routes the retry to a live or restarted
@@ -34,8 +37,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from ray import serve
 from ray.exceptions import RayActorError
 
-from serving.deployments import Candidates, FeatureLookup, ModelSource, RankerModel, ReplicaSettings, RetrieverModel
-from serving.features import ItemFeatures, UserFeatures, assemble_rows, user_row
+from serving.deployments import (
+    Candidates,
+    ModelSource,
+    RankerModel,
+    ReplicaSettings,
+    RetrieverModel,
+    Scored,
+    StoreSettings,
+)
 
 APP_NAME = "recforge"
 RETRIES = 3
@@ -141,8 +151,11 @@ class _Clock:
         self.stages[stage] = self.stages.get(stage, 0.0) + (time.perf_counter() - t) * 1e3
         return out
 
-    def done(self) -> dict[str, float]:
-        return {**{k: round(v, 3) for k, v in self.stages.items()},
+    def done(self, inside: dict[str, float]) -> dict[str, float]:
+        """`inside`: the replicas' own stage times; `calls` is the rest of the time spent in Serve calls
+        (routing, queueing, batching, transfer), `total` the ingress's wall time for the request."""
+        calls = sum(self.stages.values()) - sum(inside.values())
+        return {**{k: round(v, 3) for k, v in inside.items()}, "calls": round(max(calls, 0.0), 3),
                 "total": round((time.perf_counter() - self.t0) * 1e3, 3)}
 
 
@@ -151,8 +164,7 @@ class _Clock:
 class Ingress:
     """The HTTP entry point: validates requests, calls the model deployments, shapes the answers."""
 
-    def __init__(self, features: Any, ranker: Any, retriever: Any | None, settings: ApiSettings) -> None:
-        self.features = features
+    def __init__(self, ranker: Any, retriever: Any | None, settings: ApiSettings) -> None:
         self.ranker = ranker
         self.retriever = retriever
         self.s = settings
@@ -181,13 +193,11 @@ class Ingress:
                                    f"{'user_id' if key == self.s.user_key else 'item_ids'}")
         return None
 
-    def _seen(self, user: UserFeatures) -> list[Any]:
-        seen: list[Any] = []
-        for col in self.s.seen_columns:
-            values = user.values.get(col)
-            if isinstance(values, list):
-                seen += values
-        return seen
+    @staticmethod
+    def _failed(result: Scored | Candidates) -> JSONResponse:
+        if result.error_field:
+            return field_error(422, ["body", *result.error_field.split(".")], str(result.error))
+        return _unavailable(str(result.error))
 
     async def recommend(self, user_id: Any, k: int, context: dict[str, Any] | None, exclude_seen: bool,
                         response: Response) -> Any:
@@ -197,36 +207,30 @@ class Ingress:
         if self.retriever is None:
             return _unavailable("this scenario has no retriever (no `retrieval:` features); use /predict")
         clock = _Clock()
-        user: UserFeatures = await clock.time("features", self.call(self.features, "user", user_id))
-        exclude = self._seen(user) if exclude_seen else []
-        n = max(self.s.candidates, k)
-        if user.known:
-            cands: Candidates = await clock.time("retrieval", self.call(
-                self.retriever, "candidates", user_row(user, context, user_key=self.s.user_key), n, exclude))
-        else:
-            cands = await clock.time("retrieval", self.call(self.retriever, "popular", n, exclude))
+        cands: Candidates = await clock.time(
+            "retriever_call", self.call(self.retriever, "candidates", user_id, context,
+                                        max(self.s.candidates, k), exclude_seen))
         if cands.error is not None:
-            return (field_error(422, ["body", *cands.error_field.split(".")], cands.error) if cands.error_field
-                    else _unavailable(cands.error))
-        items: ItemFeatures = await clock.time("features", self.call(self.features, "items", cands.ids))
-        rows = assemble_rows(user, items, context, user_key=self.s.user_key, item_key=self.s.item_key)
-        scored = await clock.time("ranking", self.call(self.ranker, "score", rows, list(context or {})))
+            return self._failed(cands)
+        scored: Scored = await clock.time("ranker_call", self.call(self.ranker, "rank", cands.user, cands.ids,
+                                                                   context))
         if scored.error is not None:
-            return (field_error(422, ["body", *scored.error_field.split(".")], scored.error) if scored.error_field
-                    else _unavailable(scored.error))
-        probs = np.asarray(scored.scores, dtype=np.float64)
-        top = np.argsort(-probs, kind="stable")[:k]
+            return self._failed(scored)
+        known = np.asarray(scored.known, dtype=bool)
+        probs = np.where(known, np.asarray(scored.scores, dtype=np.float64), -np.inf)  # None (unknown) -> nan
+        top = np.argsort(-probs, kind="stable")[: min(k, int(known.sum()))]  # candidates the store lacks: last
         ids = np.empty(len(cands.ids), dtype=object)
         ids[:] = cands.ids
         retrieval = np.empty(len(cands.scores), dtype=object)
         retrieval[:] = cands.scores
-        timings = clock.done()
+        timings = clock.done({"features": cands.ms["features"] + scored.ms["features"],
+                              "retrieval": cands.ms["retrieval"], "ranking": scored.ms["ranking"]})
         _server_timing(response, timings)
         return {
             "user_id": user_id,
             "items": [{"item_id": i, "score": p, "retrieval_score": r}
                       for i, p, r in zip(ids[top].tolist(), probs[top].tolist(), retrieval[top].tolist())],
-            "fallback": None if user.known else "popular",
+            "fallback": cands.fallback,
             "models": {"retriever": cands.model.to_json(), "ranker": scored.model.to_json()},
             "timings_ms": timings,
         }
@@ -237,24 +241,18 @@ class Ingress:
         if bad is not None:
             return bad
         clock = _Clock()
-        user, items = await clock.time("features", asyncio.gather(
-            self.call(self.features, "user", user_id), self.call(self.features, "items", item_ids)))
-        known = np.flatnonzero(items.known)
-        rows = assemble_rows(user, items, context, user_key=self.s.user_key, item_key=self.s.item_key, take=known)
-        scored = await clock.time("ranking", self.call(self.ranker, "score", rows, list(context or {})))
+        scored: Scored = await clock.time("ranker_call", self.call(self.ranker, "predict", user_id, item_ids,
+                                                                   context))
         if scored.error is not None:
-            return (field_error(422, ["body", *scored.error_field.split(".")], scored.error) if scored.error_field
-                    else _unavailable(scored.error))
-        scores = np.full(len(item_ids), None, dtype=object)
-        scores[known] = scored.scores
-        status = np.where(items.known, "ok", "unknown_item")
-        timings = clock.done()
+            return self._failed(scored)
+        status = np.where(np.asarray(scored.known, dtype=bool), "ok", "unknown_item")
+        timings = clock.done({"features": scored.ms["features"], "ranking": scored.ms["ranking"]})
         _server_timing(response, timings)
         return {
             "user_id": user_id,
-            "user_status": "known" if user.known else "unknown",
+            "user_status": "known" if scored.user_known else "unknown",
             "predictions": [{"item_id": i, "score": p, "status": st}
-                            for i, p, st in zip(item_ids, scores.tolist(), status.tolist())],
+                            for i, p, st in zip(item_ids, scored.scores, status.tolist())],
             "models": {"ranker": scored.model.to_json()},
             "timings_ms": timings,
         }
@@ -263,9 +261,10 @@ class Ingress:
         return {"ranker": self.ranker, **({"retriever": self.retriever} if self.retriever is not None else {})}
 
     async def models(self) -> dict[str, Any]:
-        handles = {**self._model_handles(), "online_store": self.features}
-        got = await asyncio.gather(*(self.call(h, "status") for h in handles.values()))
-        return {**dict(zip(handles, got)), "ingress": {"retries": self.retries, "replica_pid": os.getpid()}}
+        handles = self._model_handles()
+        got = dict(zip(handles, await asyncio.gather(*(self.call(h, "status") for h in handles.values()))))
+        store = got["ranker"].pop("online_store")
+        return {**got, "online_store": store, "ingress": {"retries": self.retries, "replica_pid": os.getpid()}}
 
     async def healthz(self) -> JSONResponse:
         handles = self._model_handles()
@@ -350,15 +349,16 @@ def build_app(cfg: Any) -> Any:
     uri = tracking_uri(cfg)
     ranker_name, retriever_name = model_names(cfg.name, cfg.registry)
     replica = ReplicaSettings(threads=max(1, int(s.cpus_per_replica)), device="cuda" if s.num_gpus > 0 else "cpu")
-    model_opts = {"num_cpus": s.cpus_per_replica, "num_gpus": s.num_gpus}
-    features = FeatureLookup.options(ray_actor_options={"num_cpus": 0.1}).bind(
-        cfg.online_store.model_dump(mode="json"), str(Path(cfg.output_dir) / "online.db"),
-        settings.user_key, settings.item_key)
-    ranker = RankerModel.options(num_replicas=s.ranker_replicas, ray_actor_options=model_opts).bind(
-        ModelSource("ranker", ranker_name, s.alias, uri, s.poll_seconds), replica)
+    store = StoreSettings(cfg.online_store.model_dump(mode="json"), str(Path(cfg.output_dir) / "online.db"),
+                          settings.user_key, settings.item_key, settings.seen_columns)
+    model_opts = {"ray_actor_options": {"num_cpus": s.cpus_per_replica, "num_gpus": s.num_gpus},
+                  "max_ongoing_requests": s.max_ongoing_requests}
+    ranker = RankerModel.options(num_replicas=s.ranker_replicas, **model_opts).bind(
+        ModelSource("ranker", ranker_name, s.alias, uri, s.poll_seconds), replica, store)
     retriever = None
     if settings.has_retriever:
-        retriever = RetrieverModel.options(num_replicas=s.retriever_replicas, ray_actor_options=model_opts).bind(
-            ModelSource("retriever", retriever_name, s.alias, uri, s.poll_seconds), replica)
-    ingress = serve.deployment(Ingress, name="Ingress", ray_actor_options={"num_cpus": 0.1})
-    return ingress.bind(features, ranker, retriever, settings)
+        retriever = RetrieverModel.options(num_replicas=s.retriever_replicas, **model_opts).bind(
+            ModelSource("retriever", retriever_name, s.alias, uri, s.poll_seconds), replica, store)
+    ingress = serve.deployment(Ingress, name="Ingress", ray_actor_options={"num_cpus": 0.1},
+                               max_ongoing_requests=4 * s.max_ongoing_requests)
+    return ingress.bind(ranker, retriever, settings)

@@ -42,6 +42,8 @@ class ServingConfig(StrictModel):
                                                           "uses max(1, int(this)) threads")
     ranker_replicas: int = Field(1, gt=0)
     retriever_replicas: int = Field(1, gt=0)
+    max_ongoing_requests: int = Field(64, gt=0, description="requests one model replica works on at once (Ray "
+                                                           "Serve max_ongoing_requests; the ingress takes 4x)")
     admin_token: str | None = Field(None, description="token the admin reload endpoint requires (None: disabled)")
 
 

@@ -1,4 +1,10 @@
-"""The model-side Ray Serve deployments (online features, retriever, ranker) and the model lifecycle they share.
+"""The model deployments of the Ray Serve app (ranker, retriever) and the model lifecycle they share.
+
+Each model replica reads the online store itself (`serving.features.FeatureReader`, in process): the retriever
+the user's features, the ranker the candidates' (and for /predict the user's) item features. A Serve call between
+replicas costs several milliseconds of CPU on both sides (docs/benchmarks.md, Serving), so a separate feature
+deployment would add two calls to every /recommend; the user's features travel from the retriever to the ranker
+with the candidates instead of being read twice.
 
 Lifecycle (`ModelSlot`): a model deployment serves `models:/<name>@<alias>` of the MLflow registry. At start it
 resolves the alias, downloads that version's artifacts (a ranker bundle or a retrieval bundle) and loads them; a
@@ -8,9 +14,9 @@ entirely by the old or entirely by the new version and none is dropped. A versio
 files, wrong format, a broken state dict) leaves the old version serving; the error is kept for `/models` and
 that version is not retried until the alias moves again or an admin reload forces it.
 
-Every answer carries the version that produced it (`ModelRef`), so a client can see which model answered.
-Deployments return results (`Scored`, `Candidates`) rather than raising, so request errors reach the HTTP
-ingress as data it maps to status codes.
+Every answer carries the version that produced it (`ModelRef`) and its stage times. Deployments return results
+(`Scored`, `Candidates`) rather than raising, so request errors reach the HTTP ingress as data it maps to status
+codes.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 from ray import serve
 
-from serving.features import Columns, FeatureReader, ItemFeatures, UserFeatures, complete
+from serving.features import FeatureReader, UserFeatures, assemble_rows, complete, seen_items, user_row
 
 log = logging.getLogger("recforge.serving")
 
@@ -212,56 +218,61 @@ def _torch_threads(settings: ReplicaSettings) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class StoreSettings:
+    """The online store the model replicas read (`online_store` config as JSON, its default SQLite path), the
+    spec's user/item key columns and the user features that hold already-seen item ids (behaviour histories)."""
+
+    config: dict[str, Any]
+    default_path: str
+    user_key: str
+    item_key: str
+    seen_columns: tuple[str, ...] = ()
+
+    def open(self) -> FeatureReader:
+        from feature_store.config import RedisOnlineStoreConfig, SQLiteOnlineStoreConfig
+        from feature_store.online import open_online_store
+
+        kind = SQLiteOnlineStoreConfig if self.config.get("type", "sqlite") == "sqlite" else RedisOnlineStoreConfig
+        store = open_online_store(kind.model_validate(self.config), Path(self.default_path))
+        return FeatureReader(store, self.user_key, self.item_key)
+
+
 @dataclass
 class Scored:
-    """Ranker answer: one click probability per row, the version that produced them, or an error.
-    `error_field` names the request field at fault (a 422); otherwise an error means no model (a 503)."""
+    """Ranker answer, aligned with the item ids asked for: a click probability per item the online store knows
+    (None and known False for the others), whether it knew the user, the version that scored, stage times (ms).
+    `error_field` names the request field at fault (a 422); any other error means no model is loaded (a 503)."""
 
-    scores: list[float] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)
+    known: list[bool] = field(default_factory=list)
+    user_known: bool = False
     model: ModelRef | None = None
-    ms: float = 0.0
+    ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     error_field: str | None = None
 
 
 @dataclass
 class Candidates:
-    """Retriever answer: candidate item ids (best first) with their retrieval scores."""
+    """Retriever answer: candidate item ids (best first) with their retrieval scores (None for the popularity
+    fallback), the user's features (handed on to the ranker) and stage times (ms)."""
 
     ids: list[Any] = field(default_factory=list)
-    scores: list[float | None] = field(default_factory=list)  # None: popularity order, no retrieval score
+    scores: list[float | None] = field(default_factory=list)
+    user: UserFeatures | None = None
+    fallback: str | None = None
     model: ModelRef | None = None
-    ms: float = 0.0
+    ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     error_field: str | None = None
 
 
-# ------------------------------------------------------------------------------------------------ deployments
-@serve.deployment
-class FeatureLookup:
-    """Online-feature lookup: the scenario's online store, read by user and item ids."""
-
-    def __init__(self, store_config: dict[str, Any], default_path: str, user_key: str, item_key: str) -> None:
-        from feature_store.config import RedisOnlineStoreConfig, SQLiteOnlineStoreConfig
-        from feature_store.online import open_online_store
-
-        kind = SQLiteOnlineStoreConfig if store_config.get("type", "sqlite") == "sqlite" else RedisOnlineStoreConfig
-        self.store = open_online_store(kind.model_validate(store_config), Path(default_path))
-        self.reader = FeatureReader(self.store, user_key, item_key)
-
-    async def user(self, user_id: Any) -> UserFeatures:
-        return self.reader.user(user_id)
-
-    async def items(self, item_ids: Sequence[Any]) -> ItemFeatures:
-        return self.reader.items(item_ids)
-
-    async def status(self) -> dict[str, Any]:
-        users, items = self.reader.views()
-        return {"store": repr(self.store), "user_views": [v.name for v in users], "item_views": [v.name for v in items],
-                "views": {v.name: {"rows": v.rows, "version": v.version, "written_at": _iso(v.written_at)}
-                          for v in (*users, *items)}}
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1e3, 3)
 
 
+# ------------------------------------------------------------------------------------------------ ranker
 @dataclass
 class _Job:
     loaded: Loaded
@@ -306,44 +317,68 @@ def score_transformed(jobs: Sequence[_Job], device: str) -> list[np.ndarray]:
 
 @serve.deployment
 class RankerModel:
-    """The CTR ranker: raw rows -> click probabilities; concurrent requests are scored in one batch."""
+    """The CTR ranker: reads the user's and the items' online features, builds the raw rows, scores them;
+    concurrent requests are scored in one batch (`@serve.batch`)."""
 
-    def __init__(self, source: ModelSource, settings: ReplicaSettings) -> None:
+    def __init__(self, source: ModelSource, settings: ReplicaSettings, store: StoreSettings) -> None:
         _torch_threads(settings)
         self.settings = settings
+        self.store = store
+        self.reader = store.open()
         self.slot = ModelSlot(source, _load_ranker(settings.device))
         self.slot.start()
 
-    async def score(self, cols: Columns, context_keys: Sequence[str] = ()) -> Scored:
-        """Raw rows (column -> list; missing spec columns become null) -> one probability per row."""
+    async def predict(self, user_id: Any, item_ids: Sequence[Any], context: dict[str, Any] | None) -> Scored:
+        """Click probability of each item for the user (features from the online store, context on top)."""
         t0 = time.perf_counter()
         loaded = self.slot.current()
+        user = self.reader.user(user_id, set(loaded.model.spec.raw_columns()) if loaded is not None else None)
+        return await self._score(user, item_ids, context, _ms(t0))
+
+    async def rank(self, user: UserFeatures, item_ids: Sequence[Any], context: dict[str, Any] | None) -> Scored:
+        """Like `predict` for a user whose features were already read (by the retriever)."""
+        return await self._score(user, item_ids, context, 0.0)
+
+    async def _score(self, user: UserFeatures, item_ids: Sequence[Any], context: dict[str, Any] | None,
+                     user_ms: float) -> Scored:
+        loaded = self.slot.current()  # one version for the whole request
         if loaded is None:
             return Scored(error=self.slot.unavailable())
         spec = loaded.model.spec
         raw = spec.raw_columns()
-        unknown = [k for k in context_keys if k not in raw]
+        unknown = [k for k in (context or {}) if k not in raw]
         if unknown:
             return Scored(error=f"unknown context field(s) {unknown}; the model reads: {', '.join(raw)}",
                           error_field=f"context.{unknown[0]}")
-        n = len(next(iter(cols.values()))) if cols else 0
-        if n == 0:
-            return Scored(model=loaded.ref)
-        try:
-            table = spec.transform(pa.table(complete(cols, raw)), with_label=False)
-        except (ValueError, TypeError, pa.ArrowException) as exc:
-            return Scored(error=f"the request's values do not fit the model's feature spec: {exc}",
-                          error_field="context")
-        probs = await self._batched(_Job(loaded, table))
-        return Scored(scores=probs.astype(np.float64).tolist(), model=loaded.ref,
-                      ms=(time.perf_counter() - t0) * 1e3)
+        t0 = time.perf_counter()
+        items = self.reader.items(item_ids, set(raw))
+        known = np.flatnonzero(items.known)
+        rows = assemble_rows(user, items, context, user_key=self.store.user_key, item_key=self.store.item_key,
+                             take=known)
+        features_ms = user_ms + _ms(t0)
+        t1 = time.perf_counter()
+        scores = np.full(len(item_ids), None, dtype=object)
+        if len(known):
+            try:
+                table = spec.transform(complete(rows, raw), with_label=False)
+            except (ValueError, TypeError, pa.ArrowException) as exc:
+                return Scored(error=f"the request's values do not fit the model's feature spec: {exc}",
+                              error_field="context")
+            scores[known] = (await self._batched(_Job(loaded, table))).astype(np.float64)
+        return Scored(scores=scores.tolist(), known=items.known.tolist(), user_known=user.known, model=loaded.ref,
+                      ms={"features": features_ms, "ranking": _ms(t1)})
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
     async def _batched(self, jobs: list[_Job]) -> list[np.ndarray]:
         return await asyncio.to_thread(score_transformed, jobs, self.settings.device)
 
     async def status(self) -> dict[str, Any]:
-        return self.slot.status()
+        users, items = self.reader.views()
+        return {**self.slot.status(), "online_store": {
+            "store": repr(self.reader.store), "user_views": [v.name for v in users],
+            "item_views": [v.name for v in items],
+            "views": {v.name: {"rows": v.rows, "version": v.version, "written_at": _iso(v.written_at)}
+                      for v in (*users, *items)}}}
 
     async def reload(self) -> dict[str, Any]:
         await asyncio.to_thread(self.slot.check, True)
@@ -353,6 +388,7 @@ class RankerModel:
         self.slot.stop()
 
 
+# ------------------------------------------------------------------------------------------------ retriever
 def _load_retriever(path: Path) -> Any:
     from training.retrieval.bundle import load_retriever
 
@@ -361,38 +397,41 @@ def _load_retriever(path: Path) -> Any:
 
 @serve.deployment
 class RetrieverModel:
-    """The two-tower retriever: a user's raw row -> user vector -> top-N items of the index, exclusions applied;
-    the popularity list for users the online store does not know."""
+    """The two-tower retriever: reads the user's online features, user tower -> top-N items of the index with
+    the user's history excluded; users the online store does not know get the most popular items."""
 
-    def __init__(self, source: ModelSource, settings: ReplicaSettings) -> None:
+    def __init__(self, source: ModelSource, settings: ReplicaSettings, store: StoreSettings) -> None:
         _torch_threads(settings)
+        self.store = store
+        self.reader = store.open()
         self.slot = ModelSlot(source, _load_retriever)
         self.slot.start()
 
-    async def candidates(self, user_cols: Columns, n: int, exclude: Sequence[Any] = ()) -> Candidates:
-        t0 = time.perf_counter()
+    async def candidates(self, user_id: Any, context: dict[str, Any] | None, n: int,
+                         exclude_seen: bool = True) -> Candidates:
         loaded = self.slot.current()
         if loaded is None:
             return Candidates(error=self.slot.unavailable())
         retriever = loaded.model
+        t0 = time.perf_counter()
+        user = self.reader.user(user_id, set(retriever.spec.raw_columns()))  # what the ranker reads too
+        seen = seen_items(user, self.store.seen_columns) if exclude_seen else []
+        features_ms = _ms(t0)
+        t1 = time.perf_counter()
+        if not user.known:
+            ids = retriever.popular(n, exclude=seen)
+            return Candidates(ids=ids.tolist(), scores=[None] * len(ids), user=user, fallback="popular",
+                              model=loaded.ref, ms={"features": features_ms, "retrieval": _ms(t1)})
+        row = user_row(user, context, user_key=self.store.user_key)
         try:
-            vectors = retriever.user_vectors(pa.table(complete(user_cols, retriever.user_columns)))
+            vectors = retriever.user_vectors(complete(row, retriever.user_columns))
         except (ValueError, TypeError, pa.ArrowException) as exc:
             return Candidates(error=f"the request's values do not fit the retriever's feature spec: {exc}",
                               error_field="context")
-        ids, scores = retriever.search(vectors, n, exclude=[list(exclude)] if len(exclude) else None)
+        ids, scores = retriever.search(vectors, n, exclude=[seen] if seen else None)
         keep = np.isfinite(scores[0])
-        return Candidates(ids=ids[0][keep].tolist(), scores=scores[0][keep].astype(np.float64).tolist(),
-                          model=loaded.ref, ms=(time.perf_counter() - t0) * 1e3)
-
-    async def popular(self, n: int, exclude: Sequence[Any] = ()) -> Candidates:
-        t0 = time.perf_counter()
-        loaded = self.slot.current()
-        if loaded is None:
-            return Candidates(error=self.slot.unavailable())
-        ids = loaded.model.popular(n, exclude=list(exclude))
-        return Candidates(ids=ids.tolist(), scores=[None] * len(ids), model=loaded.ref,
-                          ms=(time.perf_counter() - t0) * 1e3)
+        return Candidates(ids=ids[0][keep].tolist(), scores=scores[0][keep].astype(np.float64).tolist(), user=user,
+                          model=loaded.ref, ms={"features": features_ms, "retrieval": _ms(t1)})
 
     async def status(self) -> dict[str, Any]:
         return self.slot.status()

@@ -13,7 +13,7 @@ Lookups are columnar: one store read per view for the whole id list, values alig
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,10 @@ class ItemFeatures:
 def canonical_ids(ids: Sequence[Any], key_type: str) -> list[Any]:
     """Ids as the store types its keys (`"42"` -> 42 for an integer key); ids that cannot be keys stay as given."""
     text = normalize_ids(list(ids), key_type)
-    typed = pc.cast(text, pa.int64()) if key_type == "int" else text
+    try:
+        typed = pc.cast(text, pa.int64()) if key_type == "int" else text
+    except pa.ArrowInvalid:  # beyond int64 (a uint64 key): exact Python ints
+        typed = pa.array([None if t is None else int(t) for t in text.to_pylist()], pa.uint64())
     valid = typed.is_valid().to_numpy(zero_copy_only=False)
     out = np.empty(len(ids), dtype=object)
     out[:] = list(ids)
@@ -85,15 +88,17 @@ class FeatureReader:
                            [i for i in infos if i.key == self.item_key])
         return self._views[1], self._views[2]
 
-    def user(self, user_id: Any) -> UserFeatures:
-        """The user's features from every user-keyed view (one read per view)."""
+    def user(self, user_id: Any, wanted: Collection[str] | None = None) -> UserFeatures:
+        """The user's features from every user-keyed view (one read per view); with `wanted`, only those
+        features (views holding none of them are not read)."""
         user_views, _ = self.views()
         values: dict[str, Any] = {}
         expired: list[str] = []
         known = False
         key = user_id
         for info in user_views:
-            names = [n for n in info.features if n != info.ts_column and n not in values]
+            names = [n for n in info.features
+                     if n != info.ts_column and n not in values and (wanted is None or n in wanted)]
             if not names:
                 continue
             got = self.store.read(info.name, [user_id], names)
@@ -106,15 +111,16 @@ class FeatureReader:
             key = canonical_ids([user_id], info.key_type)[0]
         return UserFeatures(key=key, known=known, values=values, expired=expired)
 
-    def items(self, item_ids: Sequence[Any]) -> ItemFeatures:
-        """Features of `item_ids` from every item-keyed view, in the order of the ids."""
+    def items(self, item_ids: Sequence[Any], wanted: Collection[str] | None = None) -> ItemFeatures:
+        """Features of `item_ids` from every item-keyed view, in the order of the ids (`wanted` as in `user`)."""
         _, item_views = self.views()
         n = len(item_ids)
         columns: Columns = {}
         known = np.zeros(n, dtype=bool)
         keys = list(item_ids)
         for info in item_views:
-            names = [c for c in info.features if c != info.ts_column and c not in columns]
+            names = [c for c in info.features
+                     if c != info.ts_column and c not in columns and (wanted is None or c in wanted)]
             if not names:
                 continue
             got = self.store.read(info.name, list(item_ids), names)
@@ -125,35 +131,48 @@ class FeatureReader:
         return ItemFeatures(keys=keys, known=known, columns=columns)
 
 
+def _broadcast(value: Any, n: int) -> pa.Array:
+    """`value` repeated n times as an Arrow array (typed once, like a column of n equal raw values)."""
+    return pa.array([value]).take(pa.array(np.zeros(n, dtype=np.int64)))
+
+
 def assemble_rows(user: UserFeatures, items: ItemFeatures, context: Mapping[str, Any] | None, *,
-                  user_key: str, item_key: str, take: np.ndarray | None = None) -> Columns:
-    """Raw rows (column -> list) pairing the user with each item (rows `take` of `items`, default all):
-    user key, item key, user features, item features, then the context, which overrides stored values."""
-    idx = np.arange(len(items.keys)) if take is None else np.asarray(take, dtype=np.int64)
+                  user_key: str, item_key: str, take: np.ndarray | None = None) -> pa.Table:
+    """Raw rows pairing the user with each item (rows `take` of `items`, default all), built column by column:
+    user key, item key, user features, item features, then the context, which overrides stored values. The
+    columns are typed as `pa.Table.from_pylist` would type the same rows."""
+    idx = pa.array(np.arange(len(items.keys)) if take is None else np.asarray(take, dtype=np.int64))
     n = len(idx)
     keys = np.empty(len(items.keys), dtype=object)
     keys[:] = items.keys
-    cols: Columns = {user_key: [user.key] * n, item_key: keys[idx].tolist()}
+    cols: dict[str, pa.Array] = {user_key: _broadcast(user.key, n),
+                                 item_key: pa.array(keys[idx.to_numpy()].tolist())}
     for name, value in user.values.items():
-        cols.setdefault(name, [value] * n)
+        cols.setdefault(name, _broadcast(value, n))
     for name, values in items.columns.items():
-        arr = np.empty(len(values), dtype=object)
-        arr[:] = values
-        cols.setdefault(name, arr[idx].tolist())
+        cols.setdefault(name, pa.array(values).take(idx))
     for name, value in (context or {}).items():
-        cols[name] = [value] * n
-    return cols
+        cols[name] = _broadcast(value, n)
+    return pa.table(cols)
 
 
-def user_row(user: UserFeatures, context: Mapping[str, Any] | None, *, user_key: str) -> Columns:
+def user_row(user: UserFeatures, context: Mapping[str, Any] | None, *, user_key: str) -> pa.Table:
     """The one-row raw input of a user tower: user key, stored user features, context on top."""
-    cols: Columns = {user_key: [user.key], **{k: [v] for k, v in user.values.items()}}
+    cols: dict[str, pa.Array] = {user_key: pa.array([user.key]), **{k: pa.array([v]) for k, v in user.values.items()}}
     for name, value in (context or {}).items():
-        cols[name] = [value]
-    return cols
+        cols[name] = pa.array([value])
+    return pa.table(cols)
 
 
-def complete(cols: Columns, needed: Sequence[str]) -> Columns:
-    """`cols` with every `needed` column present (absent ones null), so a spec never meets a missing column."""
-    n = len(next(iter(cols.values()))) if cols else 0
-    return {**cols, **{c: [None] * n for c in needed if c not in cols}}
+def seen_items(user: UserFeatures, columns: Sequence[str]) -> list[Any]:
+    """Item ids in the user's behaviour histories (`columns`: sequence features over the item key)."""
+    lists = [user.values[c] for c in columns if isinstance(user.values.get(c), list)]
+    return [i for values in lists for i in values]
+
+
+def complete(table: pa.Table, needed: Sequence[str]) -> pa.Table:
+    """`table` with every `needed` column present (absent ones all null), so a spec never meets a missing column."""
+    for c in needed:
+        if c not in table.column_names:
+            table = table.append_column(c, pa.nulls(table.num_rows))
+    return table

@@ -1,0 +1,353 @@
+"""Benchmark of the recommendation API: latency and throughput of /recommend and /predict over HTTP on 127.0.0.1.
+
+The app (serving.server.start_app: a local Ray Serve with the scenario's champion ranker and retriever) runs in
+this process's Ray; the load comes from client threads in this process, each with one keep-alive connection
+(http.client), sending requests back to back for `--seconds` per (endpoint, concurrency) after a warm-up, so the
+client shares the machine with the server (the figures include that). Bodies: known users of the scenario drawn
+at random (seeded); /predict asks for `--predict-items` random catalogue items; /recommend asks for k=`--k`.
+
+Reported per run: requests, requests/s, latency p50/p95/p99 (client-measured, ms), errors (any non-200 or dropped
+connection), and where the time goes: the app's own per-stage timings (its `Server-Timing` header: feature lookup,
+retrieval, ranking; mean ms) and the rest (client-measured latency minus the ingress's total: HTTP proxy, the
+hop to the ingress replica, JSON and the client), and the CPU time the Serve processes spent per request. A
+no-work endpoint on the same Serve proxy is measured alongside as the reference. Goal: p99 <= 50 ms at
+concurrency 8.
+
+    .venv/bin/python scripts/bench_serve.py --setup                      # the demo scenario, 60 s per run
+    .venv/bin/python scripts/bench_serve.py --tiny --seconds 5 --no-doc  # quick look on a tiny scenario
+
+`--setup` runs whatever the scenario lacks (generate/prepare/materialize, train ctr + retrieval, index, register
+and promote both models); without it the scenario's models must already be champions. Rewrites its own section
+of docs/benchmarks.md (between its marker comments) unless `--no-doc`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchdoc
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "bench_serve"
+GOAL_P99_MS, GOAL_CONCURRENCY = 50.0, 8
+STAGES = ("features", "retrieval", "ranking", "calls", "total")
+TINY = ["source.n_users=2000", "source.n_items=1000", "source.n_impressions=100000", "source.days=10",
+        "features.categorical.0.min_freq=5", "features.categorical.1.min_freq=5", "train.max_epochs=1",
+        "retrieval.max_epochs=1", "retrieval.baselines=[]", "retrieval.refit=false", "retrieval.query_sample=200"]
+
+
+def log(msg: str) -> None:
+    print(f"[bench_serve] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ scenario
+def champions(cfg: Any) -> dict[str, str | None]:
+    from mlflow.exceptions import MlflowException
+
+    from serving.config import model_names
+    from serving.registry import mlflow_client
+
+    client = mlflow_client(cfg)
+    out: dict[str, str | None] = {}
+    for name in model_names(cfg.name, cfg.registry):
+        try:
+            out[name] = str(client.get_model_version_by_alias(name, cfg.serving.alias).version)
+        except MlflowException:
+            out[name] = None
+    return out
+
+
+def setup(cfg: Any) -> None:
+    """Build and register what the scenario lacks, so both models have a champion."""
+    from feature_store.config import SyntheticSource
+    from recforge import pipeline
+    from serving import registry
+    from serving.config import model_names
+
+    out = Path(cfg.output_dir)
+    os.environ.setdefault("RECFORGE_PROGRESS", "0")
+    if not (out / "prepared" / "spec").is_dir():
+        if isinstance(cfg.source, SyntheticSource):
+            log("generate")
+            pipeline.generate(cfg)
+        log("prepare")
+        pipeline.prepare(cfg)
+    if not (out / "online.db").is_file():
+        log("materialize")
+        pipeline.materialize(cfg)
+    ranker, retriever = model_names(cfg.name, cfg.registry)
+    have = champions(cfg)
+    if have[ranker] is None:
+        log("train ctr, register, promote")
+        pipeline.train_ctr(cfg)
+        registry.promote(cfg, ranker, registry.register_ranker(cfg).version)
+    if have[retriever] is None:
+        log("train retrieval, index, register, promote")
+        pipeline.train_retrieval(cfg)
+        pipeline.build_index(cfg)
+        registry.promote(cfg, retriever, registry.register_retriever(cfg).version)
+
+
+def sample_ids(cfg: Any, n: int, seed: int) -> tuple[list[Any], list[Any]]:
+    """`n` random known user ids and the item catalogue, from the offline store's entity tables."""
+    from feature_store.offline import OfflineStore
+    from feature_store.prepare import layout
+
+    offline = OfflineStore(layout(cfg).offline)
+    f = cfg.features
+    keys: dict[str, list[Any]] = {}
+    for role, key in (("user", f.user_key), ("item", f.item_key)):
+        ent = next((e for e in cfg.entities.values() if e.key == key), None)
+        if ent is None:
+            raise SystemExit(f"bench_serve: the config has no entity keyed by {role} key '{key}' (entities:)")
+        keys[role] = np.unique(offline.read_table(ent.table).column(key).to_numpy(zero_copy_only=False)).tolist()
+    rng = np.random.default_rng(seed)
+    users = rng.choice(np.asarray(keys["user"], dtype=object), size=n).tolist()
+    return users, keys["item"]
+
+
+# ------------------------------------------------------------------------------------------------ load
+FLOOR_PATH = "/floor/noop"
+
+
+def deploy_floor() -> None:
+    """The reference: a FastAPI ingress on the same Serve proxy that answers without any work (`FLOOR_PATH`),
+    so the table shows what Ray Serve itself costs on this machine next to the app's figures."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)  # as the app's ingress
+    @serve.ingress(api)
+    class Floor:
+        @api.post("/noop")
+        async def noop(self) -> dict[str, bool]:  # the body is not even parsed: the floor
+            return {"ok": True}
+
+    serve.run(Floor.bind(), name="floor", route_prefix="/floor", blocking=False)
+
+
+def serve_processes() -> list[Any]:
+    """This process's Ray Serve proxy and replica processes (Ray started here, so they are descendants)."""
+    import psutil
+
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            title = (p.cmdline() or [""])[0]
+        except psutil.Error:
+            continue
+        if title.startswith(("ray::ServeReplica", "ray::ProxyActor")):
+            out.append(p)
+    return out
+
+
+def cpu_seconds(procs: list[Any]) -> float:
+    import psutil
+
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def parse_server_timing(header: str | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in (header or "").split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            out[name] = float(dur)
+    return out
+
+
+def load_run(host: str, port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
+    """`concurrency` threads sending `bodies` round robin for `seconds`; latencies and server stage timings."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    stages: list[list[dict[str, float]]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    start = threading.Barrier(concurrency + 1)
+    deadline = [0.0]
+
+    def worker(w: int) -> None:
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        i = w
+        start.wait()
+        while time.perf_counter() < deadline[0]:
+            body = bodies[i % len(bodies)]
+            i += concurrency
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", path, body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+            except (OSError, http.client.HTTPException):
+                errors[w] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(host, port, timeout=60)
+                continue
+            if resp.status != 200:
+                errors[w] += 1
+                continue
+            latencies[w].append((time.perf_counter() - t0) * 1e3)
+            stages[w].append(parse_server_timing(resp.getheader("Server-Timing")))
+        conn.close()
+
+    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(concurrency)]
+    for t in threads:
+        t.start()
+    procs = serve_processes()
+    cpu0 = cpu_seconds(procs)
+    deadline[0] = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    cpu = cpu_seconds(procs) - cpu0
+    lat = np.array([x for w in latencies for x in w])
+    st = [s for w in stages for s in w]
+    mean = {k: float(np.mean([s.get(k, 0.0) for s in st])) if st else float("nan") for k in STAGES}
+    mean["proxy_client"] = float(lat.mean() - mean["total"]) if len(lat) else float("nan")
+    pct = np.percentile(lat, [50, 95, 99]) if len(lat) else [float("nan")] * 3
+    return {"path": path, "concurrency": concurrency, "requests": len(lat), "errors": int(sum(errors)),
+            "rps": len(lat) / wall, "p50": float(pct[0]), "p95": float(pct[1]), "p99": float(pct[2]),
+            "mean": float(lat.mean()) if len(lat) else float("nan"), "stages": mean,
+            "serve_cpu_ms": cpu / max(len(lat), 1) * 1e3}
+
+
+def bodies_for(endpoint: str, users: list[Any], items: list[Any], k: int, n_items: int, seed: int) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    if endpoint == "recommend":
+        return [json.dumps({"user_id": u, "k": k}).encode() for u in users]
+    pick = np.asarray(items, dtype=object)
+    return [json.dumps({"user_id": u, "item_ids": rng.choice(pick, size=n_items, replace=False).tolist()}).encode()
+            for u in users]
+
+
+# ------------------------------------------------------------------------------------------------ report
+def render(rows: list[dict[str, Any]], ctx: dict[str, Any]) -> str:
+    m = ctx["machine"]
+    out = ["## Serving (bench_serve.py)", "",
+           f"`{ctx['command']}` on {ctx['date']}: {m['cpu']}, {m['usable']} usable of {m['cores']} cores, "
+           f"{m['ram_gib']:.0f} GiB, {m['os']}, Python {m['python']}; Ray {ctx['ray']}.", "",
+           f"Scenario `{ctx['scenario']}`: {ctx['models']}; {ctx['candidates']} retrieval candidates ranked per "
+           f"/recommend (k={ctx['k']}), {ctx['predict_items']} items per /predict; {ctx['users']} distinct known "
+           f"users. App and load generator on the same machine, HTTP keep-alive on 127.0.0.1, {ctx['seconds']:.0f} s "
+           f"per row after a {ctx['warmup']:.0f} s warm-up; ranker replicas {ctx['ranker_replicas']}, retriever "
+           f"replicas {ctx['retriever_replicas']}. `{FLOOR_PATH}` is the reference: an endpoint on the same Serve "
+           f"proxy that does no work, i.e. what Ray Serve itself costs here.", "",
+           "| endpoint | concurrency | requests | req/s | p50 ms | p95 ms | p99 ms | errors | features | retrieval "
+           "| ranking | Serve calls | app total | proxy + client | Serve CPU ms/req |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        s = r["stages"]
+        stages = ["-"] * 5 if r["path"] == FLOOR_PATH else [f"{s[k]:.1f}" for k in STAGES]
+        out.append(f"| {r['path']} | {r['concurrency']} | {r['requests']:,} | {r['rps']:.1f} | {r['p50']:.1f} | "
+                   f"{r['p95']:.1f} | {r['p99']:.1f} | {r['errors']} | {' | '.join(stages)} | "
+                   f"{s['proxy_client']:.1f} | {r['serve_cpu_ms']:.1f} |")
+    out += ["", "Stage columns: mean ms per request from the app's `Server-Timing` header (features: online-store "
+            "reads of the user and the items; retrieval: user tower + index search; ranking: the CTR model, batched "
+            "across concurrent requests; Serve calls: the rest of the time the ingress waited on the model "
+            "replicas, i.e. routing, queueing and transfer; app total: the ingress's wall time). proxy + client: "
+            "mean client latency minus app total. Serve CPU ms/req: CPU time of the Serve proxy and all replicas "
+            "per answered request (2 cores / this = the machine's ceiling in req/s).", ""]
+    for r in rows:
+        if r["concurrency"] == GOAL_CONCURRENCY:
+            if r["path"] == FLOOR_PATH:
+                out.append(f"- Reference at concurrency {GOAL_CONCURRENCY}: the no-work endpoint's p99 is "
+                           f"{r['p99']:.1f} ms at {r['rps']:.0f} req/s.")
+                continue
+            met = "met" if r["p99"] <= GOAL_P99_MS and r["errors"] == 0 else "NOT met"
+            out.append(f"- Goal p99 <= {GOAL_P99_MS:.0f} ms at concurrency {GOAL_CONCURRENCY}, {r['path']}: "
+                       f"{r['p99']:.1f} ms, {met}.")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    ap.add_argument("--tiny", action="store_true", help="a small scenario under runs/bench_serve (implies --setup)")
+    ap.add_argument("--setup", action="store_true", help="build, register and promote what the scenario lacks")
+    ap.add_argument("--seconds", type=float, default=60.0, help="measured seconds per (endpoint, concurrency)")
+    ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--endpoints", nargs="+", default=["recommend", "predict"], choices=["recommend", "predict"])
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--predict-items", type=int, default=20)
+    ap.add_argument("--users", type=int, default=2000, help="request bodies (random known users) per endpoint")
+    ap.add_argument("--port", type=int, default=None, help="default: serving.port")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-doc", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from recforge.config import load
+    from serving.server import start_app, stop_app
+
+    tiny = [*TINY, f"output_dir={REPO / 'runs' / 'bench_serve'}"] if args.tiny else []
+    overrides = [*tiny, *args.overrides]
+    if args.port:
+        overrides.append(f"serving.port={args.port}")
+    cfg = load(args.config, overrides)
+    if args.setup or args.tiny:
+        setup(cfg)
+    versions = champions(cfg)
+    if not all(versions.values()):
+        raise SystemExit(f"bench_serve: no '{cfg.serving.alias}' version for {versions}; run with --setup (or "
+                         f"`recforge register` + `recforge promote`)")
+    users, items = sample_ids(cfg, args.users, args.seed)
+    log(f"starting the app ({versions})")
+    url = start_app(cfg)
+    host, port = cfg.serving.host, int(url.rsplit(":", 1)[1])
+    rows: list[dict[str, Any]] = []
+    try:
+        deploy_floor()
+        runs = [(f"/{e}", bodies_for(e, users, items, args.k, min(args.predict_items, len(items)), args.seed))
+                for e in args.endpoints]
+        for path, bodies in [*runs, (FLOOR_PATH, [json.dumps({"user_id": u}).encode() for u in users])]:
+            load_run(host, port, path, bodies, max(args.concurrency), args.warmup)
+            for c in args.concurrency:
+                row = load_run(host, port, path, bodies, c, args.seconds)
+                log(f"{path} c={c}: {row['rps']:.1f} req/s, p50 {row['p50']:.1f} p99 {row['p99']:.1f} ms, "
+                    f"{row['errors']} errors")
+                rows.append(row)
+    finally:
+        stop_app()
+    import ray
+
+    argv_shown = list(argv) if argv is not None else sys.argv[1:]
+    ctx = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": benchdoc.machine(),
+           "command": " ".join(["python scripts/bench_serve.py", *argv_shown]), "ray": ray.__version__,
+           "scenario": cfg.name, "models": ", ".join(f"{n} v{v}" for n, v in versions.items()),
+           "candidates": cfg.serving.candidates, "k": args.k, "predict_items": args.predict_items,
+           "users": len(set(users)), "seconds": args.seconds, "warmup": args.warmup,
+           "ranker_replicas": cfg.serving.ranker_replicas, "retriever_replicas": cfg.serving.retriever_replicas}
+    section = render(rows, ctx)
+    print(section)
+    if not args.no_doc:
+        benchdoc.update_doc(benchdoc.DOC, NAME, section)
+        log(f"wrote its section of {benchdoc.DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
