@@ -20,6 +20,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # A local Ray's processes inherit these. Ray Serve kills an HTTP proxy whose readiness check takes > 5 s three
+    # times in a row; on a busy 2-core machine starting the proxy's worker (its imports) alone can take 20 s.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
     import ray
 
     if ray.is_initialized():
