@@ -124,10 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     (args.work_dir / "results.json").write_text(json.dumps({"ctx": ctx, "results": results}, indent=2, default=str))
     section = render(results, ctx)
-    print(section)
-    if not args.no_doc:
-        benchdoc.update_doc(benchdoc.DOC, NAME, section)
-        log(f"wrote its section of {benchdoc.DOC}")
+    benchdoc.emit(NAME, section, write=not args.no_doc)
     return 0
 
 

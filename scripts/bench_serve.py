@@ -342,10 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
            "users": len(set(users)), "seconds": args.seconds, "warmup": args.warmup,
            "ranker_replicas": cfg.serving.ranker_replicas, "retriever_replicas": cfg.serving.retriever_replicas}
     section = render(rows, ctx)
-    print(section)
-    if not args.no_doc:
-        benchdoc.update_doc(benchdoc.DOC, NAME, section)
-        log(f"wrote its section of {benchdoc.DOC}")
+    benchdoc.emit(NAME, section, write=not args.no_doc)
     return 0
 
 

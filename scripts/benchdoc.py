@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,14 @@ def machine() -> dict[str, Any]:
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     return {"cpu": cpu, "cores": os.cpu_count(), "usable": len(os.sched_getaffinity(0)), "ram_gib": ram,
             "os": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
+
+
+def emit(name: str, section: str, write: bool) -> None:
+    """Print a benchmark's section and, with `write`, put it into docs/benchmarks.md (its marker block)."""
+    print(section)
+    if write:
+        update_doc(DOC, name, section)
+        print(f"{name}: wrote its section of {DOC}", file=sys.stderr, flush=True)
 
 
 def update_doc(path: Path, name: str, section: str) -> None:

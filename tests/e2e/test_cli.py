@@ -27,11 +27,16 @@ def test_demo_prints_rows_rejects_vocabularies_outputs_and_time(tmp_path: Path) 
     text = res.stdout
     for needle in ("events     30,000", "rows rejected: 0", "vocabulary sizes", "user_id", "split (time)",
                    "Materialize -> sqlite:", "user_history", "Train two-tower retrieval", "most_popular",
-                   "Index flat", "recall guard", "Total time:"):
+                   "Index flat", "recall guard", "Registry (", "demo-ranker v1: accepted",
+                   "demo-retriever v1: accepted", "Serving at http://127.0.0.1:", "fallback=popular",
+                   "no-such-item:unknown_item", "app shut down",
+                   "Total time:"):
         assert needle in text, f"{needle!r} missing from demo output:\n{text}"
     assert (out / "prepared" / "spec" / "feature_spec.json").is_file()
     assert (out / "online.db").is_file()
-    assert (out / "index" / "index.faiss").is_file() and (out / "retrieval" / "embeddings").is_dir()
+    bundle = out / "retrieval" / "bundle"
+    assert (bundle / "index" / "index.faiss").is_file() and (bundle / "embeddings").is_dir()
+    assert list((out / "reviews").glob("demo-ranker-v1-*/review.md"))
     resolved = yaml.safe_load((out / "prepared" / "resolved_config.yaml").read_text())
     assert resolved["source"]["n_impressions"] == 30000 and resolved["prepare"]["num_cpus"] == 2
 

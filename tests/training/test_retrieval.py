@@ -52,6 +52,28 @@ def test_duplicate_positives_in_a_batch_are_not_negatives_of_each_other() -> Non
     assert float(loss) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_row_weights_scale_each_rows_cross_entropy() -> None:
+    from training.retrieval.model import weighted_cross_entropy
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    target = torch.tensor([0, 2])
+    per_row = [-(2.0 - math.log(math.exp(2.0) + 1.0 + math.exp(-1.0))),
+               -(0.0 - math.log(math.exp(0.5) + math.exp(1.5) + 1.0))]
+    weight = torch.tensor([3.0, 1.0])
+    got = weighted_cross_entropy(logits, target, weight)
+    assert float(got) == pytest.approx((3 * per_row[0] + per_row[1]) / 4, rel=1e-6)
+    assert float(weighted_cross_entropy(logits, target, None)) == pytest.approx(sum(per_row) / 2, rel=1e-6)
+
+
+def test_user_balance_weights_every_user_equally_at_one(demo_prepared: RecForgeConfig) -> None:
+    data = load_retrieval_data(Path(demo_prepared.output_dir) / "prepared", demo_prepared.retrieval)
+    w = data.example_weights(1.0)
+    per_user = np.bincount(data.train_users, weights=w, minlength=data.n_users)
+    active = per_user[np.bincount(data.train_users, minlength=data.n_users) > 0]
+    assert w.mean() == pytest.approx(1.0, rel=1e-5) and np.allclose(active, active[0], rtol=1e-4)
+    assert np.allclose(data.example_weights(0.0), 1.0)
+
+
 def test_hard_negatives_keep_the_highest_scoring_extra_items() -> None:
     user = torch.tensor([[1.0, 0.0]])
     item = torch.tensor([[1.0, 0.0]])

@@ -53,6 +53,9 @@ class RetrievalConfig(StrictModel):
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="each user's latest train interactions for valid")
     model: TwoTowerConfig = Field(default_factory=TwoTowerConfig)
     negatives: NegativesConfig = Field(default_factory=NegativesConfig)
+    user_balance: float = Field(
+        0.0, ge=0, le=1, description="weight each train positive by n_u^-user_balance (n_u: its user's positives): "
+                                     "0 = every positive counts the same, 1 = every user counts the same")
     batch_size: int = Field(1024, gt=1)
     max_epochs: int = Field(10, gt=0)
     lr: float = Field(3e-3, gt=0)

@@ -55,9 +55,11 @@ class RetrievalData:
     corpus_ids: np.ndarray  # raw item key per code
     train: Batch  # positive rows of the train part
     train_items: np.ndarray  # item code per train row
+    train_users: np.ndarray  # user code per train row
     item_log_q: np.ndarray  # log frequency of each item among train positives (logQ correction)
     valid_rows: Batch  # positive rows of the valid part (what a refit trains on besides `train`)
     valid_items: np.ndarray
+    valid_users: np.ndarray
     valid: QuerySet
     test: QuerySet
     fit_matrix: sp.csr_matrix  # train + valid positives (what baselines fit on before test)
@@ -70,7 +72,15 @@ class RetrievalData:
         the test queries and corpus are unchanged, the valid queries are no longer held out)."""
         items = np.concatenate([self.train_items, self.valid_items])
         train = {k: torch.cat([v, self.valid_rows[k]]) for k, v in self.train.items()}
-        return replace(self, train=train, train_items=items, item_log_q=item_log_q(items, len(self.corpus_ids)))
+        return replace(self, train=train, train_items=items, train_users=np.concatenate([self.train_users,
+                       self.valid_users]), item_log_q=item_log_q(items, len(self.corpus_ids)))
+
+    def example_weights(self, alpha: float) -> np.ndarray:
+        """Per train row n_u^-alpha for a user with n_u train rows, scaled to mean 1 (alpha 0: all 1; alpha 1:
+        every user weighs the same in the loss, as the per-user metrics weigh them)."""
+        n = np.bincount(self.train_users, minlength=self.n_users).astype(np.float64)[self.train_users]
+        w = n ** -alpha
+        return (w / w.mean()).astype(np.float32)
 
 
 def item_log_q(items: np.ndarray, n_items: int) -> np.ndarray:
@@ -155,9 +165,11 @@ def load_retrieval_data(prepared: str | Path, cfg: RetrievalConfig) -> Retrieval
         corpus_ids=corpus_ids,
         train=table_to_tensors(rows.take(pa.array(train_idx)), towers.layout),
         train_items=train_items,
+        train_users=users[train_idx],
         item_log_q=item_log_q(train_items, n_items),
         valid_rows=table_to_tensors(rows.take(pa.array(valid_idx)), towers.layout),
         valid_items=items[valid_idx],
+        valid_users=users[valid_idx],
         valid=_queries(rows, towers, users, items, ts, valid_mask, train_mask, n_users, n_items),
         test=_queries(rows, towers, users, items, ts, test_mask, ~test_mask, n_users, n_items),
         fit_matrix=_matrix(users[~test_mask], items[~test_mask], n_users, n_items),

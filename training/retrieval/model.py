@@ -97,7 +97,7 @@ class TwoTower(nn.Module):
 
 def sampled_softmax_loss(user: Tensor, item: Tensor, item_codes: Tensor, log_q: Tensor | None, temperature: Tensor,
                          extra_items: Tensor | None = None, extra_codes: Tensor | None = None,
-                         extra_log_q: Tensor | None = None, hard: int = 0) -> Tensor:
+                         extra_log_q: Tensor | None = None, hard: int = 0, weight: Tensor | None = None) -> Tensor:
     """In-batch sampled softmax: row i's positive is item i; the other in-batch items (and any extra items) are
     negatives.
 
@@ -111,7 +111,7 @@ def sampled_softmax_loss(user: Tensor, item: Tensor, item_codes: Tensor, log_q: 
             (uniform sampling: log q = log(1/I) for all; passing it keeps the correction consistent).
         hard: keep only the `hard` highest-scoring extra negatives per row (hard-negative mining; 0 = all).
     Same-item collisions (another row's positive or an extra item equal to row i's positive) are masked out.
-    Returns the mean cross-entropy.
+    Returns the mean cross-entropy (weighted by `weight`, B per-row weights, when given).
     """
     logits = user @ item.T / temperature
     if log_q is not None:
@@ -128,7 +128,15 @@ def sampled_softmax_loss(user: Tensor, item: Tensor, item_codes: Tensor, log_q: 
             extra = extra.topk(hard, dim=1).values
         logits = torch.cat([logits, extra], dim=1)
     target = torch.arange(len(user), device=user.device)
-    return F.cross_entropy(logits.float(), target)
+    return weighted_cross_entropy(logits, target, weight)
+
+
+def weighted_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+    """Mean cross-entropy in float32, each row weighted by `weight` (normalised by the batch's weight sum)."""
+    if weight is None:
+        return F.cross_entropy(logits.float(), target)
+    losses = F.cross_entropy(logits.float(), target, reduction="none")
+    return (losses * weight).sum() / weight.sum().clamp(min=1e-12)
 
 
 def mixed_negatives(n_items: int, cfg: NegativesConfig, generator: torch.Generator) -> Tensor | None:

@@ -32,7 +32,7 @@ from training.data import InMemoryBatches
 from training.retrieval.bundle import save_retrieval_bundle
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import Batch, QuerySet, RetrievalData, load_retrieval_data
-from training.retrieval.model import TwoTower, mixed_negatives, sampled_softmax_loss
+from training.retrieval.model import TwoTower, mixed_negatives, sampled_softmax_loss, weighted_cross_entropy
 from training.retrieval_eval import evaluate_scores, run_baselines
 from training.tracking import LINEAGE_DATA, LINEAGE_SPEC, default_tracking_uri, ensure_experiment, hash_prepared
 from training.train import lightning_precision
@@ -40,6 +40,7 @@ from training.train import lightning_precision
 log = logging.getLogger("recforge.retrieval")
 
 ITEM_CODE = "__item_code"
+WEIGHT = "__weight"  # per-row loss weight (retrieval.user_balance)
 EVAL_BATCH = 8192
 
 
@@ -102,7 +103,7 @@ class RetrievalTask(pl.LightningModule):
             user = self.model.user(batch)
             corpus = {k: v.to(codes.device, non_blocking=True) for k, v in self.data.corpus.items()}
             logits = user @ self.model.item(corpus).T / self.model.temperature
-            loss = torch.nn.functional.cross_entropy(logits.float(), codes)
+            loss = weighted_cross_entropy(logits, codes, batch.get(WEIGHT))
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(codes))
             self._losses.append(float(loss.detach()))
             return loss
@@ -119,7 +120,7 @@ class RetrievalTask(pl.LightningModule):
                 value = math.log(len(extra_codes) / (n_items * len(codes)))
                 extra_log_q = torch.full((len(extra_codes),), value, device=codes.device)
         loss = sampled_softmax_loss(user, item, codes, log_q, self.model.temperature, extra_items, extra_codes,
-                                    extra_log_q, hard=neg.hard)
+                                    extra_log_q, hard=neg.hard, weight=batch.get(WEIGHT))
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(codes))
         self._losses.append(float(loss.detach()))
         return loss
@@ -146,6 +147,8 @@ class RetrievalTask(pl.LightningModule):
         trainer = self.trainer
         train = dict(self.data.train)
         train[ITEM_CODE] = torch.from_numpy(self.data.train_items)
+        if self.cfg.user_balance > 0:
+            train[WEIGHT] = torch.from_numpy(self.data.example_weights(self.cfg.user_balance))
         return InMemoryBatches(train, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed, drop_last=True,
                                pin_memory=torch.cuda.is_available(), epoch_fn=lambda: int(trainer.current_epoch),
                                rank=int(trainer.global_rank), world_size=int(trainer.world_size))
