@@ -58,6 +58,12 @@ MATERIALIZE = [
     Option("--redis-url", "online_store.url", str, "Redis URL (config: online_store.url)"),
 ]
 
+# shared by `train ctr` and `train retrieval`
+TRAIN_RAY_ADDRESS = Option("--ray-address", "prepare.ray_address", str,
+                           "Ray cluster for --ray-workers (default: a local Ray)")
+TRACKING_URI = Option("--tracking-uri", "train.tracking.uri", str,
+                      "MLflow tracking URI (default: <output_dir>/mlflow.db)")
+
 TRAIN = [
     Option("--model", "train.model", str, "model name: lr, fm, wide_deep, deepfm, dcnv2, dlrm, din, finalmlp"),
     Option("--epochs", "train.max_epochs", int, "maximum epochs (config: train.max_epochs)"),
@@ -65,8 +71,8 @@ TRAIN = [
     Option("--accelerator", "train.accelerator", str, "auto, cpu or gpu (config: train.accelerator)"),
     Option("--devices", "train.devices", int, "devices for the Trainer; >1 uses DDP (config: train.devices)"),
     Option("--ray-workers", "train.ray_workers", int, "train through Ray Train with N workers"),
-    Option("--ray-address", "prepare.ray_address", str, "Ray cluster for --ray-workers (default: a local Ray)"),
-    Option("--tracking-uri", "train.tracking.uri", str, "MLflow tracking URI (default: <output_dir>/mlflow.db)"),
+    TRAIN_RAY_ADDRESS,
+    TRACKING_URI,
     Option("--resume", "train.resume", bool, "continue from the last checkpoint", switch=True),
     Option("--sharded", "train.sharded", bool, "TorchRec planner + DistributedModelParallel", switch=True),
     Option("--streaming", "train.streaming", bool, "stream row groups through a shuffle buffer", switch=True),
@@ -77,8 +83,8 @@ RETRIEVAL = [
     Option("--batch-size", "retrieval.batch_size", int, "training batch size (config: retrieval.batch_size)"),
     Option("--accelerator", "retrieval.accelerator", str, "auto, cpu or gpu (config: retrieval.accelerator)"),
     Option("--ray-workers", "retrieval.ray_workers", int, "train through Ray Train with N workers"),
-    Option("--ray-address", "prepare.ray_address", str, "Ray cluster for --ray-workers (default: a local Ray)"),
-    Option("--tracking-uri", "train.tracking.uri", str, "MLflow tracking URI (default: <output_dir>/mlflow.db)"),
+    TRAIN_RAY_ADDRESS,
+    TRACKING_URI,
 ]
 REGISTRY = [
     Option("--tracking-uri", "train.tracking.uri", str, "MLflow tracking and registry URI (default: "

@@ -30,7 +30,7 @@ from training.data import table_to_tensors
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import RetrievalData, load_retrieval_data
 from training.retrieval.layout import TowerLayout, tower_layout
-from training.retrieval.model import TwoTower
+from training.retrieval.model import TwoTower, embed
 
 BUNDLE_FORMAT = "recforge.retriever"
 BUNDLE_VERSION = 1
@@ -41,13 +41,6 @@ INDEX = "index"
 def _vectors_table(columns: Mapping[str, Any], vectors: torch.Tensor) -> pa.Table:
     flat = pa.array(vectors.numpy().astype(np.float32).reshape(-1))
     return pa.table({**columns, "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
-
-
-@torch.no_grad()
-def _embed(fn: Any, batch: Mapping[str, torch.Tensor], chunk: int = 8192) -> torch.Tensor:
-    n = next(iter(batch.values())).shape[0]
-    parts = [fn({k: v[i: i + chunk] for k, v in batch.items()}).float() for i in range(0, n, chunk)]
-    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 def save_retrieval_bundle(directory: str | Path, *, model: TwoTower, cfg: RetrievalConfig, data: RetrievalData,
@@ -61,13 +54,13 @@ def save_retrieval_bundle(directory: str | Path, *, model: TwoTower, cfg: Retrie
     model = model.cpu().eval()
     torch.save(model.state_dict(), out / "two_tower.pt")
     shutil.copytree(spec_dir, out / "spec")
-    items = _embed(model.item, data.corpus)
+    items = embed(model.item, data.corpus)
     codes = np.arange(len(data.corpus_ids), dtype=np.int64)
     pq.write_table(_vectors_table({"item_id": pa.array(data.corpus_ids), "item_code": pa.array(codes)}, items),
                    emb / "item_embeddings.parquet")
     rng = np.random.default_rng(cfg.seed)
     pick = np.sort(rng.permutation(len(data.test.users))[: cfg.query_sample])
-    users = _embed(model.user, {k: v[torch.from_numpy(pick)] for k, v in data.test.batch.items()})
+    users = embed(model.user, {k: v[torch.from_numpy(pick)] for k, v in data.test.batch.items()})
     pq.write_table(_vectors_table({"user_id": pa.array(data.user_ids[data.test.users[pick]])}, users),
                    emb / "query_embeddings.parquet")
     counts = np.bincount(data.train_items, minlength=len(data.corpus_ids)).astype(np.int64)
@@ -80,7 +73,7 @@ def save_retrieval_bundle(directory: str | Path, *, model: TwoTower, cfg: Retrie
     return {"dir": str(emb), "items": info["items"], "queries": info["queries"], "dim": info["dim"]}
 
 
-def _zeros_like_field(table: pa.Table, layout: TowerLayout, n: int) -> pa.Table:
+def _with_item_side_zeros(table: pa.Table, layout: TowerLayout, n: int) -> pa.Table:
     """Add the item-side inputs a user-only table lacks as zeros/empty lists (the user tower never reads them)."""
     lay = layout.layout
     empty = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.int64()))
@@ -130,7 +123,7 @@ class Retriever:
     def user_vectors(self, rows: pa.Table | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Raw user rows (the `user_columns`) -> N x D unit vectors, through the same spec as training."""
         table = self.spec.transform(rows, with_label=False, features=self.cfg.user_features)
-        table = _zeros_like_field(table, self.towers, table.num_rows)
+        table = _with_item_side_zeros(table, self.towers, table.num_rows)
         batch = table_to_tensors(table, self.towers.layout)
         return self.model.user(batch).float().numpy()
 

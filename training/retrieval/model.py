@@ -9,7 +9,7 @@ FAISS index searches by inner product. The nn.Module knows nothing of Lightning,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +93,19 @@ class TwoTower(nn.Module):
         """Rows of (user, positive item) -> (user vectors B x O, item vectors B x O), one embedding lookup."""
         out = self.embedding(batch)
         return self._user(batch, out), self._item(batch, out)
+
+
+EVAL_BATCH = 8192
+
+
+@torch.no_grad()
+def embed(fn: Any, batch: dict[str, Tensor], device: torch.device | str = "cpu",
+          chunk: int = EVAL_BATCH) -> Tensor:
+    """Apply a tower (`TwoTower.user` or `.item`) to a large batch in chunks; an N x O float32 CPU tensor."""
+    n = next(iter(batch.values())).shape[0]
+    out = [fn({k: v[i: i + chunk].to(device, non_blocking=True) for k, v in batch.items()}).float().cpu()
+           for i in range(0, n, chunk)]
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 def sampled_softmax_loss(user: Tensor, item: Tensor, item_codes: Tensor, log_q: Tensor | None, temperature: Tensor,

@@ -32,7 +32,7 @@ from training.data import InMemoryBatches
 from training.retrieval.bundle import save_retrieval_bundle
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import Batch, QuerySet, RetrievalData, load_retrieval_data
-from training.retrieval.model import TwoTower, mixed_negatives, sampled_softmax_loss, weighted_cross_entropy
+from training.retrieval.model import TwoTower, embed, mixed_negatives, sampled_softmax_loss, weighted_cross_entropy
 from training.retrieval_eval import evaluate_scores, run_baselines
 from training.tracking import LINEAGE_DATA, LINEAGE_SPEC, default_tracking_uri, ensure_experiment, hash_prepared
 from training.train import lightning_precision
@@ -41,20 +41,6 @@ log = logging.getLogger("recforge.retrieval")
 
 ITEM_CODE = "__item_code"
 WEIGHT = "__weight"  # per-row loss weight (retrieval.user_balance)
-EVAL_BATCH = 8192
-
-
-def _chunks(batch: Batch, size: int) -> list[Batch]:
-    n = next(iter(batch.values())).shape[0]
-    return [{k: v[i: i + size] for k, v in batch.items()} for i in range(0, n, size)]
-
-
-@torch.no_grad()
-def embed(fn: Any, batch: Batch, device: torch.device) -> torch.Tensor:
-    """Apply a tower to a large batch in chunks; returns an N x O float32 CPU tensor."""
-    out = [fn({k: v.to(device, non_blocking=True) for k, v in part.items()}).float().cpu()
-           for part in _chunks(batch, EVAL_BATCH)]
-    return torch.cat(out) if out else torch.zeros(0)
 
 
 def evaluate_two_tower(model: TwoTower, data: RetrievalData, queries: QuerySet, ks: list[int],
@@ -95,35 +81,45 @@ class RetrievalTask(pl.LightningModule):
         self._gen = torch.Generator().manual_seed(cfg.seed)
         self.history: dict[str, list[float]] = {"train/loss": [], f"valid/recall@{cfg.select_k}": []}
         self._losses: list[float] = []
+        self._corpus: tuple[torch.device, Batch] | None = None
+
+    def _corpus_on(self, device: torch.device) -> Batch:
+        """The corpus item features on `device`, copied there once (not at every step)."""
+        if self._corpus is None or self._corpus[0] != device:
+            self._corpus = (device, {k: v.to(device, non_blocking=True) for k, v in self.data.corpus.items()})
+        return self._corpus[1]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         codes = batch[ITEM_CODE]
+        loss = self._full_corpus_loss(batch, codes) if self.cfg.negatives.full_corpus else \
+            self._sampled_loss(batch, codes)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(codes))
+        self._losses.append(float(loss.detach()))
+        return loss
+
+    def _full_corpus_loss(self, batch: Batch, codes: torch.Tensor) -> torch.Tensor:
+        """Exact softmax of each row's positive against every corpus item."""
+        items = self.model.item(self._corpus_on(codes.device))
+        logits = self.model.user(batch) @ items.T / self.model.temperature
+        return weighted_cross_entropy(logits, codes, batch.get(WEIGHT))
+
+    def _sampled_loss(self, batch: Batch, codes: torch.Tensor) -> torch.Tensor:
+        """In-batch sampled softmax (logQ-corrected), with the configured uniform / hard extra negatives."""
         neg = self.cfg.negatives
-        if neg.full_corpus:
-            user = self.model.user(batch)
-            corpus = {k: v.to(codes.device, non_blocking=True) for k, v in self.data.corpus.items()}
-            logits = user @ self.model.item(corpus).T / self.model.temperature
-            loss = weighted_cross_entropy(logits, codes, batch.get(WEIGHT))
-            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(codes))
-            self._losses.append(float(loss.detach()))
-            return loss
         user, item = self.model(batch)
         log_q = self.log_q[codes] if neg.logq_correction else None
         extra_codes = mixed_negatives(len(self.data.corpus_ids), neg, self._gen)
         extra_items = extra_log_q = None
         if extra_codes is not None:
             extra_codes = extra_codes.to(codes.device)
-            corpus = {k: v.index_select(0, extra_codes.cpu()).to(codes.device) for k, v in self.data.corpus.items()}
-            extra_items = self.model.item(corpus)
+            corpus = self._corpus_on(codes.device)
+            extra_items = self.model.item({k: v.index_select(0, extra_codes) for k, v in corpus.items()})
             if neg.logq_correction:  # uniform: expected count N/I against B * q for the in-batch items
                 n_items = len(self.data.corpus_ids)
                 value = math.log(len(extra_codes) / (n_items * len(codes)))
                 extra_log_q = torch.full((len(extra_codes),), value, device=codes.device)
-        loss = sampled_softmax_loss(user, item, codes, log_q, self.model.temperature, extra_items, extra_codes,
+        return sampled_softmax_loss(user, item, codes, log_q, self.model.temperature, extra_items, extra_codes,
                                     extra_log_q, hard=neg.hard, weight=batch.get(WEIGHT))
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(codes))
-        self._losses.append(float(loss.detach()))
-        return loss
 
     def validate_epoch(self) -> None:
         """Full-corpus ranking of the valid queries; logs valid/recall@`select_k` (early stopping, checkpoints)."""
