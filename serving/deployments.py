@@ -37,7 +37,15 @@ import numpy as np
 import pyarrow as pa
 from ray import serve
 
-from serving.features import FeatureReader, UserFeatures, assemble_rows, complete, seen_items, user_row
+from serving.features import (
+    FeatureReader,
+    ItemInputs,
+    UserFeatures,
+    assemble_rows,
+    complete,
+    seen_items,
+    user_row,
+)
 
 log = logging.getLogger("recforge.serving")
 
@@ -219,6 +227,15 @@ def _torch_threads(settings: ReplicaSettings) -> None:
 
 # ------------------------------------------------------------------------------------------------ results
 @dataclass(frozen=True)
+class RankerBatching:
+    """How the ranker groups concurrent requests into one forward pass (`@serve.batch`): at most `max_size`
+    requests, waiting up to `wait_s` for the batch to fill; `max_size` 1 scores each request at once."""
+
+    max_size: int = 1
+    wait_s: float = 0.001
+
+
+@dataclass(frozen=True)
 class StoreSettings:
     """The online store the model replicas read (`online_store` config as JSON, its default SQLite path), the
     spec's user/item key columns and the user features that hold already-seen item ids (behaviour histories)."""
@@ -282,8 +299,10 @@ class _Job:
 def _load_ranker(device: str) -> Callable[[Path], Any]:
     def load(path: Path) -> Any:
         from training.bundle import load_bundle
+        from training.embedding import fuse_embeddings
 
         ranker = load_bundle(path)
+        fuse_embeddings(ranker.model)  # same outputs; no KeyedJaggedTensor per request
         ranker.model.to(device)
         return ranker
 
@@ -307,7 +326,7 @@ def score_transformed(jobs: Sequence[_Job], device: str) -> list[np.ndarray]:
         batch = table_to_tensors(table, ranker.layout)
         if device != "cpu":
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.no_grad():
+        with torch.inference_mode():
             probs = torch.sigmoid(ranker.model(batch).float()).cpu().numpy()
         bounds = np.cumsum([0, *(t.num_rows for t in tables)])
         for j, i in enumerate(members):
@@ -318,13 +337,18 @@ def score_transformed(jobs: Sequence[_Job], device: str) -> list[np.ndarray]:
 @serve.deployment
 class RankerModel:
     """The CTR ranker: reads the user's and the items' online features, builds the raw rows, scores them;
-    concurrent requests are scored in one batch (`@serve.batch`)."""
+    concurrent requests are scored in one batch (`@serve.batch`, sized by `RankerBatching`)."""
 
-    def __init__(self, source: ModelSource, settings: ReplicaSettings, store: StoreSettings) -> None:
+    def __init__(self, source: ModelSource, settings: ReplicaSettings, store: StoreSettings,
+                 batching: RankerBatching = RankerBatching()) -> None:
         _torch_threads(settings)
         self.settings = settings
         self.store = store
+        self.batching = batching
+        self._batched.set_max_batch_size(batching.max_size)
+        self._batched.set_batch_wait_timeout_s(batching.wait_s)
         self.reader = store.open()
+        self._items: tuple[Loaded, ItemInputs] | None = None
         self.slot = ModelSlot(source, _load_ranker(settings.device))
         self.slot.start()
 
@@ -351,30 +375,53 @@ class RankerModel:
             return Scored(error=f"unknown context field(s) {unknown}; the model reads: {', '.join(raw)}",
                           error_field=f"context.{unknown[0]}")
         t0 = time.perf_counter()
-        items = self.reader.items(item_ids, set(raw))
-        known = np.flatnonzero(items.known)
-        rows = assemble_rows(user, items, context, user_key=self.store.user_key, item_key=self.store.item_key,
-                             take=known)
+        cache = self._item_inputs(loaded)
+        fast = cache.usable(context)
+        if fast:  # item side from the in-memory cache (serving.features.ItemInputs)
+            slots, known_mask = cache.lookup(item_ids)
+        else:
+            items = self.reader.items(item_ids, set(raw))
+            known_mask = items.known
+        known = np.flatnonzero(known_mask)
         features_ms = user_ms + _ms(t0)
         t1 = time.perf_counter()
         scores = np.full(len(item_ids), None, dtype=object)
         if len(known):
             try:
-                table = spec.transform(complete(rows, raw), with_label=False)
+                if fast:
+                    table = cache.rows(user, context, slots[known])
+                else:
+                    rows = assemble_rows(user, items, context, user_key=self.store.user_key,
+                                         item_key=self.store.item_key, take=known)
+                    table = spec.transform(complete(rows, raw), with_label=False)
             except (ValueError, TypeError, pa.ArrowException) as exc:
                 return Scored(error=f"the request's values do not fit the model's feature spec: {exc}",
                               error_field="context")
-            scores[known] = (await self._batched(_Job(loaded, table))).astype(np.float64)
-        return Scored(scores=scores.tolist(), known=items.known.tolist(), user_known=user.known, model=loaded.ref,
+            job = _Job(loaded, table)
+            if self.batching.max_size > 1:
+                probs = await self._batched(job)
+            else:  # nothing to group: score here, without the batch queue's task switches
+                probs = score_transformed([job], self.settings.device)[0]
+            scores[known] = probs.astype(np.float64)
+        return Scored(scores=scores.tolist(), known=known_mask.tolist(), user_known=user.known, model=loaded.ref,
                       ms={"features": features_ms, "ranking": _ms(t1)})
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
+    def _item_inputs(self, loaded: Loaded) -> ItemInputs:
+        """The item-side cache of the serving version (a new one when the version changed)."""
+        cache = self._items
+        if cache is None or cache[0] is not loaded:
+            cache = self._items = (loaded, ItemInputs(loaded.model.spec, self.reader))
+        return cache[1]
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)  # sizes set per instance from RankerBatching
     async def _batched(self, jobs: list[_Job]) -> list[np.ndarray]:
         return await asyncio.to_thread(score_transformed, jobs, self.settings.device)
 
     async def status(self) -> dict[str, Any]:
         users, items = self.reader.views()
-        return {**self.slot.status(), "online_store": {
+        cache = self._items[1] if self._items is not None else None
+        return {**self.slot.status(), "item_cache": {
+            "items": len(cache._slots) if cache else 0, "reads": cache.misses if cache else 0}, "online_store": {
             "store": repr(self.reader.store), "user_views": [v.name for v in users],
             "item_views": [v.name for v in items],
             "views": {v.name: {"rows": v.rows, "version": v.version, "written_at": _iso(v.written_at)}

@@ -25,6 +25,7 @@ from feature_store.online import OnlineStore
 from feature_store.online.base import EntityInfo, normalize_ids
 
 Columns = dict[str, list[Any]]
+MAX_CACHED_ITEMS = 2_000_000  # ItemInputs: items one ranker replica keeps transformed in memory
 
 
 @dataclass
@@ -176,3 +177,95 @@ def complete(table: pa.Table, needed: Sequence[str]) -> pa.Table:
         if c not in table.column_names:
             table = table.append_column(c, pa.nulls(table.num_rows))
     return table
+
+
+class ItemInputs:
+    """The item side of a ranker's model inputs, transformed once per item and kept in memory.
+
+    A ranking request pairs one user (and its context) with many items. Every spec feature reads one raw column,
+    so the model inputs split into the item side (features whose raw column comes from the item views and not
+    from a user view: the item key, category, price, ...) and the request side (the user's features and the
+    context). `rows` transforms the request side once, repeats it per item and takes the item side from this
+    cache, which reads and transforms an item only the first time it is asked for: the same table the spec
+    makes from `assemble_rows`, without re-reading and re-transforming the same items on every request.
+
+    The cache belongs to one model version (its spec) and holds while the item views keep their versions (a
+    `recforge materialize` writes a new version: the cache starts over). `usable` is False, and the ranker
+    takes the uncached path, where an item view has a TTL (a cached value could outlive it) or where the
+    request's context names an item-side column.
+
+    Args:
+        spec: the ranker's feature spec.
+        reader: the replica's online-store reader.
+    """
+
+    def __init__(self, spec: Any, reader: FeatureReader) -> None:
+        self.spec = spec
+        self.reader = reader
+        self._stamp: tuple[tuple[str, int], ...] | None = None
+        self._slots: dict[Any, int] = {}
+        self._table: pa.Table | None = None  # item-side transformed columns, one row per slot
+        self.item_side: list[str] = []
+        self.item_columns: set[str] = set()
+        self.key_type = "string"
+        self.misses = 0
+
+    def _sync(self) -> bool:
+        """Bind to the current item views (restarting the cache when they changed); False when not cacheable."""
+        user_views, item_views = self.reader.views()
+        if not item_views or any(v.ttl_seconds is not None for v in item_views):
+            return False
+        stamp = tuple((v.name, v.version) for v in item_views)
+        if stamp != self._stamp:
+            from_users = {n for v in user_views for n in v.features} | {self.reader.user_key}
+            cols = {n for v in item_views for n in v.features if n != v.ts_column} | {self.reader.item_key}
+            self.item_columns = cols - from_users
+            self.item_side = [f.name for f in self.spec.features if f.column in self.item_columns]
+            self.key_type = item_views[0].key_type
+            self._stamp, self._slots, self._table = stamp, {}, None
+        return True
+
+    def usable(self, context: Mapping[str, Any] | None) -> bool:
+        return self._sync() and not any(k in self.item_columns for k in (context or {}))
+
+    def _add(self, keys: list[Any]) -> None:
+        """Read and transform `keys` (canonical ids); the ones the store knows get slots, the others stay out (an
+        unknown id costs a store read per request, as without the cache, but no memory)."""
+        if len(self._slots) + len(keys) > MAX_CACHED_ITEMS:  # a catalogue beyond this: start over, stay bounded
+            self._slots, self._table = {}, None
+        wanted = {f.column for f in self.spec.features if f.name in self.item_side}
+        items = self.reader.items(keys, wanted)
+        self.misses += len(keys)
+        take = np.flatnonzero(items.known)
+        if not len(take):
+            return
+        pick = take.tolist()
+        raw = pa.table({self.reader.item_key: pa.array([items.keys[j] for j in pick]),
+                        **{c: pa.array([v[j] for j in pick]) for c, v in items.columns.items()}})
+        part = self.spec.transform(complete(raw, sorted(wanted)), with_label=False, features=self.item_side)
+        base = 0 if self._table is None else self._table.num_rows
+        for i, j in enumerate(pick):
+            self._slots[keys[j]] = base + i
+        self._table = part if self._table is None else pa.concat_tables([self._table, part]).combine_chunks()
+
+    def lookup(self, item_ids: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(slot per id, -1 where the store does not know the id; known per id), reading and transforming the ids
+        not cached yet."""
+        keys = canonical_ids(item_ids, self.key_type)
+        missing = list(dict.fromkeys(k for k in keys if k not in self._slots))
+        if missing:
+            self._add(missing)
+        slots = np.fromiter((self._slots.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        return slots, slots >= 0
+
+    def rows(self, user: UserFeatures, context: Mapping[str, Any] | None, slots: np.ndarray) -> pa.Table:
+        """Model inputs (the spec's feature columns, in its order) of the user with the cached items `slots`."""
+        assert self._table is not None or not len(slots)
+        n = len(slots)
+        request_side = [f.name for f in self.spec.features if f.name not in self.item_side]
+        one = complete(user_row(user, context, user_key=self.reader.user_key),
+                       [f.column for f in self.spec.features if f.name in request_side])
+        mine = self.spec.transform(one, with_label=False, features=request_side).take(np.zeros(n, dtype=np.int64))
+        theirs = self._table.take(slots) if self._table is not None else None
+        return pa.table({f.name: (theirs.column(f.name) if f.name in self.item_side else mine.column(f.name))
+                         for f in self.spec.features})

@@ -93,12 +93,22 @@ def start_app(cfg: RecForgeConfig, *, port: int | None = None, ray_address: str 
     return url
 
 
-def stop_app() -> None:
-    """Remove the app and shut Serve down (the Ray this process started stays up until it exits)."""
+def stop_app(timeout: float = 60.0) -> None:
+    """Remove the app and shut Serve down (the Ray this process started stays up until it exits). Returns once
+    Serve's controller is gone, so a `start_app` right after starts a fresh Serve rather than reaching the old,
+    still draining one."""
+    import ray
     from ray import serve
 
     with contextlib.suppress(Exception):
         serve.shutdown()
+    deadline = time.monotonic() + timeout
+    while ray.is_initialized() and time.monotonic() < deadline:
+        try:
+            ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+        except ValueError:
+            return
+        time.sleep(0.25)
 
 
 # ------------------------------------------------------------------------------------------------ CLI modes

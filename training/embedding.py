@@ -193,3 +193,23 @@ def copy_weights(src: SparseEmbedding, dst: SparseEmbedding) -> None:
     """Copy every table's weights from one backend to the other (same layout and dim)."""
     for f in src.layout.tables:
         dst.table_weight(f.name).copy_(src.table_weight(f.name))
+
+
+@torch.no_grad()
+def fuse_embeddings(model: nn.Module) -> int:
+    """Replace every `TorchRecEmbedding` inside `model` by a `FusedEmbedding` with the same weights (identical
+    outputs); returns how many were replaced. For inference: one gather per batch instead of building a
+    KeyedJaggedTensor, which on CPU costs more than the lookups themselves for request-sized batches. A module
+    whose `keeps_torchrec_embedding` is true (one that hands the collection to a TorchRec arch) keeps its own."""
+    replaced = 0
+    for parent in list(model.modules()):
+        if getattr(parent, "keeps_torchrec_embedding", False):
+            continue
+        for name, child in list(parent.named_children()):
+            if isinstance(child, TorchRecEmbedding):
+                device = next(child.parameters()).device
+                fused = FusedEmbedding(child.layout, child.dim).to(device)
+                copy_weights(child, fused)
+                setattr(parent, name, fused.train(child.training))
+                replaced += 1
+    return replaced

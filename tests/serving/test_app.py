@@ -307,6 +307,35 @@ def test_unknown_items_are_reported_per_item_and_the_rest_scored(scenario: Scena
     assert status == 200 and body["user_status"] == "unknown" and 0 < body["predictions"][0]["score"] < 1
 
 
+def test_cached_item_inputs_equal_the_spec_transform_of_the_assembled_rows(scenario: Scenario) -> None:
+    from feature_store.materialize import open_store
+    from serving.features import FeatureReader, ItemInputs, assemble_rows, complete
+    from training.bundle import load_bundle
+
+    cfg = scenario.cfg
+    f = cfg.features
+    spec = load_bundle(Path(cfg.output_dir) / "train" / "dcnv2" / "bundle").spec
+    ids: list[Any] = [4, 123456, 7, "no-such-item", 4, 9, "11"]  # unknown ids, a repeat, an id given as text
+    with open_store(cfg) as store:
+        reader = FeatureReader(store, f.user_key, f.item_key)
+        cache = ItemInputs(spec, reader)
+        user = reader.user(known_user(cfg), set(spec.raw_columns()))
+        assert cache.usable(CONTEXT)
+        assert {"item_id", "category", "brand", "price"} <= set(cache.item_side)
+        for _ in range(2):  # the second round takes every known item from the cache
+            slots, known = cache.lookup(ids)
+            assert known.tolist() == [True, False, True, False, True, True, True]
+            got = cache.rows(user, CONTEXT, slots[known])
+            items = reader.items(ids, set(spec.raw_columns()))
+            rows = assemble_rows(user, items, CONTEXT, user_key=f.user_key, item_key=f.item_key,
+                                 take=np.flatnonzero(items.known))
+            want = spec.transform(complete(rows, spec.raw_columns()), with_label=False)
+            assert got.column_names == [x.name for x in spec.features]
+            assert got.equals(want.select(got.column_names))
+        assert cache.misses == 6 + 2  # 4 known + 2 unknown ids, then the 2 unknown ones again (never cached)
+        assert not cache.usable({"price": 9.5})  # a context value for an item-side column: the uncached path
+
+
 # ------------------------------------------------------------------------------------------------ bad requests
 @pytest.mark.parametrize(("path", "body", "loc"), [
     ("/recommend", {"user_id": 5, "k": 101}, ["body", "k"]),  # above serving.max_k (100)

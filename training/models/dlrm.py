@@ -58,6 +58,11 @@ class DLRM(CTRModel):
             top_in = f * d + f * (f - 1) // 2
         self.top = MLP(top_in, cfg.top_mlp, out_dim=1, dropout=cfg.dropout, batch_norm=cfg.batch_norm)
 
+    @property
+    def keeps_torchrec_embedding(self) -> bool:
+        """TorchRec's DLRM reads the EmbeddingBagCollection itself (training.embedding.fuse_embeddings)."""
+        return self.uses_torchrec_dlrm
+
     def _build_torchrec(self, cfg: DLRMConfig) -> None:
         from torchrec.models.dlrm import DLRM as TorchRecDLRM
         from torchrec.models.dlrm import InteractionArch, OverArch, choose

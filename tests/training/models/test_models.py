@@ -25,7 +25,7 @@ from feature_store.config import (
 )
 from feature_store.spec import SpecFitter
 from training.data import table_to_tensors
-from training.embedding import copy_weights, torchrec_available
+from training.embedding import TorchRecEmbedding, copy_weights, fuse_embeddings, torchrec_available
 from training.features import GROUP, LABEL, FeatureLayout, seq_key, seq_len_key
 from training.models import MODELS, build_model
 
@@ -292,3 +292,21 @@ def test_finalmlp_heads_that_do_not_divide_the_streams_are_rejected(
 ) -> None:
     with pytest.raises(ValueError, match=r"num_heads \(3\) must divide"):
         build_model("finalmlp", data[0], {"mlp1": [32, 16], "mlp2": [16], "num_heads": 3})
+
+
+@pytest.mark.skipif(not torchrec_available(), reason="torchrec / fbgemm-gpu(-cpu) not installed")
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fusing_torchrec_embeddings_for_serving_keeps_every_models_output(
+    name: str, data: tuple[FeatureLayout, dict[str, torch.Tensor]]
+) -> None:
+    layout, batch = data
+    model = make(name, layout, "torchrec").eval()
+    tables = sum(isinstance(m, TorchRecEmbedding) for m in model.modules())  # 2 with a first-order (width-1) one
+    with torch.no_grad():
+        before = model(features_only(batch))
+        replaced = fuse_embeddings(model)
+        after = model(features_only(batch))
+    kept = getattr(model, "keeps_torchrec_embedding", False)  # TorchRec's own DLRM arch reads the collection
+    assert replaced == (0 if kept else tables) and tables >= 1
+    assert any(isinstance(m, TorchRecEmbedding) for m in model.modules()) == kept
+    torch.testing.assert_close(after, before, rtol=1e-6, atol=1e-6)
