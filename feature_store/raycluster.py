@@ -54,8 +54,8 @@ def serve_fast_path_env() -> None:
     # an ingress replica being removed keeps answering this long (30 s by default, for external load balancers);
     # the local HAProxy is reconfigured within a second, and a long drain makes every `serve.shutdown` wait for it
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "3")
-    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(_free_port()))
-    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(_free_port()))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
     if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" not in os.environ:
         _stop_orphan_haproxy()
         # Ray adds a 56-character subdirectory and HAProxy caps a socket path at 97 characters: keep this short
@@ -68,7 +68,8 @@ def serve_fast_path_env() -> None:
         os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_FILE"] = os.path.join(d, "server-state")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -419,9 +419,8 @@ class RankerModel:
 
     async def status(self) -> dict[str, Any]:
         users, items = self.reader.views()
-        cache = self._items[1] if self._items is not None else None
-        return {**self.slot.status(), "item_cache": {
-            "items": len(cache._slots) if cache else 0, "reads": cache.misses if cache else 0}, "online_store": {
+        cache = self._items[1].stats() if self._items is not None else {"items": 0, "reads": 0}
+        return {**self.slot.status(), "item_cache": cache, "online_store": {
             "store": repr(self.reader.store), "user_views": [v.name for v in users],
             "item_views": [v.name for v in items],
             "views": {v.name: {"rows": v.rows, "version": v.version, "written_at": _iso(v.written_at)}

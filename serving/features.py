@@ -205,8 +205,11 @@ class ItemInputs:
         self._stamp: tuple[tuple[str, int], ...] | None = None
         self._slots: dict[Any, int] = {}
         self._table: pa.Table | None = None  # item-side transformed columns, one row per slot
-        self.item_side: list[str] = []
-        self.item_columns: set[str] = set()
+        self.item_side: list[str] = []  # spec features read from the item views
+        self.request_side: list[str] = []  # the others: the user's features and the context
+        self.item_columns: set[str] = set()  # raw columns the item views supply (and no user view)
+        self._item_raw: list[str] = []  # raw columns the item-side features read
+        self._request_raw: list[str] = []  # and the request-side ones
         self.key_type = "string"
         self.misses = 0
 
@@ -221,6 +224,9 @@ class ItemInputs:
             cols = {n for v in item_views for n in v.features if n != v.ts_column} | {self.reader.item_key}
             self.item_columns = cols - from_users
             self.item_side = [f.name for f in self.spec.features if f.column in self.item_columns]
+            self.request_side = [f.name for f in self.spec.features if f.column not in self.item_columns]
+            self._item_raw = sorted({self.spec.feature(n).column for n in self.item_side})
+            self._request_raw = sorted({self.spec.feature(n).column for n in self.request_side})
             self.key_type = item_views[0].key_type
             self._stamp, self._slots, self._table = stamp, {}, None
         return True
@@ -233,8 +239,7 @@ class ItemInputs:
         unknown id costs a store read per request, as without the cache, but no memory)."""
         if len(self._slots) + len(keys) > MAX_CACHED_ITEMS:  # a catalogue beyond this: start over, stay bounded
             self._slots, self._table = {}, None
-        wanted = {f.column for f in self.spec.features if f.name in self.item_side}
-        items = self.reader.items(keys, wanted)
+        items = self.reader.items(keys, self._item_raw)
         self.misses += len(keys)
         take = np.flatnonzero(items.known)
         if not len(take):
@@ -242,7 +247,7 @@ class ItemInputs:
         pick = take.tolist()
         raw = pa.table({self.reader.item_key: pa.array([items.keys[j] for j in pick]),
                         **{c: pa.array([v[j] for j in pick]) for c, v in items.columns.items()}})
-        part = self.spec.transform(complete(raw, sorted(wanted)), with_label=False, features=self.item_side)
+        part = self.spec.transform(complete(raw, self._item_raw), with_label=False, features=self.item_side)
         base = 0 if self._table is None else self._table.num_rows
         for i, j in enumerate(pick):
             self._slots[keys[j]] = base + i
@@ -261,11 +266,13 @@ class ItemInputs:
     def rows(self, user: UserFeatures, context: Mapping[str, Any] | None, slots: np.ndarray) -> pa.Table:
         """Model inputs (the spec's feature columns, in its order) of the user with the cached items `slots`."""
         assert self._table is not None or not len(slots)
-        n = len(slots)
-        request_side = [f.name for f in self.spec.features if f.name not in self.item_side]
-        one = complete(user_row(user, context, user_key=self.reader.user_key),
-                       [f.column for f in self.spec.features if f.name in request_side])
-        mine = self.spec.transform(one, with_label=False, features=request_side).take(np.zeros(n, dtype=np.int64))
+        one = complete(user_row(user, context, user_key=self.reader.user_key), self._request_raw)
+        mine = self.spec.transform(one, with_label=False, features=self.request_side)
+        mine = mine.take(np.zeros(len(slots), dtype=np.int64))
         theirs = self._table.take(slots) if self._table is not None else None
-        return pa.table({f.name: (theirs.column(f.name) if f.name in self.item_side else mine.column(f.name))
+        return pa.table({f.name: (mine.column(f.name) if f.name in self.request_side else theirs.column(f.name))
                          for f in self.spec.features})
+
+    def stats(self) -> dict[str, int]:
+        """What `/models` shows: items held transformed, and ids read from the store so far."""
+        return {"items": len(self._slots), "reads": self.misses}

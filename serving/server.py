@@ -99,13 +99,14 @@ def stop_app(timeout: float = 60.0) -> None:
     still draining one."""
     import ray
     from ray import serve
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
     with contextlib.suppress(Exception):
         serve.shutdown()
     deadline = time.monotonic() + timeout
     while ray.is_initialized() and time.monotonic() < deadline:
         try:
-            ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
         except ValueError:
             return
         time.sleep(0.25)

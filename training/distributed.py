@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping
 from torch import Tensor, nn
 
+from feature_store.raycluster import free_port
 from feature_store.spec import FeatureSpec
 from training.bundle import save_bundle
 from training.config import OptimConfig, TrainConfig
@@ -517,12 +517,6 @@ def _lr_factor(o: OptimConfig, per_epoch: int, total: int) -> Any:
     return lr_factor(o, per_epoch, total)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def train_ctr_sharded(output_dir: str | Path, name: str, cfg: TrainConfig, *, world_size: int = 2,
                       config_doc: Mapping[str, Any] | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
     """Train `cfg.model` with its embedding tables sharded by TorchRec over `world_size` local processes.
@@ -568,7 +562,7 @@ def train_ctr_sharded(output_dir: str | Path, name: str, cfg: TrainConfig, *, wo
     }
     paths.metrics.unlink(missing_ok=True)
     try:
-        mp.spawn(_sharded_worker, args=(world_size, _free_port(), job), nprocs=world_size, join=True)
+        mp.spawn(_sharded_worker, args=(world_size, free_port(), job), nprocs=world_size, join=True)
         out = json.loads(paths.metrics.read_text())
     except BaseException:
         _finish_run(uri, run_id, "FAILED")

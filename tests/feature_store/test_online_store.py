@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,17 +28,12 @@ from feature_store.online import (
     open_online_store,
 )
 from feature_store.online.base import WRITE_BATCH_ROWS
+from feature_store.raycluster import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +43,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not on PATH (apt install redis-server): Redis backend not tested")
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
@@ -422,6 +416,6 @@ def test_open_online_store_opens_redis_for_type_redis(redis_url: str, tmp_path: 
 
 def test_redis_store_names_the_url_when_the_server_is_unreachable() -> None:
     pytest.importorskip("redis", reason="the redis Python client is not installed")
-    url = f"redis://127.0.0.1:{_free_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(ConnectionError, match=r"online_store.url='redis://127\.0\.0\.1"):
         RedisOnlineStore(url, "x")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from feature_store.raycluster import free_port
 from recforge.config import RecForgeConfig, load
 from tests.conftest import ROOT
 
@@ -48,12 +48,6 @@ class Scenario:
     ranker_runs: dict[str, str]  # model name -> MLflow run id
     retriever_run: str
     versions: dict[str, dict[str, str]]  # registered model name -> {label: version}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def client(cfg: RecForgeConfig) -> Any:
