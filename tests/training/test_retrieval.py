@@ -86,6 +86,23 @@ def test_hard_negatives_keep_the_highest_scoring_extra_items() -> None:
         NegativesConfig(uniform=2, hard=3)
 
 
+def test_recency_bias_lets_attention_pooling_pick_the_latest_element() -> None:
+    from training.retrieval.config import TwoTowerConfig
+    from training.retrieval.model import AttentionPooling
+
+    pool = AttentionPooling(4, recency_positions=3)
+    seq = torch.randn(2, 5, 4)
+    lengths = torch.tensor([5, 2])  # most recent last, right-padded: the latest are positions 4 and 1
+    plain = pool(seq, lengths)
+    assert torch.allclose(plain[1], seq[1, :2].mean(0), atol=1e-6)  # zero query and bias: a mean of the valid part
+    with torch.no_grad():
+        pool.recency.copy_(torch.tensor([30.0, 0.0, 0.0]))
+    out = pool(seq, lengths)
+    assert torch.allclose(out[0], seq[0, 4], atol=1e-5) and torch.allclose(out[1], seq[1, 1], atol=1e-5)
+    with pytest.raises(ValueError, match="history_pooling: attention"):
+        TwoTowerConfig(recency_bias=True)
+
+
 @pytest.fixture(scope="module")
 def demo_prepared(tmp_path_factory: pytest.TempPathFactory, ray_local: object) -> RecForgeConfig:
     out = tmp_path_factory.mktemp("retrieval")
@@ -103,6 +120,31 @@ def test_per_user_split_holds_out_each_users_latest_positives(demo_prepared: Rec
     assert seen.shape == truth.shape == (data.n_users, len(data.corpus_ids))
     assert len(data.test.users) == len(np.unique(data.test.users))
     assert data.fit_matrix.nnz == seen.nnz
+
+
+def test_first_positive_repeats_train_each_user_item_pair_once_and_keep_the_truth() -> None:
+    from training.retrieval.data import first_of_pair
+
+    users = np.array([0, 0, 1, 0, 1, 0])
+    items = np.array([5, 5, 5, 7, 5, 5])
+    ts = np.array([30, 10, 20, 10, 5, 10])
+    # pair (0, 5): rows 0, 1, 5 -> the earliest, row 1 (row 5 ties it at ts 10 but comes later); (1, 5): row 4
+    assert first_of_pair(users, items, ts).tolist() == [False, True, False, True, True, False]
+
+
+def test_positive_repeats_first_changes_training_rows_only(demo_prepared: RecForgeConfig) -> None:
+    prepared = Path(demo_prepared.output_dir) / "prepared"
+    keep = load_retrieval_data(prepared, demo_prepared.retrieval)
+    first = load_retrieval_data(prepared, demo_prepared.retrieval.model_copy(update={"positive_repeats": "first"}))
+    pairs = np.concatenate([first.train_users, first.valid_users]) * len(first.corpus_ids) + np.concatenate(
+        [first.train_items, first.valid_items])
+    assert len(np.unique(pairs)) == len(pairs) == first.counts["train"] + len(first.valid_items)
+    dropped = first.counts["repeat_positives_dropped"]
+    assert dropped > 0 and len(keep.train_items) + len(keep.valid_items) - len(pairs) == dropped
+    for q in ("valid", "test"):
+        assert (getattr(first, q).truth != getattr(keep, q).truth).nnz == 0
+        assert (getattr(first, q).seen != getattr(keep, q).seen).nnz == 0
+    assert (first.fit_matrix != keep.fit_matrix).nnz == 0  # the baselines see the same data
 
 
 def test_unknown_tower_feature_is_an_error_naming_the_key(demo_prepared: RecForgeConfig) -> None:

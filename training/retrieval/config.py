@@ -19,8 +19,16 @@ class TwoTowerConfig(StrictModel):
     dropout: float = Field(0.0, ge=0, lt=1)
     history_pooling: Literal["mean", "attention"] = Field(
         "mean", description="how the user tower pools behaviour sequences: mean, or attention with a learned query")
+    recency_bias: bool = Field(
+        False, description="attention pooling adds a learned score bias per position from the most recent element")
     temperature: float = Field(0.05, gt=0, description="softmax temperature (the start value when learned)")
     learn_temperature: bool = False
+
+    @model_validator(mode="after")
+    def _recency_needs_attention(self) -> TwoTowerConfig:
+        if self.recency_bias and self.history_pooling != "attention":
+            raise ValueError("model.recency_bias biases the attention scores: it needs history_pooling: attention")
+        return self
 
 
 class NegativesConfig(StrictModel):
@@ -53,6 +61,9 @@ class RetrievalConfig(StrictModel):
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="each user's latest train interactions for valid")
     model: TwoTowerConfig = Field(default_factory=TwoTowerConfig)
     negatives: NegativesConfig = Field(default_factory=NegativesConfig)
+    positive_repeats: Literal["keep", "first"] = Field(
+        "keep", description="first: train on each (user, item) pair's first positive only, later repeats of the pair "
+        "are dropped from the training rows (the evaluation never asks for an item the user already has)")
     user_balance: float = Field(
         0.0, ge=0, le=1, description="weight each train positive by n_u^-user_balance (n_u: its user's positives): "
                                      "0 = every positive counts the same, 1 = every user counts the same")

@@ -7,7 +7,8 @@ Reads the prepared shards of every split (`recforge prepare` output: model input
 - positives: rows with label >= `positive_threshold` on corpus items (test interactions on items outside the
   corpus cannot be retrieved by any method and are dropped for every method alike);
 - per-user time split: each user's latest `test_fraction` of positives are test, the latest `valid_fraction` of
-  the rest are valid (early stopping), the remainder train;
+  the rest are valid (early stopping), the remainder train; with `positive_repeats: first` a (user, item) pair
+  trains once, on its earliest row (the test and valid truth are unchanged);
 - queries: for each user with valid (test) positives, the user-side features of the FIRST valid (test) row,
   point-in-time (history, profile as of that moment), with the truth set (all of the user's valid/test items)
   and the seen set (items before it) to exclude from the ranking.
@@ -102,6 +103,16 @@ def _last_per_key(keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return order[last]
 
 
+def first_of_pair(users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Mask of each (user, item) pair's earliest row (ties: the first row)."""
+    pair = users.astype(np.int64) * (int(items.max(initial=0)) + 1) + items
+    order = np.lexsort((np.arange(len(pair)), ts, pair))
+    p = pair[order]
+    mask = np.zeros(len(pair), dtype=bool)
+    mask[order[np.r_[True, p[1:] != p[:-1]]]] = True
+    return mask
+
+
 def _matrix(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
     m = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(n_users, n_items))
     m.data[:] = 1.0  # duplicates binarised
@@ -156,9 +167,15 @@ def load_retrieval_data(prepared: str | Path, cfg: RetrievalConfig) -> Retrieval
     train_mask = ~test_mask & ~valid_mask
     n_users, n_items = len(user_ids), len(corpus_ids)
 
-    train_idx = np.flatnonzero(train_mask)
+    fit_rows = train_mask | valid_mask  # what the model trains on (valid rows only in the refit)
+    if cfg.positive_repeats == "first":
+        fit = np.flatnonzero(~test_mask)
+        fit_rows = np.zeros(len(users), dtype=bool)
+        fit_rows[fit[first_of_pair(users[fit], items[fit], ts[fit])]] = True
+        counts["repeat_positives_dropped"] = int((~test_mask).sum() - fit_rows.sum())
+    train_idx = np.flatnonzero(train_mask & fit_rows)
     train_items = items[train_idx]
-    valid_idx = np.flatnonzero(valid_mask)
+    valid_idx = np.flatnonzero(valid_mask & fit_rows)
     data = RetrievalData(
         towers=towers,
         corpus=table_to_tensors(corpus_table, towers.layout),
@@ -174,7 +191,7 @@ def load_retrieval_data(prepared: str | Path, cfg: RetrievalConfig) -> Retrieval
         test=_queries(rows, towers, users, items, ts, test_mask, ~test_mask, n_users, n_items),
         fit_matrix=_matrix(users[~test_mask], items[~test_mask], n_users, n_items),
         n_users=n_users, user_ids=user_ids,
-        counts={**counts, "train": int(train_mask.sum()), "valid": int(valid_mask.sum()),
+        counts={**counts, "train": len(train_idx), "valid": int(valid_mask.sum()),
                 "test": int(test_mask.sum()), "users": n_users, "items": n_items},
     )
     log.info("retrieval data: %s", data.counts)

@@ -25,16 +25,25 @@ if TYPE_CHECKING:  # the model runs without scipy (data.py's sparse matrices), e
 
 
 class AttentionPooling(nn.Module):
-    """Softmax attention of a learned query over a padded sequence: (B x L x D, lengths B) -> B x D."""
+    """Softmax attention of a learned query over a padded sequence: (B x L x D, lengths B) -> B x D.
 
-    def __init__(self, dim: int) -> None:
+    With `recency_positions` > 0 each score also gets a learned bias for how far its element stands from the most
+    recent one (sequences are most-recent-last, right-padded), so the pooling can weigh the latest behaviour more.
+    """
+
+    def __init__(self, dim: int, recency_positions: int = 0) -> None:
         super().__init__()
         self.query = nn.Parameter(torch.zeros(dim))
         self.key = nn.Linear(dim, dim)
+        self.recency = nn.Parameter(torch.zeros(recency_positions)) if recency_positions else None
 
     def forward(self, seq: Tensor, lengths: Tensor) -> Tensor:
         scores = self.key(seq) @ self.query / seq.shape[-1] ** 0.5
-        mask = torch.arange(seq.shape[1], device=seq.device)[None, :] < lengths[:, None]
+        pos = torch.arange(seq.shape[1], device=seq.device)[None, :]
+        mask = pos < lengths[:, None]
+        if self.recency is not None:
+            age = (lengths[:, None] - 1 - pos).clamp(0, len(self.recency) - 1)
+            scores = scores + self.recency[age]
         weights = torch.softmax(scores.masked_fill(~mask, -1e9), dim=1) * mask.to(seq.dtype)
         return (weights.unsqueeze(-1) * seq).sum(1)
 
@@ -50,7 +59,8 @@ class TwoTower(nn.Module):
         self.embedding = FusedEmbedding(towers.layout, d, init_std=cfg.embedding_init_std)
         n_seq = len(towers.user_sequences)
         self.pools = nn.ModuleDict(
-            {s: AttentionPooling(d) for s in towers.user_sequences} if cfg.history_pooling == "attention" else {})
+            {s.name: AttentionPooling(d, s.max_len if cfg.recency_bias else 0) for s in towers.layout.sequences
+             if s.name in towers.user_sequences} if cfg.history_pooling == "attention" else {})
         user_in = (len(towers.user_fields) + n_seq) * d + len(towers.user_dense)
         item_in = len(towers.item_fields) * d + len(towers.item_dense)
         self.user_mlp = MLP(user_in, cfg.tower_mlp, out_dim=cfg.output_dim, dropout=cfg.dropout)
