@@ -147,6 +147,88 @@ def test_positive_repeats_first_changes_training_rows_only(demo_prepared: RecFor
     assert (first.fit_matrix != keep.fit_matrix).nnz == 0  # the baselines see the same data
 
 
+def test_exclude_history_masks_each_rows_history_items_but_not_its_positive(demo_prepared: RecForgeConfig) -> None:
+    from training.features import SPARSE, seq_key
+    from training.retrieval.model import TwoTower
+    from training.retrieval.train import RetrievalTask, history_to_corpus
+
+    rcfg = demo_prepared.retrieval.model_copy(
+        update={"negatives": NegativesConfig(full_corpus=True, exclude_history=True)})
+    data = load_retrieval_data(Path(demo_prepared.output_dir) / "prepared", rcfg)
+    assert list(history_to_corpus(data)) == ["hist_item_id"]
+    task = RetrievalTask(TwoTower(data.towers, rcfg.model), rcfg, data)
+    n = 256
+    batch = {k: v[:n] for k, v in data.train.items()}
+    codes = torch.from_numpy(data.train_items[:n])
+    mask = task._history_mask(batch, codes, len(data.corpus_ids)).numpy()
+    vocab = data.corpus[SPARSE][:, [f.name for f in data.towers.layout.sparse].index("item_id")].numpy()
+    seq, lengths = batch[seq_key("hist_item_id")].numpy(), batch["seq_len:hist_item_id"].numpy()
+    masked_rows = 0
+    for i in range(n):
+        hist = seq[i, : lengths[i]]
+        expected = set(np.flatnonzero(np.isin(vocab, hist[hist > 0])).tolist()) - {int(codes[i])}
+        assert set(np.flatnonzero(mask[i]).tolist()) == expected, i
+        masked_rows += bool(expected)
+    assert masked_rows > n // 4
+    loss = task._full_corpus_loss(batch, codes)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="full_corpus: true"):
+        NegativesConfig(exclude_history=True)
+
+
+def test_item_bias_vectors_score_cosine_over_temperature_plus_the_bias(demo_prepared: RecForgeConfig) -> None:
+    from training.retrieval.config import TwoTowerConfig
+    from training.retrieval.model import TwoTower
+
+    data = load_retrieval_data(Path(demo_prepared.output_dir) / "prepared", demo_prepared.retrieval)
+    model = TwoTower(data.towers, TwoTowerConfig(item_bias=True, temperature=0.1)).eval()
+    users = {k: v[:16] for k, v in data.train.items()}
+    with torch.no_grad():
+        u, v = model.user(users), model.item(data.corpus)
+        raw = model.item_mlp(torch.cat([model.embedding(data.corpus).pooled.index_select(1, model._item_fields)
+                                        .flatten(1), data.corpus["dense"].index_select(1, model._item_dense)], 1))
+    o = model.cfg.output_dim
+    assert u.shape[1] == v.shape[1] == o + 1 and torch.allclose(u[:, o], torch.ones(16))
+    assert torch.allclose(u[:, :o].norm(dim=1), torch.ones(16), atol=1e-5)
+    assert torch.allclose(v[:, :o].norm(dim=1), torch.ones(len(v)), atol=1e-5)
+    cosine = u[:, :o] @ v[:, :o].T
+    assert torch.allclose(u @ v.T / 0.1, cosine / 0.1 + raw[:, o][None, :], atol=1e-4)
+
+
+def test_feature_dropout_replaces_a_share_of_the_field_by_oov_in_training_only(
+        demo_prepared: RecForgeConfig) -> None:
+    from training.features import SPARSE
+    from training.retrieval.config import TwoTowerConfig
+    from training.retrieval.model import TwoTower
+
+    data = load_retrieval_data(Path(demo_prepared.output_dir) / "prepared", demo_prepared.retrieval)
+    model = TwoTower(data.towers, TwoTowerConfig(feature_dropout={"user_id": 0.5}))
+    seen: list[torch.Tensor] = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, batch: dict[str, torch.Tensor]) -> object:
+            seen.append(batch[SPARSE])
+            return self.inner(batch)
+
+    model.embedding = Spy(model.embedding)
+    batch = {k: v[:2000] for k, v in data.train.items()}
+    col = [f.name for f in data.towers.layout.sparse].index("user_id")
+    torch.manual_seed(0)
+    model.train()(batch)
+    dropped = (seen[-1][:, col] == 0) & (batch[SPARSE][:, col] != 0)
+    assert 0.4 < float(dropped.float().mean()) < 0.6
+    others = [c for c in range(batch[SPARSE].shape[1]) if c != col]
+    assert torch.equal(seen[-1][:, others], batch[SPARSE][:, others])  # only the named field
+    model.eval().user(batch)
+    assert torch.equal(seen[-1], batch[SPARSE])  # evaluation and serving see every code
+    with pytest.raises(ValueError, match=r"feature_dropout: \['colour'\]"):
+        TwoTower(data.towers, TwoTowerConfig(feature_dropout={"colour": 0.1}))
+
+
 def test_unknown_tower_feature_is_an_error_naming_the_key(demo_prepared: RecForgeConfig) -> None:
     from feature_store.spec import FeatureSpec
 

@@ -23,9 +23,19 @@ class TwoTowerConfig(StrictModel):
         False, description="attention pooling adds a learned score bias per position from the most recent element")
     temperature: float = Field(0.05, gt=0, description="softmax temperature (the start value when learned)")
     learn_temperature: bool = False
+    feature_dropout: dict[str, float] = Field(
+        default_factory=dict, description="field -> probability: while training, each row's code of that "
+        "single-valued field is replaced by the out-of-vocabulary code with that probability, so the tower also "
+        "learns to answer without it (e.g. {user_id: 0.3}: the behaviour history carries users whose id is weak)")
+    item_bias: bool = Field(
+        False, description="the item tower also outputs a learned score bias (a prior per item, e.g. popularity); "
+        "vectors get one more column so that the inner product still equals the training logit x temperature")
 
     @model_validator(mode="after")
     def _recency_needs_attention(self) -> TwoTowerConfig:
+        bad = {k: p for k, p in self.feature_dropout.items() if not 0 <= p < 1}
+        if bad:
+            raise ValueError(f"model.feature_dropout: probabilities must lie in [0, 1), got {bad}")
         if self.recency_bias and self.history_pooling != "attention":
             raise ValueError("model.recency_bias biases the attention scores: it needs history_pooling: attention")
         return self
@@ -39,6 +49,9 @@ class NegativesConfig(StrictModel):
     hard: int = Field(0, ge=0, description="of the uniform negatives, keep only the `hard` highest-scoring per user")
     full_corpus: bool = Field(False, description="exact softmax over every corpus item instead of sampled "
                                                  "negatives (no sampling bias to correct; for corpora up to ~100k)")
+    exclude_history: bool = Field(
+        False, description="full_corpus only: the items in a row's own behaviour sequence are not its negatives "
+        "(the evaluation and serving exclude what the user already has)")
 
     @model_validator(mode="after")
     def _hard_needs_uniform(self) -> NegativesConfig:
@@ -47,6 +60,9 @@ class NegativesConfig(StrictModel):
                              f"negatives are mined from the uniformly sampled ones")
         if self.full_corpus and (self.uniform or self.hard):
             raise ValueError("negatives.full_corpus scores every corpus item; uniform/hard sampling must be 0 with it")
+        if self.exclude_history and not self.full_corpus:
+            raise ValueError("negatives.exclude_history masks history items in the full-corpus softmax: set "
+                             "negatives.full_corpus: true with it")
         return self
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.embedding import FusedEmbedding, _masked_mean
-from training.features import DENSE
+from training.features import DENSE, SPARSE
 from training.models.layers import MLP
 from training.retrieval.config import NegativesConfig, TwoTowerConfig
 
@@ -49,7 +49,8 @@ class AttentionPooling(nn.Module):
 
 
 class TwoTower(nn.Module):
-    """User and item towers over one shared embedding; outputs are unit vectors of `cfg.output_dim`."""
+    """User and item towers over one shared embedding; outputs are unit vectors of `cfg.output_dim` (with
+    `cfg.item_bias`, one more column: 1 for users, the item's learned bias x temperature for items)."""
 
     def __init__(self, towers: TowerLayout, cfg: TwoTowerConfig) -> None:
         super().__init__()
@@ -64,12 +65,18 @@ class TwoTower(nn.Module):
         user_in = (len(towers.user_fields) + n_seq) * d + len(towers.user_dense)
         item_in = len(towers.item_fields) * d + len(towers.item_dense)
         self.user_mlp = MLP(user_in, cfg.tower_mlp, out_dim=cfg.output_dim, dropout=cfg.dropout)
-        self.item_mlp = MLP(item_in, cfg.tower_mlp, out_dim=cfg.output_dim, dropout=cfg.dropout)
+        self.item_mlp = MLP(item_in, cfg.tower_mlp, out_dim=cfg.output_dim + int(cfg.item_bias), dropout=cfg.dropout)
         self.log_temperature = nn.Parameter(torch.tensor(float(cfg.temperature)).log(),
                                             requires_grad=cfg.learn_temperature)
         self.register_buffer("_user_fields", torch.tensor(towers.user_fields, dtype=torch.long), persistent=False)
         self.register_buffer("_item_fields", torch.tensor(towers.item_fields, dtype=torch.long), persistent=False)
         self.register_buffer("_user_dense", torch.tensor(towers.user_dense, dtype=torch.long), persistent=False)
+        sparse = [f.name for f in towers.layout.sparse]
+        unknown = sorted(set(cfg.feature_dropout) - set(sparse))
+        if unknown:
+            raise ValueError(f"retrieval.model.feature_dropout: {unknown} are not single-valued tower fields; "
+                             f"choose from {sparse}")
+        self._dropout_fields = [(sparse.index(n), p) for n, p in cfg.feature_dropout.items() if p > 0]
         self.register_buffer("_item_dense", torch.tensor(towers.item_dense, dtype=torch.long), persistent=False)
 
     @property
@@ -84,24 +91,41 @@ class TwoTower(nn.Module):
             parts.append(self.pools[name](seq, lengths) if name in self.pools else _masked_mean(seq, lengths))
         if len(self.towers.user_dense):
             parts.append(batch[DENSE].index_select(1, self._user_dense))
-        return F.normalize(self.user_mlp(torch.cat(parts, 1)), dim=-1)
+        user = F.normalize(self.user_mlp(torch.cat(parts, 1)), dim=-1)
+        return torch.cat([user, user.new_ones(len(user), 1)], 1) if self.cfg.item_bias else user
 
     def _item(self, batch: dict[str, Tensor], out: object) -> Tensor:
         pooled = out.pooled  # type: ignore[attr-defined]
         parts = [pooled.index_select(1, self._item_fields).flatten(1)]
         if len(self.towers.item_dense):
             parts.append(batch[DENSE].index_select(1, self._item_dense))
-        return F.normalize(self.item_mlp(torch.cat(parts, 1)), dim=-1)
+        out = self.item_mlp(torch.cat(parts, 1))
+        if not self.cfg.item_bias:
+            return F.normalize(out, dim=-1)
+        # [unit vector, temperature x bias] against the user's [unit vector, 1]: the dot product / temperature is
+        # cosine / temperature + bias, so the index's inner-product search ranks exactly as the training logits
+        o = self.cfg.output_dim
+        return torch.cat([F.normalize(out[:, :o], dim=-1), out[:, o:] * self.temperature], 1)
+
+    def _lookup(self, batch: dict[str, Tensor]) -> object:
+        """The embedding lookup, with `cfg.feature_dropout` applied to the single-valued fields while training."""
+        if self.training and self._dropout_fields:
+            sparse = batch[SPARSE].clone()
+            for col, p in self._dropout_fields:
+                drop = torch.rand(len(sparse), device=sparse.device) < p
+                sparse[:, col] = sparse[:, col].masked_fill(drop, 0)
+            batch = {**batch, SPARSE: sparse}
+        return self.embedding(batch)
 
     def user(self, batch: dict[str, Tensor]) -> Tensor:
-        return self._user(batch, self.embedding(batch))
+        return self._user(batch, self._lookup(batch))
 
     def item(self, batch: dict[str, Tensor]) -> Tensor:
-        return self._item(batch, self.embedding(batch))
+        return self._item(batch, self._lookup(batch))
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Rows of (user, positive item) -> (user vectors B x O, item vectors B x O), one embedding lookup."""
-        out = self.embedding(batch)
+        out = self._lookup(batch)
         return self._user(batch, out), self._item(batch, out)
 
 

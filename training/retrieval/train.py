@@ -29,6 +29,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from feature_store.spec import FeatureSpec
 from training.data import InMemoryBatches
+from training.features import SPARSE, seq_key
 from training.retrieval.bundle import save_retrieval_bundle
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import Batch, QuerySet, RetrievalData, load_retrieval_data
@@ -41,6 +42,25 @@ log = logging.getLogger("recforge.retrieval")
 
 ITEM_CODE = "__item_code"
 WEIGHT = "__weight"  # per-row loss weight (retrieval.user_balance)
+
+
+def history_to_corpus(data: RetrievalData) -> dict[str, torch.Tensor]:
+    """Per user sequence, a lookup from its source field's codes to corpus codes (-1: padding, out-of-vocabulary
+    or no corpus item; a code shared by several corpus items, e.g. the OOV row, maps to none of them)."""
+    layout = data.towers.layout
+    sparse = [f.name for f in layout.sparse]
+    out: dict[str, torch.Tensor] = {}
+    for s in layout.sequences:
+        if s.name not in data.towers.user_sequences or s.source not in sparse:
+            continue
+        table = next(f for f in layout.sparse if f.name == s.source)
+        vocab = data.corpus[SPARSE][:, sparse.index(s.source)]
+        counts = torch.bincount(vocab, minlength=table.cardinality)
+        lut = torch.full((table.cardinality,), -1, dtype=torch.long)
+        unique = (counts[vocab] == 1) & (vocab > 0)
+        lut[vocab[unique]] = torch.arange(len(vocab))[unique]
+        out[s.name] = lut
+    return out
 
 
 def evaluate_two_tower(model: TwoTower, data: RetrievalData, queries: QuerySet, ks: list[int],
@@ -82,6 +102,7 @@ class RetrievalTask(pl.LightningModule):
         self.history: dict[str, list[float]] = {"train/loss": [], f"valid/recall@{cfg.select_k}": []}
         self._losses: list[float] = []
         self._corpus: tuple[torch.device, Batch] | None = None
+        self._history_luts = history_to_corpus(data) if cfg.negatives.exclude_history else {}
 
     def _corpus_on(self, device: torch.device) -> Batch:
         """The corpus item features on `device`, copied there once (not at every step)."""
@@ -101,7 +122,20 @@ class RetrievalTask(pl.LightningModule):
         """Exact softmax of each row's positive against every corpus item."""
         items = self.model.item(self._corpus_on(codes.device))
         logits = self.model.user(batch) @ items.T / self.model.temperature
+        if self._history_luts:
+            logits = logits.masked_fill(self._history_mask(batch, codes, logits.shape[1]), float("-inf"))
         return weighted_cross_entropy(logits, codes, batch.get(WEIGHT))
+
+    def _history_mask(self, batch: Batch, codes: torch.Tensor, n_items: int) -> torch.Tensor:
+        """B x I: True at the corpus items of each row's behaviour sequences, except the row's own positive."""
+        mask = torch.zeros((len(codes), n_items), dtype=torch.bool, device=codes.device)
+        for name, lut in self._history_luts.items():
+            hist = lut.to(codes.device)[batch[seq_key(name)]]  # B x L corpus codes, -1: padding / not in corpus
+            rows = torch.arange(len(codes), device=codes.device)[:, None].expand_as(hist)
+            known = hist >= 0
+            mask[rows[known], hist[known]] = True
+        mask[torch.arange(len(codes), device=codes.device), codes] = False
+        return mask
 
     def _sampled_loss(self, batch: Batch, codes: torch.Tensor) -> torch.Tensor:
         """In-batch sampled softmax (logQ-corrected), with the configured uniform / hard extra negatives."""
