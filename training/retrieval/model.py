@@ -2,9 +2,11 @@
 
 `TwoTower` embeds every tower field with one `FusedEmbedding` (one lookup per batch; a behaviour sequence reads
 the item-id table, so the user's history and the candidate share item embeddings). The user tower concatenates
-its fields, its pooled sequences (mean, or attention with a learned query) and its dense columns; the item tower
-its fields and dense columns; each runs an MLP and L2-normalises, so a score is a cosine similarity and the
-FAISS index searches by inner product. The nn.Module knows nothing of Lightning, losses or files.
+its fields, its pooled sequences (mean, or attention with a learned query and an optional recency bias) and its
+dense columns; the item tower its fields and dense columns; each runs an MLP and L2-normalises, so a score is a
+cosine similarity and the FAISS index searches by inner product (with `item_bias`, one extra column carries an item
+prior and the inner product stays exact). `feature_dropout` hides a field's code on a share of training rows.
+The nn.Module knows nothing of Lightning, losses or files.
 """
 
 from __future__ import annotations
@@ -71,13 +73,13 @@ class TwoTower(nn.Module):
         self.register_buffer("_user_fields", torch.tensor(towers.user_fields, dtype=torch.long), persistent=False)
         self.register_buffer("_item_fields", torch.tensor(towers.item_fields, dtype=torch.long), persistent=False)
         self.register_buffer("_user_dense", torch.tensor(towers.user_dense, dtype=torch.long), persistent=False)
+        self.register_buffer("_item_dense", torch.tensor(towers.item_dense, dtype=torch.long), persistent=False)
         sparse = [f.name for f in towers.layout.sparse]
         unknown = sorted(set(cfg.feature_dropout) - set(sparse))
         if unknown:
             raise ValueError(f"retrieval.model.feature_dropout: {unknown} are not single-valued tower fields; "
                              f"choose from {sparse}")
         self._dropout_fields = [(sparse.index(n), p) for n, p in cfg.feature_dropout.items() if p > 0]
-        self.register_buffer("_item_dense", torch.tensor(towers.item_dense, dtype=torch.long), persistent=False)
 
     @property
     def temperature(self) -> Tensor:

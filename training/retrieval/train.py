@@ -1,13 +1,13 @@
 """`recforge train retrieval`: train the two-tower model with Lightning, evaluate against baselines, export.
 
-`RetrievalTask` holds the loss (in-batch sampled softmax with logQ correction, optional uniform and hard
-negatives, or the exact softmax over the whole corpus), the optimizer and the per-epoch full-corpus evaluation on
-the valid queries (early stopping and the best checkpoint on valid recall@`select_k`). `train_retrieval` runs it
-on `<output_dir>/prepared`, then (`refit`, the default) trains a fresh model on train + valid positives for the
-selected number of epochs, as the baselines fit on train + valid too; it scores the final model and the
-baselines (most-popular, item-KNN, implicit ALS/BPR) on the SAME test queries, writes the
-retrieval bundle (training/retrieval/bundle.py: towers, spec, embeddings that `recforge index build` reads) and
-logs it all to MLflow.
+`RetrievalTask` holds the loss (in-batch sampled softmax with logQ correction, optional uniform and hard negatives,
+or the exact softmax over the whole corpus, optionally without each row's own history items), the optimizer and the
+per-epoch full-corpus evaluation on the valid queries (early stopping and the best checkpoint on valid
+recall@`select_k`). `train_retrieval` runs it on `<output_dir>/prepared`, then (`refit`, the default) trains a
+fresh model on train + valid positives for the selected number of epochs, as the baselines fit on train + valid
+too; it scores the final model and the baselines (most-popular, item-KNN, implicit ALS/BPR) on the SAME test
+queries, writes the retrieval bundle (training/retrieval/bundle.py: towers, spec, embeddings that `recforge index
+build` reads) and logs it all to MLflow.
 """
 
 from __future__ import annotations
