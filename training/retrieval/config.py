@@ -32,7 +32,7 @@ class TwoTowerConfig(StrictModel):
         "vectors get one more column so that the inner product still equals the training logit x temperature")
 
     @model_validator(mode="after")
-    def _recency_needs_attention(self) -> TwoTowerConfig:
+    def _consistent(self) -> TwoTowerConfig:
         bad = {k: p for k, p in self.feature_dropout.items() if not 0 <= p < 1}
         if bad:
             raise ValueError(f"model.feature_dropout: probabilities must lie in [0, 1), got {bad}")

@@ -167,12 +167,11 @@ def load_retrieval_data(prepared: str | Path, cfg: RetrievalConfig) -> Retrieval
     train_mask = ~test_mask & ~valid_mask
     n_users, n_items = len(user_ids), len(corpus_ids)
 
-    fit_rows = train_mask | valid_mask  # what the model trains on (valid rows only in the refit)
+    fit_rows = ~test_mask  # what the model trains on (valid rows only in the refit)
     if cfg.positive_repeats == "first":
-        fit = np.flatnonzero(~test_mask)
-        fit_rows = np.zeros(len(users), dtype=bool)
-        fit_rows[fit[first_of_pair(users[fit], items[fit], ts[fit])]] = True
-        counts["repeat_positives_dropped"] = int((~test_mask).sum() - fit_rows.sum())
+        fit = np.flatnonzero(fit_rows)
+        fit_rows[fit] = first_of_pair(users[fit], items[fit], ts[fit])
+        counts["repeat_positives_dropped"] = len(fit) - int(fit_rows.sum())
     train_idx = np.flatnonzero(train_mask & fit_rows)
     train_items = items[train_idx]
     valid_idx = np.flatnonzero(valid_mask & fit_rows)

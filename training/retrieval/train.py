@@ -53,10 +53,11 @@ def history_to_corpus(data: RetrievalData) -> dict[str, torch.Tensor]:
     for s in layout.sequences:
         if s.name not in data.towers.user_sequences or s.source not in sparse:
             continue
-        table = next(f for f in layout.sparse if f.name == s.source)
-        vocab = data.corpus[SPARSE][:, sparse.index(s.source)]
-        counts = torch.bincount(vocab, minlength=table.cardinality)
-        lut = torch.full((table.cardinality,), -1, dtype=torch.long)
+        col = sparse.index(s.source)
+        cardinality = layout.sparse[col].cardinality
+        vocab = data.corpus[SPARSE][:, col]
+        counts = torch.bincount(vocab, minlength=cardinality)
+        lut = torch.full((cardinality,), -1, dtype=torch.long)
         unique = (counts[vocab] == 1) & (vocab > 0)
         lut[vocab[unique]] = torch.arange(len(vocab))[unique]
         out[s.name] = lut
@@ -129,8 +130,10 @@ class RetrievalTask(pl.LightningModule):
     def _history_mask(self, batch: Batch, codes: torch.Tensor, n_items: int) -> torch.Tensor:
         """B x I: True at the corpus items of each row's behaviour sequences, except the row's own positive."""
         mask = torch.zeros((len(codes), n_items), dtype=torch.bool, device=codes.device)
+        if next(iter(self._history_luts.values())).device != codes.device:  # moved once, not at every step
+            self._history_luts = {k: v.to(codes.device) for k, v in self._history_luts.items()}
         for name, lut in self._history_luts.items():
-            hist = lut.to(codes.device)[batch[seq_key(name)]]  # B x L corpus codes, -1: padding / not in corpus
+            hist = lut[batch[seq_key(name)]]  # B x L corpus codes, -1: padding / not in corpus
             rows = torch.arange(len(codes), device=codes.device)[:, None].expand_as(hist)
             known = hist >= 0
             mask[rows[known], hist[known]] = True
