@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from feature_store.config import FeatureStoreConfig, load_config
 from serving.config import RegistryConfig, ServingConfig
@@ -26,6 +26,19 @@ class RecForgeConfig(FeatureStoreConfig):
     index: IndexConfig = Field(default_factory=IndexConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+
+    @model_validator(mode="after")
+    def _ordered_history_needs_positive_sequences(self) -> RecForgeConfig:
+        """`retrieval.history: ordered` rebuilds the user tower's sequences from positives: a sequence of all
+        events (positive_only: false) would change meaning between the prepared rows and the rebuilt ones."""
+        if self.retrieval.history == "ordered":
+            bad = [s.name for s in self.features.sequence
+                   if s.name in self.retrieval.user_features and not s.positive_only]
+            if bad:
+                raise ValueError(f"retrieval.history: ordered rebuilds behaviour sequences from positives, but "
+                                 f"features.sequence {bad} have positive_only: false; set positive_only: true or "
+                                 f"retrieval.history: point_in_time")
+        return self
 
 
 def load(path: str | Path | None, overrides: Iterable[str] = ()) -> RecForgeConfig:

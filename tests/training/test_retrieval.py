@@ -147,6 +147,57 @@ def test_positive_repeats_first_changes_training_rows_only(demo_prepared: RecFor
     assert (first.fit_matrix != keep.fit_matrix).nnz == 0  # the baselines see the same data
 
 
+def test_prior_sequences_take_earlier_rows_of_the_same_time_in_row_order() -> None:
+    from training.retrieval.data import prior_sequences
+
+    users = np.array([0, 0, 0, 0, 1, 1, 0])
+    items = np.array([5, 6, 5, 7, 8, 9, 3])
+    ts = np.array([1, 2, 3, 3, 1, 1, 4])
+    history = np.arange(6)  # row 6 is a later query of user 0
+    ids, lengths = prior_sequences(users, items, ts, history, np.array([0, 1, 3, 4, 5, 6]), max_len=2)
+    # row 3 (t=3) sees row 2 of the same time; row 5 sees row 4 (same time, earlier row); the query all, latest 2
+    assert ids.tolist() == [[0, 0], [5, 0], [6, 5], [0, 0], [8, 0], [5, 7]]
+    assert lengths.tolist() == [0, 1, 2, 0, 1, 2]
+    ids, lengths = prior_sequences(users, items, ts, history, np.array([6]), max_len=5)
+    assert ids.tolist() == [[5, 6, 5, 7, 0]] and lengths.tolist() == [4]
+
+
+def test_ordered_history_queries_see_every_seen_row_and_training_never_sees_valid(
+        demo_prepared: RecForgeConfig) -> None:
+    from training.features import SPARSE, seq_key, seq_len_key
+
+    prepared = Path(demo_prepared.output_dir) / "prepared"
+    data = load_retrieval_data(prepared, demo_prepared.retrieval.model_copy(update={"history": "ordered"}))
+    vocab = data.corpus[SPARSE][:, [f.name for f in data.towers.layout.sparse].index("item_id")].numpy()
+    to_corpus = {int(v): i for i, v in enumerate(vocab)}
+    key, length = seq_key("hist_item_id"), seq_len_key("hist_item_id")
+    # a test query's history: the user's latest train + valid rows, as many as fit (the seen items, in order)
+    fit_rows = np.bincount(np.concatenate([data.train_users, data.valid_users]), minlength=data.n_users)
+    q_len = data.test.batch[length].numpy()
+    assert (q_len == np.minimum(fit_rows[data.test.users], 20)).all()
+    for row, user in enumerate(data.test.users[:200]):
+        hist = {to_corpus[int(c)] for c in data.test.batch[key][row, : q_len[row]]}
+        assert hist <= set(data.test.seen[user].indices)
+    # the selection run's training histories hold train items of the same user only: valid stays unseen
+    train_sets: dict[int, set[int]] = {}
+    for u, i in zip(data.train_users.tolist(), data.train_items.tolist()):
+        train_sets.setdefault(u, set()).add(i)
+    seqs, lens = data.train[key].numpy(), data.train[length].numpy()
+    for row in range(0, len(lens), max(1, len(lens) // 500)):
+        hist = {to_corpus[int(c)] for c in seqs[row, : lens[row]]}
+        assert hist <= train_sets[int(data.train_users[row])], row
+    # the refit trains on train + valid rows, whose histories may now hold valid items
+    full = data.with_valid_in_train()
+    assert len(full.train[key]) == len(data.train_items) + len(data.valid_items)
+    assert (full.train[length].numpy() >= np.r_[lens, np.zeros(len(data.valid_items), np.int64)]).all()
+
+
+def test_ordered_history_rejects_a_sequence_of_all_events() -> None:
+    with pytest.raises(Exception, match=r"positive_only: false.*retrieval.history: point_in_time"):
+        load(ROOT / "configs" / "retail.yaml", ["retrieval.history=ordered", "features.sequence.0.positive_only=false"])
+    assert load(ROOT / "configs" / "retail.yaml", ["retrieval.history=ordered"]).retrieval.history == "ordered"
+
+
 def test_exclude_history_masks_each_rows_history_items_but_not_its_positive(demo_prepared: RecForgeConfig) -> None:
     from training.features import SPARSE, seq_key
     from training.retrieval.model import TwoTower

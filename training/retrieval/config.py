@@ -80,6 +80,11 @@ class RetrievalConfig(StrictModel):
     positive_repeats: Literal["keep", "first"] = Field(
         "keep", description="first: train on each (user, item) pair's first positive only, later repeats of the pair "
         "are dropped from the training rows (the evaluation never asks for an item the user already has)")
+    history: Literal["point_in_time", "ordered"] = Field(
+        "point_in_time", description="the user tower's behaviour sequences over item fields, for training rows and "
+        "the valid/test queries: point_in_time = as prepared (events at strictly earlier times); ordered = rebuilt "
+        "from the positives before the row in (time, row) order, so the earlier lines of the same basket count and "
+        "a query sees every row it excludes as seen, as a request does after the online store has the basket")
     user_balance: float = Field(
         0.0, ge=0, le=1, description="weight each train positive by n_u^-user_balance (n_u: its user's positives): "
                                      "0 = every positive counts the same, 1 = every user counts the same")

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from feature_store.spec import ITEM_KEY, LABEL, TS_KEY, USER_KEY, FeatureSpec
 from training.data import shard_files, table_to_tensors
+from training.features import SPARSE, seq_key, seq_len_key
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.layout import TowerLayout, tower_layout
 from training.retrieval_eval import latest_mask
@@ -59,6 +60,7 @@ class RetrievalData:
     train_users: np.ndarray  # user code per train row
     item_log_q: np.ndarray  # log frequency of each item among train positives (logQ correction)
     valid_rows: Batch  # positive rows of the valid part (what a refit trains on besides `train`)
+    refit_train: Batch | None  # history=ordered: train + valid rows, histories over train + valid
     valid_items: np.ndarray
     valid_users: np.ndarray
     valid: QuerySet
@@ -72,9 +74,11 @@ class RetrievalData:
         """The same data with the valid positives appended to the train rows (the refit after model selection;
         the test queries and corpus are unchanged, the valid queries are no longer held out)."""
         items = np.concatenate([self.train_items, self.valid_items])
-        train = {k: torch.cat([v, self.valid_rows[k]]) for k, v in self.train.items()}
-        return replace(self, train=train, train_items=items, train_users=np.concatenate([self.train_users,
-                       self.valid_users]), item_log_q=item_log_q(items, len(self.corpus_ids)))
+        train = self.refit_train if self.refit_train is not None else \
+            {k: torch.cat([v, self.valid_rows[k]]) for k, v in self.train.items()}
+        users = np.concatenate([self.train_users, self.valid_users])
+        return replace(self, train=train, refit_train=None, train_items=items, train_users=users,
+                       item_log_q=item_log_q(items, len(self.corpus_ids)))
 
     def example_weights(self, alpha: float) -> np.ndarray:
         """Per train row n_u^-alpha for a user with n_u train rows, scaled to mean 1 (alpha 0: all 1; alpha 1:
@@ -113,6 +117,55 @@ def first_of_pair(users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> np.nd
     return mask
 
 
+def prior_sequences(users: np.ndarray, items: np.ndarray, ts: np.ndarray, history: np.ndarray, rows: np.ndarray,
+                    max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `rows`, the items of its user's `history` rows strictly before it in (time, row) order.
+
+    `users`/`items`/`ts` are per-row arrays (item codes of the sequence's vocabulary); `history` and `rows` are row
+    indices. Unlike the prepared point-in-time sequences (events at strictly earlier TIMES), the earlier rows of the
+    same time count too: the lines of a basket before this one, and for a query after the split every training
+    row of its user (the items it excludes from the ranking as already seen). The latest `max_len`, most recent
+    last, right-padded with 0. Returns (len(rows) x max_len codes, len(rows) lengths). One sort, one gather.
+    """
+    n_hist = len(history)
+    idx = np.concatenate([history, rows])
+    is_hist = np.r_[np.ones(n_hist, dtype=np.int64), np.zeros(len(rows), dtype=np.int64)]
+    # a row that is also a history row sorts before its own history entry: strictly before
+    order = np.lexsort((is_hist, idx, ts[idx], users[idx]))
+    before = np.cumsum(is_hist[order]) - is_hist[order]  # history rows sorted before each entry
+    end = np.empty(len(idx), dtype=np.int64)
+    end[order] = before
+    end = end[n_hist:]
+    sorted_hist = idx[order][is_hist[order] == 1]
+    h_users = users[sorted_hist]
+    start = np.maximum(np.searchsorted(h_users, users[rows], side="left"), end - max_len)
+    lengths = end - start
+    pos = start[:, None] + np.arange(max_len)[None, :]
+    valid = np.arange(max_len)[None, :] < lengths[:, None]
+    out = np.zeros((len(rows), max_len), dtype=np.int64)
+    if n_hist:
+        vals = items[sorted_hist[np.minimum(pos, n_hist - 1)]]
+        out[valid] = vals[valid]
+    return out, lengths.astype(np.int64)
+
+
+def _with_prior_history(batch: Batch, towers: TowerLayout, corpus: Batch, users: np.ndarray, items: np.ndarray,
+                        ts: np.ndarray, history: np.ndarray, rows: np.ndarray) -> Batch:
+    """`batch` (the features of `rows`) with each user sequence replaced by `prior_sequences` over the `history`
+    rows; `items` are corpus codes, read through the corpus's codes of the sequence's source (an item field)."""
+    layout = towers.layout
+    sparse = [f.name for f in layout.sparse]
+    out = dict(batch)
+    for s in layout.sequences:
+        if s.name not in towers.user_sequences:
+            continue
+        source_codes = corpus[SPARSE][:, sparse.index(s.source)].numpy()[items]
+        ids, lens = prior_sequences(users, source_codes, ts, history, rows, s.max_len)
+        out[seq_key(s.name)] = torch.from_numpy(ids)
+        out[seq_len_key(s.name)] = torch.from_numpy(lens)
+    return out
+
+
 def _matrix(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
     m = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(n_users, n_items))
     m.data[:] = 1.0  # duplicates binarised
@@ -120,11 +173,14 @@ def _matrix(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) ->
 
 
 def _queries(table: pa.Table, towers: TowerLayout, users: np.ndarray, items: np.ndarray, ts: np.ndarray,
-             mask: np.ndarray, seen_mask: np.ndarray, n_users: int, n_items: int) -> QuerySet:
+             mask: np.ndarray, seen_mask: np.ndarray, n_users: int, n_items: int,
+             corpus: Batch | None = None) -> QuerySet:
     idx = np.flatnonzero(mask)
     first = idx[_last_per_key(users[idx], -ts[idx])]  # earliest held-out row per user
     q_users = users[first]
     batch = table_to_tensors(table.take(pa.array(first)), towers.layout)
+    if corpus is not None:  # history: ordered
+        batch = _with_prior_history(batch, towers, corpus, users, items, ts, np.flatnonzero(seen_mask), first)
     seen = np.flatnonzero(seen_mask)
     return QuerySet(q_users, batch, _matrix(users[idx], items[idx], n_users, n_items),
                     _matrix(users[seen], items[seen], n_users, n_items))
@@ -175,19 +231,35 @@ def load_retrieval_data(prepared: str | Path, cfg: RetrievalConfig) -> Retrieval
     train_idx = np.flatnonzero(train_mask & fit_rows)
     train_items = items[train_idx]
     valid_idx = np.flatnonzero(valid_mask & fit_rows)
+    corpus = table_to_tensors(corpus_table, towers.layout)
+    train = table_to_tensors(rows.take(pa.array(train_idx)), towers.layout)
+    valid_rows = table_to_tensors(rows.take(pa.array(valid_idx)), towers.layout)
+    refit_train = None
+    ordered = corpus if cfg.history == "ordered" and towers.user_sequences else None
+    user_side = [s.name for s in towers.layout.sequences if s.source not in cfg.item_features]
+    if ordered is not None and user_side:
+        raise ValueError(f"retrieval.history: ordered rebuilds behaviour sequences from the items of earlier "
+                         f"positives, but {user_side} read(s) a field that is not in retrieval.item_features; add "
+                         f"the source field to item_features or set retrieval.history: point_in_time")
+    if ordered is not None:  # histories from the rows before, in (time, row) order; never a valid row in selection
+        train = _with_prior_history(train, towers, corpus, users, items, ts, np.flatnonzero(train_mask), train_idx)
+        both = np.concatenate([train_idx, valid_idx])
+        refit_train = _with_prior_history({k: torch.cat([v, valid_rows[k]]) for k, v in train.items()}, towers,
+                                          corpus, users, items, ts, np.flatnonzero(~test_mask), both)
     data = RetrievalData(
         towers=towers,
-        corpus=table_to_tensors(corpus_table, towers.layout),
+        corpus=corpus,
         corpus_ids=corpus_ids,
-        train=table_to_tensors(rows.take(pa.array(train_idx)), towers.layout),
+        train=train,
         train_items=train_items,
         train_users=users[train_idx],
         item_log_q=item_log_q(train_items, n_items),
-        valid_rows=table_to_tensors(rows.take(pa.array(valid_idx)), towers.layout),
+        valid_rows=valid_rows,
+        refit_train=refit_train,
         valid_items=items[valid_idx],
         valid_users=users[valid_idx],
-        valid=_queries(rows, towers, users, items, ts, valid_mask, train_mask, n_users, n_items),
-        test=_queries(rows, towers, users, items, ts, test_mask, ~test_mask, n_users, n_items),
+        valid=_queries(rows, towers, users, items, ts, valid_mask, train_mask, n_users, n_items, ordered),
+        test=_queries(rows, towers, users, items, ts, test_mask, ~test_mask, n_users, n_items, ordered),
         fit_matrix=_matrix(users[~test_mask], items[~test_mask], n_users, n_items),
         n_users=n_users, user_ids=user_ids,
         counts={**counts, "train": len(train_idx), "valid": int(valid_mask.sum()),
