@@ -11,7 +11,10 @@ Reads the prepared shards of every split (`recforge prepare` output: model input
   trains once, on its earliest row (the test and valid truth are unchanged);
 - queries: for each user with valid (test) positives, the user-side features of the FIRST valid (test) row,
   point-in-time (history, profile as of that moment), with the truth set (all of the user's valid/test items)
-  and the seen set (items before it) to exclude from the ranking.
+  and the seen set (items before it) to exclude from the ranking;
+- with `history: ordered` the behaviour sequences of the training rows and the queries are rebuilt from the
+  positives before each row in (time, row) order (`prior_sequences`): same-time basket lines count, a query's
+  history is its seen rows, and the selection run's training rows never see a valid row.
 Everything is columnar (Arrow -> numpy -> tensors); no loop over rows.
 """
 
@@ -174,13 +177,14 @@ def _matrix(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) ->
 
 def _queries(table: pa.Table, towers: TowerLayout, users: np.ndarray, items: np.ndarray, ts: np.ndarray,
              mask: np.ndarray, seen_mask: np.ndarray, n_users: int, n_items: int,
-             corpus: Batch | None = None) -> QuerySet:
+             ordered_corpus: Batch | None = None) -> QuerySet:
     idx = np.flatnonzero(mask)
     first = idx[_last_per_key(users[idx], -ts[idx])]  # earliest held-out row per user
     q_users = users[first]
     batch = table_to_tensors(table.take(pa.array(first)), towers.layout)
-    if corpus is not None:  # history: ordered
-        batch = _with_prior_history(batch, towers, corpus, users, items, ts, np.flatnonzero(seen_mask), first)
+    if ordered_corpus is not None:  # history: ordered, every seen row is history
+        batch = _with_prior_history(batch, towers, ordered_corpus, users, items, ts, np.flatnonzero(seen_mask),
+                                    first)
     seen = np.flatnonzero(seen_mask)
     return QuerySet(q_users, batch, _matrix(users[idx], items[idx], n_users, n_items),
                     _matrix(users[seen], items[seen], n_users, n_items))
@@ -237,7 +241,7 @@ def load_retrieval_data(prepared: str | Path, cfg: RetrievalConfig) -> Retrieval
     refit_train = None
     ordered = corpus if cfg.history == "ordered" and towers.user_sequences else None
     user_side = [s.name for s in towers.layout.sequences if s.source not in cfg.item_features]
-    if ordered is not None and user_side:
+    if ordered is not None and user_side:  # the corpus holds item fields only meaningfully
         raise ValueError(f"retrieval.history: ordered rebuilds behaviour sequences from the items of earlier "
                          f"positives, but {user_side} read(s) a field that is not in retrieval.item_features; add "
                          f"the source field to item_features or set retrieval.history: point_in_time")
