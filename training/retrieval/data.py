@@ -182,10 +182,9 @@ def _queries(table: pa.Table, towers: TowerLayout, users: np.ndarray, items: np.
     first = idx[_last_per_key(users[idx], -ts[idx])]  # earliest held-out row per user
     q_users = users[first]
     batch = table_to_tensors(table.take(pa.array(first)), towers.layout)
-    if ordered_corpus is not None:  # history: ordered, every seen row is history
-        batch = _with_prior_history(batch, towers, ordered_corpus, users, items, ts, np.flatnonzero(seen_mask),
-                                    first)
     seen = np.flatnonzero(seen_mask)
+    if ordered_corpus is not None:  # history: ordered, every seen row is history
+        batch = _with_prior_history(batch, towers, ordered_corpus, users, items, ts, seen, first)
     return QuerySet(q_users, batch, _matrix(users[idx], items[idx], n_users, n_items),
                     _matrix(users[seen], items[seen], n_users, n_items))
 
@@ -235,21 +234,22 @@ def load_retrieval_data(prepared: str | Path, cfg: RetrievalConfig) -> Retrieval
     train_idx = np.flatnonzero(train_mask & fit_rows)
     train_items = items[train_idx]
     valid_idx = np.flatnonzero(valid_mask & fit_rows)
+    ordered = cfg.history == "ordered" and bool(towers.user_sequences)
+    user_side = [s.name for s in towers.layout.sequences if s.source not in cfg.item_features]
+    if ordered and user_side:  # checked before any tensor is built: the corpus holds item fields only
+        raise ValueError(f"retrieval.history: ordered rebuilds behaviour sequences from the items of earlier "
+                         f"positives, but {user_side} read(s) a field that is not in retrieval.item_features; add "
+                         f"the source field to item_features or set retrieval.history: point_in_time")
     corpus = table_to_tensors(corpus_table, towers.layout)
     train = table_to_tensors(rows.take(pa.array(train_idx)), towers.layout)
     valid_rows = table_to_tensors(rows.take(pa.array(valid_idx)), towers.layout)
     refit_train = None
-    ordered = corpus if cfg.history == "ordered" and towers.user_sequences else None
-    user_side = [s.name for s in towers.layout.sequences if s.source not in cfg.item_features]
-    if ordered is not None and user_side:  # the corpus holds item fields only meaningfully
-        raise ValueError(f"retrieval.history: ordered rebuilds behaviour sequences from the items of earlier "
-                         f"positives, but {user_side} read(s) a field that is not in retrieval.item_features; add "
-                         f"the source field to item_features or set retrieval.history: point_in_time")
-    if ordered is not None:  # histories from the rows before, in (time, row) order; never a valid row in selection
+    if ordered:  # histories from the rows before, in (time, row) order; never a valid row in selection
         train = _with_prior_history(train, towers, corpus, users, items, ts, np.flatnonzero(train_mask), train_idx)
         both = np.concatenate([train_idx, valid_idx])
         refit_train = _with_prior_history({k: torch.cat([v, valid_rows[k]]) for k, v in train.items()}, towers,
                                           corpus, users, items, ts, np.flatnonzero(~test_mask), both)
+    ordered_corpus = corpus if ordered else None
     data = RetrievalData(
         towers=towers,
         corpus=corpus,
@@ -262,8 +262,8 @@ def load_retrieval_data(prepared: str | Path, cfg: RetrievalConfig) -> Retrieval
         refit_train=refit_train,
         valid_items=items[valid_idx],
         valid_users=users[valid_idx],
-        valid=_queries(rows, towers, users, items, ts, valid_mask, train_mask, n_users, n_items, ordered),
-        test=_queries(rows, towers, users, items, ts, test_mask, ~test_mask, n_users, n_items, ordered),
+        valid=_queries(rows, towers, users, items, ts, valid_mask, train_mask, n_users, n_items, ordered_corpus),
+        test=_queries(rows, towers, users, items, ts, test_mask, ~test_mask, n_users, n_items, ordered_corpus),
         fit_matrix=_matrix(users[~test_mask], items[~test_mask], n_users, n_items),
         n_users=n_users, user_ids=user_ids,
         counts={**counts, "train": len(train_idx), "valid": int(valid_mask.sum()),
