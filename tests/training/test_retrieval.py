@@ -280,6 +280,23 @@ def test_feature_dropout_replaces_a_share_of_the_field_by_oov_in_training_only(
         TwoTower(data.towers, TwoTowerConfig(feature_dropout={"colour": 0.1}))
 
 
+def test_lr_decay_multiplies_the_learning_rate_once_per_epoch(demo_prepared: RecForgeConfig) -> None:
+    import pytorch_lightning as pl
+
+    from training.retrieval.model import TwoTower
+    from training.retrieval.train import RetrievalTask
+
+    cfg = demo_prepared.retrieval.model_copy(update={"lr": 0.01, "lr_decay": 0.5})
+    data = load_retrieval_data(Path(demo_prepared.output_dir) / "prepared", cfg)
+    task = RetrievalTask(TwoTower(data.towers, cfg.model), cfg, data)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=3, limit_train_batches=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 3)
+    constant = RetrievalTask(TwoTower(data.towers, cfg.model), cfg.model_copy(update={"lr_decay": 1.0}), data)
+    assert isinstance(constant.configure_optimizers(), torch.optim.Adam)  # no scheduler at the default
+
+
 def test_unknown_tower_feature_is_an_error_naming_the_key(demo_prepared: RecForgeConfig) -> None:
     from feature_store.spec import FeatureSpec
 

@@ -92,6 +92,9 @@ class RetrievalConfig(StrictModel):
     max_epochs: int = Field(10, gt=0)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    lr_decay: float = Field(
+        1.0, gt=0, le=1, description="the learning rate is multiplied by this after every epoch (1 = constant); "
+        "the refit trains with the same schedule for the selected number of epochs")
     patience: int = Field(2, ge=0, description="early stopping on valid recall@`select_k`")
     refit: bool = Field(True, description="after early stopping picks the epoch count, train a fresh model on "
                                           "train + valid positives for that many epochs (the baselines also fit "

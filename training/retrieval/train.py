@@ -172,7 +172,11 @@ class RetrievalTask(pl.LightningModule):
         self._losses = []
 
     def configure_optimizers(self) -> Any:
-        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        if self.cfg.lr_decay == 1.0:
+            return optimizer
+        decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.cfg.lr_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "epoch"}}
 
     def train_dataloader(self) -> InMemoryBatches:
         """The train positives in batches of a seeded per-epoch permutation; under DDP each rank takes its share
