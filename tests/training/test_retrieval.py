@@ -211,7 +211,7 @@ def test_exclude_history_masks_each_rows_history_items_but_not_its_positive(demo
     n = 256
     batch = {k: v[:n] for k, v in data.train.items()}
     codes = torch.from_numpy(data.train_items[:n])
-    mask = task._negative_mask(batch, codes, len(data.corpus_ids)).numpy()
+    mask = task._history_mask(batch, codes, len(data.corpus_ids)).numpy()
     vocab = data.corpus[SPARSE][:, [f.name for f in data.towers.layout.sparse].index("item_id")].numpy()
     seq, lengths = batch[seq_key("hist_item_id")].numpy(), batch["seq_len:hist_item_id"].numpy()
     masked_rows = 0
@@ -225,33 +225,6 @@ def test_exclude_history_masks_each_rows_history_items_but_not_its_positive(demo
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="full_corpus: true"):
         NegativesConfig(exclude_history=True)
-
-
-def test_exclude_positives_masks_the_users_other_training_items_and_the_refit_adds_valid(
-        demo_prepared: RecForgeConfig) -> None:
-    from training.retrieval.model import TwoTower
-    from training.retrieval.train import USER_CODE, RetrievalTask
-
-    rcfg = demo_prepared.retrieval.model_copy(
-        update={"negatives": NegativesConfig(full_corpus=True, exclude_positives=True)})
-    data = load_retrieval_data(Path(demo_prepared.output_dir) / "prepared", rcfg)
-    masked: list[np.ndarray] = []
-    for d in (data, data.with_valid_in_train()):  # the selection run, then the refit on train + valid
-        task = RetrievalTask(TwoTower(d.towers, rcfg.model), rcfg, d)
-        rows = np.arange(300)  # train rows: the same rows in both
-        batch = {k: v[:300] for k, v in d.train.items()}
-        batch[USER_CODE] = torch.from_numpy(d.train_users[rows].astype(np.int64))
-        codes = torch.from_numpy(d.train_items[rows])
-        mask = task._negative_mask(batch, codes, len(d.corpus_ids)).numpy()
-        for i in rows:
-            expected = set(d.train_items[d.train_users == d.train_users[i]].tolist()) - {int(codes[i])}
-            assert set(np.flatnonzero(mask[i]).tolist()) == expected, i
-        assert torch.isfinite(task._full_corpus_loss(batch, codes))
-        masked.append(mask)
-    selection, refit = masked
-    assert not (selection & ~refit).any() and (refit & ~selection).any()  # the refit adds the valid items
-    with pytest.raises(ValueError, match="full_corpus: true"):
-        NegativesConfig(exclude_positives=True)
 
 
 def test_item_bias_vectors_score_cosine_over_temperature_plus_the_bias(demo_prepared: RecForgeConfig) -> None:

@@ -52,10 +52,6 @@ class NegativesConfig(StrictModel):
     exclude_history: bool = Field(
         False, description="full_corpus only: the items in a row's own behaviour sequence are not its negatives "
         "(the evaluation and serving exclude what the user already has)")
-    exclude_positives: bool = Field(
-        False, description="full_corpus only: every item among the row's user's training positives (train, and "
-        "valid in the refit), other than the row's own, is not its negative: an item the user bought is never "
-        "pushed down for that user, earlier or later in time (a superset of exclude_history)")
 
     @model_validator(mode="after")
     def _hard_needs_uniform(self) -> NegativesConfig:
@@ -64,10 +60,9 @@ class NegativesConfig(StrictModel):
                              f"negatives are mined from the uniformly sampled ones")
         if self.full_corpus and (self.uniform or self.hard):
             raise ValueError("negatives.full_corpus scores every corpus item; uniform/hard sampling must be 0 with it")
-        for key in ("exclude_history", "exclude_positives"):
-            if getattr(self, key) and not self.full_corpus:
-                raise ValueError(f"negatives.{key} masks items in the full-corpus softmax: set "
-                                 f"negatives.full_corpus: true with it")
+        if self.exclude_history and not self.full_corpus:
+            raise ValueError("negatives.exclude_history masks history items in the full-corpus softmax: set "
+                             "negatives.full_corpus: true with it")
         return self
 
 

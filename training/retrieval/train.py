@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-import scipy.sparse as sp
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -43,15 +42,6 @@ log = logging.getLogger("recforge.retrieval")
 
 ITEM_CODE = "__item_code"
 WEIGHT = "__weight"  # per-row loss weight (retrieval.user_balance)
-USER_CODE = "__user_code"  # per-row user code (negatives.exclude_positives)
-
-
-def user_positives(data: RetrievalData) -> tuple[torch.Tensor, torch.Tensor]:
-    """CSR (indptr, indices) of each user's distinct training positives (corpus codes)."""
-    m = sp.csr_matrix((np.ones(len(data.train_users), np.float32), (data.train_users, data.train_items)),
-                      shape=(data.n_users, len(data.corpus_ids)))
-    m.sum_duplicates()
-    return torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64))
 
 
 def history_to_corpus(data: RetrievalData) -> dict[str, torch.Tensor]:
@@ -114,7 +104,6 @@ class RetrievalTask(pl.LightningModule):
         self._losses: list[float] = []
         self._corpus: tuple[torch.device, Batch] | None = None
         self._history_luts = history_to_corpus(data) if cfg.negatives.exclude_history else {}
-        self._user_items = user_positives(data) if cfg.negatives.exclude_positives else None
 
     def _corpus_on(self, device: torch.device) -> Batch:
         """The corpus item features on `device`, copied there once (not at every step)."""
@@ -134,29 +123,12 @@ class RetrievalTask(pl.LightningModule):
         """Exact softmax of each row's positive against every corpus item."""
         items = self.model.item(self._corpus_on(codes.device))
         logits = self.model.user(batch) @ items.T / self.model.temperature
-        if self._history_luts or self._user_items is not None:
-            logits = logits.masked_fill(self._negative_mask(batch, codes, logits.shape[1]), float("-inf"))
+        if self._history_luts:
+            logits = logits.masked_fill(self._history_mask(batch, codes, logits.shape[1]), float("-inf"))
         return weighted_cross_entropy(logits, codes, batch.get(WEIGHT))
 
-    def _negative_mask(self, batch: Batch, codes: torch.Tensor, n_items: int) -> torch.Tensor:
-        """B x I: True at the corpus items that are not the row's negatives (exclude_history: its behaviour
-        sequences; exclude_positives: its user's training positives), never at the row's own positive."""
-        mask = self._history_mask(batch, codes, n_items) if self._history_luts else \
-            torch.zeros((len(codes), n_items), dtype=torch.bool, device=codes.device)
-        if self._user_items is not None:
-            if self._user_items[0].device != codes.device:  # moved once, not at every step
-                self._user_items = (self._user_items[0].to(codes.device), self._user_items[1].to(codes.device))
-            indptr, indices = self._user_items
-            users = batch[USER_CODE]
-            start, count = indptr[users], indptr[users + 1] - indptr[users]
-            rows = torch.repeat_interleave(torch.arange(len(codes), device=codes.device), count)
-            first = torch.repeat_interleave(start - (torch.cumsum(count, 0) - count), count)
-            mask[rows, indices[first + torch.arange(len(rows), device=codes.device)]] = True
-        mask[torch.arange(len(codes), device=codes.device), codes] = False
-        return mask
-
     def _history_mask(self, batch: Batch, codes: torch.Tensor, n_items: int) -> torch.Tensor:
-        """B x I: True at the corpus items of each row's behaviour sequences."""
+        """B x I: True at the corpus items of each row's behaviour sequences, except the row's own positive."""
         mask = torch.zeros((len(codes), n_items), dtype=torch.bool, device=codes.device)
         if next(iter(self._history_luts.values())).device != codes.device:  # moved once, not at every step
             self._history_luts = {k: v.to(codes.device) for k, v in self._history_luts.items()}
@@ -165,6 +137,7 @@ class RetrievalTask(pl.LightningModule):
             rows = torch.arange(len(codes), device=codes.device)[:, None].expand_as(hist)
             known = hist >= 0
             mask[rows[known], hist[known]] = True
+        mask[torch.arange(len(codes), device=codes.device), codes] = False
         return mask
 
     def _sampled_loss(self, batch: Batch, codes: torch.Tensor) -> torch.Tensor:
@@ -213,8 +186,6 @@ class RetrievalTask(pl.LightningModule):
         train[ITEM_CODE] = torch.from_numpy(self.data.train_items)
         if self.cfg.user_balance > 0:
             train[WEIGHT] = torch.from_numpy(self.data.example_weights(self.cfg.user_balance))
-        if self._user_items is not None:
-            train[USER_CODE] = torch.from_numpy(self.data.train_users.astype(np.int64))
         return InMemoryBatches(train, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed, drop_last=True,
                                pin_memory=torch.cuda.is_available(), epoch_fn=lambda: int(trainer.current_epoch),
                                rank=int(trainer.global_rank), world_size=int(trainer.world_size))
