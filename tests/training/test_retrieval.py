@@ -297,6 +297,37 @@ def test_lr_decay_multiplies_the_learning_rate_once_per_epoch(demo_prepared: Rec
     assert isinstance(constant.configure_optimizers(), torch.optim.Adam)  # no scheduler at the default
 
 
+def test_ema_decay_trains_online_weights_and_keeps_their_moving_average_as_the_model(
+        demo_prepared: RecForgeConfig) -> None:
+    import pytorch_lightning as pl
+
+    from training.retrieval.model import TwoTower
+    from training.retrieval.train import RetrievalTask
+
+    cfg = demo_prepared.retrieval.model_copy(update={"ema_decay": 0.9})
+    data = load_retrieval_data(Path(demo_prepared.output_dir) / "prepared", cfg)
+    task = RetrievalTask(TwoTower(data.towers, cfg.model), cfg, data)
+    assert task.online is not None and task.trained is task.online
+    optimized = {id(p) for g in task.configure_optimizers().param_groups for p in g["params"]}
+    assert optimized == {id(p) for p in task.online.parameters()}
+    assert not any(p.requires_grad for p in task.model.parameters())
+    before = [p.detach().clone() for p in task.model.parameters()]
+    with torch.no_grad():
+        for p in task.online.parameters():
+            p.add_(1.0)
+    task.on_train_batch_end(None, None, 0)  # first step: the warm-up decay min(0.9, 2 / 11)
+    for avg, old in zip(task.model.parameters(), before, strict=True):
+        assert torch.allclose(avg, old + (1 - 2 / 11), atol=1e-6)
+    # a real fit: the average moves and stays apart from the online weights
+    task = RetrievalTask(TwoTower(data.towers, cfg.model), cfg, data)
+    key = "embedding.weight.weight"
+    start = dict(task.model.named_parameters())[key].detach().clone()
+    pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=5, logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False).fit(task)
+    avg, online = dict(task.model.named_parameters())[key], dict(task.online.named_parameters())[key]
+    assert not torch.equal(avg, start) and not torch.equal(avg, online)
+
+
 def test_unknown_tower_feature_is_an_error_naming_the_key(demo_prepared: RecForgeConfig) -> None:
     from feature_store.spec import FeatureSpec
 

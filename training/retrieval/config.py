@@ -92,6 +92,10 @@ class RetrievalConfig(StrictModel):
     max_epochs: int = Field(10, gt=0)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="> 0: validation, the refit's result and the exported towers use an "
+        "exponential moving average of the weights over training steps (this decay per step, warmed up as "
+        "min(decay, (1 + n) / (10 + n))); 0 = the last step's weights")
     lr_decay: float = Field(
         1.0, gt=0, le=1, description="the learning rate is multiplied by this after every epoch (1 = constant); "
         "the refit trains with the same schedule for the selected number of epochs")

@@ -12,6 +12,7 @@ build` reads) and logs it all to MLflow.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -94,7 +95,13 @@ class RetrievalTask(pl.LightningModule):
 
     def __init__(self, model: TwoTower, cfg: RetrievalConfig, data: RetrievalData) -> None:
         super().__init__()
+        # with ema_decay the optimizer trains `online` and `model` holds the moving average of its weights:
+        # everything after a step (validation, checkpoints' selection, refit result, export) reads `model`
         self.model = model
+        self.online = copy.deepcopy(model) if cfg.ema_decay > 0 else None
+        if self.online is not None:
+            self.model.requires_grad_(False)
+        self._ema_steps = 0
         self.cfg = cfg
         self.data = data
         self.save_hyperparameters({"retrieval": cfg.model_dump(mode="json")})
@@ -111,6 +118,20 @@ class RetrievalTask(pl.LightningModule):
             self._corpus = (device, {k: v.to(device, non_blocking=True) for k, v in self.data.corpus.items()})
         return self._corpus[1]
 
+    @property
+    def trained(self) -> TwoTower:
+        """The module the optimizer updates (`online` under ema_decay, else `model`)."""
+        return self.online if self.online is not None else self.model
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.online is None:
+            return
+        self._ema_steps += 1
+        decay = min(self.cfg.ema_decay, (1 + self._ema_steps) / (10 + self._ema_steps))
+        with torch.no_grad():
+            for avg, cur in zip(self.model.parameters(), self.online.parameters(), strict=True):
+                avg.lerp_(cur, 1.0 - decay)
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         codes = batch[ITEM_CODE]
         loss = self._full_corpus_loss(batch, codes) if self.cfg.negatives.full_corpus else \
@@ -121,8 +142,9 @@ class RetrievalTask(pl.LightningModule):
 
     def _full_corpus_loss(self, batch: Batch, codes: torch.Tensor) -> torch.Tensor:
         """Exact softmax of each row's positive against every corpus item."""
-        items = self.model.item(self._corpus_on(codes.device))
-        logits = self.model.user(batch) @ items.T / self.model.temperature
+        model = self.trained
+        items = model.item(self._corpus_on(codes.device))
+        logits = model.user(batch) @ items.T / model.temperature
         if self._history_luts:
             logits = logits.masked_fill(self._history_mask(batch, codes, logits.shape[1]), float("-inf"))
         return weighted_cross_entropy(logits, codes, batch.get(WEIGHT))
@@ -143,19 +165,20 @@ class RetrievalTask(pl.LightningModule):
     def _sampled_loss(self, batch: Batch, codes: torch.Tensor) -> torch.Tensor:
         """In-batch sampled softmax (logQ-corrected), with the configured uniform / hard extra negatives."""
         neg = self.cfg.negatives
-        user, item = self.model(batch)
+        model = self.trained
+        user, item = model(batch)
         log_q = self.log_q[codes] if neg.logq_correction else None
         extra_codes = mixed_negatives(len(self.data.corpus_ids), neg, self._gen)
         extra_items = extra_log_q = None
         if extra_codes is not None:
             extra_codes = extra_codes.to(codes.device)
             corpus = self._corpus_on(codes.device)
-            extra_items = self.model.item({k: v.index_select(0, extra_codes) for k, v in corpus.items()})
+            extra_items = model.item({k: v.index_select(0, extra_codes) for k, v in corpus.items()})
             if neg.logq_correction:  # uniform: expected count N/I against B * q for the in-batch items
                 n_items = len(self.data.corpus_ids)
                 value = math.log(len(extra_codes) / (n_items * len(codes)))
                 extra_log_q = torch.full((len(extra_codes),), value, device=codes.device)
-        return sampled_softmax_loss(user, item, codes, log_q, self.model.temperature, extra_items, extra_codes,
+        return sampled_softmax_loss(user, item, codes, log_q, model.temperature, extra_items, extra_codes,
                                     extra_log_q, hard=neg.hard, weight=batch.get(WEIGHT))
 
     def validate_epoch(self) -> None:
@@ -172,7 +195,7 @@ class RetrievalTask(pl.LightningModule):
         self._losses = []
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        optimizer = torch.optim.Adam(self.trained.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         if self.cfg.lr_decay == 1.0:
             return optimizer
         decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.cfg.lr_decay)
