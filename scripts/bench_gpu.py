@@ -565,6 +565,33 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.0f}"
 
 
+DCNV2_GOAL = 3_000_000  # samples/s on one GPU (NVIDIA's DLRM reference: 4.0M rec/s on one A100-80GB with AMP)
+PEER_GOAL = 5.0  # times the peer's samples/s at the same model and batch
+
+
+def _training_goals(rows: list[dict[str, Any]]) -> list[str]:
+    """The goal lines: DCNv2 samples/s (best bf16 feed) and the ratio to DeepCTR-Torch, both ways it is run."""
+    def best(r: dict[str, Any]) -> float:
+        return max(r["resident_bf16"], r["pinned_bf16"])
+
+    dcn = [r for r in rows if r["model"] == "dcnv2"]
+    top = max(dcn, key=best) if dcn else None
+    out = []
+    if top is not None:
+        verdict = "met" if best(top) >= DCNV2_GOAL else "NOT met"
+        out.append(f"- Goal, DCNv2 at least {DCNV2_GOAL:,} samples/s: **{verdict}** ({best(top):,.0f} at batch "
+                   f"{top['batch']:,}, resident or pinned host-fed bf16)")
+    for key, what in (("peer_fit", "its own `fit`"), ("peer_step", "its model's step on resident batches")):
+        pairs = [(best(r) / r[key], r) for r in rows if r.get(key)]
+        if pairs:
+            low, r = min(pairs, key=lambda p: p[0])
+            verdict = "met" if low >= PEER_GOAL else "NOT met"
+            out.append(f"- Goal, at least {PEER_GOAL:g}x DeepCTR-Torch run through {what}: **{verdict}** (lowest "
+                       f"ratio {low:.1f}x, {r['model']} batch {r['batch']:,}; highest "
+                       f"{max(p[0] for p in pairs):.1f}x)")
+    return out
+
+
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [SECTION_TITLE, "",
@@ -587,7 +614,7 @@ def render(res: dict[str, Any]) -> str:
         lines += ["", "Resident: `InMemoryBatches(device=cuda)` (gathers on the GPU). Pinned host-fed: gathered on the "
                   "host into two alternating pinned buffers, copied with non_blocking=True. InMemoryBatches host: "
                   "gathered on the host (pageable), then `.to(cuda, non_blocking=True)`. DeepCTR-Torch has no DLRM.",
-                  ""]
+                  "", *_training_goals(res["training"]), ""]
     for r in res.get("compile", []):
         lines.append(f"- torch.compile, DCNv2 batch {r['batch']:,} resident bf16: eager {_fmt(r['eager'])}, "
                      f"compiled {_fmt(r['compiled'])} samples/s (compile + warm-up {r['compile_warmup_s']:.0f} s)")
