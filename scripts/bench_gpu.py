@@ -575,9 +575,9 @@ def _training_goals(rows: list[dict[str, Any]]) -> list[str]:
         return max(r["resident_bf16"], r["pinned_bf16"])
 
     dcn = [r for r in rows if r["model"] == "dcnv2"]
-    top = max(dcn, key=best) if dcn else None
     out = []
-    if top is not None:
+    if dcn:
+        top = max(dcn, key=best)
         verdict = "met" if best(top) >= DCNV2_GOAL else "NOT met"
         out.append(f"- Goal, DCNv2 at least {DCNV2_GOAL:,} samples/s: **{verdict}** ({best(top):,.0f} at batch "
                    f"{top['batch']:,}, resident or pinned host-fed bf16)")

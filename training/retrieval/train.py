@@ -1,7 +1,8 @@
 """`recforge train retrieval`: train the two-tower model with Lightning, evaluate against baselines, export.
 
 `RetrievalTask` holds the loss (in-batch sampled softmax with logQ correction, optional uniform and hard negatives,
-or the exact softmax over the whole corpus, optionally without each row's own history items), the optimizer and the
+or the exact softmax over the whole corpus, optionally without each row's own history items), the optimizer (with
+`lr_decay` per epoch; with `ema_decay` it trains an `online` copy and `model` is their moving average) and the
 per-epoch full-corpus evaluation on the valid queries (early stopping and the best checkpoint on valid
 recall@`select_k`). `train_retrieval` runs it on `<output_dir>/prepared`, then (`refit`, the default) trains a
 fresh model on train + valid positives for the selected number of epochs, as the baselines fit on train + valid
