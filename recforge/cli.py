@@ -23,7 +23,7 @@ from feature_store.spec import SpecError
 from recforge import config as config_mod
 from serving.registry import RegistryError
 from serving.server import ServeError
-from training.index import IndexRecallError
+from training.index.faiss_index import IndexRecallError
 
 
 @dataclass(frozen=True)

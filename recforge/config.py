@@ -13,8 +13,8 @@ from pydantic import Field, model_validator
 
 from feature_store.config import FeatureStoreConfig, load_config
 from serving.config import RegistryConfig, ServingConfig
-from training.config import TrainConfig
-from training.index import IndexConfig
+from training.index.faiss_index import IndexConfig
+from training.ranking.config import TrainConfig
 from training.retrieval.config import RetrievalConfig
 
 

@@ -50,8 +50,8 @@ def materialize(cfg: RecForgeConfig) -> dict[str, Any]:
 
 def train_ctr(cfg: RecForgeConfig) -> dict[str, Any]:
     """Train the configured ranker; adds the oracle AUC on test when the data carries the true probability."""
-    from training.models import model_config
-    from training.train import train_ctr as run_train
+    from training.ranking.models import model_config
+    from training.ranking.run import train_ctr as run_train
 
     try:
         model_config(cfg.train.model, cfg.train.model_params.get(cfg.train.model, {}))
@@ -67,7 +67,7 @@ def train_ctr(cfg: RecForgeConfig) -> dict[str, Any]:
 
 def train_retrieval(cfg: RecForgeConfig) -> dict[str, Any]:
     """Train the two-tower model; test metrics of it and of the baselines on the same queries."""
-    from training.retrieval.train import train_retrieval as run_retrieval
+    from training.retrieval.run import train_retrieval as run_retrieval
 
     try:
         return run_retrieval(cfg.output_dir, cfg.name, cfg.retrieval, config_doc=cfg.model_dump(mode="json"),
@@ -81,7 +81,7 @@ def train_retrieval(cfg: RecForgeConfig) -> dict[str, Any]:
 def build_index(cfg: RecForgeConfig) -> dict[str, Any]:
     """FAISS index of the retrieval bundle's item embeddings, recall-checked against exact search, saved into the
     bundle (<output_dir>/retrieval/bundle/index) so that the bundle is complete for registration and serving."""
-    from training.index import build_from_embeddings
+    from training.index.faiss_index import build_from_embeddings
 
     t0 = time.perf_counter()
     bundle = Path(cfg.output_dir) / "retrieval" / "bundle"
@@ -95,7 +95,7 @@ def build_index(cfg: RecForgeConfig) -> dict[str, Any]:
 def oracle_auc(cfg: RecForgeConfig) -> float | None:
     """AUC of the true click probability on the test split (synthetic data only; never a model input)."""
     from feature_store.prepare import layout, read_prepared
-    from training.metrics import auc
+    from training.common.metrics import auc
 
     test = read_prepared(layout(cfg).split_dir("test"))
     if "p_click" not in test.column_names:

@@ -58,13 +58,13 @@ for p in (REPO, REPO / "scripts"):
 import benchdoc  # noqa: E402
 
 from feature_store.synthetic import generate_criteo_schema  # noqa: E402
-from training.config import OptimConfig  # noqa: E402
-from training.data import InMemoryBatches  # noqa: E402
-from training.features import DENSE, LABEL, SPARSE, FeatureLayout, Field, SequenceField, seq_key, seq_len_key  # noqa: E402
-from training.index import IndexConfig, ItemIndex, TorchExactIndex, build_index  # noqa: E402
-from training.metrics import auc, logloss  # noqa: E402
-from training.models import build_model  # noqa: E402
-from training.task import CTRTask  # noqa: E402
+from training.common.data import InMemoryBatches  # noqa: E402
+from training.common.features import DENSE, LABEL, SPARSE, FeatureLayout, Field, SequenceField, seq_key, seq_len_key  # noqa: E402
+from training.common.metrics import auc, logloss  # noqa: E402
+from training.index.faiss_index import IndexConfig, ItemIndex, TorchExactIndex, build_index  # noqa: E402
+from training.ranking.config import OptimConfig  # noqa: E402
+from training.ranking.models import build_model  # noqa: E402
+from training.ranking.task import CTRTask  # noqa: E402
 
 DOC_NAME, SECTION_TITLE = "bench_gpu", "## GPU (bench_gpu.py)"
 N_DENSE, N_SPARSE, EMB_DIM, K = 13, 26, 16, 100

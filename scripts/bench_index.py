@@ -4,7 +4,7 @@ Data (seeded, not timed): `--items` unit vectors of `--dim` dimensions around `-
 (item = normalise(centre + noise), noise of norm about `--spread`), and `--queries` user vectors drawn the same
 way (perturbed cluster centres), so approximate search has structure to exploit, like trained embeddings.
 
-Every index is built by `training.index.build_index` (the code `recforge index build` runs, recall guard
+Every index is built by `training.index.faiss_index.build_index` (the code `recforge index build` runs, recall guard
 included) and searched through `ItemIndex.search` (the call serving makes: faiss plus id mapping), top-100:
 
 - batch: all queries in one call; QPS = queries / seconds;
@@ -35,7 +35,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from training.index import IndexConfig, ItemIndex, build_index
+from training.index.faiss_index import IndexConfig, ItemIndex, build_index
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchdoc
@@ -164,7 +164,8 @@ def render(rows: list[Row], ctx: dict[str, Any]) -> str:
     lines = [
         "## FAISS candidate index (bench_index.py)", "",
         "Exact inner-product search (IndexFlatIP) against approximate indexes, each built by "
-        "`training.index.build_index` and searched through `ItemIndex.search` (faiss plus id mapping), top-100.",
+        "`training.index.faiss_index.build_index` and searched through `ItemIndex.search` (faiss plus id mapping), "
+        "top-100.",
         "", f"- Date: {ctx['date']}",
         f"- Machine: {m['cpu']}, {m['cores']} cores ({m['usable']} usable), {m['ram_gib']:.1f} GiB RAM, {m['os']}; "
         f"Python {m['python']}, faiss {m['faiss']}, numpy {m['numpy']}; faiss threads "

@@ -5,12 +5,12 @@ Parts (each run for real; results kept as JSON under the work dir, one file per 
 rendered from every part present, so parts can be rerun separately):
 
 - `movielens`: `configs/movielens.yaml` (rating >= 4 is a click) prepared once; every registered model trained
-  with `training.train.train_ctr` under one family of settings (`ML_*` below); a small learning-rate grid per
+  with `training.ranking.run.train_ctr` under one family of settings (`ML_*` below); a small learning-rate grid per
   model, the setting chosen on VALID AUC; test metrics reported for the chosen setting only.
 - `peer`: DeepCTR-Torch DeepFM and DCN (matrix = DCN-M, and vector) fed the SAME prepared Parquet (our int ids
   as SparseFeat, genres as a mean-pooled VarLenSparseFeat, the history sharing the item embedding), the same
   embedding dim, MLP, cross depth, batch, learning-rate grid and early stopping on valid AUC; test AUC and
-  logloss from sklearn, gAUC from `training.metrics.gauc`.
+  logloss from sklearn, gAUC from `training.common.metrics.gauc`.
 - `synthetic`: `configs/demo.yaml` prepared once; DCNv2 with the demo's own train settings and with the
   recommended settings (`DEMO_RECOMMENDED`); test AUC against the oracle AUC (label vs the true `p_click`).
 - `explore`: the experiments behind the recommendation (`DEMO_EXPERIMENTS`), VALID AUC only.
@@ -217,12 +217,12 @@ def run_dir(work: Path, prepared_root: Path, tag: str) -> Path:
 
 
 def train_run(work: Path, prepared_root: Path, tag: str, name: str, train_doc: dict[str, Any]) -> dict[str, Any]:
-    """Train with `training.train.train_ctr`; valid/test metrics, best epoch, epochs run, seconds."""
+    """Train with `training.ranking.run.train_ctr`; valid/test metrics, best epoch, epochs run, seconds."""
     import torch
     from mlflow.tracking import MlflowClient
 
-    from training.config import TrainConfig
-    from training.train import train_ctr
+    from training.ranking.config import TrainConfig
+    from training.ranking.run import train_ctr
 
     cfg = TrainConfig.model_validate(train_doc)
     out = run_dir(work, prepared_root, tag)
@@ -276,7 +276,7 @@ def movielens_train_doc(model: str, lr: float) -> dict[str, Any]:
 
 
 def run_movielens(work: Path, models: Sequence[str], reuse: bool) -> dict[str, Any]:
-    from training.models import MODELS
+    from training.ranking.models import MODELS
 
     unknown = [m for m in models if m not in MODELS]
     if unknown:
@@ -336,8 +336,8 @@ def peer_inputs(prepared: Path) -> tuple[dict[str, Any], dict[str, tuple[dict[st
     Uses our columnar loader (`table_to_tensors`) so both sides see identical ids, bags and histories.
     """
     from feature_store.spec import FeatureSpec
-    from training.data import shard_files, table_to_tensors
-    from training.features import DENSE, LABEL, SPARSE, FeatureLayout, bag_key, bag_len_key, seq_key, seq_len_key
+    from training.common.data import shard_files, table_to_tensors
+    from training.common.features import DENSE, LABEL, SPARSE, FeatureLayout, bag_key, bag_len_key, seq_key, seq_len_key
 
     spec = FeatureSpec.load(prepared / "spec")
     layout = FeatureLayout.from_spec(spec)
@@ -394,7 +394,7 @@ def train_peer(kind: str, lr: float, cols: list[Any], data: dict[str, tuple[dict
     import torch
     from sklearn.metrics import log_loss, roc_auc_score
 
-    from training.metrics import gauc
+    from training.common.metrics import gauc
 
     torch.set_num_threads(THREADS)
     t0 = time.perf_counter()
@@ -481,7 +481,7 @@ def demo_prepared(work: Path, prepare_overrides: Sequence[str], reuse: bool) -> 
 
 
 def oracle(prepared: Path, split: str) -> float:
-    from training.metrics import auc
+    from training.common.metrics import auc
 
     table = pa.concat_tables(pq.read_table(f, columns=["label", "p_click"])
                              for f in sorted((prepared / split).glob("*.parquet")))
@@ -503,7 +503,7 @@ def synthetic_references(overrides: Sequence[str], valid_start: int, test_start:
     """
     from feature_store import synthetic as syn
     from recforge.config import load
-    from training.metrics import auc
+    from training.common.metrics import auc
 
     src = load(REPO / DEMO_CONFIG, list(overrides)).source
     rng = np.random.default_rng(src.seed)
@@ -704,8 +704,8 @@ def render_peer(ml: dict[str, Any] | None, peer: dict[str, Any]) -> list[str]:
         f"Adam, the same learning-rate grid chosen on valid AUC, one `fit` epoch at a time with early stopping on "
         f"valid AUC (patience {ML_PATIENCE}, at most {ML_MAX_EPOCHS} epochs) and the best epoch's weights tested; "
         "the library's own defaults otherwise (init std 1e-4, L2 1e-5 on embeddings and linear weights). "
-        "Test AUC and logloss from scikit-learn, gAUC from `training.metrics.gauc`. Seconds: training, per-epoch "
-        "validation and test prediction.",
+        "Test AUC and logloss from scikit-learn, gAUC from `training.common.metrics.gauc`. Seconds: training, "
+        "per-epoch validation and test prediction.",
         "",
         "| peer model | lr | valid AUC | test AUC | test logloss | test gAUC | best / run epochs | seconds | ours "
         "| our test AUC | ours - peer | within 0.003 or better |",
@@ -868,7 +868,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(THREADS)
     if not args.render_only:
-        from training.models import MODELS
+        from training.ranking.models import MODELS
 
         for part in args.part:
             if part in ("movielens", "peer") and not (datasets_dir() / "ml-100k" / "u.data").is_file():

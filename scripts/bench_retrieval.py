@@ -43,7 +43,7 @@ def run_one(name: str, work: Path, threads: int, seeds: Sequence[int]) -> dict[s
     do not depend on the model's seed); the first seed's run is the full table, the others add seed rows."""
     from feature_store.prepare import prepare
     from recforge.config import load
-    from training.retrieval.train import train_retrieval
+    from training.retrieval.run import train_retrieval
 
     cfg = load(REPO / CONFIGS[name], [f"output_dir={work / name}", f"retrieval.num_threads={threads}"])
     if not Path(cfg.source.path).exists():  # type: ignore[union-attr]

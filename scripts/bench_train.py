@@ -64,14 +64,14 @@ from torch import Tensor, nn
 from feature_store.config import CategoricalFeature, FeaturesConfig, NumericFeature
 from feature_store.spec import FeatureSpec, SpecFitter
 from feature_store.synthetic import generate_criteo_schema
-from training.config import OptimConfig, TrainConfig
-from training.data import InMemoryBatches, StreamingBatches, load_split
-from training.embedding import SparseEmbedding, resolve_backend
-from training.features import LABEL, FeatureLayout
-from training.metrics import auc, logloss
-from training.models import build_model
-from training.task import CTRTask
-from training.train import _precision, cpu_has_native_bf16
+from training.common.data import InMemoryBatches, StreamingBatches, load_split
+from training.common.embedding import SparseEmbedding, resolve_backend
+from training.common.features import LABEL, FeatureLayout
+from training.common.metrics import auc, logloss
+from training.ranking.config import OptimConfig, TrainConfig
+from training.ranking.models import build_model
+from training.ranking.run import _precision, cpu_has_native_bf16
+from training.ranking.task import CTRTask
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "scripts") not in sys.path:

@@ -298,8 +298,8 @@ class _Job:
 
 def _load_ranker(device: str) -> Callable[[Path], Any]:
     def load(path: Path) -> Any:
-        from training.bundle import load_bundle
-        from training.embedding import fuse_embeddings
+        from training.common.embedding import fuse_embeddings
+        from training.ranking.bundle import load_bundle
 
         ranker = load_bundle(path)
         fuse_embeddings(ranker.model)  # same outputs; no KeyedJaggedTensor per request
@@ -313,7 +313,7 @@ def score_transformed(jobs: Sequence[_Job], device: str) -> list[np.ndarray]:
     """Score several requests' transformed rows with one forward pass per model version."""
     import torch
 
-    from training.data import table_to_tensors
+    from training.common.data import table_to_tensors
 
     out: list[np.ndarray | None] = [None] * len(jobs)
     groups: dict[int, list[int]] = {}

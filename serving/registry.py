@@ -44,7 +44,7 @@ from serving.review import (
     score_histogram_figure,
     write_review,
 )
-from training.tracking import LINEAGE_DATA, LINEAGE_SPEC, default_tracking_uri
+from training.common.tracking import LINEAGE_DATA, LINEAGE_SPEC, default_tracking_uri
 
 if TYPE_CHECKING:
     import mlflow
@@ -231,7 +231,7 @@ def register_retriever(cfg: RecForgeConfig, run_id: str | None = None,
     into the run's bundle as `retrieval_bundle/index` after checking that it indexes this run's item vectors,
     then create the version. A run whose bundle already holds a valid index keeps it (a different valid one is
     refused); a stale one (another run's vectors, left in the local bundle directory) is replaced."""
-    from training.index import ItemIndex
+    from training.index.faiss_index import ItemIndex
 
     run = find_run(cfg, "retriever", run_id)
     rid = run.info.run_id
@@ -258,7 +258,7 @@ def _logged_index_is_valid(client: mlflow.MlflowClient, run_id: str, where: Path
     """True when the run's bundle already holds a valid index equal to the one at `where` (nothing to log); False
     when it holds none or a stale one (built from another run's vectors, to be replaced). A valid but different
     index is refused: a registered bundle's index never changes under it."""
-    from training.index import ItemIndex
+    from training.index.faiss_index import ItemIndex
 
     path = f"{ARTIFACT['retriever']}/index"
     if not any(Path(a.path).name == "index.json" for a in client.list_artifacts(run_id, path)):
@@ -408,8 +408,8 @@ def _score(ranker: Any, rows: pa.Table) -> np.ndarray:
 def _gate_rankers(cfg: RecForgeConfig, dirs: dict[str, Path], titles: dict[str, str], gate: GateConfig
                   ) -> tuple[dict[str, dict[str, float]], list[MetricRow], dict[str, Any], dict[str, Any], list[str]]:
     """AUC and logloss of each bundle (keys of `dirs`: candidate, champion) on the same raw held-out rows."""
-    from training.bundle import load_bundle
-    from training.metrics import auc, logloss
+    from training.common.metrics import auc, logloss
+    from training.ranking.bundle import load_bundle
 
     rows = heldout_rows(cfg)
     labels = rows.column(cfg.features.label).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -516,7 +516,7 @@ def promote(cfg: RecForgeConfig, name: str, version: int | str, force: bool = Fa
 
 
 def _prepared_hash(cfg: RecForgeConfig) -> str:
-    from training.tracking import hash_prepared
+    from training.common.tracking import hash_prepared
 
     prepared = Path(cfg.output_dir) / "prepared"
     return hash_prepared(prepared) if prepared.is_dir() else ""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from training.tracking import flatten
+from training.common.tracking import flatten
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -134,7 +134,7 @@ def _figure(width: float = 5.5, height: float = 4.5) -> Figure:
 
 def roc_figure(labels: np.ndarray, probs: Mapping[str, np.ndarray], title: str = "ROC on the held-out rows") -> Figure:
     """The ROC curves of several models' probabilities for the same labels, AUC in the legend."""
-    from training.metrics import auc, roc_curve
+    from training.common.metrics import auc, roc_curve
 
     fig = _figure()
     ax = fig.add_subplot()

@@ -81,8 +81,8 @@ def build_scenario(root: Path) -> Scenario:
     from feature_store.materialize import materialize_job
     from feature_store.prepare import prepare
     from serving.config import model_names
-    from training.retrieval.train import train_retrieval
-    from training.train import train_ctr
+    from training.ranking.run import train_ctr
+    from training.retrieval.run import train_retrieval
 
     out = root / "scenario"
     cfg = load(ROOT / "configs" / "demo.yaml", [*SMALL, f"output_dir={out}"])
@@ -188,7 +188,7 @@ def known_user(cfg: RecForgeConfig) -> int:
 
 # ------------------------------------------------------------------------------------------------ answers
 def test_predict_over_http_equals_offline_ranker_score_of_the_same_raw_rows(scenario: Scenario, app: str) -> None:
-    from training.bundle import load_bundle
+    from training.ranking.bundle import load_bundle
 
     cfg = scenario.cfg
     user = known_user(cfg)
@@ -212,7 +212,7 @@ def offline_recommend(cfg: RecForgeConfig, user: int, k: int, exclude_seen: bool
                                                                                     np.ndarray]:
     """Top-k (ids, ranker scores, retrieval scores) computed offline: the user's raw row through the retrieval
     bundle's user tower, search top-N (history excluded or not), the candidates' raw rows through the ranker."""
-    from training.bundle import load_bundle
+    from training.ranking.bundle import load_bundle
     from training.retrieval.bundle import load_retriever
 
     row = store_rows(cfg, user, [0], CONTEXT)[0]
@@ -304,7 +304,7 @@ def test_unknown_items_are_reported_per_item_and_the_rest_scored(scenario: Scena
 def test_cached_item_inputs_equal_the_spec_transform_of_the_assembled_rows(scenario: Scenario) -> None:
     from feature_store.materialize import open_store
     from serving.features import FeatureReader, ItemInputs, assemble_rows, complete
-    from training.bundle import load_bundle
+    from training.ranking.bundle import load_bundle
 
     cfg = scenario.cfg
     f = cfg.features

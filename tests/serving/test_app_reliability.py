@@ -98,7 +98,7 @@ class Load:
 
 
 def offline_scores(cfg: RecForgeConfig, model: str, user: int) -> np.ndarray:
-    from training.bundle import load_bundle
+    from training.ranking.bundle import load_bundle
 
     ranker = load_bundle(Path(cfg.output_dir) / "train" / model / "bundle")
     return ranker.score(pa.Table.from_pylist(store_rows(cfg, user, ITEMS, CONTEXT)))

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import InMemoryBatches
-from training.features import (
+from training.common.data import InMemoryBatches
+from training.common.features import (
     DENSE,
     GROUP,
     LABEL,
@@ -27,7 +27,7 @@ from training.features import (
     seq_key,
     seq_len_key,
 )
-from training.index import IndexConfig, ItemIndex, build_index
+from training.index.faiss_index import IndexConfig, ItemIndex, build_index
 
 N_USERS, N_ITEMS, N_CATS, N_TAGS, BAG_LEN, SEQ_LEN = 50, 40, 6, 8, 3, 5
 

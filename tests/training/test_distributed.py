@@ -11,10 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from training.bundle import load_bundle
-from training.config import OptimConfig, TrainConfig
-from training.data import load_split
-from training.distributed import (
+from training.common.data import load_split
+from training.common.embedding import torchrec_available
+from training.common.features import LABEL, FeatureLayout
+from training.ranking.bundle import load_bundle
+from training.ranking.config import OptimConfig, TrainConfig
+from training.ranking.distributed import (
     RankStreamingBatches,
     build_shardable_model,
     fused_embedding_optimizer,
@@ -23,9 +25,7 @@ from training.distributed import (
     train_ctr_ray,
     train_ctr_sharded,
 )
-from training.embedding import torchrec_available
-from training.features import LABEL, FeatureLayout
-from training.models import build_model, model_config
+from training.ranking.models import build_model, model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DCN = {"embedding_dim": 8, "mlp": [64, 32], "cross_layers": 2}
@@ -112,7 +112,7 @@ def test_sharded_mode_rejects_a_model_that_attends_over_unpooled_sequences(prepa
 
 @needs_torchrec
 def test_sharded_mode_rejects_tables_fbgemm_cannot_shard_and_names_the_culprit() -> None:
-    from training.features import Field
+    from training.common.features import Field
 
     layout = FeatureLayout(sparse=(Field("a", 10), Field("b", 5)), bags=(), sequences=(), dense_names=("x",),
                            dense_dim=1)
@@ -200,7 +200,7 @@ def test_torchrec_sharded_two_gloo_ranks_hold_different_tables(prepared_root: Pa
     test = load_split(out / "prepared" / "test", ranker.layout)
     with torch.no_grad():
         probs = torch.sigmoid(ranker.model(test)).numpy()
-    from training.metrics import auc
+    from training.common.metrics import auc
 
     assert auc(test[LABEL].numpy(), probs) == pytest.approx(result["test"]["auc"], abs=1e-6)
     assert np.isfinite(probs).all()

@@ -13,12 +13,12 @@ import torch
 
 from feature_store.config import FeaturesConfig
 from feature_store.spec import SpecFitter
-from training.config import OptimConfig
-from training.data import InMemoryBatches, StreamingBatches, table_to_tensors
-from training.embedding import FusedEmbedding, TorchRecEmbedding, copy_weights
-from training.features import SPARSE, FeatureLayout, bag_len_key, seq_key
-from training.models import build_model
-from training.task import CombinedOptimizer, CTRTask
+from training.common.data import InMemoryBatches, StreamingBatches, table_to_tensors
+from training.common.embedding import FusedEmbedding, TorchRecEmbedding, copy_weights
+from training.common.features import SPARSE, FeatureLayout, bag_len_key, seq_key
+from training.ranking.config import OptimConfig
+from training.ranking.models import build_model
+from training.ranking.task import CombinedOptimizer, CTRTask
 
 CFG = FeaturesConfig.model_validate({
     "label": "y",

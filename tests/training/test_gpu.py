@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from tests.training.test_device_paths import N_ITEMS, synthetic_layout, synthetic_tensors
-from training.config import OptimConfig
-from training.data import InMemoryBatches
-from training.embedding import FusedEmbedding
-from training.features import LABEL
-from training.index import IndexConfig, build_index
-from training.models import MODELS, build_model
-from training.task import CTRTask
+from training.common.data import InMemoryBatches
+from training.common.embedding import FusedEmbedding
+from training.common.features import LABEL
+from training.index.faiss_index import IndexConfig, build_index
+from training.ranking.config import OptimConfig
+from training.ranking.models import MODELS, build_model
+from training.ranking.task import CTRTask
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -149,7 +149,7 @@ def test_gpu_resident_batches_equal_host_batches() -> None:
 def test_lightning_trains_on_cuda_in_bf16_mixed() -> None:
     import pytorch_lightning as pl
 
-    from training.train import lightning_precision
+    from training.ranking.run import lightning_precision
 
     precision = lightning_precision("auto", "auto")
     assert precision == "bf16-mixed"

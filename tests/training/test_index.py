@@ -1,4 +1,5 @@
-"""Tests of training/index.py: exactness against numpy brute force, the recall guard, exclusions, persistence."""
+"""Tests of training/index/faiss_index.py: exactness against numpy brute force, the recall guard, exclusions,
+persistence."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from training.index import (
+from training.index.faiss_index import (
     IndexConfig,
     IndexRecallError,
     ItemIndex,

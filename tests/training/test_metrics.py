@@ -1,4 +1,4 @@
-"""Tests of training/metrics.py: exactness against scikit-learn and naive references, edge cases, plots."""
+"""Tests of training/common/metrics.py: exactness against scikit-learn and naive references, edge cases, plots."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from training.metrics import (
+from training.common.metrics import (
     GAUCResult,
     auc,
     calibration,

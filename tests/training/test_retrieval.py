@@ -14,12 +14,12 @@ import torch
 
 from feature_store.prepare import prepare
 from recforge.config import RecForgeConfig, load
-from training.index import IndexConfig, ItemIndex, build_from_embeddings
+from training.index.faiss_index import IndexConfig, ItemIndex, build_from_embeddings
 from training.retrieval.config import NegativesConfig, RetrievalConfig
 from training.retrieval.data import load_retrieval_data
 from training.retrieval.layout import tower_layout
 from training.retrieval.model import sampled_softmax_loss
-from training.retrieval.train import train_retrieval
+from training.retrieval.run import train_retrieval
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
@@ -164,7 +164,7 @@ def test_prior_sequences_take_earlier_rows_of_the_same_time_in_row_order() -> No
 
 def test_ordered_history_queries_see_every_seen_row_and_training_never_sees_valid(
         demo_prepared: RecForgeConfig) -> None:
-    from training.features import SPARSE, seq_key, seq_len_key
+    from training.common.features import SPARSE, seq_key, seq_len_key
 
     prepared = Path(demo_prepared.output_dir) / "prepared"
     data = load_retrieval_data(prepared, demo_prepared.retrieval.model_copy(update={"history": "ordered"}))
@@ -199,9 +199,9 @@ def test_ordered_history_rejects_a_sequence_of_all_events() -> None:
 
 
 def test_exclude_history_masks_each_rows_history_items_but_not_its_positive(demo_prepared: RecForgeConfig) -> None:
-    from training.features import SPARSE, seq_key
+    from training.common.features import SPARSE, seq_key
     from training.retrieval.model import TwoTower
-    from training.retrieval.train import RetrievalTask, history_to_corpus
+    from training.retrieval.run import RetrievalTask, history_to_corpus
 
     rcfg = demo_prepared.retrieval.model_copy(
         update={"negatives": NegativesConfig(full_corpus=True, exclude_history=True)})
@@ -248,7 +248,7 @@ def test_item_bias_vectors_score_cosine_over_temperature_plus_the_bias(demo_prep
 
 def test_feature_dropout_replaces_a_share_of_the_field_by_oov_in_training_only(
         demo_prepared: RecForgeConfig) -> None:
-    from training.features import SPARSE
+    from training.common.features import SPARSE
     from training.retrieval.config import TwoTowerConfig
     from training.retrieval.model import TwoTower
 
@@ -284,7 +284,7 @@ def test_lr_decay_multiplies_the_learning_rate_once_per_epoch(demo_prepared: Rec
     import pytorch_lightning as pl
 
     from training.retrieval.model import TwoTower
-    from training.retrieval.train import RetrievalTask
+    from training.retrieval.run import RetrievalTask
 
     cfg = demo_prepared.retrieval.model_copy(update={"lr": 0.01, "lr_decay": 0.5})
     data = load_retrieval_data(Path(demo_prepared.output_dir) / "prepared", cfg)
@@ -302,7 +302,7 @@ def test_ema_decay_trains_online_weights_and_keeps_their_moving_average_as_the_m
     import pytorch_lightning as pl
 
     from training.retrieval.model import TwoTower
-    from training.retrieval.train import RetrievalTask
+    from training.retrieval.run import RetrievalTask
 
     cfg = demo_prepared.retrieval.model_copy(update={"ema_decay": 0.9})
     data = load_retrieval_data(Path(demo_prepared.output_dir) / "prepared", cfg)
@@ -402,7 +402,7 @@ def _raw_users(n: int, rng: np.random.Generator) -> list[dict]:
 
 
 def test_retrieval_bundle_loads_and_scores_raw_users_like_the_trained_towers(demo_prepared: RecForgeConfig) -> None:
-    from training.data import table_to_tensors
+    from training.common.data import table_to_tensors
     from training.retrieval.bundle import load_retriever
 
     cfg = demo_prepared

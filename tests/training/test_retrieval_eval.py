@@ -1,4 +1,4 @@
-"""Tests of training/retrieval_eval.py and training/retrieval_baselines.py: metrics, split, masking, baselines."""
+"""Tests of training/retrieval/evaluate.py and training/retrieval/baselines.py: metrics, split, masking, baselines."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 
 from tests.conftest import dataset
-from training.retrieval_eval import (
+from training.retrieval.evaluate import (
     ImplicitALS,
     ImplicitBPR,
     Interactions,

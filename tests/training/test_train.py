@@ -21,9 +21,9 @@ from feature_store.prepare import assemble_events, prepare, read_prepared
 from feature_store.readers import read_source
 from recforge.config import RecForgeConfig, load
 from tests.conftest import ROOT
-from training.bundle import load_bundle
-from training.data import InMemoryBatches, load_split
-from training.train import train_ctr
+from training.common.data import InMemoryBatches, load_split
+from training.ranking.bundle import load_bundle
+from training.ranking.run import train_ctr
 
 pytestmark = pytest.mark.slow
 

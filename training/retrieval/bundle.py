@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 
 from feature_store.spec import FeatureSpec
-from training.data import table_to_tensors
+from training.common.data import table_to_tensors
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import RetrievalData, load_retrieval_data
 from training.retrieval.layout import TowerLayout, tower_layout
@@ -103,7 +103,7 @@ class Retriever:
     item_ids: np.ndarray  # raw item id per corpus position (sorted)
     item_vectors: np.ndarray  # corpus position -> unit vector
     popularity: np.ndarray  # train positives per corpus position
-    index: Any = None  # training.index.ItemIndex over corpus positions, or None (exact search)
+    index: Any = None  # training.index.faiss_index.ItemIndex over corpus positions, or None (exact search)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -167,7 +167,7 @@ class Retriever:
     def evaluate(self, prepared: str | Path, ks: Sequence[int] = (10, 20, 50, 100)) -> dict[str, float]:
         """Full-corpus test metrics of the towers on the held-out test queries of a prepared data set (its own
         per-user time split, seen items excluded). The data must be prepared with the bundle's feature spec."""
-        from training.retrieval.train import evaluate_two_tower
+        from training.retrieval.run import evaluate_two_tower
 
         prepared = Path(prepared)
         theirs = FeatureSpec.load(prepared / "spec").fingerprint()
@@ -202,7 +202,7 @@ def load_retriever(directory: str | Path, *, index_dir: str | Path | None = None
     index = None
     where = Path(index_dir) if index_dir is not None else d / INDEX
     if (where / "index.json").is_file():
-        from training.index import ItemIndex
+        from training.index.faiss_index import ItemIndex
 
         index = ItemIndex.load(where)
         if index.n_items != len(ids) or index.dim != vectors.shape[1]:

@@ -32,11 +32,11 @@ import torch
 from torch import Tensor
 
 from feature_store.spec import ITEM_KEY, LABEL, TS_KEY, USER_KEY, FeatureSpec
-from training.data import shard_files, table_to_tensors
-from training.features import SPARSE, seq_key, seq_len_key
+from training.common.data import shard_files, table_to_tensors
+from training.common.features import SPARSE, seq_key, seq_len_key
 from training.retrieval.config import RetrievalConfig
+from training.retrieval.evaluate import latest_mask
 from training.retrieval.layout import TowerLayout, tower_layout
-from training.retrieval_eval import latest_mask
 
 log = logging.getLogger("recforge.retrieval")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from feature_store.spec import FeatureSpec
-from training.features import FeatureLayout
+from training.common.features import FeatureLayout
 from training.retrieval.config import RetrievalConfig
 
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.embedding import FusedEmbedding, _masked_mean
-from training.features import DENSE, SPARSE
-from training.models.layers import MLP
+from training.common.embedding import FusedEmbedding, _masked_mean
+from training.common.features import DENSE, SPARSE
+from training.common.layers import MLP
 from training.retrieval.config import NegativesConfig, TwoTowerConfig
 
 if TYPE_CHECKING:  # the model runs without scipy (data.py's sparse matrices), e.g. on a bare GPU box

@@ -24,10 +24,10 @@ from feature_store.config import (
     SequenceFeature,
 )
 from feature_store.spec import SpecFitter
-from training.data import table_to_tensors
-from training.embedding import TorchRecEmbedding, copy_weights, fuse_embeddings, torchrec_available
-from training.features import GROUP, LABEL, FeatureLayout, seq_key, seq_len_key
-from training.models import MODELS, build_model
+from training.common.data import table_to_tensors
+from training.common.embedding import TorchRecEmbedding, copy_weights, fuse_embeddings, torchrec_available
+from training.common.features import GROUP, LABEL, FeatureLayout, seq_key, seq_len_key
+from training.ranking.models import MODELS, build_model
 
 N_ROWS = 256
 N_ITEMS = 30

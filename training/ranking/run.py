@@ -23,13 +23,8 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from feature_store.spec import FeatureSpec
-from training.bundle import save_bundle
-from training.config import TrainConfig
-from training.data import CTRDataModule
-from training.features import FeatureLayout
-from training.models import build_model
-from training.task import CTRTask
-from training.tracking import (
+from training.common.features import FeatureLayout
+from training.common.tracking import (
     LINEAGE_DATA,
     LINEAGE_SPEC,
     default_tracking_uri,
@@ -37,6 +32,11 @@ from training.tracking import (
     hash_prepared,
     log_training_run,
 )
+from training.ranking.bundle import save_bundle
+from training.ranking.config import TrainConfig
+from training.ranking.datamodule import CTRDataModule
+from training.ranking.models import build_model
+from training.ranking.task import CTRTask
 
 log = logging.getLogger("recforge.train")
 
@@ -94,13 +94,13 @@ def train_ctr(output_dir: str | Path, name: str, cfg: TrainConfig, *, config_doc
     if cfg.sharded and cfg.ray_workers:
         raise ValueError("train.sharded and train.ray_workers are exclusive: choose TorchRec sharding or Ray Train")
     if cfg.sharded:
-        from training.distributed import train_ctr_sharded
+        from training.ranking.distributed import train_ctr_sharded
 
         world = cfg.devices if isinstance(cfg.devices, int) else 2
         return train_ctr_sharded(output_dir, name, cfg, world_size=world, config_doc=config_doc,
                                  tracking_uri=tracking_uri)
     if cfg.ray_workers > 0:
-        from training.distributed import train_ctr_ray
+        from training.ranking.distributed import train_ctr_ray
 
         return train_ctr_ray(output_dir, name, cfg, config_doc=config_doc, tracking_uri=tracking_uri,
                              ray_address=ray_address)

@@ -8,10 +8,10 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from training.embedding import SparseEmbedding
-from training.features import FeatureLayout
-from training.models.base import CTRModel, ModelConfig
-from training.models.layers import MLP, CrossNetV2, fields_with_pooled_sequences
+from training.common.embedding import SparseEmbedding
+from training.common.features import FeatureLayout
+from training.common.layers import MLP, CrossNetV2, fields_with_pooled_sequences
+from training.ranking.models.base import CTRModel, ModelConfig
 
 
 class DCNv2Config(ModelConfig):

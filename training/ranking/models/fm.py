@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from training.embedding import SparseEmbedding
-from training.features import FeatureLayout
-from training.models.base import CTRModel, ModelConfig
-from training.models.layers import LinearLogit, backend_of, fields_with_pooled_sequences, fm_interaction
+from training.common.embedding import SparseEmbedding
+from training.common.features import FeatureLayout
+from training.common.layers import LinearLogit, backend_of, fields_with_pooled_sequences, fm_interaction
+from training.ranking.models.base import CTRModel, ModelConfig
 
 
 class FMConfig(ModelConfig):

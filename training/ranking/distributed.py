@@ -26,7 +26,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +39,11 @@ from torch import Tensor, nn
 
 from feature_store.raycluster import free_port
 from feature_store.spec import FeatureSpec
-from training.bundle import save_bundle
-from training.config import OptimConfig, TrainConfig
-from training.data import CTRDataModule, InMemoryBatches, StreamingBatches, load_split
-from training.embedding import EmbeddingOutput, SparseEmbedding, TorchRecEmbedding, _table_name
-from training.features import GROUP, LABEL, FeatureLayout, seq_key, seq_len_key
-from training.metrics import ctr_metrics
-from training.models import CTRModel, build_model, model_config
-from training.task import CTRTask, lr_factor
-from training.tracking import (
+from training.common.data import InMemoryBatches, RankStreamingBatches, load_split
+from training.common.embedding import EmbeddingOutput, SparseEmbedding, TorchRecEmbedding, _table_name
+from training.common.features import GROUP, LABEL, FeatureLayout, seq_key, seq_len_key
+from training.common.metrics import ctr_metrics
+from training.common.tracking import (
     LINEAGE_DATA,
     LINEAGE_SPEC,
     default_tracking_uri,
@@ -55,7 +51,12 @@ from training.tracking import (
     hash_prepared,
     log_training_run,
 )
-from training.train import TrainPaths, _precision, _train_rows, train_paths
+from training.ranking.bundle import save_bundle
+from training.ranking.config import OptimConfig, TrainConfig
+from training.ranking.datamodule import CTRDataModule
+from training.ranking.models import CTRModel, build_model, model_config
+from training.ranking.run import TrainPaths, _precision, _train_rows, train_paths
+from training.ranking.task import CTRTask, lr_factor
 
 log = logging.getLogger("recforge.distributed")
 
@@ -83,63 +84,6 @@ def _take(tensors: Batch, idx: Tensor) -> Batch:
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     """The contiguous rows [lo, hi) of n that `rank` evaluates; sizes differ by at most one, none empty if n >= w."""
     return rank * n // world_size, (rank + 1) * n // world_size
-
-
-class RankStreamingBatches(StreamingBatches):
-    """One rank's streaming training batches: Parquet row groups are dealt round-robin to the ranks (rotated by one
-    rank per epoch, so every rank meets all the data over epochs), read through the shuffle buffer, and every rank
-    stops after the same number of full batches: those of the rank with the fewest rows."""
-
-    def __init__(self, directory: str | Path, layout: FeatureLayout, batch_size: int, *, rank: int,
-                 world_size: int, buffer_rows: int = 262_144, seed: int = 0,
-                 epoch_fn: Callable[[], int] | None = None) -> None:
-        super().__init__(directory, layout, batch_size, shuffle=True, buffer_rows=buffer_rows, seed=seed,
-                         drop_last=True, epoch_fn=epoch_fn)
-        self.rank = rank
-        self.world_size = world_size
-        self.groups = [(f, i, pq.ParquetFile(f).metadata.row_group(i).num_rows)
-                       for f in self.files for i in range(pq.ParquetFile(f).num_row_groups)]
-        per_rank = [sum(r for j, (_, _, r) in enumerate(self.groups) if j % world_size == k) for k in range(world_size)]
-        self.num_batches = min(per_rank) // batch_size
-        if self.num_batches == 0:
-            raise ValueError(
-                f"{directory}: streaming over {world_size} workers needs every worker to get at least one batch "
-                f"({batch_size} rows) of row groups; found {len(self.groups)} row groups giving rows per worker "
-                f"{per_rank}. Write the split with smaller Parquet row groups, lower train.batch_size, or set "
-                f"train.streaming: false")
-        self.n = self.num_batches * batch_size
-        self._groups_epoch = 0
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def _row_groups(self) -> Iterator[Any]:
-        owner = (self.rank + self._groups_epoch) % self.world_size
-        for j, (f, i, _) in enumerate(self.groups):
-            if j % self.world_size == owner:
-                yield pq.ParquetFile(f).read_row_group(i)
-
-    def __iter__(self) -> Iterator[Batch]:
-        self._groups_epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
-        it = super().__iter__()
-        try:
-            for _ in range(self.num_batches):
-                yield next(it)
-        finally:
-            it.close()
-
-
-class RankShardedDataModule(CTRDataModule):
-    """`CTRDataModule` whose streamed train split is dealt across the trainer's ranks too (in-memory splits already
-    take a rank share of every epoch in `CTRDataModule`; evaluation scores the whole split on every rank)."""
-
-    def _batches(self, split: str, train: bool) -> Any:
-        rank, world_size = self._rank()
-        if not (train and self.streaming and world_size > 1):
-            return super()._batches(split, train)
-        return RankStreamingBatches(self.prepared_dir / split, self.prepare_spec(), self.batch_size, rank=rank,
-                                    world_size=world_size, buffer_rows=self.buffer_rows, seed=self.seed,
-                                    epoch_fn=self._epoch)
 
 
 # ----------------------------------------------------------------------------------------------- shared
@@ -220,7 +164,7 @@ def _ray_train_loop(config: dict[str, Any]) -> dict[str, Any]:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = RankShardedDataModule(config["prepared"], batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+    dm = CTRDataModule(config["prepared"], batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                                seed=cfg.seed, streaming=cfg.streaming, gpu_resident=cfg.gpu_resident)
     model = build_model(cfg.model, dm.prepare_spec(), cfg.model_params.get(cfg.model, {}))
     task = CTRTask(model, cfg.optim, total_steps=config["total_steps"], steps_per_epoch=config["steps_per_epoch"])

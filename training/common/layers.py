@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from training.embedding import (
+from training.common.embedding import (
     Backend,
     EmbeddingOutput,
     SparseEmbedding,
@@ -19,7 +19,7 @@ from training.embedding import (
     _masked_mean,
     build_embedding,
 )
-from training.features import DENSE, FeatureLayout
+from training.common.features import DENSE, FeatureLayout
 
 
 class MLP(nn.Module):

@@ -6,8 +6,8 @@ e.g. with `np.unique(raw, return_inverse=True)`). The protocol:
 1. `per_user_time_split` holds out each user's chronologically latest interactions as test;
 2. `evaluate_scores` asks a score function for every item of the catalogue for each user with test items
    (in user batches), masks the items the user saw in train, takes the top K_max and scores it with
-   `ranking_metrics` (the single implementation in `training.metrics`, re-exported here);
-3. `run_baselines` fits the baselines of `training.retrieval_baselines` (re-exported here) and scores them
+   `ranking_metrics` (the single implementation in `training.common.metrics`, re-exported here);
+3. `run_baselines` fits the baselines of `training.retrieval.baselines` (re-exported here) and scores them
    the same way, so a learned model (the two-tower) and the baselines meet identical users, items and masks.
 """
 
@@ -23,8 +23,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from training.metrics import ranking_metrics
-from training.retrieval_baselines import (
+from training.common.metrics import ranking_metrics
+from training.retrieval.baselines import (
     BASELINES,
     ImplicitALS,
     ImplicitBPR,

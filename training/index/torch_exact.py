@@ -1,6 +1,7 @@
 """The exact top-N index on torch (index type `torch_exact`): the float32 item matrix on the CPU or a CUDA device,
-scanned in chunks with a running top-k merge, exclusions masked to -inf before each top-k. `training.index.ItemIndex`
-wraps it behind the same query API as the faiss indexes; this module needs torch and numpy only."""
+scanned in chunks with a running top-k merge, exclusions masked to -inf before each top-k.
+`training.index.faiss_index.ItemIndex` wraps it behind the same query API as the faiss indexes;
+this module needs torch and numpy only."""
 
 from __future__ import annotations
 

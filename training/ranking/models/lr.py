@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from training.embedding import SparseEmbedding, build_embedding
-from training.features import FeatureLayout
-from training.models.base import CTRModel, ModelConfig
-from training.models.layers import first_order
+from training.common.embedding import SparseEmbedding, build_embedding
+from training.common.features import FeatureLayout
+from training.common.layers import first_order
+from training.ranking.models.base import CTRModel, ModelConfig
 
 
 class LRConfig(ModelConfig):

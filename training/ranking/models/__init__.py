@@ -10,17 +10,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from training.embedding import SparseEmbedding, resolve_backend
-from training.features import FeatureLayout
-from training.models.base import CTRModel, ModelConfig
-from training.models.dcnv2 import DCNv2
-from training.models.deepfm import DeepFM
-from training.models.din import DIN
-from training.models.dlrm import DLRM
-from training.models.finalmlp import FinalMLP
-from training.models.fm import FM
-from training.models.lr import LR
-from training.models.wide_deep import WideDeep
+from training.common.embedding import SparseEmbedding, resolve_backend
+from training.common.features import FeatureLayout
+from training.ranking.models.base import CTRModel, ModelConfig
+from training.ranking.models.dcnv2 import DCNv2
+from training.ranking.models.deepfm import DeepFM
+from training.ranking.models.din import DIN
+from training.ranking.models.dlrm import DLRM
+from training.ranking.models.finalmlp import FinalMLP
+from training.ranking.models.fm import FM
+from training.ranking.models.lr import LR
+from training.ranking.models.wide_deep import WideDeep
 
 MODELS: dict[str, type[CTRModel]] = {
     "lr": LR,

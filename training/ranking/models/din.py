@@ -16,10 +16,10 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from training.embedding import SparseEmbedding, _masked_mean
-from training.features import FeatureLayout
-from training.models.base import CTRModel, ModelConfig
-from training.models.layers import MLP
+from training.common.embedding import SparseEmbedding, _masked_mean
+from training.common.features import FeatureLayout
+from training.common.layers import MLP
+from training.ranking.models.base import CTRModel, ModelConfig
 
 
 class DINConfig(ModelConfig):

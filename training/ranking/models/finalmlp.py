@@ -9,10 +9,10 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from training.embedding import SparseEmbedding
-from training.features import FeatureLayout
-from training.models.base import CTRModel, ModelConfig
-from training.models.layers import MLP, fields_with_pooled_sequences
+from training.common.embedding import SparseEmbedding
+from training.common.features import FeatureLayout
+from training.common.layers import MLP, fields_with_pooled_sequences
+from training.ranking.models.base import CTRModel, ModelConfig
 
 
 class FinalMLPConfig(ModelConfig):

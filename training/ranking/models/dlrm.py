@@ -20,10 +20,10 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from training.embedding import SparseEmbedding, TorchRecEmbedding, _masked_mean
-from training.features import FeatureLayout, seq_key, seq_len_key
-from training.models.base import CTRModel, ModelConfig
-from training.models.layers import MLP, dot_interaction, fields_with_pooled_sequences
+from training.common.embedding import SparseEmbedding, TorchRecEmbedding, _masked_mean
+from training.common.features import FeatureLayout, seq_key, seq_len_key
+from training.common.layers import MLP, dot_interaction, fields_with_pooled_sequences
+from training.ranking.models.base import CTRModel, ModelConfig
 
 
 class DLRMConfig(ModelConfig):
@@ -60,7 +60,7 @@ class DLRM(CTRModel):
 
     @property
     def keeps_torchrec_embedding(self) -> bool:
-        """TorchRec's DLRM reads the EmbeddingBagCollection itself (training.embedding.fuse_embeddings)."""
+        """TorchRec's DLRM reads the EmbeddingBagCollection itself (training.common.embedding.fuse_embeddings)."""
         return self.uses_torchrec_dlrm
 
     def _build_torchrec(self, cfg: DLRMConfig) -> None:

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from training.features import SPARSE, FeatureLayout, bag_key, bag_len_key, seq_key, seq_len_key
+from training.common.features import SPARSE, FeatureLayout, bag_key, bag_len_key, seq_key, seq_len_key
 
 Backend = Literal["auto", "fused", "torchrec"]
 

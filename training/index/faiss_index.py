@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from feature_store.config import StrictModel
-from training.index_torch import TorchExactIndex, _cuda_free_bytes, _torch_device
+from training.index.torch_exact import TorchExactIndex, _cuda_free_bytes, _torch_device
 
 log = logging.getLogger("recforge.index")
 

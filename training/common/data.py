@@ -1,29 +1,26 @@
 """Columnar batch loading: prepared Parquet -> contiguous tensors -> batches sliced by a seeded permutation.
 
 - `table_to_tensors` turns a transformed Arrow table (the output of `FeatureSpec.transform`) into the batch dict
-  described in `training.features` with numpy/Arrow buffer operations only; serving calls it too.
+  described in `training.common.features` with numpy/Arrow buffer operations only; serving calls it too.
 - `InMemoryBatches` holds a whole split as contiguous tensors (on the host, optionally pinned, or resident on the
   GPU) and yields batches as `index_select` gathers of a per-epoch seeded permutation: no per-row __getitem__.
 - `StreamingBatches` reads row groups in order for data larger than memory, mixing them through a shuffle buffer.
-- `CTRDataModule` is the Lightning DataModule over `<output_dir>/prepared/{train,valid,test}`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from feature_store.spec import FeatureSpec
-from training.features import (
+from training.common.features import (
     DENSE,
     GROUP,
     LABEL,
@@ -114,7 +111,7 @@ def load_split(directory: str | Path, layout: FeatureLayout) -> Batch:
     return table_to_tensors(table, layout)
 
 
-def _num_rows(tensors: Batch) -> int:
+def num_rows(tensors: Batch) -> int:
     return int(next(iter(tensors.values())).shape[0])
 
 
@@ -144,7 +141,7 @@ class InMemoryBatches:
         self.epoch = 0
         self.epoch_fn = epoch_fn  # the trainer's epoch, so a resumed run replays the same permutation
         self.rank, self.world_size = rank, world_size
-        total = _num_rows(tensors)
+        total = num_rows(tensors)
         # data parallel: every rank takes an equal share of each epoch's permutation (the remainder is skipped)
         self.n = total // world_size if world_size > 1 else total
         self.total = total
@@ -214,15 +211,15 @@ class StreamingBatches:
         for rg in self._row_groups():
             part = table_to_tensors(rg, self.layout)
             buffer = part if buffer is None else {k: torch.cat([buffer[k], part[k]]) for k in part}
-            while _num_rows(buffer) >= self.buffer_rows:
+            while num_rows(buffer) >= self.buffer_rows:
                 buffer = yield from self._drain(buffer, g, keep=self.buffer_rows // 2)
         if buffer is not None:
             rest = yield from self._drain(buffer, g, keep=0)
-            if rest is not None and _num_rows(rest) and not self.drop_last:
+            if rest is not None and num_rows(rest) and not self.drop_last:
                 yield rest
 
     def _drain(self, buffer: Batch, g: torch.Generator, keep: int) -> Iterator[Batch]:
-        n = _num_rows(buffer)
+        n = num_rows(buffer)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         emit = ((n - keep) // self.batch_size) * self.batch_size
         for lo in range(0, emit, self.batch_size):
@@ -230,79 +227,45 @@ class StreamingBatches:
         return _gather(buffer, order[emit:])
 
 
-class CTRDataModule(pl.LightningDataModule):
-    """Lightning DataModule over `<output_dir>/prepared`; `setup` loads the splits, `__init__` only stores."""
+class RankStreamingBatches(StreamingBatches):
+    """One rank's streaming training batches: Parquet row groups are dealt round-robin to the ranks (rotated by one
+    rank per epoch, so every rank meets all the data over epochs), read through the shuffle buffer, and every rank
+    stops after the same number of full batches: those of the rank with the fewest rows."""
 
-    def __init__(self, prepared_dir: str | Path, *, batch_size: int = 4096, eval_batch_size: int | None = None,
-                 seed: int = 0, streaming: bool = False, buffer_rows: int = 262_144,
-                 gpu_resident: bool | None = None, splits: Sequence[str] = ("train", "valid", "test")) -> None:
-        super().__init__()
-        self.prepared_dir = Path(prepared_dir)
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size * 4
-        self.seed = seed
-        self.streaming = streaming
-        self.buffer_rows = buffer_rows
-        self.gpu_resident = gpu_resident
-        self.splits = tuple(splits)
-        self.spec: FeatureSpec | None = None
-        self.layout: FeatureLayout | None = None
-        self.tensors: dict[str, Batch] = {}
+    def __init__(self, directory: str | Path, layout: FeatureLayout, batch_size: int, *, rank: int,
+                 world_size: int, buffer_rows: int = 262_144, seed: int = 0,
+                 epoch_fn: Callable[[], int] | None = None) -> None:
+        super().__init__(directory, layout, batch_size, shuffle=True, buffer_rows=buffer_rows, seed=seed,
+                         drop_last=True, epoch_fn=epoch_fn)
+        self.rank = rank
+        self.world_size = world_size
+        self.groups = [(f, i, pq.ParquetFile(f).metadata.row_group(i).num_rows)
+                       for f in self.files for i in range(pq.ParquetFile(f).num_row_groups)]
+        per_rank = [sum(r for j, (_, _, r) in enumerate(self.groups) if j % world_size == k) for k in range(world_size)]
+        self.num_batches = min(per_rank) // batch_size
+        if self.num_batches == 0:
+            raise ValueError(
+                f"{directory}: streaming over {world_size} workers needs every worker to get at least one batch "
+                f"({batch_size} rows) of row groups; found {len(self.groups)} row groups giving rows per worker "
+                f"{per_rank}. Write the split with smaller Parquet row groups, lower train.batch_size, or set "
+                f"train.streaming: false")
+        self.n = self.num_batches * batch_size
+        self._groups_epoch = 0
 
-    def prepare_spec(self) -> FeatureLayout:
-        if self.layout is None:
-            self.spec = FeatureSpec.load(self.prepared_dir / "spec")
-            self.layout = FeatureLayout.from_spec(self.spec)
-        return self.layout
+    def __len__(self) -> int:
+        return self.num_batches
 
-    def setup(self, stage: str | None = None) -> None:
-        layout = self.prepare_spec()
-        for split in self.splits:
-            if split in self.tensors or (self.streaming and split == "train"):
-                continue
-            self.tensors[split] = load_split(self.prepared_dir / split, layout)
-            log.info("loaded %s: %d rows", split, _num_rows(self.tensors[split]))
+    def _row_groups(self) -> Iterator[Any]:
+        owner = (self.rank + self._groups_epoch) % self.world_size
+        for j, (f, i, _) in enumerate(self.groups):
+            if j % self.world_size == owner:
+                yield pq.ParquetFile(f).read_row_group(i)
 
-    def _device(self) -> torch.device | None:
-        trainer = getattr(self, "trainer", None)
-        resident = self.gpu_resident
-        if trainer is None or not torch.cuda.is_available():
-            return None
-        root = trainer.strategy.root_device
-        if root.type != "cuda":
-            return None
-        if resident is None:  # auto: resident when the split uses < 40% of free GPU memory
-            free, _ = torch.cuda.mem_get_info(root)
-            size = sum(t.numel() * t.element_size() for t in self.tensors.get("train", {}).values())
-            resident = size < 0.4 * free
-        return root if resident else None
-
-    def _epoch(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return int(trainer.current_epoch) if trainer is not None else 0
-
-    def _rank(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0, 1
-        return int(trainer.global_rank), int(trainer.world_size)
-
-    def _batches(self, split: str, train: bool) -> Any:
-        epoch_fn = self._epoch if train else None
-        rank, world = self._rank() if train else (0, 1)  # evaluation: every rank scores the whole split
-        if train and self.streaming:
-            return StreamingBatches(self.prepared_dir / split, self.prepare_spec(), self.batch_size, shuffle=True,
-                                    buffer_rows=self.buffer_rows, seed=self.seed, epoch_fn=epoch_fn)
-        return InMemoryBatches(self.tensors[split], self.batch_size if train else self.eval_batch_size,
-                               shuffle=train, seed=self.seed, device=self._device(),
-                               pin_memory=torch.cuda.is_available(), epoch_fn=epoch_fn, rank=rank,
-                               world_size=world)
-
-    def train_dataloader(self) -> Any:
-        return self._batches("train", train=True)
-
-    def val_dataloader(self) -> Any:
-        return self._batches("valid", train=False)
-
-    def test_dataloader(self) -> Any:
-        return self._batches("test", train=False)
+    def __iter__(self) -> Iterator[Batch]:
+        self._groups_epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        it = super().__iter__()
+        try:
+            for _ in range(self.num_batches):
+                yield next(it)
+        finally:
+            it.close()

@@ -17,9 +17,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from training.config import OptimConfig
-from training.features import GROUP, LABEL
-from training.metrics import ctr_metrics
+from training.common.features import GROUP, LABEL
+from training.common.metrics import ctr_metrics
+from training.ranking.config import OptimConfig
 
 
 class CombinedOptimizer(torch.optim.Optimizer):

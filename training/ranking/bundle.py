@@ -20,9 +20,9 @@ import pyarrow as pa
 import torch
 
 from feature_store.spec import FeatureSpec
-from training.data import table_to_tensors
-from training.features import LABEL, FeatureLayout
-from training.models import CTRModel, build_model, model_config
+from training.common.data import table_to_tensors
+from training.common.features import LABEL, FeatureLayout
+from training.ranking.models import CTRModel, build_model, model_config
 
 BUNDLE_FORMAT = "recforge.ranker"
 BUNDLE_VERSION = 1

@@ -20,10 +20,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping
 
+from training.common.tracking import default_tracking_uri, ensure_experiment
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import load_retrieval_data
 from training.retrieval.model import TwoTower
-from training.retrieval.train import (
+from training.retrieval.run import (
     Fitted,
     RetrievalTask,
     ValidRanking,
@@ -33,7 +34,6 @@ from training.retrieval.train import (
     finish,
     trained_samples,
 )
-from training.tracking import default_tracking_uri, ensure_experiment
 
 RUN_NAME = "two_tower"
 

@@ -1,7 +1,7 @@
 """Non-neural retrieval baselines on a users x items CSR matrix: most popular, item-KNN, implicit ALS and BPR.
 
 Each baseline has the same two steps: `fit(train_csr) -> self`, then `scores(user_codes) -> B x n_items`
-float32 numpy scores (higher is better), the shape `training.retrieval_eval.evaluate_scores` ranks. Fit time
+float32 numpy scores (higher is better), the shape `training.retrieval.evaluate.evaluate_scores` ranks. Fit time
 is kept in `fit_seconds`. Hyper-parameters are validated by a small config object per baseline (`config`).
 The matrix-factorisation baselines wrap the CPU models of the `implicit` package (imported inside `fit`);
 they are seeded (`seed`), use as many threads as the process may run on, and keep BLAS single-threaded while

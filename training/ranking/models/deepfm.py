@@ -8,10 +8,10 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from training.embedding import SparseEmbedding
-from training.features import FeatureLayout
-from training.models.base import CTRModel, ModelConfig
-from training.models.layers import MLP, LinearLogit, backend_of, fields_with_pooled_sequences, fm_interaction
+from training.common.embedding import SparseEmbedding
+from training.common.features import FeatureLayout
+from training.common.layers import MLP, LinearLogit, backend_of, fields_with_pooled_sequences, fm_interaction
+from training.ranking.models.base import CTRModel, ModelConfig
 
 
 class DeepFMConfig(ModelConfig):

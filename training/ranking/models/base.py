@@ -10,8 +10,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from feature_store.config import StrictModel
-from training.embedding import Backend, SparseEmbedding, build_embedding
-from training.features import DENSE, FeatureLayout
+from training.common.embedding import Backend, SparseEmbedding, build_embedding
+from training.common.features import DENSE, FeatureLayout
 
 
 class ModelConfig(StrictModel):

@@ -74,7 +74,7 @@ def log_training_run(run_id: str, tracking_uri: str, *, config: Mapping[str, Any
     import mlflow
     import yaml
 
-    from training import metrics as m
+    from training.common import metrics as m
 
     client = mlflow.MlflowClient(tracking_uri)
     params = flatten(config)

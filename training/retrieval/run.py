@@ -30,15 +30,15 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from feature_store.spec import FeatureSpec
-from training.data import InMemoryBatches
-from training.features import SPARSE, seq_key
+from training.common.data import InMemoryBatches
+from training.common.features import SPARSE, seq_key
+from training.common.tracking import LINEAGE_DATA, LINEAGE_SPEC, default_tracking_uri, ensure_experiment, hash_prepared
+from training.ranking.run import lightning_precision
 from training.retrieval.bundle import save_retrieval_bundle
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import Batch, QuerySet, RetrievalData, load_retrieval_data
+from training.retrieval.evaluate import evaluate_scores, run_baselines
 from training.retrieval.model import TwoTower, embed, mixed_negatives, sampled_softmax_loss, weighted_cross_entropy
-from training.retrieval_eval import evaluate_scores, run_baselines
-from training.tracking import LINEAGE_DATA, LINEAGE_SPEC, default_tracking_uri, ensure_experiment, hash_prepared
-from training.train import lightning_precision
 
 log = logging.getLogger("recforge.retrieval")
 
@@ -236,9 +236,9 @@ def train_retrieval(output_dir: str | Path, name: str, cfg: RetrievalConfig, *,
                     ray_address: str | None = None) -> dict[str, Any]:
     """Train the two-tower model on `<output_dir>/prepared`; returns test metrics (model and baselines), paths.
 
-    With `cfg.ray_workers > 0` the training runs through Ray Train (`training.retrieval.distributed`)."""
+    With `cfg.ray_workers > 0` the training runs through Ray Train (`training.retrieval.ray_train`)."""
     if cfg.ray_workers > 0:
-        from training.retrieval.distributed import train_retrieval_ray
+        from training.retrieval.ray_train import train_retrieval_ray
 
         return train_retrieval_ray(output_dir, name, cfg, config_doc=config_doc, tracking_uri=tracking_uri,
                                    ray_address=ray_address)
