@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from feature_store.config import ConfigError, FeatureStoreConfig, dump_config
+from feature_store.layout import RunLayout
 from feature_store.offline import OfflineStore, point_in_time_join
 from feature_store.profiles import UserProfiles
 from feature_store.raycluster import ensure_ray
@@ -41,40 +42,6 @@ from feature_store.split import SPLITS, SplitReport, assign_splits
 log = logging.getLogger("recforge.prepare")
 
 HISTORY_TABLE = "interactions"
-
-
-@dataclass
-class RunLayout:
-    """Where a scenario's outputs live under `output_dir`."""
-
-    root: Path
-
-    @property
-    def raw(self) -> Path:
-        return self.root / "raw"
-
-    @property
-    def prepared(self) -> Path:
-        return self.root / "prepared"
-
-    @property
-    def spec(self) -> Path:
-        return self.root / "prepared" / "spec"
-
-    @property
-    def offline(self) -> Path:
-        return self.root / "offline"
-
-    @property
-    def rejects(self) -> Path:
-        return self.root / "prepared" / "rejects.parquet"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "prepared" / "summary.json"
-
-    def split_dir(self, split: str) -> Path:
-        return self.prepared / split
 
 
 def layout(cfg: FeatureStoreConfig) -> RunLayout:
@@ -354,15 +321,6 @@ def _split_tables(table: pa.Table, codes: np.ndarray) -> dict[str, pa.Table]:
 
 
 # ------------------------------------------------------------------------------------------------- job
-
-
-def read_and_validate(cfg: FeatureStoreConfig) -> RawData:
-    from feature_store.readers import read_source
-
-    lay = layout(cfg)
-    raw = read_source(cfg.source, lay.raw)
-    raw.rejects.check_fraction(raw.total_read(), cfg.prepare.max_reject_fraction)
-    return raw
 
 
 def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareResult:

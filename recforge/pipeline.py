@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from feature_store.config import ConfigError, SyntheticSource, dump_config
-from recforge.config import RecForgeConfig
+from recforge.config import RecForgeConfig, app_settings, registry_settings
 
 
 def generate(cfg: RecForgeConfig) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def train_ctr(cfg: RecForgeConfig) -> dict[str, Any]:
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"train.model / train.model_params.{cfg.train.model}: {exc}") from None
     result = run_train(cfg.output_dir, cfg.name, cfg.train, config_doc=cfg.model_dump(mode="json"),
-                       ray_address=cfg.prepare.ray_address)
+                       ray_address=cfg.prepare.ray_address).to_dict()
     oracle = oracle_auc(cfg)
     if oracle is not None:
         result["test"]["oracle_auc"] = oracle
@@ -71,7 +71,7 @@ def train_retrieval(cfg: RecForgeConfig) -> dict[str, Any]:
 
     try:
         return run_retrieval(cfg.output_dir, cfg.name, cfg.retrieval, config_doc=cfg.model_dump(mode="json"),
-                             tracking_uri=cfg.train.tracking.uri, ray_address=cfg.prepare.ray_address)
+                             tracking_uri=cfg.retrieval_tracking_uri, ray_address=cfg.prepare.ray_address).to_dict()
     except ValueError as exc:
         if "retrieval." in str(exc):
             raise ConfigError(str(exc)) from None
@@ -126,14 +126,14 @@ def demo(cfg: RecForgeConfig) -> dict[str, Any]:
 def register_and_promote(cfg: RecForgeConfig) -> dict[str, Any]:
     """Register the latest ranker and retriever runs and promote each through the gate (against the current
     champion when there is one); the decisions and review paths."""
-    from serving.config import model_names
     from serving.registry import promote, register_ranker, register_retriever
 
+    settings = registry_settings(cfg)
     out: dict[str, Any] = {}
-    for name, register in zip(model_names(cfg.name, cfg.registry), (register_ranker, register_retriever),
-                              strict=True):
-        version = register(cfg)
-        result = promote(cfg, name, version.version, user="recforge-demo")
+    for name, register in zip((settings.ranker_model, settings.retriever_model),
+                              (register_ranker, register_retriever), strict=True):
+        version = register(settings)
+        result = promote(settings, name, version.version, user="recforge-demo")
         out[name] = {"version": version.version, "decision": result.decision, "failures": result.failures,
                      "aliases": result.aliases, "review": result.review.get("markdown") or result.review}
     return out
@@ -153,7 +153,7 @@ def serve_and_query(cfg: RecForgeConfig, users: int = 3) -> dict[str, Any]:
     user_ids = list(dict.fromkeys(test.column("__user_key").to_pylist()))[:users]
     items = list(dict.fromkeys(test.column("__item_key").to_pylist()))[:5]
     t0 = time.perf_counter()
-    url = start_app(cfg)
+    url = start_app(app_settings(cfg))
     answers: list[dict[str, Any]] = []
     try:
         started = round(time.perf_counter() - t0, 3)

@@ -74,7 +74,8 @@ def render_retrieval(r: dict[str, Any]) -> list[str]:
         lines.append(f"  {method:14} {m.get('recall@10', nan):>10.4f} {m.get('recall@50', nan):>10.4f} "
                      f"{m.get('ndcg@10', nan):>8.4f} {m.get('hit_rate@50', nan):>8.4f} {m.get('mrr', nan):>7.4f}")
     lines.append(f"  embeddings: {r['embeddings']['dir']}")
-    lines.append(f"  MLflow run {r['mlflow_run_id']} ({r['tracking_uri']})")
+    ml = r["mlflow"]
+    lines.append(f"  MLflow run {ml['run_id']} (experiment '{ml['experiment']}', {ml['tracking_uri']})")
     lines.append(f"  time: {r['seconds']:.1f}s (fit {r['fit_seconds']:.1f}s, "
                  f"{r['train_samples_per_second']:,.0f} samples/s)")
     return lines

@@ -11,21 +11,20 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from training.common.data import load_split
+from training.common.config import OptimConfig
+from training.common.data import RankStreamingBatches, load_split
 from training.common.embedding import torchrec_available
 from training.common.features import LABEL, FeatureLayout
 from training.ranking.bundle import load_bundle
-from training.ranking.config import OptimConfig, TrainConfig
-from training.ranking.distributed import (
-    RankStreamingBatches,
+from training.ranking.config import TrainConfig
+from training.ranking.models import build_model, model_config
+from training.ranking.run import train_ctr
+from training.ranking.strategies.shardable import (
     build_shardable_model,
     fused_embedding_optimizer,
-    shard_bounds,
     shardable_embeddings,
-    train_ctr_ray,
-    train_ctr_sharded,
 )
-from training.ranking.models import build_model, model_config
+from training.ranking.strategies.sharded import shard_bounds
 
 ROOT = Path(__file__).resolve().parents[2]
 DCN = {"embedding_dim": 8, "mlp": [64, 32], "cross_layers": 2}
@@ -136,10 +135,13 @@ def test_sharded_mode_on_cpu_rejects_adam_for_tables_and_names_the_fix() -> None
 
 
 def _cfg(**kw: object) -> TrainConfig:
+    runtime: dict[str, object] = {
+        "accelerator": "cpu",  # gloo / CPU workers even where a GPU is present
+        "precision": "32",  # the workers' report and the driver's re-evaluation compare exactly
+        **{k: kw.pop(k) for k in ("ray_workers", "devices") if k in kw}}
     base: dict[str, object] = dict(model="dcnv2", batch_size=512, max_epochs=3, model_params={"dcnv2": DCN},
-                                   accelerator="cpu",  # gloo / CPU workers even where a GPU is present
-                                   precision="32",  # the workers' report and the driver's re-evaluation compare exactly
-                                   optim={"dense_lr": 0.003, "embedding_lr": 0.01}, tracking={"log_model": False})
+                                   runtime=runtime, optim={"dense_lr": 0.003, "embedding_lr": 0.01},
+                                   tracking={"log_model": False})
     base.update(kw)
     return TrainConfig.model_validate(base)
 
@@ -147,7 +149,7 @@ def _cfg(**kw: object) -> TrainConfig:
 @pytest.mark.slow
 def test_ray_train_two_cpu_workers_train_on_shards_and_track_the_run(prepared_root: Path, tmp_path: Path) -> None:
     out = _job_dir(prepared_root, tmp_path)
-    result = train_ctr_ray(out, "dist", _cfg(ray_workers=2))
+    result = train_ctr(out, "dist", _cfg(ray_workers=2)).to_dict()
 
     assert result["distributed"]["workers"] == 2 and result["epochs_run"] >= 2
     assert result["global_steps"] == result["epochs_run"] * 16  # 8000 rows per worker / 512: each its own half
@@ -172,15 +174,15 @@ def test_ray_train_two_cpu_workers_train_on_shards_and_track_the_run(prepared_ro
 @pytest.mark.slow
 def test_ray_train_refuses_more_workers_than_the_cluster_has_cpus(prepared_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"ray_workers=64 needs 64 CPUs"):
-        train_ctr_ray(_job_dir(prepared_root, tmp_path), "dist", _cfg(ray_workers=64))
+        train_ctr(_job_dir(prepared_root, tmp_path), "dist", _cfg(ray_workers=64))
 
 
 @pytest.mark.slow
 @needs_torchrec
 def test_torchrec_sharded_two_gloo_ranks_hold_different_tables(prepared_root: Path, tmp_path: Path) -> None:
     out = _job_dir(prepared_root, tmp_path)
-    cfg = _cfg(optim={"dense_lr": 0.003, "embedding": "adagrad", "embedding_lr": 0.05})
-    result = train_ctr_sharded(out, "dist", cfg, world_size=2)
+    cfg = _cfg(optim={"dense_lr": 0.003, "embedding": "adagrad", "embedding_lr": 0.05}, sharded=True, devices=2)
+    result = train_ctr(out, "dist", cfg).to_dict()
 
     dist = result["distributed"]
     assert dist["backend"] == "gloo" and dist["world_size"] == 2

@@ -13,12 +13,13 @@ import torch
 
 from feature_store.config import FeaturesConfig
 from feature_store.spec import SpecFitter
+from training.common.config import OptimConfig
 from training.common.data import InMemoryBatches, StreamingBatches, table_to_tensors
 from training.common.embedding import FusedEmbedding, TorchRecEmbedding, copy_weights
 from training.common.features import SPARSE, FeatureLayout, bag_len_key, seq_key
-from training.ranking.config import OptimConfig
+from training.common.optim import CombinedOptimizer
 from training.ranking.models import build_model
-from training.ranking.task import CombinedOptimizer, CTRTask
+from training.ranking.task import CTRTask
 
 CFG = FeaturesConfig.model_validate({
     "label": "y",

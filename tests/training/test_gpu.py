@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from tests.training.test_device_paths import N_ITEMS, synthetic_layout, synthetic_tensors
+from training.common.config import OptimConfig
 from training.common.data import InMemoryBatches
 from training.common.embedding import FusedEmbedding
 from training.common.features import LABEL
 from training.index.faiss_index import IndexConfig, build_index
-from training.ranking.config import OptimConfig
 from training.ranking.models import MODELS, build_model
 from training.ranking.task import CTRTask
 

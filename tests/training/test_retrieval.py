@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
     "source.n_users=600", "source.n_items=300", "source.n_impressions=60000", "source.days=10",
     "features.categorical.0.min_freq=1", "features.categorical.1.min_freq=1",
-    "retrieval.max_epochs=3", "retrieval.batch_size=256", "retrieval.num_threads=2",
+    "retrieval.max_epochs=3", "retrieval.batch_size=256", "retrieval.runtime.num_threads=2",
     "retrieval.baselines=[most_popular, item_knn]", "retrieval.query_sample=200",
 ]
 
@@ -52,28 +52,6 @@ def test_duplicate_positives_in_a_batch_are_not_negatives_of_each_other() -> Non
     assert float(loss) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_row_weights_scale_each_rows_cross_entropy() -> None:
-    from training.retrieval.model import weighted_cross_entropy
-
-    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
-    target = torch.tensor([0, 2])
-    per_row = [-(2.0 - math.log(math.exp(2.0) + 1.0 + math.exp(-1.0))),
-               -(0.0 - math.log(math.exp(0.5) + math.exp(1.5) + 1.0))]
-    weight = torch.tensor([3.0, 1.0])
-    got = weighted_cross_entropy(logits, target, weight)
-    assert float(got) == pytest.approx((3 * per_row[0] + per_row[1]) / 4, rel=1e-6)
-    assert float(weighted_cross_entropy(logits, target, None)) == pytest.approx(sum(per_row) / 2, rel=1e-6)
-
-
-def test_user_balance_weights_every_user_equally_at_one(demo_prepared: RecForgeConfig) -> None:
-    data = load_retrieval_data(Path(demo_prepared.output_dir) / "prepared", demo_prepared.retrieval)
-    w = data.example_weights(1.0)
-    per_user = np.bincount(data.train_users, weights=w, minlength=data.n_users)
-    active = per_user[np.bincount(data.train_users, minlength=data.n_users) > 0]
-    assert w.mean() == pytest.approx(1.0, rel=1e-5) and np.allclose(active, active[0], rtol=1e-4)
-    assert np.allclose(data.example_weights(0.0), 1.0)
-
-
 def test_hard_negatives_keep_the_highest_scoring_extra_items() -> None:
     user = torch.tensor([[1.0, 0.0]])
     item = torch.tensor([[1.0, 0.0]])
@@ -84,23 +62,6 @@ def test_hard_negatives_keep_the_highest_scoring_extra_items() -> None:
     assert float(hard) == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match=r"negatives\.hard"):
         NegativesConfig(uniform=2, hard=3)
-
-
-def test_recency_bias_lets_attention_pooling_pick_the_latest_element() -> None:
-    from training.retrieval.config import TwoTowerConfig
-    from training.retrieval.model import AttentionPooling
-
-    pool = AttentionPooling(4, recency_positions=3)
-    seq = torch.randn(2, 5, 4)
-    lengths = torch.tensor([5, 2])  # most recent last, right-padded: the latest are positions 4 and 1
-    plain = pool(seq, lengths)
-    assert torch.allclose(plain[1], seq[1, :2].mean(0), atol=1e-6)  # zero query and bias: a mean of the valid part
-    with torch.no_grad():
-        pool.recency.copy_(torch.tensor([30.0, 0.0, 0.0]))
-    out = pool(seq, lengths)
-    assert torch.allclose(out[0], seq[0, 4], atol=1e-5) and torch.allclose(out[1], seq[1, 1], atol=1e-5)
-    with pytest.raises(ValueError, match="history_pooling: attention"):
-        TwoTowerConfig(recency_bias=True)
 
 
 @pytest.fixture(scope="module")
@@ -120,31 +81,6 @@ def test_per_user_split_holds_out_each_users_latest_positives(demo_prepared: Rec
     assert seen.shape == truth.shape == (data.n_users, len(data.corpus_ids))
     assert len(data.test.users) == len(np.unique(data.test.users))
     assert data.fit_matrix.nnz == seen.nnz
-
-
-def test_first_positive_repeats_train_each_user_item_pair_once_and_keep_the_truth() -> None:
-    from training.retrieval.data import first_of_pair
-
-    users = np.array([0, 0, 1, 0, 1, 0])
-    items = np.array([5, 5, 5, 7, 5, 5])
-    ts = np.array([30, 10, 20, 10, 5, 10])
-    # pair (0, 5): rows 0, 1, 5 -> the earliest, row 1 (row 5 ties it at ts 10 but comes later); (1, 5): row 4
-    assert first_of_pair(users, items, ts).tolist() == [False, True, False, True, True, False]
-
-
-def test_positive_repeats_first_changes_training_rows_only(demo_prepared: RecForgeConfig) -> None:
-    prepared = Path(demo_prepared.output_dir) / "prepared"
-    keep = load_retrieval_data(prepared, demo_prepared.retrieval)
-    first = load_retrieval_data(prepared, demo_prepared.retrieval.model_copy(update={"positive_repeats": "first"}))
-    pairs = np.concatenate([first.train_users, first.valid_users]) * len(first.corpus_ids) + np.concatenate(
-        [first.train_items, first.valid_items])
-    assert len(np.unique(pairs)) == len(pairs) == first.counts["train"] + len(first.valid_items)
-    dropped = first.counts["repeat_positives_dropped"]
-    assert dropped > 0 and len(keep.train_items) + len(keep.valid_items) - len(pairs) == dropped
-    for q in ("valid", "test"):
-        assert (getattr(first, q).truth != getattr(keep, q).truth).nnz == 0
-        assert (getattr(first, q).seen != getattr(keep, q).seen).nnz == 0
-    assert (first.fit_matrix != keep.fit_matrix).nnz == 0  # the baselines see the same data
 
 
 def test_prior_sequences_take_earlier_rows_of_the_same_time_in_row_order() -> None:
@@ -201,7 +137,7 @@ def test_ordered_history_rejects_a_sequence_of_all_events() -> None:
 def test_exclude_history_masks_each_rows_history_items_but_not_its_positive(demo_prepared: RecForgeConfig) -> None:
     from training.common.features import SPARSE, seq_key
     from training.retrieval.model import TwoTower
-    from training.retrieval.run import RetrievalTask, history_to_corpus
+    from training.retrieval.task import RetrievalTask, history_to_corpus
 
     rcfg = demo_prepared.retrieval.model_copy(
         update={"negatives": NegativesConfig(full_corpus=True, exclude_history=True)})
@@ -225,25 +161,6 @@ def test_exclude_history_masks_each_rows_history_items_but_not_its_positive(demo
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="full_corpus: true"):
         NegativesConfig(exclude_history=True)
-
-
-def test_item_bias_vectors_score_cosine_over_temperature_plus_the_bias(demo_prepared: RecForgeConfig) -> None:
-    from training.retrieval.config import TwoTowerConfig
-    from training.retrieval.model import TwoTower
-
-    data = load_retrieval_data(Path(demo_prepared.output_dir) / "prepared", demo_prepared.retrieval)
-    model = TwoTower(data.towers, TwoTowerConfig(item_bias=True, temperature=0.1)).eval()
-    users = {k: v[:16] for k, v in data.train.items()}
-    with torch.no_grad():
-        u, v = model.user(users), model.item(data.corpus)
-        raw = model.item_mlp(torch.cat([model.embedding(data.corpus).pooled.index_select(1, model._item_fields)
-                                        .flatten(1), data.corpus["dense"].index_select(1, model._item_dense)], 1))
-    o = model.cfg.output_dim
-    assert u.shape[1] == v.shape[1] == o + 1 and torch.allclose(u[:, o], torch.ones(16))
-    assert torch.allclose(u[:, :o].norm(dim=1), torch.ones(16), atol=1e-5)
-    assert torch.allclose(v[:, :o].norm(dim=1), torch.ones(len(v)), atol=1e-5)
-    cosine = u[:, :o] @ v[:, :o].T
-    assert torch.allclose(u @ v.T / 0.1, cosine / 0.1 + raw[:, o][None, :], atol=1e-4)
 
 
 def test_feature_dropout_replaces_a_share_of_the_field_by_oov_in_training_only(
@@ -280,29 +197,12 @@ def test_feature_dropout_replaces_a_share_of_the_field_by_oov_in_training_only(
         TwoTower(data.towers, TwoTowerConfig(feature_dropout={"colour": 0.1}))
 
 
-def test_lr_decay_multiplies_the_learning_rate_once_per_epoch(demo_prepared: RecForgeConfig) -> None:
-    import pytorch_lightning as pl
-
-    from training.retrieval.model import TwoTower
-    from training.retrieval.run import RetrievalTask
-
-    cfg = demo_prepared.retrieval.model_copy(update={"lr": 0.01, "lr_decay": 0.5})
-    data = load_retrieval_data(Path(demo_prepared.output_dir) / "prepared", cfg)
-    task = RetrievalTask(TwoTower(data.towers, cfg.model), cfg, data)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=3, limit_train_batches=2, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(task)
-    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 3)
-    constant = RetrievalTask(TwoTower(data.towers, cfg.model), cfg.model_copy(update={"lr_decay": 1.0}), data)
-    assert isinstance(constant.configure_optimizers(), torch.optim.Adam)  # no scheduler at the default
-
-
 def test_ema_decay_trains_online_weights_and_keeps_their_moving_average_as_the_model(
         demo_prepared: RecForgeConfig) -> None:
     import pytorch_lightning as pl
 
     from training.retrieval.model import TwoTower
-    from training.retrieval.run import RetrievalTask
+    from training.retrieval.task import RetrievalTask
 
     cfg = demo_prepared.retrieval.model_copy(update={"ema_decay": 0.9})
     data = load_retrieval_data(Path(demo_prepared.output_dir) / "prepared", cfg)
@@ -342,7 +242,7 @@ def test_two_tower_trains_beats_item_knn_and_its_index_passes_the_recall_guard(
 ) -> None:
     cfg = demo_prepared
     rcfg = cfg.retrieval.model_copy(update={"negatives": NegativesConfig(uniform=64, hard=32)})
-    result = train_retrieval(cfg.output_dir, "retrieval_test", rcfg)
+    result = train_retrieval(cfg.output_dir, "retrieval_test", rcfg).to_dict()
     test = result["test"]
     assert set(test) == {"two_tower", "most_popular", "item_knn"}
     n_items = result["counts"]["items"]
@@ -356,7 +256,7 @@ def test_two_tower_trains_beats_item_knn_and_its_index_passes_the_recall_guard(
     # the default refit: a fresh model trained on train + valid for the selected number of epochs
     assert result["refit_epochs"] == result["best_epoch"] + 1
     # per-epoch valid metric recorded, best checkpoint chosen from it
-    hist = result["valid_history"]["valid/recall@50"]
+    hist = result["history"]["valid/recall@50"]
     assert len(hist) == result["epochs_run"] and result["best_epoch"] == int(np.argmax(hist))
     emb = Path(result["embeddings"]["dir"])
     items = pq.read_table(emb / "item_embeddings.parquet")
@@ -382,9 +282,9 @@ def test_retrieval_run_is_tracked_in_mlflow_with_the_bundle(demo_prepared: RecFo
 
     cfg = demo_prepared
     rcfg = RetrievalConfig(**{**cfg.retrieval.model_dump(), "max_epochs": 1})
-    result = train_retrieval(cfg.output_dir, "retrieval_tracked", rcfg)
-    client = mlflow.MlflowClient(tracking_uri=result["tracking_uri"])
-    run = client.get_run(result["mlflow_run_id"])
+    result = train_retrieval(cfg.output_dir, "retrieval_tracked", rcfg).to_dict()
+    client = mlflow.MlflowClient(tracking_uri=result["mlflow"]["tracking_uri"])
+    run = client.get_run(result["mlflow"]["run_id"])
     assert "test/two_tower/recall_at_50" in run.data.metrics
     assert "test/most_popular/recall_at_50" in run.data.metrics
     files = {a.path for a in client.list_artifacts(run.info.run_id, "retrieval_bundle")}
@@ -407,7 +307,7 @@ def test_retrieval_bundle_loads_and_scores_raw_users_like_the_trained_towers(dem
 
     cfg = demo_prepared
     rcfg = RetrievalConfig(**{**cfg.retrieval.model_dump(), "max_epochs": 1, "refit": False})
-    result = train_retrieval(cfg.output_dir, "retrieval_bundle_test", rcfg)
+    result = train_retrieval(cfg.output_dir, "retrieval_bundle_test", rcfg).to_dict()
     retriever = load_retriever(result["bundle"])
     rng = np.random.default_rng(3)
     rows = _raw_users(40, rng)
@@ -450,10 +350,11 @@ def test_retrieval_bundle_loads_and_scores_raw_users_like_the_trained_towers(dem
 @pytest.mark.slow
 def test_two_tower_trains_through_ray_train_with_two_cpu_workers(demo_prepared: RecForgeConfig) -> None:
     cfg = demo_prepared
-    rcfg = cfg.retrieval.model_copy(update={"ray_workers": 2, "max_epochs": 2, "num_threads": 1})
-    result = train_retrieval(cfg.output_dir, "retrieval_ray", rcfg)
+    rcfg = cfg.retrieval.model_copy(update={"max_epochs": 2, "runtime": cfg.retrieval.runtime.model_copy(
+        update={"ray_workers": 2, "num_threads": 1})})
+    result = train_retrieval(cfg.output_dir, "retrieval_ray", rcfg).to_dict()
     assert result["distributed"]["workers"] == 2 and result["epochs_run"] == 2
-    assert len(result["valid_history"]["valid/recall@50"]) == 2
+    assert len(result["history"]["valid/recall@50"]) == 2
     n_items = result["counts"]["items"]
     assert result["test"]["two_tower"]["recall@10"] > 3 * 10 / n_items, result["test"]
     assert (Path(result["embeddings"]["dir"]) / "item_embeddings.parquet").is_file()

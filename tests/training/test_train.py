@@ -28,7 +28,7 @@ from training.ranking.run import train_ctr
 pytestmark = pytest.mark.slow
 
 SMALL = ["source.n_users=800", "source.n_items=200", "source.n_impressions=40000", "source.n_categories=6",
-         "prepare.batch_rows=10000", "train.batch_size=512", "train.max_epochs=2", "train.num_threads=1",
+         "prepare.batch_rows=10000", "train.batch_size=512", "train.max_epochs=2", "train.runtime.num_threads=1",
          "train.early_stopping.patience=10"]
 
 
@@ -44,7 +44,7 @@ def prepared_cfg(tmp_path_factory: pytest.TempPathFactory, ray_local: object) ->
 def trained(prepared_cfg: RecForgeConfig) -> dict:
     os.environ["RECFORGE_PROGRESS"] = "0"
     return train_ctr(prepared_cfg.output_dir, prepared_cfg.name, prepared_cfg.train,
-                     config_doc=prepared_cfg.model_dump(mode="json"))
+                     config_doc=prepared_cfg.model_dump(mode="json")).to_dict()
 
 
 def test_training_beats_chance_and_reports_valid_and_test_metrics(trained: dict) -> None:
@@ -106,7 +106,7 @@ def test_killed_training_resumes_from_the_last_checkpoint_and_matches(prepared_c
         (out / "cfg.yaml").write_text(yaml.safe_dump(doc))
         runs[name] = out
     straight = load(runs["straight"] / "cfg.yaml", overrides)
-    expected = train_ctr(straight.output_dir, "straight", straight.train)
+    expected = train_ctr(straight.output_dir, "straight", straight.train).to_dict()
 
     env = {**os.environ, "RECFORGE_PROGRESS": "0"}
     cmd = [sys.executable, "-m", "recforge.cli", "train", "ctr", "--config", str(runs["killed"] / "cfg.yaml"),
@@ -124,7 +124,7 @@ def test_killed_training_resumes_from_the_last_checkpoint_and_matches(prepared_c
     assert killed_epoch < epochs - 1
 
     resumed_cfg = load(runs["killed"] / "cfg.yaml", [*overrides, "train.resume=true"])
-    resumed = train_ctr(resumed_cfg.output_dir, "killed", resumed_cfg.train)
+    resumed = train_ctr(resumed_cfg.output_dir, "killed", resumed_cfg.train).to_dict()
     assert resumed["epochs_run"] == expected["epochs_run"] == epochs
     assert resumed["test"]["auc"] == pytest.approx(expected["test"]["auc"], abs=2e-3)
     assert resumed["test"]["logloss"] == pytest.approx(expected["test"]["logloss"], abs=2e-3)

@@ -29,7 +29,7 @@ class EmbeddingOutput:
     sequences: dict[str, tuple[Tensor, Tensor]]  # name -> (B x L x D, B lengths)
 
 
-def _masked_mean(emb: Tensor, lengths: Tensor) -> Tensor:
+def masked_mean(emb: Tensor, lengths: Tensor) -> Tensor:
     """B x L x D, B -> B x D mean over the first `lengths` positions (0 where empty)."""
     mask = torch.arange(emb.shape[1], device=emb.device)[None, :] < lengths[:, None]
     summed = (emb * mask.unsqueeze(-1).to(emb.dtype)).sum(1)
@@ -90,7 +90,7 @@ class FusedEmbedding(SparseEmbedding):
         chunks = torch.split(emb, widths, dim=1)
         pooled = [chunks[0]]
         for i, f in enumerate(self.layout.bags):
-            pooled.append(_masked_mean(chunks[1 + i], batch[bag_len_key(f.name)]).unsqueeze(1))
+            pooled.append(masked_mean(chunks[1 + i], batch[bag_len_key(f.name)]).unsqueeze(1))
         seqs: dict[str, tuple[Tensor, Tensor]] = {}
         base = 1 + len(self.layout.bags)
         for i, s in enumerate(self.layout.sequences):
@@ -99,7 +99,7 @@ class FusedEmbedding(SparseEmbedding):
         return EmbeddingOutput(out.reshape(b, self.layout.num_pooled, self.dim), seqs)
 
 
-def _table_name(field: str) -> str:
+def table_name(field: str) -> str:
     return f"t_{field}"
 
 
@@ -117,7 +117,7 @@ class TorchRecEmbedding(SparseEmbedding):
         bag_names = {f.name for f in layout.bags}
         tables = [
             EmbeddingBagConfig(
-                name=_table_name(f.name),
+                name=table_name(f.name),
                 embedding_dim=dim,
                 num_embeddings=f.cardinality,
                 feature_names=[f.name],
@@ -130,7 +130,7 @@ class TorchRecEmbedding(SparseEmbedding):
         self.keys = [f.name for f in layout.tables]
 
     def table_weight(self, name: str) -> Tensor:
-        return self.ebc.embedding_bags[_table_name(name)].weight
+        return self.ebc.embedding_bags[table_name(name)].weight
 
     def to_kjt(self, batch: dict[str, Tensor]) -> object:
         """The batch's sparse fields and bags as a KeyedJaggedTensor (key-major values, per-row lengths)."""

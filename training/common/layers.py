@@ -16,8 +16,8 @@ from training.common.embedding import (
     EmbeddingOutput,
     SparseEmbedding,
     TorchRecEmbedding,
-    _masked_mean,
     build_embedding,
+    masked_mean,
 )
 from training.common.features import DENSE, FeatureLayout
 
@@ -88,7 +88,7 @@ def fields_with_pooled_sequences(out: EmbeddingOutput) -> Tensor:
     """B x F' x D: the pooled fields plus each behaviour sequence mean-pooled into one more field."""
     if not out.sequences:
         return out.pooled
-    pooled = [_masked_mean(e, lens).unsqueeze(1) for e, lens in out.sequences.values()]
+    pooled = [masked_mean(e, lens).unsqueeze(1) for e, lens in out.sequences.values()]
     return torch.cat([out.pooled, *pooled], dim=1)
 
 

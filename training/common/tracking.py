@@ -1,32 +1,34 @@
-"""MLflow tracking: where runs go, data lineage, and what a training run logs.
+"""MLflow tracking: where runs go, data lineage, and the run of a training job from open to finished.
 
 Default store: a SQLite file `<output_dir>/mlflow.db` (artifacts under `<output_dir>/mlartifacts`);
-`--tracking-uri` points at a server. Every run logs the resolved config (as params and as a YAML artifact),
-lineage tags (hash of the prepared data and the feature-spec fingerprint), per-epoch metrics (through
-Lightning's MLFlowLogger), final test metrics, plots (ROC, reliability, loss curves) and the ranker bundle.
+`--tracking-uri` or `<stage>.tracking.uri` points at a server. `open_run` creates the job's run (or reopens it when
+a job resumes) before training, so per-epoch metrics can go into it while training runs (Lightning's MLFlowLogger
+attached to the same run id, or `log_epochs` for the hand-written loops); `training.common.run.finish` logs the rest
+once and marks the run FINISHED; a job that raises marks it FAILED (`failed_run`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from feature_store.layout import RunLayout, StageLayout
+from training.common.config import TrackingConfig
 
 LINEAGE_DATA = "recforge.data_hash"
 LINEAGE_SPEC = "recforge.spec_fingerprint"
 
 
 def default_tracking_uri(output_dir: str | Path) -> str:
-    return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
-
-
-def artifact_location(output_dir: str | Path) -> str:
-    return (Path(output_dir).resolve() / "mlartifacts").as_uri()
+    return f"sqlite:///{RunLayout(Path(output_dir)).mlflow_db}"
 
 
 def ensure_experiment(tracking_uri: str, name: str, output_dir: str | Path) -> str:
@@ -37,7 +39,7 @@ def ensure_experiment(tracking_uri: str, name: str, output_dir: str | Path) -> s
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location(output_dir))
+    return client.create_experiment(name, artifact_location=RunLayout(Path(output_dir)).mlartifacts.as_uri())
 
 
 def hash_prepared(prepared_dir: str | Path) -> str:
@@ -54,6 +56,7 @@ def hash_prepared(prepared_dir: str | Path) -> str:
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested mapping as MLflow params: dotted keys, lists as JSON, everything else as str."""
     out: dict[str, str] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
@@ -64,40 +67,74 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def log_training_run(run_id: str, tracking_uri: str, *, config: Mapping[str, Any], lineage: Mapping[str, str],
-                     test_metrics: Mapping[str, float], history: Mapping[str, list[float]],
-                     predictions: Mapping[str, np.ndarray] | None, bundle_dir: Path | None) -> None:
-    """Everything a run logs after training (the per-epoch metrics were logged during it)."""
-    import matplotlib
+@dataclass(frozen=True)
+class TrackedRun:
+    """The MLflow run a job logs into."""
 
-    matplotlib.use("Agg")
+    tracking_uri: str
+    experiment: str
+    run_id: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"tracking_uri": self.tracking_uri, "experiment": self.experiment, "run_id": self.run_id}
+
+    def client(self) -> Any:
+        import mlflow
+
+        return mlflow.MlflowClient(self.tracking_uri)
+
+
+def open_run(tracking: TrackingConfig, *, output_dir: str | Path, scenario: str, stage: StageLayout, run_name: str,
+             uri: str | None = None, resuming: bool = False, tags: Mapping[str, str] | None = None) -> TrackedRun:
+    """The MLflow run of this job: reopened when `resuming` and the stage folder recorded one, created otherwise.
+
+    `uri` (the CLI's --tracking-uri) wins over `tracking.uri`, which wins over the default store. The run id is kept
+    in the stage folder so that a resumed job continues the same run."""
+    uri = uri or tracking.uri or default_tracking_uri(output_dir)
+    experiment = tracking.experiment or scenario
+    experiment_id = ensure_experiment(uri, experiment, output_dir)
     import mlflow
-    import yaml
 
-    from training.common import metrics as m
+    client = mlflow.MlflowClient(uri)
+    stage.root.mkdir(parents=True, exist_ok=True)
+    if resuming and stage.run_id_file.is_file():
+        run_id = stage.run_id_file.read_text().strip()
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+    stage.run_id_file.write_text(run_id)
+    return TrackedRun(uri, experiment, run_id)
 
-    client = mlflow.MlflowClient(tracking_uri)
-    params = flatten(config)
-    existing = set(client.get_run(run_id).data.params)
-    batch = [mlflow.entities.Param(k[:250], v[:6000]) for k, v in params.items() if k[:250] not in existing]
+
+@contextmanager
+def failed_run(run: TrackedRun) -> Iterator[None]:
+    """Marks the run FAILED when the block raises (also on Ctrl-C), so no run of a dead job stays RUNNING."""
+    try:
+        yield
+    except BaseException:
+        run.client().set_terminated(run.run_id, status="FAILED")
+        raise
+
+
+def log_epochs(run: TrackedRun, rows: list[dict[str, float]]) -> None:
+    """Per-epoch metrics (step = global step at the end of the epoch, as Lightning's MLFlowLogger does)."""
+    import mlflow
+
+    stamp = int(time.time() * 1000)
+    metrics = [mlflow.entities.Metric(k, float(v), stamp, int(row.get("step", i)))
+               for i, row in enumerate(rows) for k, v in row.items()
+               if k not in ("epoch", "step") and np.isfinite(v)]
+    client = run.client()
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run.run_id, metrics=metrics[i: i + 500])
+
+
+def log_params(run: TrackedRun, config: Mapping[str, Any]) -> None:
+    """The resolved config as flattened params (skipping the ones a resumed run already has)."""
+    import mlflow
+
+    client = run.client()
+    existing = set(client.get_run(run.run_id).data.params)
+    batch = [mlflow.entities.Param(k[:250], v[:6000]) for k, v in flatten(config).items() if k[:250] not in existing]
     for i in range(0, len(batch), 100):
-        client.log_batch(run_id, params=batch[i: i + 100])
-    for k, v in lineage.items():
-        client.set_tag(run_id, k, v)
-    finite = {f"test/{k}": float(v) for k, v in test_metrics.items()
-              if isinstance(v, int | float) and np.isfinite(v)}
-    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, 0, 0) for k, v in finite.items()])
-    with tempfile.TemporaryDirectory() as tmp:
-        t = Path(tmp)
-        (t / "resolved_config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
-        (t / "test_metrics.json").write_text(json.dumps(dict(test_metrics), indent=2, default=float))
-        plots = t / "plots"
-        plots.mkdir()
-        m.plot_loss_curves(dict(history)).savefig(plots / "loss_curves.png")
-        if predictions is not None:
-            y, p = predictions["labels"], predictions["probs"]
-            m.plot_roc(y, p).savefig(plots / "roc.png")
-            m.plot_reliability(y, p).savefig(plots / "reliability.png")
-        client.log_artifacts(run_id, str(t))
-    if bundle_dir is not None:
-        client.log_artifacts(run_id, str(bundle_dir), artifact_path="ranker")
+        client.log_batch(run.run_id, params=batch[i: i + 100])

@@ -9,7 +9,6 @@ decay, and AUC / logloss / gAUC / calibration on valid and test, logged as `f"{s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -17,52 +16,10 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from training.common.config import OptimConfig
 from training.common.features import GROUP, LABEL
 from training.common.metrics import ctr_metrics
-from training.ranking.config import OptimConfig
-
-
-class CombinedOptimizer(torch.optim.Optimizer):
-    """Steps several optimizers as one; `param_groups` is the union, so schedulers and clipping see all."""
-
-    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
-        self.optimizers = optimizers
-        self.defaults: dict[str, Any] = {}
-        self.state: Any = {}
-
-    @property  # type: ignore[override]
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [g for o in self.optimizers for g in o.param_groups]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=set_to_none)
-
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
-        loss = closure() if closure is not None else None
-        for o in self.optimizers:
-            o.step()
-        return loss
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizers": [o.state_dict() for o in self.optimizers]}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for o, s in zip(self.optimizers, state_dict["optimizers"], strict=True):
-            o.load_state_dict(s)
-
-    def __repr__(self) -> str:
-        return f"CombinedOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
-
-
-def _embedding_params(model: nn.Module) -> list[nn.Parameter]:
-    emb = getattr(model, "embedding", None)
-    params = list(emb.parameters()) if emb is not None else []
-    for name, module in model.named_modules():  # models may own further embedding layers (e.g. linear parts)
-        if name and name != "embedding" and not name.startswith("embedding.") and hasattr(module, "table_weight"):
-            params.extend(module.parameters())
-    seen: set[int] = set()
-    return [p for p in params if not (id(p) in seen or seen.add(id(p)))]  # type: ignore[func-returns-value]
+from training.common.optim import configure_optimizers
 
 
 class CTRTask(pl.LightningModule):
@@ -146,46 +103,6 @@ class CTRTask(pl.LightningModule):
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return torch.sigmoid(self.model(batch).float())
 
-    # -------------------------------------------------------------------------------------- optimizers
-
     def configure_optimizers(self) -> Any:
-        o = self.optim
-        emb = _embedding_params(self.model)
-        emb_ids = {id(p) for p in emb}
-        dense = [p for p in self.model.parameters() if id(p) not in emb_ids]
-        opts: list[torch.optim.Optimizer] = []
-        if dense:
-            cls = torch.optim.AdamW if o.dense == "adamw" else torch.optim.Adam
-            # fused: one kernel per step instead of several passes over memory per tensor (bench_train.py)
-            opts.append(cls(dense, lr=o.dense_lr, weight_decay=o.weight_decay, fused=True))
-        if emb:
-            opts.append(_embedding_optimizer(emb, o))
-        optimizer = opts[0] if len(opts) == 1 else CombinedOptimizer(opts)
-        if o.warmup_steps == 0 and o.decay == "none":
-            return optimizer
-        per_epoch = max(self.steps_per_epoch or 1, 1)
-        total = max(self.total_steps or per_epoch, 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(o, per_epoch, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def lr_factor(o: OptimConfig, per_epoch: int, total: int) -> Callable[[int], float]:
-    """Learning-rate multiplier per step: linear warmup, then cosine or exponential (per epoch) decay."""
-
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
-        if o.decay == "cosine":
-            progress = min(max(step - o.warmup_steps, 0) / max(total - o.warmup_steps, 1), 1.0)
-            return warm * 0.5 * (1 + math.cos(math.pi * progress))
-        if o.decay == "exponential":
-            return warm * o.decay_rate ** (step / per_epoch)
-        return warm
-
-    return factor
-
-
-def _embedding_optimizer(params: Iterable[nn.Parameter], o: OptimConfig) -> torch.optim.Optimizer:
-    params = list(params)
-    if o.embedding == "adagrad":
-        return torch.optim.Adagrad(params, lr=o.embedding_lr)
-    return torch.optim.Adam(params, lr=o.embedding_lr, fused=True)
+        return configure_optimizers(self.model, self.optim, steps_per_epoch=self.steps_per_epoch,
+                                    total_steps=self.total_steps)

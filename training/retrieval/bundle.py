@@ -58,7 +58,7 @@ def save_retrieval_bundle(directory: str | Path, *, model: TwoTower, cfg: Retrie
     codes = np.arange(len(data.corpus_ids), dtype=np.int64)
     pq.write_table(_vectors_table({"item_id": pa.array(data.corpus_ids), "item_code": pa.array(codes)}, items),
                    emb / "item_embeddings.parquet")
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.runtime.seed)
     pick = np.sort(rng.permutation(len(data.test.users))[: cfg.query_sample])
     users = embed(model.user, {k: v[torch.from_numpy(pick)] for k, v in data.test.batch.items()})
     pq.write_table(_vectors_table({"user_id": pa.array(data.user_ids[data.test.users[pick]])}, users),
@@ -167,7 +167,7 @@ class Retriever:
     def evaluate(self, prepared: str | Path, ks: Sequence[int] = (10, 20, 50, 100)) -> dict[str, float]:
         """Full-corpus test metrics of the towers on the held-out test queries of a prepared data set (its own
         per-user time split, seen items excluded). The data must be prepared with the bundle's feature spec."""
-        from training.retrieval.run import evaluate_two_tower
+        from training.retrieval.evaluate import evaluate_two_tower
 
         prepared = Path(prepared)
         theirs = FeatureSpec.load(prepared / "spec").fingerprint()

@@ -7,37 +7,30 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from feature_store.config import StrictModel
+from training.common.config import RetrievalOptimConfig, RuntimeConfig, TrackingConfig
 
 
 class TwoTowerConfig(StrictModel):
     """Tower shapes: both towers embed their fields, run an MLP and L2-normalise the output."""
 
-    embedding_dim: int = Field(32, gt=0)
-    embedding_init_std: float = Field(0.05, gt=0)
-    tower_mlp: list[int] = Field(default_factory=lambda: [128])
-    output_dim: int = Field(64, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    embedding_dim: int = Field(32, gt=0, description="width of every field's embedding (one shared table per field)")
+    embedding_init_std: float = Field(0.05, gt=0, description="standard deviation of the initial embedding rows")
+    tower_mlp: list[int] = Field(default_factory=lambda: [128], description="hidden layer widths of each tower's MLP")
+    output_dim: int = Field(64, gt=0, description="width of the user and item vectors (the index's dimension)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer of the towers")
     history_pooling: Literal["mean", "attention"] = Field(
         "mean", description="how the user tower pools behaviour sequences: mean, or attention with a learned query")
-    recency_bias: bool = Field(
-        False, description="attention pooling adds a learned score bias per position from the most recent element")
-    temperature: float = Field(0.05, gt=0, description="softmax temperature (the start value when learned)")
-    learn_temperature: bool = False
+    temperature: float = Field(0.05, gt=0, description="softmax temperature: logits are cosine / temperature")
     feature_dropout: dict[str, float] = Field(
         default_factory=dict, description="field -> probability: while training, each row's code of that "
         "single-valued field is replaced by the out-of-vocabulary code with that probability, so the tower also "
         "learns to answer without it (e.g. {user_id: 0.3}: the behaviour history carries users whose id is weak)")
-    item_bias: bool = Field(
-        False, description="the item tower also outputs a learned score bias (a prior per item, e.g. popularity); "
-        "vectors get one more column so that the inner product still equals the training logit x temperature")
 
     @model_validator(mode="after")
     def _consistent(self) -> TwoTowerConfig:
         bad = {k: p for k, p in self.feature_dropout.items() if not 0 <= p < 1}
         if bad:
             raise ValueError(f"model.feature_dropout: probabilities must lie in [0, 1), got {bad}")
-        if self.recency_bias and self.history_pooling != "attention":
-            raise ValueError("model.recency_bias biases the attention scores: it needs history_pooling: attention")
         return self
 
 
@@ -75,43 +68,32 @@ class RetrievalConfig(StrictModel):
     positive_threshold: float = Field(0.5, description="rows whose label is >= this are positives")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="each user's latest interactions held out for test")
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="each user's latest train interactions for valid")
-    model: TwoTowerConfig = Field(default_factory=TwoTowerConfig)
-    negatives: NegativesConfig = Field(default_factory=NegativesConfig)
-    positive_repeats: Literal["keep", "first"] = Field(
-        "keep", description="first: train on each (user, item) pair's first positive only, later repeats of the pair "
-        "are dropped from the training rows (the evaluation never asks for an item the user already has)")
+    model: TwoTowerConfig = Field(default_factory=TwoTowerConfig, description="the towers' shapes")
+    negatives: NegativesConfig = Field(default_factory=NegativesConfig, description="which negatives the loss uses")
     history: Literal["point_in_time", "ordered"] = Field(
         "point_in_time", description="the user tower's behaviour sequences over item fields, for training rows and "
         "the valid/test queries: point_in_time = as prepared (events at strictly earlier times); ordered = rebuilt "
         "from the positives before the row in (time, row) order, so the earlier lines of the same basket count and "
         "a query sees every row it excludes as seen, as a request does after the online store has the basket")
-    user_balance: float = Field(
-        0.0, ge=0, le=1, description="weight each train positive by n_u^-user_balance (n_u: its user's positives): "
-                                     "0 = every positive counts the same, 1 = every user counts the same")
-    batch_size: int = Field(1024, gt=1)
-    max_epochs: int = Field(10, gt=0)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(1024, gt=1, description="positives per batch (also the in-batch negatives)")
+    max_epochs: int = Field(10, gt=0, description="upper bound on epochs of the selection run")
+    optim: RetrievalOptimConfig = Field(default_factory=RetrievalOptimConfig,
+                                        description="optimisers and learning-rate schedule of the towers")
     ema_decay: float = Field(
         0.0, ge=0, lt=1, description="> 0: validation, the refit's result and the exported towers use an "
         "exponential moving average of the weights over training steps (this decay per step, warmed up as "
         "min(decay, (1 + n) / (10 + n))); 0 = the last step's weights")
-    lr_decay: float = Field(
-        1.0, gt=0, le=1, description="the learning rate is multiplied by this after every epoch (1 = constant); "
-        "the refit trains with the same schedule for the selected number of epochs")
     patience: int = Field(2, ge=0, description="early stopping on valid recall@`select_k`")
     refit: bool = Field(True, description="after early stopping picks the epoch count, train a fresh model on "
                                           "train + valid positives for that many epochs (the baselines also fit "
                                           "on train + valid); false keeps the selected checkpoint")
-    select_k: int = Field(50, gt=0)
-    ks: list[int] = Field(default_factory=lambda: [10, 20, 50, 100])
+    select_k: int = Field(50, gt=0, description="early stopping and the best checkpoint on valid recall@select_k")
+    ks: list[int] = Field(default_factory=lambda: [10, 20, 50, 100],
+                          description="the K of the reported recall@K, ndcg@K and hit_rate@K")
     baselines: list[Literal["most_popular", "item_knn", "als", "bpr"]] = Field(
-        default_factory=lambda: ["most_popular", "item_knn", "als", "bpr"])
-    seed: int = 42
-    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
-    devices: int | Literal["auto"] = "auto"
-    strategy: Literal["auto", "ddp"] = "auto"
-    precision: Literal["auto", "32", "bf16-mixed"] = "auto"
-    num_threads: int | None = Field(None, gt=0)
-    ray_workers: int = Field(0, ge=0, description=">0 trains through Ray Train with that many workers")
+        default_factory=lambda: ["most_popular", "item_knn", "als", "bpr"],
+        description="baselines scored on the same test queries (fitted on train + valid)")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig,
+                                   description="seed, device, precision, threads and Ray Train workers")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="the MLflow run of the job")
     query_sample: int = Field(2000, gt=0, description="user vectors exported for the index recall guard")

@@ -7,8 +7,7 @@ Reads the prepared shards of every split (`recforge prepare` output: model input
 - positives: rows with label >= `positive_threshold` on corpus items (test interactions on items outside the
   corpus cannot be retrieved by any method and are dropped for every method alike);
 - per-user time split: each user's latest `test_fraction` of positives are test, the latest `valid_fraction` of
-  the rest are valid (early stopping), the remainder train; with `positive_repeats: first` a (user, item) pair
-  trains once, on its earliest row (the test and valid truth are unchanged);
+  the rest are valid (early stopping), the remainder train;
 - queries: for each user with valid (test) positives, the user-side features of the FIRST valid (test) row,
   point-in-time (history, profile as of that moment), with the truth set (all of the user's valid/test items)
   and the seen set (items before it) to exclude from the ranking;
@@ -35,7 +34,6 @@ from feature_store.spec import ITEM_KEY, LABEL, TS_KEY, USER_KEY, FeatureSpec
 from training.common.data import shard_files, table_to_tensors
 from training.common.features import SPARSE, seq_key, seq_len_key
 from training.retrieval.config import RetrievalConfig
-from training.retrieval.evaluate import latest_mask
 from training.retrieval.layout import TowerLayout, tower_layout
 
 log = logging.getLogger("recforge.retrieval")
@@ -83,12 +81,31 @@ class RetrievalData:
         return replace(self, train=train, refit_train=None, train_items=items, train_users=users,
                        item_log_q=item_log_q(items, len(self.corpus_ids)))
 
-    def example_weights(self, alpha: float) -> np.ndarray:
-        """Per train row n_u^-alpha for a user with n_u train rows, scaled to mean 1 (alpha 0: all 1; alpha 1:
-        every user weighs the same in the loss, as the per-user metrics weigh them)."""
-        n = np.bincount(self.train_users, minlength=self.n_users).astype(np.float64)[self.train_users]
-        w = n ** -alpha
-        return (w / w.mean()).astype(np.float32)
+
+def latest_mask(user: np.ndarray, ts: np.ndarray, fraction: float, min_train: int = 1) -> np.ndarray:
+    """Boolean mask of each user's chronologically latest ceil(fraction * n_u) rows.
+
+    Capped so that at least `min_train` of a user's rows stay unmasked (a user with fewer than min_train + 1
+    rows is never masked). Equal times are ordered by input position (the later row counts as later). `user`
+    holds non-negative integer codes. One lexsort and cumulative counts, no loop over users.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"latest_mask: fraction must lie in (0, 1), got {fraction}")
+    if min_train < 0:
+        raise ValueError(f"latest_mask: min_train must be >= 0, got {min_train}")
+    n = len(user)
+    position = np.arange(n, dtype=np.int64)
+    order = np.lexsort((position, ts, user))  # by user, then time, then input position
+    counts = np.bincount(user, minlength=int(user.max()) + 1 if n else 0).astype(np.int64)
+    starts = np.cumsum(counts) - counts
+    user_sorted = user[order]
+    rank = position - starts[user_sorted]  # 0 = the user's oldest interaction
+    # ceil with a small tolerance: 0.1 * 30 is 3.0000000000000004 in floating point and must give 3
+    n_test = np.ceil(fraction * counts - 1e-9).astype(np.int64)
+    n_test = np.clip(np.minimum(n_test, counts - min_train), 0, None)
+    mask = np.empty(n, dtype=bool)
+    mask[order] = rank >= (counts - n_test)[user_sorted]
+    return mask
 
 
 def item_log_q(items: np.ndarray, n_items: int) -> np.ndarray:
@@ -108,16 +125,6 @@ def _last_per_key(keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
     k = keys[order]
     last = np.flatnonzero(np.r_[k[1:] != k[:-1], True])
     return order[last]
-
-
-def first_of_pair(users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Mask of each (user, item) pair's earliest row (ties: the first row)."""
-    pair = users.astype(np.int64) * (int(items.max(initial=0)) + 1) + items
-    order = np.lexsort((np.arange(len(pair)), ts, pair))
-    p = pair[order]
-    mask = np.zeros(len(pair), dtype=bool)
-    mask[order[np.r_[True, p[1:] != p[:-1]]]] = True
-    return mask
 
 
 def prior_sequences(users: np.ndarray, items: np.ndarray, ts: np.ndarray, history: np.ndarray, rows: np.ndarray,
@@ -226,14 +233,9 @@ def load_retrieval_data(prepared: str | Path, cfg: RetrievalConfig) -> Retrieval
     train_mask = ~test_mask & ~valid_mask
     n_users, n_items = len(user_ids), len(corpus_ids)
 
-    fit_rows = ~test_mask  # what the model trains on (valid rows only in the refit)
-    if cfg.positive_repeats == "first":
-        fit = np.flatnonzero(fit_rows)
-        fit_rows[fit] = first_of_pair(users[fit], items[fit], ts[fit])
-        counts["repeat_positives_dropped"] = len(fit) - int(fit_rows.sum())
-    train_idx = np.flatnonzero(train_mask & fit_rows)
+    train_idx = np.flatnonzero(train_mask)
     train_items = items[train_idx]
-    valid_idx = np.flatnonzero(valid_mask & fit_rows)
+    valid_idx = np.flatnonzero(valid_mask)  # trained on only in the refit
     ordered = cfg.history == "ordered" and bool(towers.user_sequences)
     user_side = [s.name for s in towers.layout.sequences if s.source not in cfg.item_features]
     if ordered and user_side:  # checked before any tensor is built: the corpus holds item fields only

@@ -1,14 +1,11 @@
-"""Retrieval evaluation protocol: interactions on dense codes, the per-user time split and full-corpus scoring.
+"""Retrieval evaluation protocol: full-corpus scoring of the same held-out queries for every method.
 
-Everything works on dense integer codes: users 0..U-1 and items 0..I-1 (the caller maps raw ids to codes,
-e.g. with `np.unique(raw, return_inverse=True)`). The protocol:
-
-1. `per_user_time_split` holds out each user's chronologically latest interactions as test;
-2. `evaluate_scores` asks a score function for every item of the catalogue for each user with test items
-   (in user batches), masks the items the user saw in train, takes the top K_max and scores it with
-   `ranking_metrics` (the single implementation in `training.common.metrics`, re-exported here);
-3. `run_baselines` fits the baselines of `training.retrieval.baselines` (re-exported here) and scores them
-   the same way, so a learned model (the two-tower) and the baselines meet identical users, items and masks.
+Everything works on dense integer codes (users 0..U-1, items 0..I-1; `training.retrieval.data` maps raw ids):
+`evaluate_scores` asks a score function for every item of the catalogue for each user with test items (in user
+batches), masks the items the user saw, takes the top K_max and scores it with `ranking_metrics` (the single
+implementation in `training.common.metrics`); `run_baselines` fits the baselines of `training.retrieval.baselines`
+and scores them the same way, and `evaluate_two_tower` scores the two-tower model's vectors, so the model and the
+baselines meet identical users, items and masks.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,140 +20,12 @@ import scipy.sparse as sp
 import torch
 
 from training.common.metrics import ranking_metrics
-from training.retrieval.baselines import (
-    BASELINES,
-    ImplicitALS,
-    ImplicitBPR,
-    ItemKNN,
-    MostPopular,
-    as_csr,
-)
-
-__all__ = [
-    "BASELINES",
-    "ImplicitALS",
-    "ImplicitBPR",
-    "Interactions",
-    "ItemKNN",
-    "MostPopular",
-    "ScoreFn",
-    "evaluate_scores",
-    "per_user_time_split",
-    "ranking_metrics",
-    "run_baselines",
-    "top_k",
-]
+from training.retrieval.baselines import BASELINES, as_csr
+from training.retrieval.data import QuerySet, RetrievalData
+from training.retrieval.model import TwoTower, embed
 
 ScoreFn = Callable[[np.ndarray], "np.ndarray | torch.Tensor"]
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50, 100)
-
-
-# ---------------------------------------------------------------------------------------- interactions
-@dataclass(frozen=True)
-class Interactions:
-    """One row per (user, item, time) event, on dense codes; arrays are int64 and of equal length.
-
-    Args:
-        user: user codes in 0..n_users-1.
-        item: item codes in 0..n_items-1.
-        ts: event times (any int64 clock, e.g. unix seconds); only their order is used.
-        n_users, n_items: sizes of the code spaces (users/items without events are allowed).
-    """
-
-    user: np.ndarray
-    item: np.ndarray
-    ts: np.ndarray
-    n_users: int
-    n_items: int
-
-    def __post_init__(self) -> None:
-        n = np.shape(self.user)[0] if np.ndim(self.user) == 1 else -1
-        for name, bound in (("user", self.n_users), ("item", self.n_items), ("ts", None)):
-            arr = np.asarray(getattr(self, name))
-            if arr.ndim != 1 or arr.shape[0] != n:
-                raise ValueError(
-                    f"Interactions: '{name}' must be a 1-D array as long as 'user' ({n}), got shape {arr.shape}"
-                )
-            if not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(
-                    f"Interactions: '{name}' must hold integers, got dtype {arr.dtype}; map raw ids to dense "
-                    "codes first (np.unique(raw, return_inverse=True)) and times to int64"
-                )
-            arr = arr.astype(np.int64, copy=False)
-            if bound is not None and arr.size:
-                bad = np.flatnonzero((arr < 0) | (arr >= bound))
-                if bad.size:
-                    raise ValueError(
-                        f"Interactions: '{name}' codes must lie in 0..{bound - 1} (n_{name}s={bound}), found "
-                        f"{arr[bad[0]]} at index {bad[0]}; raise n_{name}s or re-map the ids to dense codes"
-                    )
-            object.__setattr__(self, name, arr)
-        if self.n_users < 0 or self.n_items < 0:
-            raise ValueError(f"Interactions: n_users ({self.n_users}) and n_items ({self.n_items}) must be >= 0")
-
-    def __len__(self) -> int:
-        return int(self.user.shape[0])
-
-    def subset(self, rows: np.ndarray) -> Interactions:
-        """The interactions selected by a boolean mask or an index array, same code spaces, same order."""
-        return Interactions(self.user[rows], self.item[rows], self.ts[rows], self.n_users, self.n_items)
-
-    def to_csr(self, weights: np.ndarray | None = None) -> sp.csr_matrix:
-        """The n_users x n_items float32 CSR matrix of these interactions, column indices sorted.
-
-        Without `weights` the matrix is BINARY: a (user, item) pair seen several times is stored once as 1.
-        With `weights` (one float per interaction) repeated pairs are SUMMED.
-        """
-        if weights is None:
-            data = np.ones(len(self), dtype=np.float32)
-        else:
-            data = np.asarray(weights, dtype=np.float32).reshape(-1)
-            if data.shape[0] != len(self):
-                raise ValueError(
-                    f"Interactions.to_csr: 'weights' has {data.shape[0]} values for {len(self)} interactions; "
-                    "give one weight per interaction"
-                )
-        m = sp.coo_matrix((data, (self.user, self.item)), shape=(self.n_users, self.n_items)).tocsr()
-        m.sum_duplicates()
-        if weights is None:
-            m.data[:] = 1.0
-        return m
-
-
-# ---------------------------------------------------------------------------------------- split
-def latest_mask(user: np.ndarray, ts: np.ndarray, fraction: float, min_train: int = 1) -> np.ndarray:
-    """Boolean mask of each user's chronologically latest ceil(fraction * n_u) rows.
-
-    Capped so that at least `min_train` of a user's rows stay unmasked (a user with fewer than min_train + 1
-    rows is never masked). Equal times are ordered by input position (the later row counts as later). `user`
-    holds non-negative integer codes. One lexsort and cumulative counts, no loop over users.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"per_user_time_split: test_fraction must lie in (0, 1), got {fraction}")
-    if min_train < 0:
-        raise ValueError(f"per_user_time_split: min_train must be >= 0, got {min_train}")
-    n = len(user)
-    position = np.arange(n, dtype=np.int64)
-    order = np.lexsort((position, ts, user))  # by user, then time, then input position
-    counts = np.bincount(user, minlength=int(user.max()) + 1 if n else 0).astype(np.int64)
-    starts = np.cumsum(counts) - counts
-    user_sorted = user[order]
-    rank = position - starts[user_sorted]  # 0 = the user's oldest interaction
-    # ceil with a small tolerance: 0.1 * 30 is 3.0000000000000004 in floating point and must give 3
-    n_test = np.ceil(fraction * counts - 1e-9).astype(np.int64)
-    n_test = np.clip(np.minimum(n_test, counts - min_train), 0, None)
-    mask = np.empty(n, dtype=bool)
-    mask[order] = rank >= (counts - n_test)[user_sorted]
-    return mask
-
-
-def per_user_time_split(
-    inter: Interactions, test_fraction: float = 0.2, min_train: int = 1
-) -> tuple[Interactions, Interactions]:
-    """Hold out each user's chronologically latest interactions (`latest_mask`): returns (train, test), both in
-    the input's row order."""
-    is_test = latest_mask(inter.user, inter.ts, test_fraction, min_train)
-    return inter.subset(~is_test), inter.subset(is_test)
 
 
 # ---------------------------------------------------------------------------------------- full-corpus scoring
@@ -300,3 +168,20 @@ def run_baselines(
         metrics["fit_seconds"] = model.fit_seconds
         out[name] = metrics
     return out
+
+
+def evaluate_two_tower(model: TwoTower, data: RetrievalData, queries: QuerySet, ks: list[int],
+                       device: torch.device | None = None) -> dict[str, float]:
+    """Full-corpus ranking of the queries' users with the model's vectors; seen items excluded."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    items = embed(model.item, data.corpus, device)
+    users = torch.zeros((data.n_users, items.shape[1]))
+    users[torch.from_numpy(queries.users)] = embed(model.user, queries.batch, device)
+    model.train(was_training)
+
+    def scores(codes: np.ndarray) -> torch.Tensor:
+        return users[torch.from_numpy(codes)] @ items.T
+
+    return evaluate_scores(scores, queries.seen, queries.truth, ks=ks)

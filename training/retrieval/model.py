@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.common.embedding import FusedEmbedding, _masked_mean
+from training.common.embedding import FusedEmbedding, masked_mean
 from training.common.features import DENSE, SPARSE
 from training.common.layers import MLP
 from training.retrieval.config import NegativesConfig, TwoTowerConfig
@@ -27,32 +27,24 @@ if TYPE_CHECKING:  # the model runs without scipy (data.py's sparse matrices), e
 
 
 class AttentionPooling(nn.Module):
-    """Softmax attention of a learned query over a padded sequence: (B x L x D, lengths B) -> B x D.
+    """Softmax attention of a learned query over a padded sequence: (B x L x D, lengths B) -> B x D."""
 
-    With `recency_positions` > 0 each score also gets a learned bias for how far its element stands from the most
-    recent one (sequences are most-recent-last, right-padded), so the pooling can weigh the latest behaviour more.
-    """
-
-    def __init__(self, dim: int, recency_positions: int = 0) -> None:
+    def __init__(self, dim: int) -> None:
         super().__init__()
         self.query = nn.Parameter(torch.zeros(dim))
         self.key = nn.Linear(dim, dim)
-        self.recency = nn.Parameter(torch.zeros(recency_positions)) if recency_positions else None
 
     def forward(self, seq: Tensor, lengths: Tensor) -> Tensor:
         scores = self.key(seq) @ self.query / seq.shape[-1] ** 0.5
         pos = torch.arange(seq.shape[1], device=seq.device)[None, :]
         mask = pos < lengths[:, None]
-        if self.recency is not None:
-            age = (lengths[:, None] - 1 - pos).clamp(0, len(self.recency) - 1)
-            scores = scores + self.recency[age]
         weights = torch.softmax(scores.masked_fill(~mask, -1e9), dim=1) * mask.to(seq.dtype)
         return (weights.unsqueeze(-1) * seq).sum(1)
 
 
 class TwoTower(nn.Module):
-    """User and item towers over one shared embedding; outputs are unit vectors of `cfg.output_dim` (with
-    `cfg.item_bias`, one more column: 1 for users, the item's learned bias x temperature for items)."""
+    """User and item towers over one shared embedding; outputs are unit vectors of `cfg.output_dim`, scored by
+    their inner product / `cfg.temperature` (a fixed temperature: learning it measured lower, docs/benchmarks.md)."""
 
     def __init__(self, towers: TowerLayout, cfg: TwoTowerConfig) -> None:
         super().__init__()
@@ -62,14 +54,14 @@ class TwoTower(nn.Module):
         self.embedding = FusedEmbedding(towers.layout, d, init_std=cfg.embedding_init_std)
         n_seq = len(towers.user_sequences)
         self.pools = nn.ModuleDict(
-            {s.name: AttentionPooling(d, s.max_len if cfg.recency_bias else 0) for s in towers.layout.sequences
+            {s.name: AttentionPooling(d) for s in towers.layout.sequences
              if s.name in towers.user_sequences} if cfg.history_pooling == "attention" else {})
         user_in = (len(towers.user_fields) + n_seq) * d + len(towers.user_dense)
         item_in = len(towers.item_fields) * d + len(towers.item_dense)
         self.user_mlp = MLP(user_in, cfg.tower_mlp, out_dim=cfg.output_dim, dropout=cfg.dropout)
-        self.item_mlp = MLP(item_in, cfg.tower_mlp, out_dim=cfg.output_dim + int(cfg.item_bias), dropout=cfg.dropout)
+        self.item_mlp = MLP(item_in, cfg.tower_mlp, out_dim=cfg.output_dim, dropout=cfg.dropout)
         self.log_temperature = nn.Parameter(torch.tensor(float(cfg.temperature)).log(),
-                                            requires_grad=cfg.learn_temperature)
+                                            requires_grad=False)
         self.register_buffer("_user_fields", torch.tensor(towers.user_fields, dtype=torch.long), persistent=False)
         self.register_buffer("_item_fields", torch.tensor(towers.item_fields, dtype=torch.long), persistent=False)
         self.register_buffer("_user_dense", torch.tensor(towers.user_dense, dtype=torch.long), persistent=False)
@@ -90,24 +82,17 @@ class TwoTower(nn.Module):
         parts = [pooled.index_select(1, self._user_fields).flatten(1)]
         for name in self.towers.user_sequences:
             seq, lengths = out.sequences[name]  # type: ignore[attr-defined]
-            parts.append(self.pools[name](seq, lengths) if name in self.pools else _masked_mean(seq, lengths))
+            parts.append(self.pools[name](seq, lengths) if name in self.pools else masked_mean(seq, lengths))
         if len(self.towers.user_dense):
             parts.append(batch[DENSE].index_select(1, self._user_dense))
-        user = F.normalize(self.user_mlp(torch.cat(parts, 1)), dim=-1)
-        return torch.cat([user, user.new_ones(len(user), 1)], 1) if self.cfg.item_bias else user
+        return F.normalize(self.user_mlp(torch.cat(parts, 1)), dim=-1)
 
     def _item(self, batch: dict[str, Tensor], out: object) -> Tensor:
         pooled = out.pooled  # type: ignore[attr-defined]
         parts = [pooled.index_select(1, self._item_fields).flatten(1)]
         if len(self.towers.item_dense):
             parts.append(batch[DENSE].index_select(1, self._item_dense))
-        out = self.item_mlp(torch.cat(parts, 1))
-        if not self.cfg.item_bias:
-            return F.normalize(out, dim=-1)
-        # [unit vector, temperature x bias] against the user's [unit vector, 1]: the dot product / temperature is
-        # cosine / temperature + bias, so the index's inner-product search ranks exactly as the training logits
-        o = self.cfg.output_dim
-        return torch.cat([F.normalize(out[:, :o], dim=-1), out[:, o:] * self.temperature], 1)
+        return F.normalize(self.item_mlp(torch.cat(parts, 1)), dim=-1)
 
     def _lookup(self, batch: dict[str, Tensor]) -> object:
         """The embedding lookup, with `cfg.feature_dropout` applied to the single-valued fields while training."""
@@ -146,7 +131,7 @@ def embed(fn: Any, batch: dict[str, Tensor], device: torch.device | str = "cpu",
 
 def sampled_softmax_loss(user: Tensor, item: Tensor, item_codes: Tensor, log_q: Tensor | None, temperature: Tensor,
                          extra_items: Tensor | None = None, extra_codes: Tensor | None = None,
-                         extra_log_q: Tensor | None = None, hard: int = 0, weight: Tensor | None = None) -> Tensor:
+                         extra_log_q: Tensor | None = None, hard: int = 0) -> Tensor:
     """In-batch sampled softmax: row i's positive is item i; the other in-batch items (and any extra items) are
     negatives.
 
@@ -160,7 +145,7 @@ def sampled_softmax_loss(user: Tensor, item: Tensor, item_codes: Tensor, log_q: 
             (uniform sampling: log q = log(1/I) for all; passing it keeps the correction consistent).
         hard: keep only the `hard` highest-scoring extra negatives per row (hard-negative mining; 0 = all).
     Same-item collisions (another row's positive or an extra item equal to row i's positive) are masked out.
-    Returns the mean cross-entropy (weighted by `weight`, B per-row weights, when given).
+    Returns the mean cross-entropy (in float32).
     """
     logits = user @ item.T / temperature
     if log_q is not None:
@@ -177,15 +162,7 @@ def sampled_softmax_loss(user: Tensor, item: Tensor, item_codes: Tensor, log_q: 
             extra = extra.topk(hard, dim=1).values
         logits = torch.cat([logits, extra], dim=1)
     target = torch.arange(len(user), device=user.device)
-    return weighted_cross_entropy(logits, target, weight)
-
-
-def weighted_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
-    """Mean cross-entropy in float32, each row weighted by `weight` (normalised by the batch's weight sum)."""
-    if weight is None:
-        return F.cross_entropy(logits.float(), target)
-    losses = F.cross_entropy(logits.float(), target, reduction="none")
-    return (losses * weight).sum() / weight.sum().clamp(min=1e-12)
+    return F.cross_entropy(logits.float(), target)
 
 
 def mixed_negatives(n_items: int, cfg: NegativesConfig, generator: torch.Generator) -> Tensor | None:

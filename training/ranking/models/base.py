@@ -15,11 +15,27 @@ from training.common.features import DENSE, FeatureLayout
 
 
 class ModelConfig(StrictModel):
-    """Options every model has; each model's config extends it."""
+    """`train.model_params` holds one entry per model name; only the entry of `train.model` is used, validated
+    by that model's config class (an unknown key is an error naming the model and the key). Every model has the
+    keys of this table; the tables after it list each model's own.
 
-    embedding_dim: int = Field(16, gt=0)
-    embedding_backend: Backend = "auto"
-    embedding_init_std: float = Field(0.01, gt=0)
+    ```yaml
+    train:
+      model: dcnv2
+      model_params:
+        dcnv2: {embedding_dim: 32, cross_layers: 2, low_rank: 64}
+    ```
+    """
+
+    embedding_dim: int = Field(16, gt=0, description="width of every field's embedding (sequences share their "
+                                                     "source feature's table): the main capacity and memory knob")
+    embedding_backend: Backend = Field(
+        "auto", description="fused: all tables in one `nn.Embedding`, one lookup per batch; torchrec: TorchRec's "
+                            "EmbeddingBagCollection on FBGEMM kernels (what sharded training needs); auto: fused on "
+                            "a CUDA machine, torchrec on CPU (faster there, docs/benchmarks.md), fused where "
+                            "TorchRec cannot load. Resolved once and saved with the model")
+    embedding_init_std: float = Field(0.01, gt=0, description="standard deviation of the normal initialisation "
+                                                              "of the embedding rows")
 
 
 class CTRModel(nn.Module):

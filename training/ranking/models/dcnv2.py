@@ -15,12 +15,19 @@ from training.ranking.models.base import CTRModel, ModelConfig
 
 
 class DCNv2Config(ModelConfig):
-    structure: Literal["stacked", "parallel"] = "parallel"
-    cross_layers: int = Field(3, ge=1)
-    low_rank: int | None = Field(None, gt=0)
-    mlp: list[int] = Field(default_factory=lambda: [256, 128])
-    dropout: float = Field(0.0, ge=0, lt=1)
-    batch_norm: bool = False
+    """DCN-V2 (Wang et al., 2021), the default model: a cross network (`x_(l+1) = x0 * (W x_l + b) + x_l`, explicit
+    feature crosses of growing degree) and a deep MLP over x0 = [flattened field embeddings, dense features],
+    stacked or in parallel, then a linear head."""
+
+    structure: Literal["stacked", "parallel"] = Field(
+        "parallel", description="stacked: MLP(Cross(x0)); parallel: [Cross(x0), MLP(x0)] concatenated")
+    cross_layers: int = Field(3, ge=1, description="cross layers: the highest crossing degree is this + 1")
+    low_rank: int | None = Field(None, gt=0, description="factor each cross matrix W as U V^T of this rank (fewer "
+                                                         "parameters, faster on wide inputs); null = full rank")
+    mlp: list[int] = Field(default_factory=lambda: [256, 128], description="hidden layer widths of the deep part")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer of the MLP (regularises a "
+                                                         "model that overfits the train split)")
+    batch_norm: bool = Field(False, description="batch normalisation after each hidden layer of the MLP")
 
 
 class DCNv2(CTRModel):

@@ -16,20 +16,32 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from training.common.embedding import SparseEmbedding, _masked_mean
+from training.common.embedding import SparseEmbedding, masked_mean
 from training.common.features import FeatureLayout
 from training.common.layers import MLP
 from training.ranking.models.base import CTRModel, ModelConfig
 
 
 class DINConfig(ModelConfig):
-    attention_mlp: list[int] = Field(default_factory=lambda: [64, 32])
-    attention_activation: Literal["relu", "gelu", "silu"] = "relu"
-    attention_softmax: bool = False
-    mlp: list[int] = Field(default_factory=lambda: [256, 128])
-    dropout: float = Field(0.0, ge=0, lt=1)
-    batch_norm: bool = False
-    activation: Literal["relu", "gelu", "silu"] = "relu"
+    """DIN (Zhou et al., 2018): the candidate item attends over the user's behaviour sequence, so the history
+    items that resemble the candidate count most. Needs `features.item_key` among the categorical features and a
+    `features.sequence` whose source is that item field; other sequences are mean-pooled. An MLP over
+    [flattened fields, attended and pooled sequences, dense features] gives the logit."""
+
+    attention_mlp: list[int] = Field(default_factory=lambda: [64, 32],
+                                     description="hidden widths of the activation unit that scores each history "
+                                                 "item against the candidate (from [q, k, q - k, q * k])")
+    attention_activation: Literal["relu", "gelu", "silu"] = Field(
+        "relu", description="activation of the activation unit's hidden layers")
+    attention_softmax: bool = Field(False, description="normalise the attention weights with a softmax over the "
+                                                       "history; false keeps them unnormalised, as in the paper, so "
+                                                       "the pooled vector also carries how much history matches")
+    mlp: list[int] = Field(default_factory=lambda: [256, 128],
+                           description="hidden layer widths of the final MLP; the output layer (1) is added")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer of the MLP (regularises a "
+                                                         "model that overfits the train split)")
+    batch_norm: bool = Field(False, description="batch normalisation after each hidden layer of the MLP")
+    activation: Literal["relu", "gelu", "silu"] = Field("relu", description="activation of the MLP's hidden layers")
 
 
 class ActivationUnit(nn.Module):
@@ -98,6 +110,6 @@ class DIN(CTRModel):
             if s.name in self.attended:
                 parts.append(self.attention[self.attended.index(s.name)](q, keys, lengths))
             else:
-                parts.append(_masked_mean(keys, lengths))
+                parts.append(masked_mean(keys, lengths))
         parts.append(self.dense(batch))
         return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)

@@ -20,19 +20,27 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from training.common.embedding import SparseEmbedding, TorchRecEmbedding, _masked_mean
+from training.common.embedding import SparseEmbedding, TorchRecEmbedding, masked_mean
 from training.common.features import FeatureLayout, seq_key, seq_len_key
 from training.common.layers import MLP, dot_interaction, fields_with_pooled_sequences
 from training.ranking.models.base import CTRModel, ModelConfig
 
 
 class DLRMConfig(ModelConfig):
+    """DLRM (Naumov et al., 2019): a bottom MLP maps the dense features to one embedding-wide vector, the pairwise
+    dot products of it and every field embedding are concatenated with it, and a top MLP gives the logit. With
+    `embedding_backend: torchrec` and dense features it runs TorchRec's own DLRM (the module TorchRec's planner
+    shards), whose arches have no dropout or batch norm: those two must then stay off."""
+
     bottom_mlp: list[int] = Field(default_factory=lambda: [64],
-                                  description="hidden sizes; a last layer to D is added")
+                                  description="hidden widths of the bottom (dense) MLP; a last layer to "
+                                              "`embedding_dim` is added. Unused without dense features")
     top_mlp: list[int] = Field(default_factory=lambda: [256, 128], min_length=1,
-                               description="hidden sizes; the output layer (1) is added")
-    dropout: float = Field(0.0, ge=0, lt=1)
-    batch_norm: bool = False
+                               description="hidden widths of the top MLP; the output layer (1) is added")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer of both MLPs (not with "
+                                                        "TorchRec's DLRM)")
+    batch_norm: bool = Field(False, description="batch normalisation after each hidden layer of both MLPs (not "
+                                                "with TorchRec's DLRM)")
 
 
 class DLRM(CTRModel):
@@ -89,7 +97,7 @@ class DLRM(CTRModel):
             return self.dlrm(dense_features=dense, sparse_features=kjt).squeeze(-1)
         emb = self.embedding
         pooled = [
-            _masked_mean(nn.functional.embedding(batch[seq_key(s.name)], emb.table_weight(s.source)),
+            masked_mean(nn.functional.embedding(batch[seq_key(s.name)], emb.table_weight(s.source)),
                          batch[seq_len_key(s.name)]).unsqueeze(1)
             for s in self.layout.sequences
         ]

@@ -16,15 +16,24 @@ from training.ranking.models.base import CTRModel, ModelConfig
 
 
 class FinalMLPConfig(ModelConfig):
-    mlp1: list[int] = Field(default_factory=lambda: [256, 128], min_length=1)
-    mlp2: list[int] = Field(default_factory=lambda: [256, 128], min_length=1)
-    feature_gating: bool = True
+    """FinalMLP (Mao et al., 2023): two MLP streams over x = [flattened field embeddings, dense features], each
+    behind its own feature gate (conditioned on the field embeddings), fused into the logit by a multi-head
+    bilinear interaction of their outputs. `num_heads` must divide the last widths of `mlp1` and `mlp2`."""
+
+    mlp1: list[int] = Field(default_factory=lambda: [256, 128], min_length=1,
+                            description="hidden layer widths of the first stream")
+    mlp2: list[int] = Field(default_factory=lambda: [256, 128], min_length=1,
+                            description="hidden layer widths of the second stream")
+    feature_gating: bool = Field(True, description="gate each stream's input (x * 2 sigmoid(MLP(fields))), so the "
+                                                   "two streams learn to look at different features")
     gate_mlp: list[int] = Field(default_factory=lambda: [64],
-                                description="hidden sizes of each stream's gate")
-    num_heads: int = Field(1, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    batch_norm: bool = False
-    activation: Literal["relu", "gelu", "silu"] = "relu"
+                                description="hidden widths of each stream's gate MLP")
+    num_heads: int = Field(1, ge=1, description="heads of the bilinear fusion: more heads, fewer parameters "
+                                                "((d1/h) x (d2/h) per head)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer of both streams")
+    batch_norm: bool = Field(False, description="batch normalisation after each hidden layer of both streams")
+    activation: Literal["relu", "gelu", "silu"] = Field("relu", description="activation of the streams' hidden "
+                                                                            "layers")
 
     @model_validator(mode="after")
     def _heads_divide_streams(self) -> FinalMLPConfig:

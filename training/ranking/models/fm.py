@@ -11,7 +11,8 @@ from training.ranking.models.base import CTRModel, ModelConfig
 
 
 class FMConfig(ModelConfig):
-    """FM has no options beyond the embedding ones."""
+    """Factorization machine (Rendle, 2010): the LR term plus the pairwise dot products of all field embeddings,
+    every second-order cross at linear cost. Dense features enter the LR term only."""
 
 
 class FM(CTRModel):

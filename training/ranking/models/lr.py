@@ -12,7 +12,9 @@ from training.ranking.models.base import CTRModel, ModelConfig
 
 
 class LRConfig(ModelConfig):
-    """LR has no options of its own; `embedding_dim` does not apply (the id weights are width 1)."""
+    """Logistic regression: one learned weight per id, summed over the fields (bags and sequences mean-pooled),
+    plus a linear term of the dense features: the baseline every other model should beat. `embedding_dim` does
+    not apply (the id weights are width 1)."""
 
 
 class LR(CTRModel):

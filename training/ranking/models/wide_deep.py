@@ -15,10 +15,15 @@ from training.ranking.models.base import CTRModel, ModelConfig
 
 
 class WideDeepConfig(ModelConfig):
-    mlp: list[int] = Field(default_factory=lambda: [256, 128])
-    dropout: float = Field(0.0, ge=0, lt=1)
-    batch_norm: bool = False
-    activation: Literal["relu", "gelu", "silu"] = "relu"
+    """Wide & Deep (Cheng et al., 2016): a wide linear (LR) term over ids and dense features, with its own
+    tables, plus a deep MLP over [flattened field embeddings, dense features]."""
+
+    mlp: list[int] = Field(default_factory=lambda: [256, 128],
+                           description="hidden layer widths of the deep part; the output layer (1) is added")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer of the MLP (regularises a "
+                                                         "model that overfits the train split)")
+    batch_norm: bool = Field(False, description="batch normalisation after each hidden layer of the MLP")
+    activation: Literal["relu", "gelu", "silu"] = Field("relu", description="activation of the MLP's hidden layers")
 
 
 class WideDeep(CTRModel):

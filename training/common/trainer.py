@@ -1,0 +1,88 @@
+"""The one place a Lightning `Trainer` is built, and what precision a job trains in.
+
+Both stages train in three settings: in this process (with checkpoints and an MLflow logger), inside a Ray Train
+worker (Ray's DDP strategy and environment, no logger: the driver logs), and as a plain evaluator or refit. The
+settings differ in a few arguments; everything else (no sanity validation, no model summary, the progress bar
+switch `RECFORGE_PROGRESS=0`) is decided once here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from training.common.config import RuntimeConfig
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16); elsewhere bf16 is emulated and
+    slower than fp32. Measured on such a CPU (bench_train, docs/benchmarks.md): bf16 autocast trains DCNv2 2.0x,
+    DLRM 1.3x and DeepFM 1.3x faster than fp32 at the same test AUC."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return (" avx512_bf16" in flags or " amx_bf16" in flags) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def lightning_precision(precision: str, accelerator: str, *, cpu_bf16: bool = True) -> str:
+    """A `precision` config value for Lightning: auto = bf16 autocast on CUDA and (with `cpu_bf16`) on CPUs with
+    native bf16, else fp32; "32" = "32-true"."""
+    if precision != "auto":
+        return "32-true" if precision == "32" else precision
+    on_cuda = torch.cuda.is_available() and accelerator != "cpu"
+    return "bf16-mixed" if on_cuda or (cpu_bf16 and cpu_has_native_bf16()) else "32-true"
+
+
+def progress_bar() -> bool:
+    """Lightning's progress bar, on unless `RECFORGE_PROGRESS=0` (tests, benchmarks, logs piped to files)."""
+    return os.environ.get("RECFORGE_PROGRESS", "1") != "0"
+
+
+def build_trainer(runtime: RuntimeConfig, *, precision: str, max_epochs: int, max_steps: int = -1,
+                  callbacks: list[pl.Callback] | None = None, logger: Any = False, grad_clip: float | None = None,
+                  checkpointing: bool = False, root_dir: Path | None = None, ray_worker: bool = False,
+                  validate_in_loop: bool = True) -> pl.Trainer:
+    """A Trainer for `runtime`.
+
+    `ray_worker`: inside a Ray Train worker (Ray's DDP strategy and cluster environment on the worker's own device;
+    progress stays off, the driver reports). `validate_in_loop=False` skips Lightning's validation loop (the
+    retrieval task validates by full-corpus ranking in a callback instead).
+    """
+    common: dict[str, Any] = {
+        "precision": precision, "max_epochs": max_epochs, "max_steps": max_steps, "callbacks": callbacks or [],
+        "logger": logger, "gradient_clip_val": grad_clip, "enable_checkpointing": checkpointing,
+        "num_sanity_val_steps": 0, "enable_model_summary": False, "deterministic": False,
+    }
+    if not validate_in_loop:
+        common["limit_val_batches"] = 0
+    if ray_worker:
+        from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+
+        trainer = pl.Trainer(accelerator="gpu" if runtime.use_cuda else "cpu", devices="auto",
+                             strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()],
+                             enable_progress_bar=False, **common)
+        return prepare_trainer(trainer)
+    return pl.Trainer(accelerator="gpu" if runtime.accelerator == "cuda" else runtime.accelerator,
+                      devices=runtime.devices, strategy=runtime.strategy, enable_progress_bar=progress_bar(),
+                      default_root_dir=str(root_dir) if root_dir is not None else None, **common)
+
+
+def evaluator(runtime: RuntimeConfig, precision: str) -> pl.Trainer:
+    """A one-device Trainer that only validates / tests (the driver's pass over a distributed job's best weights)."""
+    on_gpu = runtime.use_cuda
+    return pl.Trainer(accelerator="gpu" if on_gpu else "cpu", devices=1, precision=precision if on_gpu else "32-true",
+                      logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
+
+
+def seed_and_threads(runtime: RuntimeConfig) -> None:
+    """Seed every generator Lightning knows and set torch's thread count, as each process of a job starts."""
+    if runtime.num_threads:
+        torch.set_num_threads(runtime.num_threads)
+    pl.seed_everything(runtime.seed, workers=True, verbose=False)

@@ -1,0 +1,58 @@
+"""A ranking job in this process: Lightning's Trainer (accelerator auto, bf16 autocast where it pays, DDP when
+asked), the best checkpoint by the early-stopping metric and the last one for `train.resume`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+from feature_store.layout import StageLayout
+from training.common.tracking import TrackedRun
+from training.common.trainer import build_trainer, seed_and_threads
+from training.ranking.config import TrainConfig
+from training.ranking.datamodule import CTRDataModule
+from training.ranking.evaluate import Fitted, precision_of, steps_per_epoch
+from training.ranking.models import build_model
+from training.ranking.task import CTRTask
+
+
+def resuming(cfg: TrainConfig, stage: StageLayout) -> bool:
+    return cfg.resume and (stage.checkpoints / "last.ckpt").is_file()
+
+
+def fit(cfg: TrainConfig, prepared: Path, stage: StageLayout, run: TrackedRun, **_: Any) -> Fitted:
+    """Train, reload the best checkpoint, evaluate it on valid and test with the same trainer."""
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    seed_and_threads(cfg.runtime)
+    dm = CTRDataModule(prepared, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+                       seed=cfg.runtime.seed, streaming=cfg.streaming, gpu_resident=cfg.gpu_resident)
+    model = build_model(cfg.model, dm.prepare_spec(), cfg.model_params.get(cfg.model, {}))
+    per_epoch = steps_per_epoch(prepared, cfg.batch_size)
+    total = cfg.max_steps if cfg.max_steps > 0 else per_epoch * cfg.max_epochs
+    task = CTRTask(model, cfg.optim, total_steps=total, steps_per_epoch=per_epoch)
+    logger = MLFlowLogger(experiment_name=run.experiment, tracking_uri=run.tracking_uri, run_id=run.run_id,
+                          log_model=False)
+    last = stage.checkpoints / "last.ckpt"
+    checkpoint = ModelCheckpoint(dirpath=stage.checkpoints, filename="best", monitor=cfg.early_stopping.metric,
+                                 mode=cfg.early_stopping.mode, save_top_k=1, save_last=True)
+    early = EarlyStopping(monitor=cfg.early_stopping.metric, mode=cfg.early_stopping.mode,
+                          patience=cfg.early_stopping.patience)
+    precision = precision_of(cfg)
+    trainer = build_trainer(cfg.runtime, precision=precision, max_epochs=cfg.max_epochs, max_steps=cfg.max_steps,
+                            callbacks=[checkpoint, early], logger=logger, grad_clip=cfg.optim.grad_clip,
+                            checkpointing=True, root_dir=stage.root)
+    trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resuming(cfg, stage) else None)
+    best_path = checkpoint.best_model_path or str(last)
+    if best_path and Path(best_path).is_file():
+        task.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
+    valid = dict(task.last_metrics.get("valid", {}))
+    trainer.test(task, datamodule=dm, verbose=False)
+    return Fitted(model=task.model, valid=valid, test=dict(task.last_metrics.get("test", {})),
+                  predictions=task.last_predictions.get("test"), example=next(iter(dm.test_dataloader())),
+                  epochs_run=trainer.current_epoch, global_steps=trainer.global_step,
+                  device=str(trainer.strategy.root_device), precision=precision, history=task.history,
+                  best_checkpoint=best_path, global_zero=trainer.is_global_zero)
