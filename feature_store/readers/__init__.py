@@ -23,7 +23,7 @@ Reader = Callable[[Any, Path], RawData]
 
 def read_synthetic(cfg: SyntheticSource, work_dir: Path) -> RawData:
     """The built-in generator (imported here, on use)."""
-    from feature_store.synthetic import load_synthetic
+    from feature_store.readers.synthetic import load_synthetic
 
     return load_synthetic(cfg, work_dir)
 

@@ -164,7 +164,7 @@ def test_movielens_100k_end_to_end(tmp_path: Path, ray_local: object) -> None:
 
 
 def test_criteo_tsv_prepares_with_missing_fields_and_bad_lines(tmp_path: Path, ray_local: object) -> None:
-    from feature_store.synthetic import generate_criteo_schema
+    from feature_store.readers.synthetic import generate_criteo_schema
 
     t = generate_criteo_schema(3000, n_ids=500, seed=1).to_pydict()
     lines = []

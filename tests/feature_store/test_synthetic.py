@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from feature_store.config import SyntheticSource
-from feature_store.synthetic import (
+from feature_store.readers.synthetic import (
     SCHEMAS,
     generate,
     generate_criteo_schema,
