@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 CONFIG ?= configs/demo.yaml
 
-.PHONY: install demo test test-fast lint bench-prepare clean
+.PHONY: install demo test test-fast lint docs bench-prepare clean
 
 install:
 	@bash scripts/install.sh
@@ -18,6 +18,10 @@ test-fast: install
 
 lint: install
 	.venv/bin/ruff check .
+
+# docs/config.md is generated from the config models (recforge/configdoc.py); add --check to compare only.
+docs: install
+	$(PY) -m recforge.configdoc
 
 bench-prepare: install
 	$(PY) scripts/bench_prepare.py

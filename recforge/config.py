@@ -21,11 +21,16 @@ from training.retrieval.config import RetrievalConfig
 class RecForgeConfig(FeatureStoreConfig):
     """A scenario: data source, features, split, stores, training, retrieval, index, registry and serving."""
 
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
-    index: IndexConfig = Field(default_factory=IndexConfig)
-    registry: RegistryConfig = Field(default_factory=RegistryConfig)
-    serving: ServingConfig = Field(default_factory=ServingConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the CTR ranking stage (`recforge train "
+                                                                        "ctr`)")
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig,
+                                       description="the two-tower retrieval stage (`recforge train retrieval`)")
+    index: IndexConfig = Field(default_factory=IndexConfig, description="the candidate index over the item "
+                                                                        "vectors (`recforge index build`)")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig,
+                                     description="registered model names and the promotion gate")
+    serving: ServingConfig = Field(default_factory=ServingConfig,
+                                   description="the Ray Serve application of `recforge serve`")
 
     @model_validator(mode="after")
     def _ordered_history_needs_positive_sequences(self) -> RecForgeConfig:

@@ -11,35 +11,63 @@ from feature_store.config import StrictModel
 
 
 class GateConfig(StrictModel):
-    """How much worse than the champion a candidate may be and still be promoted (absolute deltas)."""
+    """How much worse than the champion a candidate may be and still be promoted, so that a retrained model that
+    lost quality never reaches traffic unnoticed.
 
-    auc_tolerance: float = Field(0.002, ge=0, description="rankers: refuse when AUC drops by more than this")
-    logloss_tolerance: float = Field(0.005, ge=0, description="rankers: refuse when logloss rises by more than this")
-    recall_tolerance: float = Field(0.005, ge=0, description="retrievers: refuse when recall@k drops by more")
+    Tolerances are absolute deltas measured on the same held-out data for both models (rankers: the scenario's
+    raw test rows through each model's own feature spec; retrievers: the prepared test queries). A model's first
+    promotion passes without comparison. `--force --reason "..."` overrides a refusal and records who and why.
+    """
+
+    auc_tolerance: float = Field(0.002, ge=0, description="rankers: refuse when the candidate's AUC is below the "
+                                                          "champion's by more than this")
+    logloss_tolerance: float = Field(0.005, ge=0, description="rankers: refuse when the candidate's logloss is "
+                                                              "above the champion's by more than this")
+    recall_tolerance: float = Field(0.005, ge=0, description="retrievers: refuse when recall@`recall_k` is below "
+                                                             "the champion's by more than this")
     recall_k: int = Field(50, gt=0, description="retrievers: the K of the gate's recall@K")
 
 
 class RegistryConfig(StrictModel):
-    """MLflow registered models of a scenario and the promotion gate. Names default to `<name>-ranker` and
-    `<name>-retriever` (the scenario's `name`)."""
+    """The model registry and its promotion gate, used by `recforge register`, `promote`, `rollback` and
+    `registry list` ([cli.md](cli.md)). The registry lives in the tracking store (`train.tracking.uri`, default
+    `<output_dir>/mlflow.db`)."""
 
-    ranker_name: str | None = None
-    retriever_name: str | None = None
-    gate: GateConfig = Field(default_factory=GateConfig)
+    ranker_name: str | None = Field(None, description="registered model name of the ranker; null = "
+                                                      "`<name>-ranker` (the scenario's `name`)")
+    retriever_name: str | None = Field(None, description="registered model name of the retriever; null = "
+                                                         "`<name>-retriever`")
+    gate: GateConfig = Field(default_factory=GateConfig, description="the promotion gate's tolerances")
 
 
 class ServingConfig(StrictModel):
-    """The Ray Serve application (`recforge serve`)."""
+    """The HTTP application of `recforge serve` on Ray Serve (endpoints and commands in
+    [cli.md](cli.md#serving)). It serves `models:/<registry name>@<alias>` of the scenario's ranker and
+    retriever.
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, gt=0, lt=65536)
-    ray_address: str | None = Field(None, description="attach to this Ray cluster; None starts a local Ray")
-    alias: str = Field("champion", description="which registry alias the app serves")
-    poll_seconds: float = Field(5.0, gt=0, description="how often the app checks the alias for a new version")
-    candidates: int = Field(200, gt=0, description="retrieval top-N handed to the ranker")
-    max_k: int = Field(100, gt=0, description="largest k a request may ask for (422 above)")
-    max_items: int = Field(1000, gt=0, description="largest item list /predict accepts (422 above)")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per ranker/retriever replica (0: CPU)")
+    A local Ray (no `ray_address`) runs Ray Serve's high-throughput mode: HAProxy as the HTTP ingress and gRPC
+    between replicas (`RAY_SERVE_ENABLE_HA_PROXY=1`, `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`, set before Ray starts
+    unless the environment already sets them). Set `RAY_SERVE_ENABLE_HA_PROXY=0` for Ray's Python proxy. A
+    cluster uses what its nodes were started with: set the same variables there. HAProxy listens on
+    `host:port`; its read-only stats page listens on all interfaces at a free port chosen at start (Ray's
+    template binds it so; the port is in the environment variable `RAY_SERVE_HAPROXY_STATS_PORT` of the serving
+    process).
+    """
+
+    host: str = Field("127.0.0.1", description="address the HTTP proxy (and, with HAProxy, each ingress replica) "
+                                               "listens on; 0.0.0.0 to accept other machines")
+    port: int = Field(8000, gt=0, lt=65536, description="HTTP port (`--port`)")
+    ray_address: str | None = Field(None, description="attach to this Ray cluster (`--ray-address`, e.g. `auto`); "
+                                                      "null starts a local Ray")
+    alias: str = Field("champion", description="the registry alias served")
+    poll_seconds: float = Field(5.0, gt=0, description="how often each model replica checks the alias; a moved "
+                                                       "alias is loaded and swapped in atomically")
+    candidates: int = Field(200, gt=0, description="retrieval top-N that the ranker scores per /recommend (at "
+                                                   "least `k`): more finds more, costs ranker time")
+    max_k: int = Field(100, gt=0, description="largest `k` of /recommend (422 above)")
+    max_items: int = Field(1000, gt=0, description="largest `item_ids` list of /predict (422 above)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per model replica (fused: per ingress replica); > 0 runs "
+                                                   "the ranker on CUDA")
     cpus_per_replica: float = Field(0.5, gt=0, description="Ray CPUs reserved per model replica (fused: per "
                                                           "ingress replica); torch uses max(1, int(this)) threads")
     topology: Literal["fused", "split"] = Field(
@@ -47,17 +75,19 @@ class ServingConfig(StrictModel):
                              "request in one process (fewest hops; the fastest on one machine); split: the ranker "
                              "and the retriever are deployments of their own that the ingress calls (scale or place "
                              "them apart, e.g. rankers on GPU nodes)")
-    ingress_replicas: int = Field(2, gt=0, description="replicas of the HTTP ingress (fused: of the whole app)")
+    ingress_replicas: int = Field(2, gt=0, description="replicas of the HTTP ingress (fused: of the whole app; "
+                                                       "one per core measured best on 2 cores)")
     ranker_replicas: int = Field(1, gt=0, description="split topology: replicas of the ranker deployment")
     retriever_replicas: int = Field(1, gt=0, description="split topology: replicas of the retriever deployment")
     ranker_batch_size: int = Field(
         1, gt=0, description="concurrent requests the ranker scores in one forward pass (@serve.batch); on CPU the "
                              "pass is compute-bound, so 1 (score each request at once) answers fastest; raise it "
                              "for GPU rankers")
-    ranker_batch_wait_ms: float = Field(1.0, ge=0, description="how long a batch waits to fill")
-    max_ongoing_requests: int = Field(64, gt=0, description="requests one model replica works on at once (Ray "
-                                                           "Serve max_ongoing_requests; the ingress takes 4x)")
-    admin_token: str | None = Field(None, description="token the admin reload endpoint requires (None: disabled)")
+    ranker_batch_wait_ms: float = Field(1.0, ge=0, description="how long a ranker batch waits to fill")
+    max_ongoing_requests: int = Field(64, gt=0, description="requests one replica works on at once (Ray Serve "
+                                                           "`max_ongoing_requests`; a split ingress takes 4x)")
+    admin_token: str | None = Field(None, description="token `POST /admin/reload` requires in `X-Admin-Token`; "
+                                                      "null disables the endpoint")
 
 
 def model_names(scenario: str, cfg: RegistryConfig) -> tuple[str, str]:
