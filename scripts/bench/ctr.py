@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -70,6 +71,8 @@ class TaskSteps:
             raise SystemExit("CTRTask.configure_optimizers() returned a schedule for the default OptimConfig; time "
                              "the optimizer without it or update scripts/bench/ctr.py")
         self.optimizer, self.feed, self.bf16, self.device_type, self.index = opt, feed, bf16, device_type, 0
+        # without a Trainer the task's `self.log` calls do nothing but warn
+        warnings.filterwarnings("ignore", message=r"You are trying to `self\.log\(\)`")
         self.task.train()
 
     def __call__(self) -> Tensor:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from scripts.bench.common import load1
-from scripts.bench.ctr import cycle
+from scripts.bench.ctr import EMB_DIM, PARAMS, cycle
 from scripts.bench.timing import sync
 from training.common.data import InMemoryBatches
 from training.common.features import DENSE, LABEL, SPARSE, FeatureLayout, bag_key, bag_len_key, seq_key, seq_len_key
@@ -137,6 +137,14 @@ def build(lib: ModuleType, kind: str, layout: FeatureLayout, *, dim: int, mlp: S
                                    **common, **({"l2_reg_cross": 0} if zero_l2 else {}))
         model.compile(torch.optim.Adam(model.parameters(), lr=lr), "binary_crossentropy")
     return model
+
+
+def counterpart(lib: ModuleType, ours: str, layout: FeatureLayout, device: str = "cpu") -> Any:
+    """Their model for our `ours` at `PARAMS` sizes, L2 terms 0 (the loss is plain BCE, like ours): for dcnv2 their
+    DCN-M without a linear part (our DCNv2 has none), for deepfm their DeepFM with its linear part (ours has its LR
+    term); seed 0. DeepCTR-Torch has no DLRM."""
+    return build(lib, "deepfm" if ours == "deepfm" else "dcn", layout, dim=EMB_DIM, mlp=PARAMS[ours]["mlp"],
+                 cross_layers=PARAMS["dcnv2"]["cross_layers"], linear=ours == "deepfm", zero_l2=True, device=device)
 
 
 def embedding_params(model: Any) -> list[torch.nn.Parameter]:

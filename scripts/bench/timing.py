@@ -3,6 +3,7 @@ compares runs that saw the same machine load."""
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -68,6 +69,13 @@ def sync(device: torch.device | None) -> None:
     """Wait for the device's queued work (CUDA runs asynchronously; a CPU needs no wait)."""
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def free(device: torch.device) -> None:
+    """Collect garbage and return the device's cached memory (between contenders)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 @dataclass

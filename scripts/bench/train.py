@@ -123,10 +123,8 @@ def run_lightning(run: Run, prep: Prepared, train: dict[str, Tensor], args: argp
 
 
 def build_peer(kind: str, prep: Prepared) -> Any:
-    """Their DCN-M without a linear part (our DCNv2 has none) or DeepFM with one, L2 terms 0 (plain BCE, as ours)."""
-    lib = peer.require("bench_train")
-    return peer.build(lib, kind, prep.layout, dim=EMB_DIM, mlp=PARAMS["deepfm" if kind == "deepfm" else "dcnv2"]["mlp"],
-                      cross_layers=PARAMS["dcnv2"]["cross_layers"], linear=kind == "deepfm", zero_l2=True)
+    """Their DCN-M (`kind` dcn) or DeepFM at our sizes (`peer.counterpart`)."""
+    return peer.counterpart(peer.require("bench_train"), {"dcn": "dcnv2"}.get(kind, kind), prep.layout)
 
 
 def run_peer(run: Run, prep: Prepared, x: dict[str, np.ndarray], y: np.ndarray, args: argparse.Namespace) -> None:

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from feature_store.config import CategoricalFeature, FeaturesConfig, NumericFeature
+from feature_store.readers.synthetic import generate_criteo_schema
 from feature_store.spec import FeatureSpec, SpecFitter
-from feature_store.synthetic import generate_criteo_schema
 from scripts.bench.common import logger
 from scripts.bench.ctr import EMB_DIM, TaskSteps, build_ours, cycle, predict
 from training.common.data import InMemoryBatches, StreamingBatches
