@@ -29,7 +29,7 @@ class RuntimeConfig(StrictModel):
         "auto", description="auto = bf16 autocast on CUDA (and, for ranking, on CPUs with native bf16), else fp32; "
                             "32 forces fp32")
     num_threads: int | None = Field(
-        None, gt=0, description="torch intra-op threads; None leaves torch's default (one per core)")
+        None, gt=0, description="torch intra-op threads; null leaves torch's default (one per core)")
     ray_workers: int = Field(
         0, ge=0, description="> 0 trains through Ray Train with that many workers (one CPU or GPU each) on the "
                              "Ray cluster of `prepare.ray_address`; 0 trains in this process")
@@ -59,7 +59,7 @@ class OptimConfig(StrictModel):
         "none", description="learning-rate decay after the warmup: cosine to 0 over the run, or exponential per "
                             "epoch (`decay_rate`)")
     decay_rate: float = Field(0.5, gt=0, le=1, description="exponential decay: the factor per epoch")
-    grad_clip: float | None = Field(10.0, gt=0, description="clip the gradient norm to this; None = no clipping")
+    grad_clip: float | None = Field(10.0, gt=0, description="clip the gradient norm to this; null = no clipping")
 
 
 class RetrievalOptimConfig(OptimConfig):
@@ -68,7 +68,7 @@ class RetrievalOptimConfig(OptimConfig):
 
     dense_lr: float = Field(3e-3, gt=0, description="learning rate of the towers' dense weights")
     embedding_lr: float = Field(3e-3, gt=0, description="learning rate of the towers' embedding tables")
-    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this; None = no clipping")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this; null = no clipping")
 
 
 class TrackingConfig(StrictModel):

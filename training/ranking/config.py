@@ -39,7 +39,7 @@ class TrainConfig(StrictModel):
     streaming: bool = Field(False, description="read the train split by Parquet row group through a shuffle buffer "
                                                "instead of loading it whole (for splits larger than memory)")
     gpu_resident: bool | None = Field(
-        None, description="keep the train split in GPU memory; None = when it needs under 40% of the free memory")
+        None, description="keep the train split in GPU memory; null = when it needs under 40% of the free memory")
     sharded: bool = Field(False, description="TorchRec planner + DistributedModelParallel over `runtime.devices` "
                                              "processes (table-wise or row-wise sharded embeddings)")
     resume: bool = Field(False, description="continue from the last checkpoint of the same output directory")
