@@ -15,8 +15,8 @@ Threads: faiss's OpenMP default (all cores) unless `--threads`. Goal, per mode: 
 recall@100 >= 0.95 reaching at least 10x the exact search's QPS. Prints a table and rewrites its own section of
 docs/benchmarks.md (between its marker comments) unless `--no-doc`.
 
-    .venv/bin/python scripts/bench_index.py                                          # 1M x 64, the documented run
-    .venv/bin/python scripts/bench_index.py --items 50000 --queries 1000 --no-doc    # quick look
+    .venv/bin/python -m scripts.bench.index                                          # 1M x 64, the documented run
+    .venv/bin/python -m scripts.bench.index --items 50000 --queries 1000 --no-doc    # quick look
 """
 
 from __future__ import annotations
@@ -24,23 +24,19 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
+from scripts.bench.common import clustered, command, load_text, logger, machine, machine_text, now, unit_rows
+from scripts.bench.doc import DOC, display, update_doc
 from training.index.faiss_index import IndexConfig, ItemIndex, build_index
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchdoc
-
-REPO = Path(__file__).resolve().parents[1]
 K = 100
 RECALL_GOAL, SPEEDUP_GOAL = 0.95, 10.0
 
@@ -58,25 +54,7 @@ class Row:
     single_n: int = 0
 
 
-def log(msg: str) -> None:
-    print(f"[bench_index {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
-
-
-def clustered(n: int, centres: np.ndarray, spread: float, rng: np.random.Generator, chunk: int = 200_000) -> np.ndarray:
-    """n unit vectors, each normalise(random centre + Gaussian noise of norm about `spread`), built in chunks."""
-    dim = centres.shape[1]
-    out = np.empty((n, dim), dtype=np.float32)
-    sigma = np.float32(spread / math.sqrt(dim))
-    for start in range(0, n, chunk):
-        m = min(chunk, n - start)
-        block = centres[rng.integers(0, len(centres), m)] + sigma * rng.standard_normal((m, dim), dtype=np.float32)
-        out[start:start + m] = unit_rows(block)
-    return out
+log = logger("bench_index")
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray, n_items: int) -> float:
@@ -123,9 +101,10 @@ def build(kind: str, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, 
     return item, item.timings["train"] + item.timings["add"]
 
 
-def machine() -> dict[str, Any]:
-    return {**benchdoc.machine(), "faiss": faiss.__version__, "numpy": np.__version__,
-            "faiss_threads": faiss.omp_get_max_threads()}
+def index_machine() -> dict[str, Any]:
+    m = machine()
+    m["versions"] = {"faiss": faiss.__version__, "numpy": np.__version__}
+    return m | {"faiss_threads": faiss.omp_get_max_threads()}
 
 
 def goals(rows: list[Row]) -> list[str]:
@@ -167,9 +146,7 @@ def render(rows: list[Row], ctx: dict[str, Any]) -> str:
         "`training.index.faiss_index.build_index` and searched through `ItemIndex.search` (faiss plus id mapping), "
         "top-100.",
         "", f"- Date: {ctx['date']}",
-        f"- Machine: {m['cpu']}, {m['cores']} cores ({m['usable']} usable), {m['ram_gib']:.1f} GiB RAM, {m['os']}; "
-        f"Python {m['python']}, faiss {m['faiss']}, numpy {m['numpy']}; faiss threads "
-        f"(omp_get_max_threads): {m['faiss_threads']}",
+        f"- Machine: {machine_text(m)}; faiss threads (omp_get_max_threads): {m['faiss_threads']}; {load_text(m)}",
         f"- Command: `{ctx['command']}`",
         f"- Data: {a.items:,} item vectors x {a.dim} dims, unit length, around {ctx['clusters']:,} random unit "
         f"centres (noise norm about {a.spread}); {a.queries:,} queries drawn the same way (perturbed centres); "
@@ -179,10 +156,6 @@ def render(rows: list[Row], ctx: dict[str, Any]) -> str:
         f"(the recall guard's own check is not counted). Recall@{K} against the exact top-{K} over all queries.",
         "", *table(rows), "", *[f"{g}  " for g in goals(rows)], ""]
     return "\n".join(lines)
-
-
-def update_doc(path: Path, section: str) -> None:
-    benchdoc.update_doc(path, "bench_index", section)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -202,7 +175,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pq", action="store_true", help="also IVF-PQ (pq_m = dim // 4, 8 bits) at each nprobe")
     p.add_argument("--single", type=int, default=1000, help="queries searched one at a time")
     p.add_argument("--single-seconds", type=float, default=20.0, help="time bound of each one-at-a-time loop")
-    p.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
+    p.add_argument("--doc", type=Path, default=DOC)
     p.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = p.parse_args(argv)
     for name in ("items", "dim", "queries", "single"):
@@ -213,6 +186,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    start = index_machine()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
@@ -245,14 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(Row("HNSW", f"M {args.hnsw_m}, efConstruction {args.ef_construction}, efSearch {ef}", secs))
         measure(variant(item, ef_search=ef), rows[-1], queries, exact, args)
 
-    ctx = {"machine": machine(), "args": args, "clusters": clusters,
-           "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-           "command": "python scripts/bench_index.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    ctx = {"machine": start, "args": args, "clusters": clusters, "date": now(),
+           "command": command("scripts.bench.index", argv)}
     section = render(rows, ctx)
     print(section)
     if not args.no_doc:
-        update_doc(args.doc, section)
-        log(f"wrote the bench_index section of {args.doc}")
+        update_doc(args.doc, "bench_index", section)
+        log(f"wrote the bench_index section of {display(args.doc)}")
     return 0
 
 
