@@ -279,17 +279,19 @@ def _run(command: str, cfg: config_mod.RecForgeConfig, kind: str | None = None) 
 def _run_registry(args: argparse.Namespace, cfg: config_mod.RecForgeConfig) -> dict[str, Any]:
     from serving import registry
 
+    settings = config_mod.registry_settings(cfg)
     if args.command == "register":
         if args.kind == "ranker":
             if args.index_dir is not None:
                 raise ConfigError("--index-dir applies to `recforge register --kind retriever` only")
-            return registry.register_ranker(cfg, args.run_id).to_dict()
-        return registry.register_retriever(cfg, args.run_id, args.index_dir).to_dict()
+            return registry.register_ranker(settings, args.run_id).to_dict()
+        return registry.register_retriever(settings, args.run_id, args.index_dir).to_dict()
     if args.command == "promote":
-        return registry.promote(cfg, args.model_name, args.version, force=args.force, reason=args.reason).to_dict()
+        return registry.promote(settings, args.model_name, args.version, force=args.force,
+                                reason=args.reason).to_dict()
     if args.command == "rollback":
-        return registry.rollback(cfg, args.model_name)
-    return registry.list_models(cfg)
+        return registry.rollback(settings, args.model_name)
+    return registry.list_models(settings)
 
 
 def _serve(args: argparse.Namespace, cfg: config_mod.RecForgeConfig | None,
@@ -308,7 +310,7 @@ def _serve(args: argparse.Namespace, cfg: config_mod.RecForgeConfig | None,
         child = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--detach"]
         log = Path(cfg.output_dir) / "serving" / f"serve-{cfg.serving.port}.log"
         return {"action": "detach", **server.start_detached(child, cfg.serving.port, cfg.serving.host, log)}
-    return {"action": "serve", **server.serve_forever(cfg)}
+    return {"action": "serve", **server.serve_forever(config_mod.app_settings(cfg))}
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 `load(path, overrides)` is the one entry point the CLI uses; unknown keys anywhere are errors that name the
 file, line and key path (see feature_store.config.load_config).
+
+The packages below `recforge` never see `RecForgeConfig`: this module hands each the part it needs
+(`feature_store_config`, `registry_settings` for serving.registry, `app_settings` for serving.app/server), so
+derived values (the tracking URI, experiment and model names) are resolved here, once.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from feature_store.config import FeatureStoreConfig, load_config
-from serving.config import RegistryConfig, ServingConfig
+from serving.config import AppSettings, RegistryConfig, ServingConfig, model_names
+from serving.registry.settings import RegistrySettings
+from training.common.tracking import default_tracking_uri
 from training.index.faiss_index import IndexConfig
 from training.ranking.config import TrainConfig
 from training.retrieval.config import RetrievalConfig
@@ -45,6 +51,69 @@ class RecForgeConfig(FeatureStoreConfig):
                                  f"retrieval.history: point_in_time")
         return self
 
+    @model_validator(mode="after")
+    def _one_tracking_store(self) -> RecForgeConfig:
+        """The registry registers both stages' runs from one MLflow store (`runs:/<id>/...` sources resolve
+        within a store), so the two stages may name different experiments but not different stores."""
+        a, b = self.train.tracking.uri, self.retrieval.tracking.uri
+        if a is not None and b is not None and a != b:
+            raise ValueError(f"train.tracking.uri ({a}) and retrieval.tracking.uri ({b}) differ: the model registry "
+                             f"reads both stages' runs from one MLflow store; set them to the same URI or leave "
+                             f"retrieval.tracking.uri unset")
+        return self
+
+    @property
+    def retrieval_tracking_uri(self) -> str | None:
+        """The retrieval stage's store: its own `tracking.uri`, else the ranking stage's (one registry store)."""
+        return self.retrieval.tracking.uri or self.train.tracking.uri
+
 
 def load(path: str | Path | None, overrides: Iterable[str] = ()) -> RecForgeConfig:
     return load_config(path, RecForgeConfig, overrides)
+
+
+def tracking_uri(cfg: RecForgeConfig) -> str:
+    """The scenario's MLflow tracking (and registry) store: `train.tracking.uri`, else `retrieval.tracking.uri`,
+    else `<output_dir>/mlflow.db`. One store holds both stages' runs: the registry's `runs:/<id>/...` sources
+    resolve within it."""
+    return cfg.train.tracking.uri or cfg.retrieval.tracking.uri or default_tracking_uri(cfg.output_dir)
+
+
+def feature_store_config(cfg: RecForgeConfig) -> FeatureStoreConfig:
+    """The feature-store sections of a scenario as a plain `FeatureStoreConfig` (the section objects are shared,
+    not copied): what a package below `recforge` may be handed without seeing the later stages' sections."""
+    return FeatureStoreConfig.model_validate({k: getattr(cfg, k) for k in FeatureStoreConfig.model_fields})
+
+
+def registry_settings(cfg: RecForgeConfig) -> RegistrySettings:
+    """The `RegistrySettings` of a scenario (serving.registry). Experiments are where the training jobs log (and
+    where `register` looks for a stage's latest run): `train.tracking.experiment` / `retrieval.tracking.experiment`,
+    each defaulting to the scenario name."""
+    ranker_model, retriever_model = model_names(cfg.name, cfg.registry)
+    return RegistrySettings(
+        name=cfg.name,
+        output_dir=Path(cfg.output_dir),
+        tracking_uri=tracking_uri(cfg),
+        ranker_experiment=cfg.train.tracking.experiment or cfg.name,
+        retriever_experiment=cfg.retrieval.tracking.experiment or cfg.name,
+        ranker_model=ranker_model,
+        retriever_model=retriever_model,
+        gate=cfg.registry.gate,
+        feature_store=feature_store_config(cfg),
+    )
+
+
+def app_settings(cfg: RecForgeConfig) -> AppSettings:
+    """The `AppSettings` of a scenario (serving.app.build_app, serving.server.start_app / serve_forever)."""
+    ranker_model, retriever_model = model_names(cfg.name, cfg.registry)
+    return AppSettings(
+        name=cfg.name,
+        output_dir=Path(cfg.output_dir),
+        serving=cfg.serving,
+        tracking_uri=tracking_uri(cfg),
+        ranker_model=ranker_model,
+        retriever_model=retriever_model,
+        features=cfg.features,
+        online_store=cfg.online_store,
+        has_retriever=bool(cfg.retrieval.user_features and cfg.retrieval.item_features),
+    )

@@ -58,12 +58,13 @@ def log(msg: str) -> None:
 def champions(cfg: Any) -> dict[str, str | None]:
     from mlflow.exceptions import MlflowException
 
-    from serving.config import model_names
+    from recforge.config import registry_settings
     from serving.registry import mlflow_client
 
-    client = mlflow_client(cfg)
+    settings = registry_settings(cfg)
+    client = mlflow_client(settings)
     out: dict[str, str | None] = {}
-    for name in model_names(cfg.name, cfg.registry):
+    for name in (settings.ranker_model, settings.retriever_model):
         try:
             out[name] = str(client.get_model_version_by_alias(name, cfg.serving.alias).version)
         except MlflowException:
@@ -75,9 +76,10 @@ def setup(cfg: Any) -> None:
     """Build and register what the scenario lacks, so both models have a champion."""
     from feature_store.config import SyntheticSource
     from recforge import pipeline
+    from recforge.config import registry_settings
     from serving import registry
-    from serving.config import model_names
 
+    settings = registry_settings(cfg)
     out = Path(cfg.output_dir)
     os.environ.setdefault("RECFORGE_PROGRESS", "0")
     if not (out / "prepared" / "spec").is_dir():
@@ -89,17 +91,17 @@ def setup(cfg: Any) -> None:
     if not (out / "online.db").is_file():
         log("materialize")
         pipeline.materialize(cfg)
-    ranker, retriever = model_names(cfg.name, cfg.registry)
+    ranker, retriever = settings.ranker_model, settings.retriever_model
     have = champions(cfg)
     if have[ranker] is None:
         log("train ctr, register, promote")
         pipeline.train_ctr(cfg)
-        registry.promote(cfg, ranker, registry.register_ranker(cfg).version)
+        registry.promote(settings, ranker, registry.register_ranker(settings).version)
     if have[retriever] is None:
         log("train retrieval, index, register, promote")
         pipeline.train_retrieval(cfg)
         pipeline.build_index(cfg)
-        registry.promote(cfg, retriever, registry.register_retriever(cfg).version)
+        registry.promote(settings, retriever, registry.register_retriever(settings).version)
 
 
 def sample_ids(cfg: Any, n: int, seed: int) -> tuple[list[Any], list[Any]]:
@@ -320,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from recforge.config import load
+    from recforge.config import app_settings, load
     from serving.server import start_app, stop_app
 
     tiny = [*TINY, f"output_dir={REPO / 'runs' / 'bench_serve'}"] if args.tiny else []
@@ -336,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"`recforge register` + `recforge promote`)")
     users, items = sample_ids(cfg, args.users, args.seed)
     log(f"starting the app ({versions})")
-    url = start_app(cfg)
+    url = start_app(app_settings(cfg))
     host, port = cfg.serving.host, int(url.rsplit(":", 1)[1])
     rows: list[dict[str, Any]] = []
     try:

@@ -1,4 +1,4 @@
-"""The recommendation HTTP API (FastAPI behind Ray Serve) and the application graph `build_app(cfg)` deploys.
+"""The recommendation HTTP API (FastAPI behind Ray Serve) and the application graph `build_app(settings)` deploys.
 
 Work per /recommend: `RetrieverModel.candidates` (the user's online features -> user tower -> index top-N, history
 excluded) -> `RankerModel.rank` (the candidates' online features -> CTR model, `@serve.batch`) -> top-k; /predict
@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from ray import serve
 from ray.exceptions import RayActorError
 
+from serving.config import AppSettings
 from serving.deployments import (
     Candidates,
     ModelSource,
@@ -350,30 +351,27 @@ def build_api(ingress: Ingress) -> FastAPI:
 
 
 # ------------------------------------------------------------------------------------------------ graph
-def api_settings(cfg: Any) -> ApiSettings:
-    """ApiSettings of a `RecForgeConfig`."""
-    f = cfg.features
+def api_settings(app: AppSettings) -> ApiSettings:
+    """The ingress's ApiSettings of an app's settings."""
+    f = app.features
     sources = {c.name: c.source_column for c in f.categorical}
     seen = tuple(s.name for s in f.sequence if sources.get(s.source) == f.item_key)
-    s = cfg.serving
+    s = app.serving
     return ApiSettings(max_k=s.max_k, max_items=s.max_items, candidates=s.candidates, admin_token=s.admin_token,
-                       user_key=f.user_key, item_key=f.item_key, seen_columns=seen,
-                       has_retriever=bool(cfg.retrieval.user_features and cfg.retrieval.item_features))
+                       user_key=f.user_key, item_key=f.item_key, seen_columns=seen, has_retriever=app.has_retriever)
 
 
-def build_app(cfg: Any) -> Any:
-    """The bound Ray Serve application of a `RecForgeConfig` (serve.run it, or use serving.server.start_app)."""
+def build_app(app: AppSettings) -> Any:
+    """The bound Ray Serve application of a scenario's `AppSettings` (serve.run it, or use
+    serving.server.start_app)."""
     from pathlib import Path
 
-    from serving.config import model_names
-    from serving.registry import tracking_uri
-
-    s = cfg.serving
-    settings = api_settings(cfg)
-    uri = tracking_uri(cfg)
-    ranker_name, retriever_name = model_names(cfg.name, cfg.registry)
+    s = app.serving
+    settings = api_settings(app)
+    uri = app.tracking_uri
+    ranker_name, retriever_name = app.ranker_model, app.retriever_model
     replica = ReplicaSettings(threads=max(1, int(s.cpus_per_replica)), device="cuda" if s.num_gpus > 0 else "cpu")
-    store = StoreSettings(cfg.online_store.model_dump(mode="json"), str(Path(cfg.output_dir) / "online.db"),
+    store = StoreSettings(app.online_store.model_dump(mode="json"), str(Path(app.output_dir) / "online.db"),
                           settings.user_key, settings.item_key, settings.seen_columns)
     ranker_args = (ModelSource("ranker", ranker_name, s.alias, uri, s.poll_seconds), replica, store,
                    RankerBatching(s.ranker_batch_size, s.ranker_batch_wait_ms / 1e3))

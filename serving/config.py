@@ -1,13 +1,19 @@
 """Typed config of the serving side: the `registry:` section (model names, promotion gate) and the `serving:`
-section (the Ray Serve application). Both are validated at the edge like every other section."""
+section (the Ray Serve application). Both are validated at the edge like every other section.
+
+`AppSettings` is what the app takes instead of the whole scenario config: `serving` sits below `recforge` in the
+import order, so the composition root (`recforge.config.app_settings`) picks the sections the app reads and
+resolves the values it derives (tracking URI, model names) once."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from feature_store.config import StrictModel
+from feature_store.config import FeaturesConfig, OnlineStoreConfig, StrictModel
 
 
 class GateConfig(StrictModel):
@@ -93,3 +99,31 @@ class ServingConfig(StrictModel):
 def model_names(scenario: str, cfg: RegistryConfig) -> tuple[str, str]:
     """(ranker, retriever) registered-model names of a scenario."""
     return cfg.ranker_name or f"{scenario}-ranker", cfg.retriever_name or f"{scenario}-retriever"
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """What the recommendation app (serving.app.build_app, serving.server) needs of a scenario.
+
+    Attributes:
+        name: the scenario's name (recorded in a detached server's state file).
+        output_dir: the scenario's output directory (the default SQLite online store is `online.db` there).
+        serving: the `serving:` section.
+        tracking_uri: the MLflow store whose registry aliases the app serves.
+        ranker_model: the registered-model name of the scenario's rankers.
+        retriever_model: the registered-model name of the scenario's retrievers.
+        features: the `features:` section (user and item keys, which sequences hold seen items).
+        online_store: the `online_store:` section.
+        has_retriever: whether the scenario has a retrieval model (both towers configured); without one the app
+            answers /predict only.
+    """
+
+    name: str
+    output_dir: Path
+    serving: ServingConfig
+    tracking_uri: str
+    ranker_model: str
+    retriever_model: str
+    features: FeaturesConfig
+    online_store: OnlineStoreConfig
+    has_retriever: bool

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from recforge.config import RecForgeConfig
+    from serving.config import AppSettings
 
 HEALTH_TIMEOUT_S = 300.0
 
@@ -68,13 +68,13 @@ def wait_healthy(url: str, timeout: float = HEALTH_TIMEOUT_S, alive: Any = None)
                      f"check that the models are registered with the served alias (`recforge registry list`)")
 
 
-def start_app(cfg: RecForgeConfig, *, port: int | None = None, ray_address: str | None = None,
+def start_app(settings: AppSettings, *, port: int | None = None, ray_address: str | None = None,
               wait: bool = True, timeout: float = HEALTH_TIMEOUT_S) -> str:
-    """Deploy the app of `cfg` on a local Ray (or the cluster at `ray_address`) and return its URL; with `wait`,
-    only after /healthz answers 200 (every model loaded)."""
+    """Deploy the app of a scenario (`settings`: recforge.config.app_settings) on a local Ray (or the cluster at
+    `ray_address`) and return its URL; with `wait`, only after /healthz answers 200 (every model loaded)."""
     from feature_store.raycluster import ensure_ray
 
-    s = cfg.serving
+    s = settings.serving
     port = port or s.port
     url = app_url(s.host, port)
     code, _ = health(url, timeout=2.0)
@@ -87,7 +87,7 @@ def start_app(cfg: RecForgeConfig, *, port: int | None = None, ray_address: str 
     from serving.app import APP_NAME, build_app
 
     serve.start(http_options={"host": s.host, "port": port})
-    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     if wait:
         wait_healthy(url, timeout)
     return url
@@ -127,12 +127,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def serve_forever(cfg: RecForgeConfig, *, port: int | None = None, ray_address: str | None = None) -> dict[str, Any]:
+def serve_forever(settings: AppSettings, *, port: int | None = None,
+                  ray_address: str | None = None) -> dict[str, Any]:
     """`recforge serve`: start the app, then block until Ctrl-C or SIGTERM; stops Serve on the way out."""
-    port = port or cfg.serving.port
-    url = start_app(cfg, port=port, ray_address=ray_address)
+    port = port or settings.serving.port
+    url = start_app(settings, port=port, ray_address=ray_address)
     state = state_path(port)
-    state.write_text(json.dumps({"pid": os.getpid(), "url": url, "config": cfg.name, "started_at": time.time()}))
+    state.write_text(json.dumps({"pid": os.getpid(), "url": url, "config": settings.name,
+                                 "started_at": time.time()}))
     print(f"recforge serve: {url} (docs {url}/docs); Ctrl-C stops it", flush=True)
 
     def _term(signum: int, frame: Any) -> None:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pytest
 
 from feature_store.raycluster import free_port
-from recforge.config import RecForgeConfig, load
+from recforge.config import RecForgeConfig, app_settings, load
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -32,8 +32,8 @@ SMALL = [
     "source.n_users=400", "source.n_items=150", "source.n_impressions=20000", "source.n_categories=6",
     "source.days=10", "prepare.batch_rows=10000",
     "features.categorical.0.min_freq=5", "features.categorical.1.min_freq=5",
-    "train.batch_size=512", "train.max_epochs=1", "train.num_threads=1",
-    "retrieval.max_epochs=1", "retrieval.batch_size=256", "retrieval.num_threads=1", "retrieval.baselines=[]",
+    "train.batch_size=512", "train.max_epochs=1", "train.runtime.num_threads=1",
+    "retrieval.max_epochs=1", "retrieval.batch_size=256", "retrieval.runtime.num_threads=1", "retrieval.baselines=[]",
     "retrieval.query_sample=50", "retrieval.refit=false",
     "serving.poll_seconds=0.5", "serving.candidates=40", "serving.max_items=50", "serving.admin_token=s3cret",
 ]
@@ -53,7 +53,7 @@ class Scenario:
 def client(cfg: RecForgeConfig) -> Any:
     import mlflow
 
-    from serving.registry import tracking_uri
+    from recforge.config import tracking_uri
 
     uri = tracking_uri(cfg)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -127,7 +127,7 @@ def start(scenario: Scenario, *overrides: str) -> tuple[RecForgeConfig, str]:
                [*SMALL, f"output_dir={scenario.cfg.output_dir}", f"serving.port={free_port()}", *overrides])
     for name, versions in scenario.versions.items():
         set_alias(cfg, name, next(iter(versions.values())))
-    return cfg, start_app(cfg, timeout=240)
+    return cfg, start_app(app_settings(cfg), timeout=240)
 
 
 @pytest.fixture(scope="module")

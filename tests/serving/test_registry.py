@@ -22,7 +22,7 @@ import yaml
 from feature_store.prepare import prepare
 from recforge import pipeline
 from recforge.cli import main
-from recforge.config import RecForgeConfig, load
+from recforge.config import RecForgeConfig, load, registry_settings
 from serving import registry
 from serving.registry import RegistryError
 from tests.conftest import ROOT
@@ -31,8 +31,8 @@ pytestmark = pytest.mark.slow
 
 SMALL = ["source.n_users=500", "source.n_items=150", "source.n_impressions=20000", "source.n_categories=6",
          "source.days=10", "features.categorical.0.min_freq=1", "features.categorical.1.min_freq=1",
-         "prepare.batch_rows=10000", "train.batch_size=512", "train.num_threads=2",
-         "train.early_stopping.patience=10", "retrieval.batch_size=256", "retrieval.num_threads=2",
+         "prepare.batch_rows=10000", "train.batch_size=512", "train.runtime.num_threads=2",
+         "train.early_stopping.patience=10", "retrieval.batch_size=256", "retrieval.runtime.num_threads=2",
          "retrieval.refit=false", "retrieval.baselines=[most_popular]", "retrieval.query_sample=100",
          "index.type=flat"]
 RANKER, RETRIEVER = "demo-ranker", "demo-retriever"
@@ -64,15 +64,15 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, ray_local: object) -> Ite
                                                                          "train.max_epochs=2"]))
         path = out / "scenario.yaml"
         path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        yield {"cfg": cfg, "path": str(path), "bad": bad, "good": good}
+        yield {"cfg": cfg, "settings": registry_settings(cfg), "path": str(path), "bad": bad, "good": good}
 
 
 @pytest.fixture(scope="module")
 def story(scenario: dict[str, Any]) -> dict[str, Any]:
     """The ranker's life in the registry, step by step, with the aliases after each step."""
-    cfg, path = scenario["cfg"], scenario["path"]
+    settings, path = scenario["settings"], scenario["path"]
     bad_run, good_run = scenario["bad"]["mlflow"]["run_id"], scenario["good"]["mlflow"]["run_id"]
-    client = registry.mlflow_client(cfg)
+    client = registry.mlflow_client(settings)
     s: dict[str, Any] = {}
 
     def aliases() -> dict[str, int]:
@@ -81,19 +81,19 @@ def story(scenario: dict[str, Any]) -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RECFORGE_PROGRESS", "0")
         mp.setenv("RECFORGE_USER", "ci-reviewer")
-        s["v1"] = registry.register_ranker(cfg, run_id=bad_run)
+        s["v1"] = registry.register_ranker(settings, run_id=bad_run)
         s["aliases_registered"] = aliases()
-        s["first"] = registry.promote(cfg, RANKER, 1)
+        s["first"] = registry.promote(settings, RANKER, 1)
         s["aliases_first"] = aliases()
         s["rollback_none"] = cli("rollback", "--config", path, "--model", RANKER)
-        s["v2"] = registry.register_ranker(cfg)  # the latest finished run: the good one
-        s["better"] = registry.promote(cfg, RANKER, 2)
+        s["v2"] = registry.register_ranker(settings)  # the latest finished run: the good one
+        s["better"] = registry.promote(settings, RANKER, 2)
         s["aliases_better"] = aliases()
-        s["v3"] = registry.register_ranker(cfg, run_id=bad_run)
+        s["v3"] = registry.register_ranker(settings, run_id=bad_run)
         s["refused_cli"] = cli("promote", "--config", path, "--model", RANKER, "--version", "3")
         s["aliases_refused"] = aliases()
         s["force_no_reason"] = cli("promote", "--config", path, "--model", RANKER, "--version", "3", "--force")
-        s["forced"] = registry.promote(cfg, RANKER, 3, force=True, reason="campaign hotfix, checked by hand",
+        s["forced"] = registry.promote(settings, RANKER, 3, force=True, reason="campaign hotfix, checked by hand",
                                        user="alice")
         s["aliases_forced"] = aliases()
         s["rollback"] = cli("rollback", "--config", path, "--model", RANKER, "--json")
@@ -190,7 +190,7 @@ def test_every_attempt_writes_a_review_with_both_metrics_deltas_lineage_and_deci
     assert [p.name.split("-")[2] for p in reviews].count("v3") == 2 and len(reviews) == 4
     summary = json.loads(Path(forced.review["json"]).read_text())
     assert summary["decision"] == "forced" and summary["champion"]["version"] == 2
-    client = registry.mlflow_client(scenario["cfg"])
+    client = registry.mlflow_client(scenario["settings"])
     uri = story["versions"][3].tags["recforge.review.uri"]
     assert uri == forced.review["artifact_uri"] and uri.startswith(f"runs:/{story['bad_run']}/reviews/")
     folder = uri.split("/", 2)[2].rsplit("/", 1)[0]  # reviews/<timestamp>
@@ -221,7 +221,7 @@ def test_registry_list_shows_versions_aliases_metrics_and_decisions(story: dict[
 
 def test_promote_names_the_missing_version(scenario: dict[str, Any], story: dict[str, Any]) -> None:
     with pytest.raises(RegistryError, match=r"has no version 99 \(versions: 1, 2, 3"):
-        registry.promote(scenario["cfg"], RANKER, 99)
+        registry.promote(scenario["settings"], RANKER, 99)
 
 
 def test_gate_scores_a_ranker_with_another_vocabulary_through_its_own_spec(scenario: dict[str, Any],
@@ -229,15 +229,15 @@ def test_gate_scores_a_ranker_with_another_vocabulary_through_its_own_spec(scena
                                                                            tmp_path: Path) -> None:
     """A candidate prepared with other vocabularies (rare ids pooled into OOV) is scored on the scenario's raw
     test rows through its own spec: its gate AUC is the test AUC of its own run."""
-    cfg: RecForgeConfig = scenario["cfg"]
+    settings = scenario["settings"]
     other = load(ROOT / "configs" / "demo.yaml", [*SMALL, f"output_dir={tmp_path}", "train.model=lr",
                                                   "train.max_epochs=1", "features.categorical.0.min_freq=40",
                                                   "features.categorical.1.min_freq=150",
-                                                  f"train.tracking.uri={registry.tracking_uri(cfg)}"])
+                                                  f"train.tracking.uri={settings.tracking_uri}"])
     prepare(other)
     trained = pipeline.train_ctr(other)
-    version = registry.register_ranker(cfg, run_id=trained["mlflow"]["run_id"])
-    result = registry.promote(cfg, RANKER, version.version, user="carol")
+    version = registry.register_ranker(settings, run_id=trained["mlflow"]["run_id"])
+    result = registry.promote(settings, RANKER, version.version, user="carol")
     champion = story["aliases_rollback"]["champion"]
     assert result.champion_before == champion
     their_spec = trained["lineage"]["recforge.spec_fingerprint"]
@@ -255,20 +255,22 @@ def retrieval_runs(scenario: dict[str, Any], story: dict[str, Any]) -> dict[str,
     """A two-tower run with its index, then a second run (another seed) that barely moved from its random start,
     registered first against the stale index, then with its own."""
     cfg: RecForgeConfig = scenario["cfg"]
+    settings = scenario["settings"]
     os.environ["RECFORGE_PROGRESS"] = "0"
     first = pipeline.train_retrieval(load(scenario["path"], ["retrieval.max_epochs=3"]))
     index = pipeline.build_index(cfg)
     old_index = Path(cfg.output_dir) / "first_index"
     shutil.copytree(index["path"], old_index)
-    v1 = registry.register_retriever(cfg)
-    promoted = registry.promote(cfg, RETRIEVER, 1, user="bob")
-    weak = pipeline.train_retrieval(load(scenario["path"], ["retrieval.max_epochs=1", "retrieval.lr=1e-7",
-                                                            "retrieval.seed=7"]))
+    v1 = registry.register_retriever(settings)
+    promoted = registry.promote(settings, RETRIEVER, 1, user="bob")
+    weak = pipeline.train_retrieval(load(scenario["path"], ["retrieval.max_epochs=1", "retrieval.optim.dense_lr=1e-7",
+                                                            "retrieval.optim.embedding_lr=1e-7",
+                                                            "retrieval.runtime.seed=7"]))
     with pytest.raises(RegistryError) as stale:
-        registry.register_retriever(cfg, index_dir=old_index)  # an index of the first run's vectors
+        registry.register_retriever(settings, index_dir=old_index)  # an index of the first run's vectors
     pipeline.build_index(cfg)
-    v2 = registry.register_retriever(cfg)
-    refused = registry.promote(cfg, RETRIEVER, 2, user="bob")
+    v2 = registry.register_retriever(settings)
+    refused = registry.promote(settings, RETRIEVER, 2, user="bob")
     return {"first": first, "weak": weak, "index": index, "v1": v1, "v2": v2, "promoted": promoted,
             "refused": refused, "stale": str(stale.value)}
 
@@ -278,16 +280,16 @@ def test_retriever_is_registered_with_its_index_logged_into_the_bundle(retrieval
     from training.retrieval.bundle import load_retriever
 
     r = retrieval_runs
-    assert r["v1"].source == f"runs:/{r['first']['mlflow_run_id']}/retrieval_bundle"
-    assert r["v2"].run_id == r["weak"]["mlflow_run_id"]
+    assert r["v1"].source == f"runs:/{r['first']['mlflow']['run_id']}/retrieval_bundle"
+    assert r["v2"].run_id == r["weak"]["mlflow"]["run_id"]
     assert "find themselves in this index" in r["stale"]
-    client = registry.mlflow_client(scenario["cfg"])
-    local = client.download_artifacts(r["first"]["mlflow_run_id"], "retrieval_bundle",
+    client = registry.mlflow_client(scenario["settings"])
+    local = client.download_artifacts(r["first"]["mlflow"]["run_id"], "retrieval_bundle",
                                       str(Path(scenario["cfg"].output_dir) / "dl"))
     retriever = load_retriever(local)
     assert retriever.index is not None and retriever.index_recall == r["index"]["recall"]
     # a new training run writes its bundle whole (no index of an earlier run survives); registration adds its own
-    weak_index = client.download_artifacts(r["weak"]["mlflow_run_id"], "retrieval_bundle/index/index.json",
+    weak_index = client.download_artifacts(r["weak"]["mlflow"]["run_id"], "retrieval_bundle/index/index.json",
                                            str(Path(scenario["cfg"].output_dir) / "dl_weak"))
     rebuilt = Path(scenario["cfg"].output_dir) / "retrieval" / "bundle" / "index" / "index.json"
     assert json.loads(Path(weak_index).read_text()) == json.loads(rebuilt.read_text())
