@@ -17,7 +17,7 @@ from recforge.config import RecForgeConfig, app_settings, registry_settings
 def generate(cfg: RecForgeConfig) -> dict[str, Any]:
     """Write the synthetic data set of `cfg.source` under <output_dir>/raw (cached by config)."""
     from feature_store.prepare import layout
-    from feature_store.synthetic import load_synthetic
+    from feature_store.readers.synthetic import load_synthetic
 
     if not isinstance(cfg.source, SyntheticSource):
         raise ConfigError(f"source.type: `recforge generate` needs type 'synthetic', the config has "
