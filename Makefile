@@ -24,7 +24,7 @@ docs: install
 	$(PY) -m recforge.configdoc
 
 bench-prepare: install
-	$(PY) scripts/bench_prepare.py
+	$(PY) -m scripts.bench.prepare
 
 clean:
 	rm -rf runs .pytest_cache
