@@ -94,9 +94,9 @@ def build_scenario(root: Path) -> Scenario:
     prepare(cfg)
     materialize_job(cfg)
     doc = cfg.model_dump(mode="json")
-    runs = {m: train_ctr(out, cfg.name, cfg.train.model_copy(update={"model": m}), config_doc=doc)["mlflow"]["run_id"]
+    runs = {m: train_ctr(out, cfg.name, cfg.train.model_copy(update={"model": m}), config_doc=doc).mlflow["run_id"]
             for m in ("dcnv2", "lr")}
-    retriever_run = train_retrieval(out, cfg.name, cfg.retrieval, config_doc=doc)["mlflow_run_id"]
+    retriever_run = train_retrieval(out, cfg.name, cfg.retrieval, config_doc=doc).mlflow["run_id"]
     ranker_name, retriever_name = model_names(cfg.name, cfg.registry)
     broken = out / "broken_ranker"
     import shutil
