@@ -10,11 +10,11 @@ Reported per run: requests, requests/s, latency p50/p95/p99 (client-measured, ms
 connection), and where the time goes: the app's own per-stage timings (its `Server-Timing` header: feature lookup,
 retrieval, ranking; mean ms) and the rest (client-measured latency minus the ingress's total: HTTP proxy, the
 hop to the ingress replica, JSON and the client), and the CPU time the Serve processes spent per request. A
-no-work endpoint on the same Serve proxy is measured alongside as the reference. Goal: p99 <= 50 ms at
-concurrency 8.
+no-work endpoint on the same Serve proxy is measured alongside as the reference (`scripts.bench.serve_load`).
+Goal: p99 <= 50 ms at concurrency 8.
 
-    .venv/bin/python scripts/bench_serve.py --setup                      # the demo scenario, 60 s per run
-    .venv/bin/python scripts/bench_serve.py --tiny --seconds 5 --no-doc  # quick look on a tiny scenario
+    .venv/bin/python -m scripts.bench.serve --setup                      # the demo scenario, 60 s per run
+    .venv/bin/python -m scripts.bench.serve --tiny --seconds 5 --no-doc  # quick look on a tiny scenario
 
 `--setup` runs whatever the scenario lacks (generate/prepare/materialize, train ctr + retrieval, index, register
 and promote both models); without it the scenario's models must already be champions. Rewrites its own section
@@ -24,34 +24,25 @@ of docs/benchmarks.md (between its marker comments) unless `--no-doc`.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import logging
 import os
-import sys
-import threading
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchdoc
+from scripts.bench.common import REPO, command, load_text, logger, machine, now
+from scripts.bench.doc import emit
+from scripts.bench.serve_load import FLOOR_PATH, STAGES, bodies_for, deploy_floor, load_run
 
-REPO = Path(__file__).resolve().parents[1]
 NAME = "bench_serve"
 GOAL_P99_MS, GOAL_CONCURRENCY = 50.0, 8
-STAGES = ("features", "retrieval", "ranking", "calls", "total")
 TINY = ["source.n_users=2000", "source.n_items=1000", "source.n_impressions=100000", "source.days=10",
         "features.categorical.0.min_freq=5", "features.categorical.1.min_freq=5", "train.max_epochs=1",
         "retrieval.max_epochs=1", "retrieval.baselines=[]", "retrieval.refit=false", "retrieval.query_sample=200"]
-
-
-def log(msg: str) -> None:
-    print(f"[bench_serve] {msg}", file=sys.stderr, flush=True)
+log = logger(NAME)
 
 
 # ------------------------------------------------------------------------------------------------ scenario
@@ -123,131 +114,6 @@ def sample_ids(cfg: Any, n: int, seed: int) -> tuple[list[Any], list[Any]]:
 
 
 # ------------------------------------------------------------------------------------------------ load
-FLOOR_PATH = "/floor/noop"
-
-
-def deploy_floor() -> None:
-    """The reference: a FastAPI ingress on the same Serve proxy that answers without any work (`FLOOR_PATH`),
-    so the table shows what Ray Serve itself costs on this machine next to the app's figures."""
-    from fastapi import FastAPI
-    from ray import serve
-
-    api = FastAPI()
-
-    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)  # as the app's ingress
-    @serve.ingress(api)
-    class Floor:
-        @api.post("/noop")
-        async def noop(self) -> dict[str, bool]:  # the body is not even parsed: the floor
-            return {"ok": True}
-
-    serve.run(Floor.bind(), name="floor", route_prefix="/floor", blocking=False)
-
-
-def serve_processes() -> list[Any]:
-    """This process's Ray Serve proxy (the Python proxy actor, or HAProxy and its manager) and replica processes
-    (Ray started here, so they are descendants)."""
-    import psutil
-
-    out = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            title = (p.cmdline() or [""])[0]
-        except psutil.Error:
-            continue
-        if title.startswith(("ray::ServeReplica", "ray::ProxyActor", "ray::HAProxyManager")) or \
-                os.path.basename(title) == "haproxy":
-            out.append(p)
-    return out
-
-
-def cpu_seconds(procs: list[Any]) -> float:
-    import psutil
-
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def parse_server_timing(header: str | None) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for part in (header or "").split(","):
-        name, _, dur = part.strip().partition(";dur=")
-        if dur:
-            out[name] = float(dur)
-    return out
-
-
-def load_run(host: str, port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
-    """`concurrency` threads sending `bodies` round robin for `seconds`; latencies and server stage timings."""
-    import psutil
-
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    stages: list[list[dict[str, float]]] = [[] for _ in range(concurrency)]
-    errors = [0] * concurrency
-    start = threading.Barrier(concurrency + 1)
-    deadline = [0.0]
-
-    def worker(w: int) -> None:
-        conn = http.client.HTTPConnection(host, port, timeout=60)
-        i = w
-        start.wait()
-        while time.perf_counter() < deadline[0]:
-            body = bodies[i % len(bodies)]
-            i += concurrency
-            t0 = time.perf_counter()
-            try:
-                conn.request("POST", path, body, {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                resp.read()
-            except (OSError, http.client.HTTPException):
-                errors[w] += 1
-                conn.close()
-                conn = http.client.HTTPConnection(host, port, timeout=60)
-                continue
-            if resp.status != 200:
-                errors[w] += 1
-                continue
-            latencies[w].append((time.perf_counter() - t0) * 1e3)
-            stages[w].append(parse_server_timing(resp.getheader("Server-Timing")))
-        conn.close()
-
-    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(concurrency)]
-    for t in threads:
-        t.start()
-    procs = serve_processes()
-    me = psutil.Process()
-    cpu0, client0 = cpu_seconds(procs), cpu_seconds([me])
-    deadline[0] = time.perf_counter() + seconds
-    t0 = time.perf_counter()
-    start.wait()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    cpu, client = cpu_seconds(procs) - cpu0, cpu_seconds([me]) - client0
-    lat = np.array([x for w in latencies for x in w])
-    st = [s for w in stages for s in w]
-    mean = {k: float(np.mean([s.get(k, 0.0) for s in st])) if st else float("nan") for k in STAGES}
-    mean["proxy_client"] = float(lat.mean() - mean["total"]) if len(lat) else float("nan")
-    pct = np.percentile(lat, [50, 95, 99]) if len(lat) else [float("nan")] * 3
-    return {"path": path, "concurrency": concurrency, "requests": len(lat), "errors": int(sum(errors)),
-            "rps": len(lat) / wall, "p50": float(pct[0]), "p95": float(pct[1]), "p99": float(pct[2]),
-            "mean": float(lat.mean()) if len(lat) else float("nan"), "stages": mean,
-            "serve_cpu_ms": cpu / max(len(lat), 1) * 1e3, "client_cpu_ms": client / max(len(lat), 1) * 1e3}
-
-
-def bodies_for(endpoint: str, users: list[Any], items: list[Any], k: int, n_items: int, seed: int) -> list[bytes]:
-    rng = np.random.default_rng(seed)
-    if endpoint == "recommend":
-        return [json.dumps({"user_id": u, "k": k}).encode() for u in users]
-    pick = np.asarray(items, dtype=object)
-    return [json.dumps({"user_id": u, "item_ids": rng.choice(pick, size=n_items, replace=False).tolist()}).encode()
-            for u in users]
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -268,7 +134,7 @@ def render(rows: list[dict[str, Any]], ctx: dict[str, Any]) -> str:
     m = ctx["machine"]
     out = ["## Serving (bench_serve.py)", "",
            f"`{ctx['command']}` on {ctx['date']}: {m['cpu']}, {m['usable']} usable of {m['cores']} cores, "
-           f"{m['ram_gib']:.0f} GiB, {m['os']}, Python {m['python']}; Ray {ctx['ray']}.", "",
+           f"{m['ram_gib']:.0f} GiB, {m['os']}, Python {m['python']}; Ray {ctx['ray']}; {load_text(m)}.", "",
            f"Scenario `{ctx['scenario']}`: {ctx['models']}; {ctx['candidates']} retrieval candidates ranked per "
            f"/recommend (k={ctx['k']}), {ctx['predict_items']} items per /predict; {ctx['users']} distinct known "
            f"users. App and load generator on the same machine, HTTP keep-alive on 127.0.0.1, {ctx['seconds']:.0f} s "
@@ -306,7 +172,7 @@ def render(rows: list[dict[str, Any]], ctx: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     ap.add_argument("--tiny", action="store_true", help="a small scenario under runs/bench_serve (implies --setup)")
     ap.add_argument("--setup", action="store_true", help="build, register and promote what the scenario lacks")
@@ -322,10 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    start = machine()
     from recforge.config import app_settings, load
     from serving.server import start_app, stop_app
 
-    tiny = [*TINY, f"output_dir={REPO / 'runs' / 'bench_serve'}"] if args.tiny else []
+    tiny = [*TINY, f"output_dir={REPO / 'runs' / NAME}"] if args.tiny else []
     overrides = [*tiny, *args.overrides]
     if args.port:
         overrides.append(f"serving.port={args.port}")
@@ -356,15 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_app()
     import ray
 
-    argv_shown = list(argv) if argv is not None else sys.argv[1:]
-    ctx = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": benchdoc.machine(),
-           "command": " ".join(["python scripts/bench_serve.py", *argv_shown]), "ray": ray.__version__,
+    ctx = {"date": now(), "machine": start, "command": command("scripts.bench.serve", argv), "ray": ray.__version__,
            "scenario": cfg.name, "models": ", ".join(f"{n} v{v}" for n, v in versions.items()),
            "candidates": cfg.serving.candidates, "k": args.k, "predict_items": args.predict_items,
            "users": len(set(users)), "seconds": args.seconds, "warmup": args.warmup,
            "replicas": replicas_text(cfg.serving), "proxy": proxy_text()}
-    section = render(rows, ctx)
-    benchdoc.emit(NAME, section, write=not args.no_doc)
+    emit(NAME, render(rows, ctx), write=not args.no_doc)
     return 0
 
 
