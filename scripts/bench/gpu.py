@@ -16,9 +16,7 @@ and seeded; none of the data preparation is timed.
   (matrix) and DeepFM with the same sizes: their own `model.fit` (DataLoader over the rows, fp32) and their
   model's step on GPU-resident batches.
 - `--compile`: DCNv2 resident bf16 with and without torch.compile (compile time reported apart).
-- Quality: DCNv2 trained one epoch on `--auc-rows` rows (90/10 split) on the GPU in bf16 and on the CPU in fp32
-  from the same initial weights and batch order, then scored on the test split (AUC, logloss).
-- Search and two-tower: see `scripts.bench.gpu_search`.
+- Quality (DCNv2 one epoch, GPU bf16 against CPU fp32), search and two-tower: see `scripts.bench.gpu_parts`.
 
 Prints JSON (stdout) and, on a CUDA device unless `--no-doc`, rewrites the GPU section of docs/benchmarks.md with
 the device name. A CPU run never writes the doc. `--smoke` runs every part at tiny sizes on the CPU (< 1 minute).
@@ -38,46 +36,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from feature_store.readers.synthetic import generate_criteo_schema
 from scripts.bench import peer
 from scripts.bench.common import command, logger, machine, now, version
-from scripts.bench.ctr import Batch, TaskSteps, build_ours, cycle, predict
+from scripts.bench.ctr import Batch, TaskSteps, build_ours, cycle
 from scripts.bench.doc import DOC, display, update_doc
+from scripts.bench.gpu_parts import bench_quality, bench_search, bench_two_tower, criteo_layout, criteo_tensors
 from scripts.bench.gpu_report import SECTION_TITLE, render
-from scripts.bench.gpu_search import bench_search, bench_two_tower
-from scripts.bench.timing import free, sync, time_steps
+from scripts.bench.timing import free, time_steps
 from training.common.data import InMemoryBatches
-from training.common.features import DENSE, LABEL, SPARSE, FeatureLayout, Field
-from training.common.metrics import auc, logloss
+from training.common.features import LABEL, FeatureLayout
 from training.index.faiss_index import IndexConfig
 
-N_DENSE, N_SPARSE = 13, 26
 MODELS = ("dcnv2", "deepfm", "dlrm")
 log = logger("bench_gpu")
-
-
-def criteo_layout(n_ids: int) -> FeatureLayout:
-    return FeatureLayout(sparse=tuple(Field(f"C{i}", n_ids + 1) for i in range(1, N_SPARSE + 1)), bags=(),
-                         sequences=(), dense_names=tuple(f"I{j}" for j in range(1, N_DENSE + 1)), dense_dim=N_DENSE)
-
-
-def criteo_tensors(rows: int, n_ids: int, seed: int, train_rows: int | None = None) -> Batch:
-    """`generate_criteo_schema` rows as model inputs: ids as they are (1..n_ids; 0 unused), I1..I13 as
-    log1p then standardised with the stats of the first `train_rows` rows (missing -> 0 = the mean)."""
-    table = generate_criteo_schema(rows, n_ids=n_ids, seed=seed)
-    fit = slice(0, train_rows or rows)
-    sparse = np.stack([table.column(f"C{i}").to_numpy() for i in range(1, N_SPARSE + 1)], axis=1)
-    dense = np.empty((rows, N_DENSE), dtype=np.float32)
-    for j in range(N_DENSE):
-        x = np.log1p(np.maximum(table.column(f"I{j + 1}").to_numpy(zero_copy_only=False).astype(np.float64), 0))
-        mean, std = np.nanmean(x[fit]), np.nanstd(x[fit]) + 1e-9
-        dense[:, j] = np.nan_to_num((x - mean) / std, nan=0.0)
-    return {SPARSE: torch.from_numpy(sparse.astype(np.int64)), DENSE: torch.from_numpy(dense),
-            LABEL: torch.from_numpy(table.column("label").to_numpy().astype(np.float32))}
 
 
 class PinnedFeeder:
@@ -198,44 +172,6 @@ def bench_compile(args: argparse.Namespace, device: torch.device, tensors: Batch
         log(f"dcnv2 batch {batch}: eager {row['eager']:,.0f}, compiled {row['compiled']:,.0f} samples/s")
         rows.append(row)
     return rows
-
-
-def one_epoch(train: Batch, test: Batch, layout: FeatureLayout, device: torch.device, use_bf16: bool,
-              args: argparse.Namespace) -> dict[str, Any]:
-    """DCNv2 trained one epoch (same initial weights and batch order on every device), scored on `test`."""
-    resident = device if device.type == "cuda" else None
-    batches = InMemoryBatches(train, args.auc_batch, shuffle=True, seed=args.seed, device=resident)
-    it = iter(batches)
-    step = TaskSteps(build_ours("dcnv2", layout, device=device),
-                     lambda: {k: v.to(device, non_blocking=True) for k, v in next(it).items()}, bf16=use_bf16,
-                     device_type=device.type)
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(len(batches)):
-        last = step()
-    sync(device)
-    seconds = time.perf_counter() - t0
-    p = predict(step.task.model, InMemoryBatches(test, 65536, shuffle=False), use_bf16, device)
-    del step
-    free(device)
-    return {"device": str(device), "precision": "bf16" if use_bf16 else "fp32", "train_s": seconds,
-            "samples_per_s": len(train[LABEL]) / seconds, "final_train_loss": float(last),
-            "test_auc": auc(test[LABEL], p), "test_logloss": logloss(test[LABEL], p)}
-
-
-def bench_quality(args: argparse.Namespace, device: torch.device, out: dict[str, Any]) -> None:
-    n_train = args.auc_rows - args.auc_rows // 10
-    log(f"quality data: {args.auc_rows:,} rows ({n_train:,} train), ids up to {args.auc_n_ids:,} (not timed)")
-    data = criteo_tensors(args.auc_rows, args.auc_n_ids, args.seed + 1, train_rows=n_train)
-    train = {k: v[:n_train].contiguous() for k, v in data.items()}
-    test = {k: v[n_train:].contiguous() for k, v in data.items()}
-    layout = criteo_layout(args.auc_n_ids)
-    runs = [one_epoch(train, test, layout, device, True, args)]
-    log(f"one epoch on {device} bf16: test AUC {runs[0]['test_auc']:.4f} ({runs[0]['train_s']:.1f} s)")
-    runs.append(one_epoch(train, test, layout, torch.device("cpu"), False, args))
-    log(f"one epoch on cpu fp32: test AUC {runs[1]['test_auc']:.4f} ({runs[1]['train_s']:.1f} s)")
-    out["quality"] = {"rows": args.auc_rows, "train_rows": n_train, "n_ids": args.auc_n_ids,
-                      "batch": args.auc_batch, "runs": runs}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

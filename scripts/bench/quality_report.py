@@ -62,6 +62,11 @@ def _part_header(part: dict[str, Any]) -> list[str]:
             f"- Command: `{part['command']}`"]
 
 
+def _split_rows(summary: dict[str, Any]) -> str:
+    rows = summary["split"]["rows"]
+    return f"train {rows['train']:,} / valid {rows['valid']:,} / test {rows['test']:,}"
+
+
 def _settings_line(ml: dict[str, Any]) -> str:
     lr_grid, max_epochs = ml.get("lr_grid", ML_LR_GRID), ml.get("max_epochs", ML_MAX_EPOCHS)
     return (f"embedding dim {ML_EMBEDDING_DIM} for every field; MLP {ML_MLP} (DeepFM, Wide&Deep, DCNv2, DIN; DLRM "
@@ -100,11 +105,10 @@ def render_movielens(ml: dict[str, Any] | None, peer: dict[str, Any] | None) -> 
         return [*out, f"Skipped: {ml['skipped']}", ""]
     if ml is not None:
         s = ml["summary"]
-        rows = s["split"]["rows"]
-        out += _part_header(ml)
         out += [
+            *_part_header(ml),
             f"- Data: `{ML_CONFIG}`: {s['events_kept']:,} ratings, rating >= 4 is a click; random split (seed 42) "
-            f"train {rows['train']:,} / valid {rows['valid']:,} / test {rows['test']:,}; click rate "
+            f"{_split_rows(s)}; click rate "
             f"{s['label_mean']['train']:.3f} / {s['label_mean']['valid']:.3f} / {s['label_mean']['test']:.3f}. "
             f"Features: user_id, item_id, gender, occupation, zip_prefix, age (8 quantile buckets), year "
             f"(10 buckets), genres (multi-valued, mean-pooled), hist_item_id (the user's last 20 positively rated "
@@ -193,11 +197,10 @@ def render_synthetic(syn: dict[str, Any] | None, explore: dict[str, Any] | None)
     if syn is not None:
         first = syn["rows"][0]
         s = first["summary"]
-        rows = s["split"]["rows"]
-        out += _part_header(syn)
         out += [
+            *_part_header(syn),
             f"- Data: `{DEMO_CONFIG}`: {s['events_kept']:,} impressions with a known click model, split by time "
-            f"into train {rows['train']:,} / valid {rows['valid']:,} / test {rows['test']:,}; click rate "
+            f"into {_split_rows(s)}; click rate "
             f"{s['label_mean']['test']:.4f} on test. Oracle AUC = AUC of the label against the true `p_click` "
             f"(a passthrough column, never a feature): test {_f(first['oracle_test'])}, valid "
             f"{_f(first['oracle_valid'])}",

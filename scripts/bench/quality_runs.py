@@ -8,7 +8,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +123,25 @@ def movielens_train_doc(model: str, lr: float, max_epochs: int) -> dict[str, Any
     }
 
 
-def _grid(runs: list[dict[str, Any]], model: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The grid rows of one model's runs (the best on valid AUC marked chosen), and that best run."""
-    best = max(runs, key=lambda r: r["valid_auc"])
-    return [{"model": model, "lr": r["lr"], "valid_auc": r["valid_auc"], "best_epoch": r["best_epoch"],
-             "epochs_run": r["epochs_run"], "seconds": r["seconds"], "chosen": r is best} for r in runs], best
+def search_grid(part: str, names: Sequence[str], lr_grid: Sequence[float],
+                train: Callable[[str, float], dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`train(name, lr)` for every name and learning rate; the grid rows (the best of each name on valid AUC marked
+    chosen) and the chosen runs."""
+    grid: list[dict[str, Any]] = []
+    chosen: list[dict[str, Any]] = []
+    for name in names:
+        runs = []
+        for lr in lr_grid:
+            log.info("%s: %s lr=%g", part, name, lr)
+            r = train(name, lr) | {"lr": lr}
+            runs.append(r)
+            log.info("%s: %s lr=%g valid auc %.4f (%d epochs, %.0f s)", part, name, lr, r["valid_auc"],
+                     r["epochs_run"], r["seconds"])
+        best = max(runs, key=lambda r: r["valid_auc"])
+        grid.extend({"model": name, "lr": r["lr"], "valid_auc": r["valid_auc"], "best_epoch": r["best_epoch"],
+                     "epochs_run": r["epochs_run"], "seconds": r["seconds"], "chosen": r is best} for r in runs)
+        chosen.append(best)
+    return grid, chosen
 
 
 def run_movielens(work: Path, models: Sequence[str], reuse: bool, lr_grid: Sequence[float], max_epochs: int
@@ -141,21 +155,8 @@ def run_movielens(work: Path, models: Sequence[str], reuse: bool, lr_grid: Seque
     t0 = time.perf_counter()
     summary = prepare_split(ML_CONFIG, root, reuse=reuse)
     prepare_s = time.perf_counter() - t0
-    grid: list[dict[str, Any]] = []
-    chosen: list[dict[str, Any]] = []
-    for model in models:
-        runs = []
-        for lr in lr_grid:
-            log.info("movielens: %s lr=%g", model, lr)
-            r = train_run(work, root, f"ml_{model}_lr{lr:g}", "bench_quality_movielens",
-                          movielens_train_doc(model, lr, max_epochs))
-            r["lr"] = lr
-            runs.append(r)
-            log.info("movielens: %s lr=%g valid auc %.4f (%d epochs, %.0f s)", model, lr, r["valid_auc"],
-                     r["epochs_run"], r["seconds"])
-        rows, best = _grid(runs, model)
-        grid.extend(rows)
-        chosen.append(best)
+    grid, chosen = search_grid("movielens", models, lr_grid, lambda model, lr: train_run(
+        work, root, f"ml_{model}_lr{lr:g}", "bench_quality_movielens", movielens_train_doc(model, lr, max_epochs)))
     return {"date": now(), "prepare_seconds": round(prepare_s, 1), "summary": summary, "grid": grid,
             "rows": chosen, "lr_grid": list(lr_grid), "max_epochs": max_epochs}
 
@@ -222,17 +223,6 @@ def run_peer(work: Path, kinds: Sequence[str], lr_grid: Sequence[float], max_epo
     root = work / "movielens"
     prepare_split(ML_CONFIG, root, reuse=True)  # the split the movielens part trained on (seeded, so identical)
     layout, data, groups = peer_splits(root / "prepared")
-    grid: list[dict[str, Any]] = []
-    chosen: list[dict[str, Any]] = []
-    for kind in kinds:
-        runs = []
-        for lr in lr_grid:
-            log.info("peer: %s lr=%g", kind, lr)
-            r = train_peer(kind, lr, layout, data, groups, max_epochs)
-            runs.append(r)
-            log.info("peer: %s lr=%g valid auc %.4f (%d epochs, %.0f s)", kind, lr, r["valid_auc"],
-                     r["epochs_run"], r["seconds"])
-        rows, best = _grid(runs, kind)
-        grid.extend(rows)
-        chosen.append(best)
+    grid, chosen = search_grid("peer", kinds, lr_grid,
+                               lambda kind, lr: train_peer(kind, lr, layout, data, groups, max_epochs))
     return {"date": now(), "grid": grid, "rows": chosen, "lr_grid": list(lr_grid), "max_epochs": max_epochs}

@@ -74,9 +74,9 @@ from scripts.bench.train_report import (
     SECTION_TITLE,
     precision_name,
     print_table,
-    render_section,
     summarize,
 )
+from scripts.bench.train_section import render_section
 from training.common.config import OptimConfig
 from training.common.data import load_split
 from training.common.embedding import resolve_backend
