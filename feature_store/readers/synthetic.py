@@ -408,6 +408,26 @@ def generate(cfg: SyntheticSource) -> dict[str, pa.Table]:
     }
 
 
+def latent_click_model(cfg: SyntheticSource) -> dict[str, Any]:
+    """What `generate` draws before it writes tables (the same draws for the same config), for analyses against the
+    known click model; never features. `users` (taste, bias, age, gender, region, ...), `items` (vec, bias, brand,
+    ...), `events` (user, item, ts, channel, device, hour, position, price, p_click, click), each event's
+    `context_logit` (every term of the click logit but the user and item biases and the user x item interaction),
+    the interaction's `scale` and the standard deviations of the biases' priors, `user_bias_sd` and `item_bias_sd`."""
+    rng = np.random.default_rng(cfg.seed)
+    start = _start_ts(cfg)
+    users = _make_users(cfg, rng, start)
+    items = _make_items(cfg, rng, start)
+    ev = _make_events(cfg, rng, start, users, items)
+    hour = _HOUR_EFFECT * np.cos(2 * np.pi * (np.arange(24) - 21) / 24)
+    context = (cfg.base_logit + CHANNEL_EFFECT[ev["channel"]] + DEVICE_EFFECT[ev["device"]] + hour[ev["hour"]]
+               + _PRICE_EFFECT * (np.log(ev["price"]) - items["cat_mu"][items["cat"][ev["item"]]])
+               - cfg.position_bias * np.log(ev["position"].astype(np.float64)))
+    return {"users": users, "items": items, "events": ev, "context_logit": context,
+            "scale": cfg.interaction_scale / np.sqrt(cfg.latent_dim), "user_bias_sd": _USER_BIAS_SD,
+            "item_bias_sd": _ITEM_BIAS_SD}
+
+
 def _config_json(cfg: SyntheticSource) -> dict[str, Any]:
     return {"generator_version": GENERATOR_VERSION, **cfg.model_dump(mode="json")}
 

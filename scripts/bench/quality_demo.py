@@ -66,25 +66,15 @@ def synthetic_references(overrides: Sequence[str], valid_start: int, test_start:
     - attributes + MAP offsets: the above plus a per-user and a per-item offset estimated on TRAIN rows only
       (maximum a posteriori, Gaussian priors with the generator's bias sd, Newton steps): roughly what a model
       that knew the click model's form could reach from the ids it saw in training.
-    Uses `feature_store.readers.synthetic` internals (`_make_users`, `_make_items`, `_make_events`) to rebuild the
-    latent tables (the generator has no public API for them); never used as a feature.
+    The latent tables come from `feature_store.readers.synthetic.latent_click_model`; never used as a feature.
     """
-    from feature_store.readers import synthetic as syn
+    from feature_store.readers.synthetic import latent_click_model
     from recforge.config import load
     from training.common.metrics import auc
 
-    src = load(REPO / DEMO_CONFIG, list(overrides)).source
-    rng = np.random.default_rng(src.seed)
-    start = syn._start_ts(src)
-    users = syn._make_users(src, rng, start)
-    items = syn._make_items(src, rng, start)
-    ev = syn._make_events(src, rng, start, users, items)
+    world = latent_click_model(load(REPO / DEMO_CONFIG, list(overrides)).source)
+    users, items, ev, context, scale = (world[k] for k in ("users", "items", "events", "context_logit", "scale"))
     u, i, y = ev["user"], ev["item"], ev["click"]
-    hour = syn._HOUR_EFFECT * np.cos(2 * np.pi * (np.arange(24) - 21) / 24)
-    context = (src.base_logit + syn.CHANNEL_EFFECT[ev["channel"]] + syn.DEVICE_EFFECT[ev["device"]]
-               + hour[ev["hour"]] + syn._PRICE_EFFECT * (np.log(ev["price"]) - items["cat_mu"][items["cat"][i]])
-               - src.position_bias * np.log(ev["position"].astype(np.float64)))
-    scale = src.interaction_scale / np.sqrt(src.latent_dim)
 
     def group_mean(x: np.ndarray, keys: np.ndarray) -> np.ndarray:
         _, k = np.unique(keys, return_inverse=True)
@@ -101,7 +91,7 @@ def synthetic_references(overrides: Sequence[str], valid_start: int, test_start:
     train = ev["ts"] < valid_start
     bu, bi = np.zeros(len(users["bias"])), np.zeros(len(items["bias"]))
     for _ in range(8):  # alternating Newton steps on the MAP objective (vectorised over ids)
-        for ids, b, sd in ((u, bu, syn._USER_BIAS_SD), (i, bi, syn._ITEM_BIAS_SD)):
+        for ids, b, sd in ((u, bu, world["user_bias_sd"]), (i, bi, world["item_bias_sd"])):
             p = 1.0 / (1.0 + np.exp(-(attrs + bu[u] + bi[i])[train]))
             grad = np.bincount(ids[train], weights=y[train] - p, minlength=len(b)) - b / sd**2
             hess = np.bincount(ids[train], weights=p * (1 - p), minlength=len(b)) + 1 / sd**2
