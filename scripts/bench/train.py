@@ -44,18 +44,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from scripts.bench import peer
 from scripts.bench.common import REPO, command, load1, logger, machine, now, quiet
-from scripts.bench.ctr import EMB_DIM, PARAMS, build_ours, cpu_has_native_bf16, job_precision, runtime
+from scripts.bench.ctr import EMB_DIM, PARAMS, build_ours, cpu_has_native_bf16, job_precision
 from scripts.bench.doc import DOC, display, update_doc
 from scripts.bench.timing import Run, interleave, time_steps
 from scripts.bench.train_parts import (
     Prepared,
-    batches,
     bench_adam,
     bench_inference_ours,
     bench_loaders,
@@ -65,6 +63,7 @@ from scripts.bench.train_parts import (
     prepare,
     profile_step,
     quality_guard,
+    run_lightning,
     task_steps,
     train_flops_per_sample,
 )
@@ -80,8 +79,6 @@ from scripts.bench.train_section import render_section
 from training.common.config import OptimConfig
 from training.common.data import load_split
 from training.common.embedding import resolve_backend
-from training.common.trainer import build_trainer
-from training.ranking.task import CTRTask
 
 RESULTS_FORMAT = 2  # bump when results.json changes shape; --render refuses other formats
 PACKAGES = ("torch", "deepctr-torch", "torchrec", "fbgemm-gpu-cpu", "pytorch-lightning", "pyarrow", "numpy")
@@ -96,30 +93,6 @@ def run_ours(run: Run, prep: Prepared, train: dict[str, Tensor], args: argparse.
     t = time_steps(step, args.warmup, args.steps)
     run.record(args.steps * args.batch_size / t.seconds, t.cpu_seconds / t.seconds)
     run.final_loss = t.mean_loss
-
-
-def run_lightning(run: Run, prep: Prepared, train: dict[str, Tensor], args: argparse.Namespace) -> None:
-    """`CTRTask` fitted by the project's Trainer (`build_trainer`) as `recforge train ctr` runs it by default: the
-    precision of `train.runtime.precision: auto` and `OptimConfig().grad_clip`; no logger, checkpoints or validation."""
-
-    class StepClock(pl.Callback):
-        def __init__(self) -> None:
-            self.ends: list[tuple[float, float]] = []
-
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            self.ends.append((time.perf_counter(), time.process_time()))
-
-    model = build_ours(run.model, prep.layout, run.backend)
-    run.dense_params, run.emb_params = param_counts(model, our_emb(model))
-    clock = StepClock()
-    trainer = build_trainer(runtime(accelerator="cpu", devices=1), precision=job_precision(), max_epochs=-1,
-                            max_steps=args.warmup + args.steps, callbacks=[clock],
-                            grad_clip=OptimConfig().grad_clip, validate_in_loop=False)
-    run.load.append(load1())
-    trainer.fit(CTRTask(model, OptimConfig()), train_dataloaders=batches(train, args))
-    (t0, c0), (t1, c1) = clock.ends[args.warmup - 1], clock.ends[-1]
-    timed = len(clock.ends) - args.warmup
-    run.record(timed * args.batch_size / (t1 - t0), (c1 - c0) / (t1 - t0))
 
 
 def build_peer(kind: str, prep: Prepared) -> Any:

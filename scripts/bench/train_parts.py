@@ -1,5 +1,6 @@
-"""`scripts.bench.train` besides its training rounds: the prepared data, the loaders alone, inference, the bf16
-quality guard, the profiler view and the embedding optimizer step alone."""
+"""`scripts.bench.train`'s parts: the prepared data, the Lightning contender (`CTRTask` fitted by the project's
+Trainer), the loaders alone, inference, the bf16 quality guard, the profiler view and the embedding optimizer step
+alone."""
 
 from __future__ import annotations
 
@@ -14,18 +15,23 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
 from feature_store.config import CategoricalFeature, FeaturesConfig, NumericFeature
 from feature_store.readers.synthetic import generate_criteo_schema
 from feature_store.spec import FeatureSpec, SpecFitter
-from scripts.bench.common import logger
-from scripts.bench.ctr import EMB_DIM, TaskSteps, build_ours, cycle, predict
+from scripts.bench.common import load1, logger
+from scripts.bench.ctr import EMB_DIM, TaskSteps, build_ours, cycle, job_precision, predict, runtime
+from scripts.bench.timing import Run
+from training.common.config import OptimConfig
 from training.common.data import InMemoryBatches, StreamingBatches
 from training.common.embedding import SparseEmbedding
 from training.common.features import LABEL, FeatureLayout
 from training.common.metrics import auc, logloss
+from training.common.trainer import build_trainer
+from training.ranking.task import CTRTask
 
 N_DENSE, N_SPARSE = 13, 26
 QUALITY_MODELS = ("dcnv2", "deepfm")
@@ -112,6 +118,30 @@ def task_steps(name: str, prep: Prepared, train: dict[str, Tensor], args: argpar
                bf16: bool) -> TaskSteps:
     """A fresh `name` model trained one `CTRTask` step per call over shuffled batches of the train split."""
     return TaskSteps(build_ours(name, prep.layout, backend), cycle(batches(train, args)).__next__, bf16=bf16)
+
+
+def run_lightning(run: Run, prep: Prepared, train: dict[str, Tensor], args: argparse.Namespace) -> None:
+    """`CTRTask` fitted by the project's Trainer (`build_trainer`) as `recforge train ctr` runs it by default: the
+    precision of `train.runtime.precision: auto` and `OptimConfig().grad_clip`; no logger, checkpoints or validation."""
+
+    class StepClock(pl.Callback):
+        def __init__(self) -> None:
+            self.ends: list[tuple[float, float]] = []
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            self.ends.append((time.perf_counter(), time.process_time()))
+
+    model = build_ours(run.model, prep.layout, run.backend)
+    run.dense_params, run.emb_params = param_counts(model, our_emb(model))
+    clock = StepClock()
+    trainer = build_trainer(runtime(accelerator="cpu", devices=1), precision=job_precision(), max_epochs=-1,
+                            max_steps=args.warmup + args.steps, callbacks=[clock],
+                            grad_clip=OptimConfig().grad_clip, validate_in_loop=False)
+    run.load.append(load1())
+    trainer.fit(CTRTask(model, OptimConfig()), train_dataloaders=batches(train, args))
+    (t0, c0), (t1, c1) = clock.ends[args.warmup - 1], clock.ends[-1]
+    timed = len(clock.ends) - args.warmup
+    run.record(timed * args.batch_size / (t1 - t0), (c1 - c0) / (t1 - t0))
 
 
 def bench_loaders(prep: Prepared, train: dict[str, Tensor], args: argparse.Namespace) -> dict[str, float]:
