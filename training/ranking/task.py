@@ -38,7 +38,8 @@ class CTRTask(pl.LightningModule):
         self.loss_fn = nn.BCEWithLogitsLoss()
         self._outputs: dict[str, list[tuple[Tensor, Tensor, Tensor | None]]] = {"valid": [], "test": []}
         self.history: dict[str, list[float]] = {"train/loss": [], "valid/loss": []}
-        self._epoch_losses: list[float] = []
+        # detached loss tensors, averaged at epoch end: a float() per step would wait for the GPU at every step
+        self._epoch_losses: list[Tensor] = []
         self.last_metrics: dict[str, dict[str, float]] = {}
         self.last_predictions: dict[str, dict[str, np.ndarray]] = {}
 
@@ -53,7 +54,7 @@ class CTRTask(pl.LightningModule):
         if self.optim.embedding_l2 > 0:
             loss = loss + self.optim.embedding_l2 * self._embedding_penalty(batch)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(logits))
-        self._epoch_losses.append(float(loss.detach()))
+        self._epoch_losses.append(loss.detach())
         return loss
 
     def _embedding_penalty(self, batch: dict[str, Tensor]) -> Tensor:
@@ -73,7 +74,7 @@ class CTRTask(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self._epoch_losses:
-            self.history["train/loss"].append(float(np.mean(self._epoch_losses)))
+            self.history["train/loss"].append(float(torch.stack(self._epoch_losses).float().mean()))
         self._epoch_losses = []
 
     def _eval_epoch_end(self, stage: str) -> None:

@@ -13,7 +13,6 @@ import copy
 import math
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
@@ -75,7 +74,7 @@ class RetrievalTask(pl.LightningModule):
         self.register_buffer("log_q", torch.from_numpy(data.item_log_q), persistent=False)
         self._gen = torch.Generator().manual_seed(cfg.runtime.seed)
         self.history: dict[str, list[float]] = {"train/loss": [], f"valid/recall@{cfg.select_k}": []}
-        self._losses: list[float] = []
+        self._losses: list[torch.Tensor] = []  # detached; averaged at epoch end (no GPU wait per step)
         self._corpus: tuple[torch.device, Batch] | None = None
         self._history_luts = history_to_corpus(data) if cfg.negatives.exclude_history else {}
 
@@ -104,7 +103,7 @@ class RetrievalTask(pl.LightningModule):
         loss = self._full_corpus_loss(batch, codes) if self.cfg.negatives.full_corpus else \
             self._sampled_loss(batch, codes)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(codes))
-        self._losses.append(float(loss.detach()))
+        self._losses.append(loss.detach())
         return loss
 
     def _full_corpus_loss(self, batch: Batch, codes: torch.Tensor) -> torch.Tensor:
@@ -158,7 +157,8 @@ class RetrievalTask(pl.LightningModule):
             if name in metrics:
                 self.log(f"valid/{name}", metrics[name])
         self.history[key].append(value)
-        self.history["train/loss"].append(float(np.mean(self._losses)) if self._losses else float("nan"))
+        self.history["train/loss"].append(float(torch.stack(self._losses).float().mean()) if self._losses
+                                          else float("nan"))
         self._losses = []
 
     def steps_per_epoch(self) -> int:
