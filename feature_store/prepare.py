@@ -36,7 +36,8 @@ from feature_store.offline import OfflineStore, point_in_time_join
 from feature_store.profiles import UserProfiles
 from feature_store.raycluster import ensure_ray
 from feature_store.readers.base import RawData
-from feature_store.spec import FeatureSpec, SpecFitter
+from feature_store.spec import FeatureSpec
+from feature_store.spec_fit import SpecFitter
 from feature_store.split import SPLITS, SplitReport, assign_splits
 
 log = logging.getLogger("recforge.prepare")

@@ -8,6 +8,11 @@ impression's true click probability `p_click` comes from a logistic model (biase
 context effects, price valid at that time, position bias), so a CTR model can be scored against the oracle.
 `load_synthetic` caches the tables as Parquet with a manifest; `generate_criteo_schema` makes benchmark data
 with the Criteo column layout. Everything is vectorised numpy and deterministic by seed.
+
+Kept as one module (about 550 lines) because the event log is one generative model: the entity tables,
+the click probability and `latent_click_model` read the same latent draws, effect constants and seed order,
+and a change to one part changes what the others (and the cached manifest's `GENERATOR_VERSION`) mean. The
+Criteo-shaped generator at the end is small and shares the Zipf helpers.
 """
 
 from __future__ import annotations

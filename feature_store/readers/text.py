@@ -13,6 +13,11 @@ Conventions: empty fields are nulls (in numeric, bool and timestamp columns so a
 NA, N/A, NaN, null, None); a line whose fields are all empty is a blank line, not a data row, and is neither
 kept nor counted; CRLF line endings and a UTF-8 byte-order mark are accepted; undecodable bytes become U+FFFD;
 multi-character delimiters ('::' in MovieLens 1M) and non-UTF-8 encodings go through a streaming transcoder.
+
+Kept as one module (about 590 lines) because the value parsers and the reader share one set of conventions
+(null tokens, reject reasons, timestamp units) and one contract: every rejected row carries its physical line
+number, which the reader recovers and the parsers' masks index into. The value-parsing section (`parse_column`,
+`coerce_column`, `row_reasons`) is the seam should it grow further.
 """
 
 from __future__ import annotations

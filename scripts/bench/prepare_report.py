@@ -177,7 +177,7 @@ def agreement(rf_summary: dict[str, Any], pd_summary: dict[str, Any], rf_spec: d
         return " ".join(parts), rows_ok and not vocab_diff
     parts.append(f"of {n_cols} output columns, these differ: " + "; ".join(f"{k}: {v}" for k, v in bad.items())
                  + ".")
-    from feature_store.spec import QUANTILE_SAMPLE  # values per block RecForge keeps for quantile boundaries
+    from feature_store.spec_fit import QUANTILE_SAMPLE  # values per block RecForge keeps for quantile boundaries
 
     rf_bounds = {f["name"]: f.get("boundaries") for f in rf_spec["features"] if f.get("transform") == "bucketize"}
     for name, bounds in pd_summary.get("boundaries", {}).items():

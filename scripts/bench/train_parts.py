@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from feature_store.config import CategoricalFeature, FeaturesConfig, NumericFeature
 from feature_store.readers.synthetic import generate_criteo_schema
-from feature_store.spec import FeatureSpec, SpecFitter
+from feature_store.spec import FeatureSpec
+from feature_store.spec_fit import SpecFitter
 from scripts.bench.common import load1, logger
 from scripts.bench.ctr import EMB_DIM, TaskSteps, build_ours, cycle, job_precision, predict, runtime
 from scripts.bench.timing import Run

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from feature_store.config import FeaturesConfig
-from feature_store.spec import FeatureSpec, SpecError, SpecFitter
+from feature_store.spec import FeatureSpec, SpecError
+from feature_store.spec_fit import SpecFitter
 
 CFG = FeaturesConfig.model_validate(
     {
@@ -195,7 +196,7 @@ def test_dense_integer_lookup_matches_the_hash_lookup() -> None:
 
 
 def test_bucket_boundaries_weigh_blocks_by_their_size() -> None:
-    from feature_store.spec import QUANTILE_SAMPLE
+    from feature_store.spec_fit import QUANTILE_SAMPLE
 
     cfg = FeaturesConfig.model_validate({"label": "y", "numeric": [{"name": "x", "transform": "bucketize",
                                                                      "buckets": 4}]})

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from feature_store.config import FeaturesConfig
-from feature_store.spec import SpecFitter
+from feature_store.spec_fit import SpecFitter
 from training.common.config import OptimConfig
 from training.common.data import InMemoryBatches, StreamingBatches, table_to_tensors
 from training.common.embedding import FusedEmbedding, TorchRecEmbedding, copy_weights

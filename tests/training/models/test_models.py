@@ -23,7 +23,7 @@ from feature_store.config import (
     NumericFeature,
     SequenceFeature,
 )
-from feature_store.spec import SpecFitter
+from feature_store.spec_fit import SpecFitter
 from training.common.data import table_to_tensors
 from training.common.embedding import TorchRecEmbedding, copy_weights, fuse_embeddings, torchrec_available
 from training.common.features import GROUP, LABEL, FeatureLayout, seq_key, seq_len_key

@@ -6,6 +6,8 @@ or file paths. Its config is a strict pydantic model (unknown keys are errors) r
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -36,6 +38,24 @@ class ModelConfig(StrictModel):
                             "TorchRec cannot load. Resolved once and saved with the model")
     embedding_init_std: float = Field(0.01, gt=0, description="standard deviation of the normal initialisation "
                                                               "of the embedding rows")
+
+
+Activation = Literal["relu", "gelu", "silu"]
+
+
+class MLPModelConfig(ModelConfig):
+    """The options of a model's MLPs (`training.common.layers.MLP`): every model with an MLP part (all but `lr`
+    and `fm`) has these keys; each model's section says which of its MLPs they apply to. Small scoring MLPs
+    inside a model (DIN's activation unit, FinalMLP's feature gates) keep their own settings."""
+
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer of the model's MLPs "
+                                                         "(regularises a model that overfits the train split)")
+    batch_norm: bool = Field(False, description="batch normalisation after each hidden layer of the model's MLPs")
+    activation: Activation = Field("relu", description="activation of the hidden layers of the model's MLPs")
+
+    def mlp_options(self) -> dict[str, Any]:
+        """The keyword arguments of `MLP` these keys set: `MLP(in_dim, widths, **cfg.mlp_options())`."""
+        return {"dropout": self.dropout, "batch_norm": self.batch_norm, "activation": self.activation}
 
 
 class CTRModel(nn.Module):

@@ -11,13 +11,13 @@ from torch import Tensor, nn
 from training.common.embedding import SparseEmbedding
 from training.common.features import FeatureLayout
 from training.common.layers import MLP, CrossNetV2, fields_with_pooled_sequences
-from training.ranking.models.base import CTRModel, ModelConfig
+from training.ranking.models.base import CTRModel, MLPModelConfig
 
 
-class DCNv2Config(ModelConfig):
+class DCNv2Config(MLPModelConfig):
     """DCN-V2 (Wang et al., 2021), the default model: a cross network (`x_(l+1) = x0 * (W x_l + b) + x_l`, explicit
     feature crosses of growing degree) and a deep MLP over x0 = [flattened field embeddings, dense features],
-    stacked or in parallel, then a linear head."""
+    stacked or in parallel, then a linear head. The MLP options apply to the deep MLP."""
 
     structure: Literal["stacked", "parallel"] = Field(
         "parallel", description="stacked: MLP(Cross(x0)); parallel: [Cross(x0), MLP(x0)] concatenated")
@@ -25,9 +25,6 @@ class DCNv2Config(ModelConfig):
     low_rank: int | None = Field(None, gt=0, description="factor each cross matrix W as U V^T of this rank (fewer "
                                                          "parameters, faster on wide inputs); null = full rank")
     mlp: list[int] = Field(default_factory=lambda: [256, 128], description="hidden layer widths of the deep part")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer of the MLP (regularises a "
-                                                         "model that overfits the train split)")
-    batch_norm: bool = Field(False, description="batch normalisation after each hidden layer of the MLP")
 
 
 class DCNv2(CTRModel):
@@ -39,7 +36,7 @@ class DCNv2(CTRModel):
         super().__init__(layout, cfg, embedding)
         in_dim = self.num_fields * cfg.embedding_dim + self.dense_dim
         self.cross = CrossNetV2(in_dim, cfg.cross_layers, cfg.low_rank)
-        self.mlp = MLP(in_dim, cfg.mlp, dropout=cfg.dropout, batch_norm=cfg.batch_norm)
+        self.mlp = MLP(in_dim, cfg.mlp, **cfg.mlp_options())
         head_in = self.mlp.out_dim if cfg.structure == "stacked" else in_dim + self.mlp.out_dim
         self.head = nn.Linear(head_in, 1)
 

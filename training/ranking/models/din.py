@@ -19,14 +19,15 @@ from torch import Tensor, nn
 from training.common.embedding import SparseEmbedding, masked_mean
 from training.common.features import FeatureLayout
 from training.common.layers import MLP
-from training.ranking.models.base import CTRModel, ModelConfig
+from training.ranking.models.base import CTRModel, MLPModelConfig
 
 
-class DINConfig(ModelConfig):
+class DINConfig(MLPModelConfig):
     """DIN (Zhou et al., 2018): the candidate item attends over the user's behaviour sequence, so the history
     items that resemble the candidate count most. Needs `features.item_key` among the categorical features and a
     `features.sequence` whose source is that item field; other sequences are mean-pooled. An MLP over
-    [flattened fields, attended and pooled sequences, dense features] gives the logit."""
+    [flattened fields, attended and pooled sequences, dense features] gives the logit. The MLP options apply to that
+    final MLP (the activation unit has `attention_activation`)."""
 
     attention_mlp: list[int] = Field(default_factory=lambda: [64, 32],
                                      description="hidden widths of the activation unit that scores each history "
@@ -38,10 +39,6 @@ class DINConfig(ModelConfig):
                                                        "the pooled vector also carries how much history matches")
     mlp: list[int] = Field(default_factory=lambda: [256, 128],
                            description="hidden layer widths of the final MLP; the output layer (1) is added")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer of the MLP (regularises a "
-                                                         "model that overfits the train split)")
-    batch_norm: bool = Field(False, description="batch normalisation after each hidden layer of the MLP")
-    activation: Literal["relu", "gelu", "silu"] = Field("relu", description="activation of the MLP's hidden layers")
 
 
 class ActivationUnit(nn.Module):

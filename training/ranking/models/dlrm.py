@@ -11,7 +11,8 @@ Two implementations of the same computation, chosen by the embedding backend:
   requires dense features, hence the fallback above. Behaviour sequences are included: each is mean-pooled
   from its source table and appended to `sparse_arch`'s B x F x D output, with TorchRec's `InteractionArch`
   and `OverArch` sized for the extra fields (without sequences `DLRM.forward` runs unchanged). TorchRec's
-  arches have no dropout or batch norm, so those options are rejected on that path.
+  arches have no dropout or batch norm and use ReLU, so those options (other than `activation: relu`) are
+  rejected on that path.
 """
 
 from __future__ import annotations
@@ -23,24 +24,21 @@ from torch import Tensor, nn
 from training.common.embedding import SparseEmbedding, TorchRecEmbedding, masked_mean
 from training.common.features import FeatureLayout, seq_key, seq_len_key
 from training.common.layers import MLP, dot_interaction, fields_with_pooled_sequences
-from training.ranking.models.base import CTRModel, ModelConfig
+from training.ranking.models.base import CTRModel, MLPModelConfig
 
 
-class DLRMConfig(ModelConfig):
+class DLRMConfig(MLPModelConfig):
     """DLRM (Naumov et al., 2019): a bottom MLP maps the dense features to one embedding-wide vector, the pairwise
     dot products of it and every field embedding are concatenated with it, and a top MLP gives the logit. With
     `embedding_backend: torchrec` and dense features it runs TorchRec's own DLRM (the module TorchRec's planner
-    shards), whose arches have no dropout or batch norm: those two must then stay off."""
+    shards), whose arches are ReLU only, without dropout or batch norm: `dropout`, `batch_norm` and `activation`
+    must then keep their defaults. The MLP options apply to both MLPs."""
 
     bottom_mlp: list[int] = Field(default_factory=lambda: [64],
                                   description="hidden widths of the bottom (dense) MLP; a last layer to "
                                               "`embedding_dim` is added. Unused without dense features")
     top_mlp: list[int] = Field(default_factory=lambda: [256, 128], min_length=1,
                                description="hidden widths of the top MLP; the output layer (1) is added")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer of both MLPs (not with "
-                                                        "TorchRec's DLRM)")
-    batch_norm: bool = Field(False, description="batch normalisation after each hidden layer of both MLPs (not "
-                                                "with TorchRec's DLRM)")
 
 
 class DLRM(CTRModel):
@@ -58,13 +56,12 @@ class DLRM(CTRModel):
             return
         f = self.num_fields
         if self.dense_dim:
-            self.bottom: MLP | None = MLP(self.dense_dim, [*cfg.bottom_mlp, d], dropout=cfg.dropout,
-                                          batch_norm=cfg.batch_norm)
+            self.bottom: MLP | None = MLP(self.dense_dim, [*cfg.bottom_mlp, d], **cfg.mlp_options())
             top_in = d + (f + 1) * f // 2
         else:
             self.bottom = None
             top_in = f * d + f * (f - 1) // 2
-        self.top = MLP(top_in, cfg.top_mlp, out_dim=1, dropout=cfg.dropout, batch_norm=cfg.batch_norm)
+        self.top = MLP(top_in, cfg.top_mlp, out_dim=1, **cfg.mlp_options())
 
     @property
     def keeps_torchrec_embedding(self) -> bool:
@@ -75,10 +72,10 @@ class DLRM(CTRModel):
         from torchrec.models.dlrm import DLRM as TorchRecDLRM
         from torchrec.models.dlrm import InteractionArch, OverArch, choose
 
-        if cfg.dropout or cfg.batch_norm:
-            raise ValueError("model 'dlrm' config: dropout and batch_norm are not available with "
-                             "embedding_backend: torchrec (TorchRec's DLRM arches have neither); set them to "
-                             "0/false or use embedding_backend: fused")
+        if cfg.dropout or cfg.batch_norm or cfg.activation != "relu":
+            raise ValueError("model 'dlrm' config: dropout, batch_norm and activation are not available with "
+                             "embedding_backend: torchrec (TorchRec's DLRM arches are ReLU only, without dropout "
+                             "or batch norm); set them to 0/false/relu or use embedding_backend: fused")
         assert isinstance(self.embedding, TorchRecEmbedding)
         over = [*cfg.top_mlp, 1]
         self.dlrm = TorchRecDLRM(embedding_bag_collection=self.embedding.ebc,

@@ -3,8 +3,6 @@ bilinear interaction into one logit."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
@@ -12,13 +10,14 @@ from torch import Tensor, nn
 from training.common.embedding import SparseEmbedding
 from training.common.features import FeatureLayout
 from training.common.layers import MLP, fields_with_pooled_sequences
-from training.ranking.models.base import CTRModel, ModelConfig
+from training.ranking.models.base import CTRModel, MLPModelConfig
 
 
-class FinalMLPConfig(ModelConfig):
+class FinalMLPConfig(MLPModelConfig):
     """FinalMLP (Mao et al., 2023): two MLP streams over x = [flattened field embeddings, dense features], each
     behind its own feature gate (conditioned on the field embeddings), fused into the logit by a multi-head
-    bilinear interaction of their outputs. `num_heads` must divide the last widths of `mlp1` and `mlp2`."""
+    bilinear interaction of their outputs. `num_heads` must divide the last widths of `mlp1` and `mlp2`. The MLP
+    options apply to both streams (the feature gates keep plain ReLU MLPs)."""
 
     mlp1: list[int] = Field(default_factory=lambda: [256, 128], min_length=1,
                             description="hidden layer widths of the first stream")
@@ -30,10 +29,6 @@ class FinalMLPConfig(ModelConfig):
                                 description="hidden widths of each stream's gate MLP")
     num_heads: int = Field(1, ge=1, description="heads of the bilinear fusion: more heads, fewer parameters "
                                                 "((d1/h) x (d2/h) per head)")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer of both streams")
-    batch_norm: bool = Field(False, description="batch normalisation after each hidden layer of both streams")
-    activation: Literal["relu", "gelu", "silu"] = Field("relu", description="activation of the streams' hidden "
-                                                                            "layers")
 
     @model_validator(mode="after")
     def _heads_divide_streams(self) -> FinalMLPConfig:
@@ -96,9 +91,8 @@ class FinalMLP(CTRModel):
             self.gate2: FeatureGate | None = FeatureGate(field_dim, in_dim, cfg.gate_mlp)
         else:
             self.gate1 = self.gate2 = None
-        opts = {"dropout": cfg.dropout, "batch_norm": cfg.batch_norm, "activation": cfg.activation}
-        self.mlp1 = MLP(in_dim, cfg.mlp1, **opts)
-        self.mlp2 = MLP(in_dim, cfg.mlp2, **opts)
+        self.mlp1 = MLP(in_dim, cfg.mlp1, **cfg.mlp_options())
+        self.mlp2 = MLP(in_dim, cfg.mlp2, **cfg.mlp_options())
         self.fusion = BilinearFusion(self.mlp1.out_dim, self.mlp2.out_dim, cfg.num_heads)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -11,19 +9,15 @@ from torch import Tensor
 from training.common.embedding import SparseEmbedding
 from training.common.features import FeatureLayout
 from training.common.layers import MLP, LinearLogit, backend_of, fields_with_pooled_sequences
-from training.ranking.models.base import CTRModel, ModelConfig
+from training.ranking.models.base import CTRModel, MLPModelConfig
 
 
-class WideDeepConfig(ModelConfig):
+class WideDeepConfig(MLPModelConfig):
     """Wide & Deep (Cheng et al., 2016): a wide linear (LR) term over ids and dense features, with its own
     tables, plus a deep MLP over [flattened field embeddings, dense features]."""
 
     mlp: list[int] = Field(default_factory=lambda: [256, 128],
                            description="hidden layer widths of the deep part; the output layer (1) is added")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer of the MLP (regularises a "
-                                                         "model that overfits the train split)")
-    batch_norm: bool = Field(False, description="batch normalisation after each hidden layer of the MLP")
-    activation: Literal["relu", "gelu", "silu"] = Field("relu", description="activation of the MLP's hidden layers")
 
 
 class WideDeep(CTRModel):
@@ -36,8 +30,7 @@ class WideDeep(CTRModel):
         super().__init__(layout, cfg, embedding)
         self.wide = LinearLogit(layout, backend_of(self.embedding), init_std=cfg.embedding_init_std)
         in_dim = self.num_fields * cfg.embedding_dim + self.dense_dim
-        self.deep = MLP(in_dim, cfg.mlp, out_dim=1, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
-                        activation=cfg.activation)
+        self.deep = MLP(in_dim, cfg.mlp, out_dim=1, **cfg.mlp_options())
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         fields = fields_with_pooled_sequences(self.embedding(batch))
