@@ -23,7 +23,7 @@ from feature_store.spec import SpecError
 from recforge import config as config_mod
 from serving.registry import RegistryError
 from serving.server import ServeError
-from training.index.faiss_index import IndexRecallError
+from training.index.config import IndexRecallError
 
 
 @dataclass(frozen=True)

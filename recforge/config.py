@@ -19,7 +19,7 @@ from feature_store.config import FeatureStoreConfig, load_config
 from serving.config import AppSettings, RegistryConfig, ServingConfig, model_names
 from serving.registry.settings import RegistrySettings
 from training.common.tracking import default_tracking_uri
-from training.index.faiss_index import IndexConfig
+from training.index.config import IndexConfig
 from training.ranking.config import TrainConfig
 from training.retrieval.config import RetrievalConfig
 

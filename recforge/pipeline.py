@@ -81,7 +81,7 @@ def train_retrieval(cfg: RecForgeConfig) -> dict[str, Any]:
 def build_index(cfg: RecForgeConfig) -> dict[str, Any]:
     """FAISS index of the retrieval bundle's item embeddings, recall-checked against exact search, saved into the
     bundle (<output_dir>/retrieval/bundle/index) so that the bundle is complete for registration and serving."""
-    from training.index.faiss_index import build_from_embeddings
+    from training.index.build import build_from_embeddings
 
     t0 = time.perf_counter()
     bundle = Path(cfg.output_dir) / "retrieval" / "bundle"

@@ -48,7 +48,7 @@ from scripts.bench.gpu_report import SECTION_TITLE, render
 from scripts.bench.timing import free, time_steps
 from training.common.data import InMemoryBatches
 from training.common.features import LABEL, FeatureLayout
-from training.index.faiss_index import IndexConfig
+from training.index.config import IndexConfig
 
 MODELS = ("dcnv2", "deepfm", "dlrm")
 log = logger("bench_gpu")

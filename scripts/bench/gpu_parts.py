@@ -37,7 +37,10 @@ from training.common.features import (
     seq_len_key,
 )
 from training.common.metrics import auc, logloss
-from training.index.faiss_index import IndexConfig, ItemIndex, TorchExactIndex, build_index
+from training.index.build import build_index
+from training.index.config import IndexConfig
+from training.index.faiss_index import ItemIndex
+from training.index.torch_exact import TorchExactIndex
 
 N_DENSE, N_SPARSE, K = 13, 26, 100
 log = logger("bench_gpu")

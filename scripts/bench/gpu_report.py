@@ -7,7 +7,7 @@ from typing import Any
 
 from scripts.bench.common import load_text
 
-SECTION_TITLE = "## GPU (bench_gpu.py)"
+SECTION_TITLE = "## GPU (scripts.bench.gpu)"
 
 
 def _fmt(x: float | None) -> str:

@@ -4,7 +4,7 @@ Data (seeded, not timed): `--items` unit vectors of `--dim` dimensions around `-
 (item = normalise(centre + noise), noise of norm about `--spread`), and `--queries` user vectors drawn the same
 way (perturbed cluster centres), so approximate search has structure to exploit, like trained embeddings.
 
-Every index is built by `training.index.faiss_index.build_index` (the code `recforge index build` runs, recall guard
+Every index is built by `training.index.build.build_index` (the code `recforge index build` runs, recall guard
 included) and searched through `ItemIndex.search` (the call serving makes: faiss plus id mapping), top-100:
 
 - batch: all queries in one call; QPS = queries / seconds;
@@ -35,7 +35,9 @@ import numpy as np
 
 from scripts.bench.common import clustered, command, load_text, logger, machine, machine_text, now, unit_rows
 from scripts.bench.doc import DOC, display, update_doc
-from training.index.faiss_index import IndexConfig, ItemIndex, build_index
+from training.index.build import build_index
+from training.index.config import IndexConfig
+from training.index.faiss_index import ItemIndex
 
 K = 100
 RECALL_GOAL, SPEEDUP_GOAL = 0.95, 10.0
@@ -141,9 +143,9 @@ def table(rows: list[Row]) -> list[str]:
 def render(rows: list[Row], ctx: dict[str, Any]) -> str:
     m, a = ctx["machine"], ctx["args"]
     lines = [
-        "## FAISS candidate index (bench_index.py)", "",
+        "## FAISS candidate index (scripts.bench.index)", "",
         "Exact inner-product search (IndexFlatIP) against approximate indexes, each built by "
-        "`training.index.faiss_index.build_index` and searched through `ItemIndex.search` (faiss plus id mapping), "
+        "`training.index.build.build_index` and searched through `ItemIndex.search` (faiss plus id mapping), "
         "top-100.",
         "", f"- Date: {ctx['date']}",
         f"- Machine: {machine_text(m)}; faiss threads (omp_get_max_threads): {m['faiss_threads']}; {load_text(m)}",

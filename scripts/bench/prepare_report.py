@@ -11,7 +11,7 @@ from typing import Any
 from scripts.bench.common import REPO, load_text, machine_text
 from scripts.bench.prepare_measure import SPLITS, Measurement
 
-SECTION_TITLE = "## Feature preparation (bench_prepare.py)"
+SECTION_TITLE = "## Feature preparation (scripts.bench.prepare)"
 GIB = 1024**3
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-SECTION_TITLE = "## CTR quality (bench_quality.py)"
+SECTION_TITLE = "## CTR quality (scripts.bench.quality)"
 PARTS = ("movielens", "peer", "synthetic", "explore")
 ML_CONFIG = "configs/movielens.yaml"
 DEMO_CONFIG = "configs/demo.yaml"

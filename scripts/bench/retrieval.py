@@ -82,7 +82,7 @@ def lr_text(optim: dict[str, Any]) -> str:
 
 def render(results: dict[str, dict[str, Any]], ctx: dict[str, Any]) -> str:
     m = ctx["machine"]
-    out = ["## Retrieval quality (bench_retrieval.py)", "",
+    out = ["## Retrieval quality (scripts.bench.retrieval)", "",
            "The two-tower model (`recforge train retrieval`) against most-popular, item-KNN (cosine item-item) and "
            "the `implicit` library's ALS and BPR, on the same per-user time split, in one run per data set. "
            "Full-corpus ranking for every test user, the user's train/valid items excluded.", "",

@@ -132,7 +132,7 @@ def proxy_text() -> str:
 
 def render(rows: list[dict[str, Any]], ctx: dict[str, Any]) -> str:
     m = ctx["machine"]
-    out = ["## Serving (bench_serve.py)", "",
+    out = ["## Serving (scripts.bench.serve)", "",
            f"`{ctx['command']}` on {ctx['date']}: {m['cpu']}, {m['usable']} usable of {m['cores']} cores, "
            f"{m['ram_gib']:.0f} GiB, {m['os']}, Python {m['python']}; Ray {ctx['ray']}; {load_text(m)}.", "",
            f"Scenario `{ctx['scenario']}`: {ctx['models']}; {ctx['candidates']} retrieval candidates ranked per "

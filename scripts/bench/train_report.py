@@ -7,7 +7,7 @@ from typing import Any
 from scripts.bench.ctr import PARAMS
 from scripts.bench.timing import Run
 
-SECTION_TITLE = "## CTR training throughput (bench_train.py)"
+SECTION_TITLE = "## CTR training throughput (scripts.bench.train)"
 MODELS = tuple(PARAMS)
 PEER_OF = {"dcnv2": "peer_dcn", "deepfm": "peer_deepfm", "dlrm": "peer_deepfm"}  # DeepCTR-Torch has no DLRM
 AUC_TOLERANCE = 0.002  # bf16 may trail fp32 by this much test AUC before the guard flags it

@@ -27,7 +27,9 @@ from training.common.features import (
     seq_key,
     seq_len_key,
 )
-from training.index.faiss_index import IndexConfig, ItemIndex, build_index
+from training.index.build import build_index
+from training.index.config import IndexConfig
+from training.index.faiss_index import ItemIndex
 
 N_USERS, N_ITEMS, N_CATS, N_TAGS, BAG_LEN, SEQ_LEN = 50, 40, 6, 8, 3, 5
 

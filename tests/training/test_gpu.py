@@ -20,7 +20,8 @@ from training.common.config import OptimConfig
 from training.common.data import InMemoryBatches
 from training.common.embedding import FusedEmbedding
 from training.common.features import LABEL
-from training.index.faiss_index import IndexConfig, build_index
+from training.index.build import build_index
+from training.index.config import IndexConfig
 from training.ranking.models import MODELS, build_model
 from training.ranking.task import CTRTask
 

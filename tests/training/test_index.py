@@ -1,5 +1,5 @@
-"""Tests of training/index/faiss_index.py: exactness against numpy brute force, the recall guard, exclusions,
-persistence."""
+"""Tests of training/index/ (config.py, faiss_index.py, build.py): exactness against numpy brute force, the
+recall guard, exclusions, persistence."""
 
 from __future__ import annotations
 
@@ -13,13 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from training.index.faiss_index import (
-    IndexConfig,
-    IndexRecallError,
-    ItemIndex,
-    build_from_embeddings,
-    build_index,
-)
+from training.index.build import build_from_embeddings, build_index
+from training.index.config import IndexConfig, IndexRecallError
+from training.index.faiss_index import ItemIndex
 
 N_ITEMS, DIM, N_CLUSTERS = 5000, 32, 50
 

@@ -15,7 +15,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from training.index.faiss_index import IndexConfig, ItemIndex, TorchExactIndex, build_index
+from training.index.build import build_index
+from training.index.config import IndexConfig
+from training.index.faiss_index import ItemIndex
+from training.index.torch_exact import TorchExactIndex
 
 REPO = Path(__file__).resolve().parents[2]
 N_ITEMS, DIM, N_QUERIES = 3000, 32, 200
@@ -177,7 +180,9 @@ FAISS_BLOCKED = textwrap.dedent("""
     import json, sys, tempfile
     sys.modules["faiss"] = None  # `import faiss` now fails as if it were not installed
     import numpy as np
-    from training.index.faiss_index import IndexConfig, ItemIndex, build_index
+    from training.index.build import build_index
+    from training.index.config import IndexConfig
+    from training.index.faiss_index import ItemIndex
     rng = np.random.default_rng(0)
     items = rng.standard_normal((800, 16)).astype(np.float32)
     items /= np.linalg.norm(items, axis=1, keepdims=True)

@@ -1,4 +1,7 @@
-"""Tests of training/common/metrics.py: exactness against scikit-learn and naive references, edge cases, plots."""
+"""Tests of training/common/metrics.py, topk_metrics.py and plots.py.
+
+Exactness against scikit-learn and naive references, edge cases, plots.
+"""
 
 from __future__ import annotations
 
@@ -19,13 +22,11 @@ from training.common.metrics import (
     expected_calibration_error,
     gauc,
     logloss,
-    plot_loss_curves,
-    plot_reliability,
-    plot_roc,
-    ranking_metrics,
     reliability_curve,
     roc_curve,
 )
+from training.common.plots import plot_loss_curves, plot_reliability, plot_roc
+from training.common.topk_metrics import ranking_metrics
 
 
 # --------------------------------------------------------------------------------------------- helpers

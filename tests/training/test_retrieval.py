@@ -14,7 +14,9 @@ import torch
 
 from feature_store.prepare import prepare
 from recforge.config import RecForgeConfig, load
-from training.index.faiss_index import IndexConfig, ItemIndex, build_from_embeddings
+from training.index.build import build_from_embeddings
+from training.index.config import IndexConfig
+from training.index.faiss_index import ItemIndex
 from training.retrieval.config import NegativesConfig, RetrievalConfig
 from training.retrieval.data import load_retrieval_data
 from training.retrieval.layout import tower_layout

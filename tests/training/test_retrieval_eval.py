@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from tests.conftest import dataset
-from training.common.metrics import ranking_metrics
+from training.common.topk_metrics import ranking_metrics
 from training.retrieval.baselines import ImplicitALS, ImplicitBPR, ItemKNN, MostPopular
 from training.retrieval.data import latest_mask
 from training.retrieval.evaluate import evaluate_scores, run_baselines, top_k

@@ -171,7 +171,7 @@ def torchrec_available() -> bool:
 def resolve_backend(backend: Backend) -> Literal["fused", "torchrec"]:
     """`auto`: on a CUDA machine the fused backend (one gather, no FBGEMM CUDA kernels needed); on CPU TorchRec's
     EmbeddingBagCollection, whose FBGEMM CPU kernels train faster than the fused table there
-    (docs/benchmarks.md, bench_train.py), falling back to fused where TorchRec cannot load."""
+    (docs/benchmarks.md, `python -m scripts.bench.train`), falling back to fused where TorchRec cannot load."""
     if backend == "auto":
         return "fused" if torch.cuda.is_available() or not torchrec_available() else "torchrec"
     if backend == "torchrec" and not torchrec_available():

@@ -1,8 +1,10 @@
-"""The one home of RecForge's metrics: CTR (AUC, gAUC, logloss, calibration), retrieval ranking, and plots.
+"""The CTR metrics of RecForge: AUC, gAUC, logloss, calibration, reliability, ROC curve and the bundle.
+
+The top-K retrieval metrics live in `training.common.topk_metrics`, the figures in `training.common.plots`.
 
 Everything is columnar: one sort, then segment reductions (`np.add.reduceat`, `np.cumsum`); no Python loop
 over rows, groups or users. Inputs are numpy arrays or torch tensors (via `.detach().cpu().numpy()`);
-outputs are Python floats, small frozen dataclasses or matplotlib Figures. Counting is done in int64, so AUC
+outputs are Python floats or small frozen dataclasses. Counting is done in int64, so AUC
 and gAUC are exact (ties get average ranks, i.e. a tied positive/negative pair counts one half).
 
 Conventions:
@@ -14,18 +16,13 @@ Conventions:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
 ArrayLike = Any  # np.ndarray | torch.Tensor | Sequence[float]
 Strategy = Literal["uniform", "quantile"]
-RelevantLike = Any  # list[np.ndarray] | tuple[indptr, indices] | scipy.sparse.csr_matrix
 
 __all__ = [
     "GAUCResult",
@@ -36,10 +33,6 @@ __all__ = [
     "expected_calibration_error",
     "gauc",
     "logloss",
-    "plot_loss_curves",
-    "plot_reliability",
-    "plot_roc",
-    "ranking_metrics",
     "reliability_curve",
     "roc_curve",
 ]
@@ -443,207 +436,3 @@ def ctr_metrics(
         out["gauc_groups_used"] = float(res.groups_used)
     return {_prefixed(prefix, k): v for k, v in out.items()}
 
-
-def _relevant_csr(relevant: RelevantLike, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indptr, indices) from a list of per-user id arrays, an (indptr, indices) tuple or a scipy CSR."""
-    if hasattr(relevant, "indptr") and hasattr(relevant, "indices"):  # scipy.sparse CSR (row = user)
-        relevant = (np.asarray(relevant.indptr), np.asarray(relevant.indices))
-    if isinstance(relevant, tuple):
-        if len(relevant) != 2:
-            raise ValueError(
-                "ranking_metrics: a tuple 'relevant' is read as CSR (indptr, indices) but has "
-                f"{len(relevant)} parts; pass per-user arrays as a list instead"
-            )
-        indptr = np.asarray(relevant[0])
-        indices = np.asarray(relevant[1]).reshape(-1)
-        if indptr.ndim != 1 or indptr.shape[0] != n_users + 1 or not np.issubdtype(indptr.dtype, np.integer):
-            raise ValueError(
-                "ranking_metrics: CSR 'relevant' indptr must be 1-D integers of length n_users + 1 = "
-                f"{n_users + 1}, got shape {indptr.shape} dtype {indptr.dtype}; "
-                "pass per-user arrays as a list instead"
-            )
-        indptr = indptr.astype(np.int64)
-        if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != indices.shape[0]:
-            raise ValueError(
-                "ranking_metrics: 'relevant' (indptr, indices) is not a valid CSR: indptr must start at 0, "
-                f"never decrease and end at len(indices) = {indices.shape[0]}"
-            )
-        return indptr, indices
-    if len(relevant) != n_users:
-        raise ValueError(
-            f"ranking_metrics: 'ranked_item_ids' has {n_users} users (rows) but 'relevant' has "
-            f"{len(relevant)} entries; give one array of relevant item ids per ranked user, in the same order"
-        )
-    lengths = np.fromiter((np.size(r) for r in relevant), dtype=np.int64, count=n_users)
-    indptr = np.concatenate(([0], np.cumsum(lengths)))
-    parts = [np.asarray(r).reshape(-1) for r in relevant]
-    indices = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-    return indptr, indices
-
-
-def ranking_metrics(
-    ranked_item_ids: ArrayLike,
-    relevant: RelevantLike,
-    ks: Sequence[int] = (10, 20, 50, 100),
-    pad_id: int | None = -1,
-    prefix: str = "",
-) -> dict[str, float]:
-    """Top-K retrieval metrics averaged over users that have at least one relevant item.
-
-    Args:
-        ranked_item_ids: n_users x K_max integer item ids, best first; `pad_id` pads short lists (never hits).
-            A repeated id in a row counts once (at its first position).
-        relevant: per user, the relevant (held-out) item ids: a list of arrays (one per row), or CSR-like: a
-            tuple (indptr, indices) with indptr of length n_users + 1, or a scipy CSR matrix (row = user,
-            column index = item id). Duplicates count once.
-        ks: cut-offs, each <= K_max.
-    Returns:
-        recall@K = hits in top K / |relevant| (NOT / min(|relevant|, K): a user with more relevant items
-        than K cannot reach 1), ndcg@K (binary gains, ideal DCG over min(|relevant|, K) items),
-        hit_rate@K (at least one hit), mrr (1 / rank of the first hit within K_max, 0 if none),
-        n_users (evaluated) and n_users_skipped (no relevant item, excluded from every average).
-    """
-    ranked = np.asarray(ranked_item_ids.detach().cpu().numpy() if hasattr(ranked_item_ids, "detach")
-                        else ranked_item_ids)
-    if ranked.ndim != 2 or not np.issubdtype(ranked.dtype, np.integer):
-        raise ValueError(
-            f"ranking_metrics: 'ranked_item_ids' must be an integer n_users x K_max array, got shape "
-            f"{ranked.shape} dtype {ranked.dtype}"
-        )
-    n_users, k_max = ranked.shape
-    ks = tuple(int(k) for k in ks)
-    bad_k = [k for k in ks if k < 1 or k > k_max]
-    if bad_k:
-        raise ValueError(
-            f"ranking_metrics: ks {bad_k} outside 1..K_max={k_max}; retrieve more items or lower ks"
-        )
-    indptr, indices = _relevant_csr(relevant, n_users)
-    if indices.size and not np.issubdtype(indices.dtype, np.integer):
-        raise ValueError(f"ranking_metrics: relevant item ids must be integers, got dtype {indices.dtype}")
-    rel_user = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(indptr))
-
-    # Composite (user, item) keys: user * span + item offset; densify ids when that would overflow int64.
-    all_ids = np.concatenate((ranked.reshape(-1).astype(np.int64), indices.astype(np.int64)))
-    if all_ids.size == 0:
-        lo, span = 0, 1
-        r_code, i_code = ranked.reshape(-1).astype(np.int64), indices.astype(np.int64)
-    else:
-        lo, hi = int(all_ids.min()), int(all_ids.max())
-        span = hi - lo + 1
-        if span <= (2**62) // max(n_users, 1):
-            r_code, i_code = ranked.reshape(-1).astype(np.int64) - lo, indices.astype(np.int64) - lo
-        else:
-            _, inv = np.unique(all_ids, return_inverse=True)
-            span = int(inv.max()) + 1
-            r_code, i_code = inv[: ranked.size], inv[ranked.size :]
-    rel_keys = np.sort(rel_user * span + i_code)
-    if rel_keys.size > 1:  # deduplicate
-        rel_keys = rel_keys[np.concatenate(([True], rel_keys[1:] != rel_keys[:-1]))]
-    n_rel = np.bincount(rel_keys // span, minlength=n_users)
-    row = np.repeat(np.arange(n_users, dtype=np.int64), k_max)
-    q = row * span + r_code
-    pos = np.searchsorted(rel_keys, q)
-    hit = np.zeros(q.shape[0], dtype=bool)
-    inside = pos < rel_keys.shape[0]
-    hit[inside] = rel_keys[pos[inside]] == q[inside]
-    hit = hit.reshape(n_users, k_max)
-    if pad_id is not None:
-        hit &= ranked != pad_id
-    hit_at = np.flatnonzero(hit)  # a repeated id counts once: among equal (user, item) hits keep the first
-    if hit_at.size > 1:
-        o = np.argsort(q[hit_at], kind="stable")
-        sk = q[hit_at][o]
-        hit.reshape(-1)[hit_at[o[1:][sk[1:] == sk[:-1]]]] = False
-
-    eligible = n_rel > 0
-    out: dict[str, float] = {}
-    h = hit[eligible]
-    nr = n_rel[eligible].astype(np.float64)
-    n_eval = int(eligible.sum())
-    discount = 1.0 / np.log2(np.arange(k_max, dtype=np.float64) + 2.0)
-    ideal = np.cumsum(discount)
-    cum_hits = np.cumsum(h, axis=1)
-    dcg = np.cumsum(h * discount, axis=1)
-    nan = float("nan")
-    for k in ks:
-        hits_k = cum_hits[:, k - 1] if n_eval else np.zeros(0)
-        idcg = ideal[np.minimum(nr, k).astype(np.int64) - 1] if n_eval else np.ones(0)
-        out[f"recall@{k}"] = float(np.mean(hits_k / nr)) if n_eval else nan
-        out[f"ndcg@{k}"] = float(np.mean(dcg[:, k - 1] / idcg)) if n_eval else nan
-        out[f"hit_rate@{k}"] = float(np.mean(hits_k > 0)) if n_eval else nan
-    any_hit = h.any(axis=1)
-    first = np.argmax(h, axis=1)
-    out["mrr"] = float(np.mean(np.where(any_hit, 1.0 / (first + 1.0), 0.0))) if n_eval else nan
-    out["n_users"] = float(n_eval)
-    out["n_users_skipped"] = float(n_users - n_eval)
-    return {_prefixed(prefix, k): v for k, v in out.items()}
-
-
-# ---------------------------------------------------------------------------------------- plots
-def _new_figure(width: float = 5.0, height: float = 4.5) -> Figure:
-    """A Figure on the Agg canvas, without pyplot's global state (safe in workers and headless servers)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def plot_roc(
-    labels: ArrayLike, scores: ArrayLike, max_points: int = 1000, title: str = "ROC curve"
-) -> Figure:
-    """ROC curve with its AUC in the legend and the chance diagonal; a Figure ready for `savefig`/MLflow."""
-    fpr, tpr, _ = roc_curve(labels, scores, max_points=max_points)
-    value = auc(labels, scores)
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    ax.plot(fpr, tpr, lw=1.8, label=f"AUC = {value:.4f}")
-    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="chance")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), title=title)
-    ax.set(xlabel="False positive rate", ylabel="True positive rate")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def plot_reliability(
-    labels: ArrayLike,
-    probs: ArrayLike,
-    n_bins: int = 10,
-    strategy: Strategy = "uniform",
-    title: str = "Reliability diagram",
-) -> Figure:
-    """Reliability diagram (observed rate vs mean prediction per bin, ECE in the legend) over row counts."""
-    curve = reliability_curve(labels, probs, n_bins=n_bins, strategy=strategy)
-    fig = _new_figure(5.0, 6.0)
-    ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
-    top = float(max(curve.mean_predicted.max(initial=0.0), curve.observed_rate.max(initial=0.0)))
-    lim = 1.0 if strategy == "uniform" else min(1.0, top * 1.1 + 1e-6)
-    ax.plot([0, lim], [0, lim], ls="--", lw=1, color="grey", label="perfectly calibrated")
-    label = f"model (ECE = {curve.ece:.4f})"
-    ax.plot(curve.mean_predicted, curve.observed_rate, marker="o", lw=1.8, label=label)
-    ax.set(ylabel="Observed positive rate", title=title, xlim=(0, lim), ylim=(0, lim))
-    ax.legend(loc="upper left")
-    ax.grid(alpha=0.3)
-    widths = curve.bin_upper - curve.bin_lower
-    ax_n.bar(curve.bin_lower, curve.counts, width=widths, align="edge", edgecolor="white")
-    ax_n.set(xlabel="Mean predicted probability", ylabel="Rows")
-    return fig
-
-
-def plot_loss_curves(
-    history: Mapping[str, Sequence[float]], title: str = "Loss", xlabel: str = "epoch"
-) -> Figure:
-    """One line per series of `history` (e.g. {"train/loss": [...], "val/loss": [...]}), x = value index."""
-    if not history:
-        raise ValueError("plot_loss_curves: 'history' is empty; pass e.g. {'train/loss': [0.7, 0.5]}")
-    fig = _new_figure(6.0, 4.0)
-    ax = fig.add_subplot()
-    for name, values in history.items():
-        v = np.asarray(values, dtype=np.float64).reshape(-1)
-        ax.plot(np.arange(v.shape[0]), v, marker="o" if v.shape[0] <= 30 else None, ms=3, lw=1.6, label=name)
-    ax.set(xlabel=xlabel, ylabel="value", title=title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return fig

@@ -2,7 +2,8 @@
 
 Embedding rows get sparse, bursty gradients and train best with their own optimizer and learning rate (measured on
 the CTR benchmarks, docs/benchmarks.md); dense layers take Adam or AdamW, fused (one kernel per step instead of
-several passes over memory per tensor; bench_train). `configure_optimizers` is what both Lightning tasks return.
+several passes over memory per tensor; `python -m scripts.bench.train`). `configure_optimizers` is what both
+Lightning tasks return.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def configure_optimizers(model: nn.Module, o: OptimConfig, *, steps_per_epoch: i
     opts: list[torch.optim.Optimizer] = []
     if dense:
         cls = torch.optim.AdamW if o.dense == "adamw" else torch.optim.Adam
-        # fused: one kernel per step instead of several passes over memory per tensor (bench_train)
+        # fused: one kernel per step instead of several passes over memory per tensor (scripts.bench.train)
         opts.append(cls(dense, lr=o.dense_lr, weight_decay=o.weight_decay, fused=True))
     if emb:
         opts.append(_embedding_optimizer(emb, o))

@@ -22,8 +22,8 @@ from training.common.config import RuntimeConfig
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """True where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16); elsewhere bf16 is emulated and
-    slower than fp32. Measured on such a CPU (bench_train, docs/benchmarks.md): bf16 autocast trains DCNv2 2.0x,
-    DLRM 1.3x and DeepFM 1.3x faster than fp32 at the same test AUC."""
+    slower than fp32. Measured on such a CPU (`python -m scripts.bench.train`, docs/benchmarks.md): bf16 autocast
+    trains DCNv2 2.0x, DLRM 1.3x and DeepFM 1.3x faster than fp32 at the same test AUC."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from feature_store.layout import RunLayout
-from training.common.metrics import plot_loss_curves, plot_reliability, plot_roc
+from training.common.plots import plot_loss_curves, plot_reliability, plot_roc
 from training.common.run import RunResult, Trained, finish
 from training.common.tracking import failed_run, open_run
 from training.ranking.bundle import save_bundle

@@ -3,9 +3,9 @@
 Everything works on dense integer codes (users 0..U-1, items 0..I-1; `training.retrieval.data` maps raw ids):
 `evaluate_scores` asks a score function for every item of the catalogue for each user with test items (in user
 batches), masks the items the user saw, takes the top K_max and scores it with `ranking_metrics` (the single
-implementation in `training.common.metrics`); `run_baselines` fits the baselines of `training.retrieval.baselines`
-and scores them the same way, and `evaluate_two_tower` scores the two-tower model's vectors, so the model and the
-baselines meet identical users, items and masks.
+implementation, in `training.common.topk_metrics`); `run_baselines` fits the baselines of
+`training.retrieval.baselines` and scores them the same way, and `evaluate_two_tower` scores the two-tower model's
+vectors, so the model and the baselines meet identical users, items and masks.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from training.common.metrics import ranking_metrics
+from training.common.topk_metrics import ranking_metrics
 from training.retrieval.baselines import BASELINES, as_csr
 from training.retrieval.data import QuerySet, RetrievalData
 from training.retrieval.model import TwoTower, embed

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from feature_store.layout import RunLayout
-from training.common.metrics import plot_loss_curves
+from training.common.plots import plot_loss_curves
 from training.common.run import RunResult, Trained, finish
 from training.common.tracking import failed_run, open_run
 from training.retrieval.bundle import save_retrieval_bundle
