@@ -1,8 +1,9 @@
 """The plots of a promotion review: both models drawn on the same held-out data, so a reviewer sees the
 difference the gate measured rather than two unrelated pictures.
 
-Figures are drawn on matplotlib's Agg canvas without pyplot (no global state, no display), so this works headless
-and inside Ray workers. `png` turns one into the bytes the review writes and embeds.
+Figures come from `training.common.plots` (the ROC curve of several models is its `plot_roc`; the canvas is its
+`new_figure`: matplotlib's Agg canvas without pyplot, so this works headless and inside Ray workers). `png`
+turns one into the bytes the review writes and embeds.
 """
 
 from __future__ import annotations
@@ -13,38 +14,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from training.common.plots import new_figure
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def _figure(width: float = 5.5, height: float = 4.5) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def roc_figure(labels: np.ndarray, probs: Mapping[str, np.ndarray], title: str = "ROC on the held-out rows") -> Figure:
-    """The ROC curves of several models' probabilities for the same labels, AUC in the legend."""
-    from training.common.metrics import auc, roc_curve
-
-    fig = _figure()
-    ax = fig.add_subplot()
-    for name, p in probs.items():
-        fpr, tpr, _ = roc_curve(labels, p)
-        ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUC {auc(labels, p):.4f})")
-    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="chance")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate", ylabel="True positive rate", title=title)
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    return fig
-
-
 def score_histogram_figure(probs: Mapping[str, np.ndarray], title: str = "Predicted click probability") -> Figure:
     """Histograms of several models' predicted probabilities on the same rows (shared bins)."""
-    fig = _figure(5.5, 3.8)
+    fig = new_figure(5.5, 3.8)
     ax = fig.add_subplot()
     bins = np.linspace(0.0, 1.0, 51)
     for name, p in probs.items():
@@ -57,7 +35,7 @@ def score_histogram_figure(probs: Mapping[str, np.ndarray], title: str = "Predic
 
 def recall_figure(curves: Mapping[str, Mapping[int, float]], title: str = "Recall@K on the held-out queries") -> Figure:
     """Recall@K against K for several retrievers evaluated on the same queries."""
-    fig = _figure()
+    fig = new_figure(5.5, 4.5)
     ax = fig.add_subplot()
     for name, curve in curves.items():
         ks = sorted(curve)

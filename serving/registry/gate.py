@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serving.registry.figures import recall_figure, roc_figure, score_histogram_figure
+from serving.registry.figures import recall_figure, score_histogram_figure
 from serving.registry.settings import Kind, RegistrySettings
 from serving.registry.store import RegistryError
+from training.common.plots import plot_roc
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -141,7 +142,8 @@ def gate_rankers(settings: RegistrySettings, dirs: dict[str, Path], titles: dict
              MetricRow("logloss", metrics["candidate"]["logloss"], champ["logloss"] if champ else None, False,
                        gate.logloss_tolerance)]
     named = {titles[side]: p for side, p in probs.items()}
-    figures = {"roc": roc_figure(labels, named), "scores": score_histogram_figure(named)}
+    figures = {"roc": plot_roc(labels, named, title="ROC on the held-out rows"),
+               "scores": score_histogram_figure(named)}
     heldout = {"rows": len(labels), "positives": n_pos, "split": "test (raw rows, each model's own spec)"}
     return GateOutcome(metrics, table, heldout, figures)
 

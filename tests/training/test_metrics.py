@@ -331,3 +331,12 @@ def test_plots_return_figures_that_save_to_png(tmp_path: Path) -> None:
         assert isinstance(fig, Figure)
         fig.savefig(tmp_path / name)
         assert (tmp_path / name).stat().st_size > 5_000
+
+
+def test_roc_of_several_models_draws_one_curve_each_with_its_auc_in_the_legend() -> None:
+    y, p = _ctr_data(2_000, 14)
+    worse = np.clip(p + np.random.default_rng(0).normal(0, 0.3, len(p)), 0, 1)
+    fig = plot_roc(y, {"candidate v2": p, "champion v1": worse})
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == [f"candidate v2 (AUC {auc(y, p):.4f})", f"champion v1 (AUC {auc(y, worse):.4f})", "chance"]
+    assert len(fig.axes[0].get_lines()) == 3

@@ -16,10 +16,10 @@ from training.common.metrics import ArrayLike, Strategy, auc, reliability_curve,
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["plot_loss_curves", "plot_reliability", "plot_roc"]
+__all__ = ["new_figure", "plot_loss_curves", "plot_reliability", "plot_roc"]
 
 
-def _new_figure(width: float = 5.0, height: float = 4.5) -> Figure:
+def new_figure(width: float = 5.0, height: float = 4.5) -> Figure:
     """A Figure on the Agg canvas, without pyplot's global state (safe in workers and headless servers)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -30,14 +30,19 @@ def _new_figure(width: float = 5.0, height: float = 4.5) -> Figure:
 
 
 def plot_roc(
-    labels: ArrayLike, scores: ArrayLike, max_points: int = 1000, title: str = "ROC curve"
+    labels: ArrayLike, scores: ArrayLike | Mapping[str, ArrayLike], max_points: int = 1000, title: str = "ROC curve"
 ) -> Figure:
-    """ROC curve with its AUC in the legend and the chance diagonal; a Figure ready for `savefig`/MLflow."""
-    fpr, tpr, _ = roc_curve(labels, scores, max_points=max_points)
-    value = auc(labels, scores)
-    fig = _new_figure()
+    """ROC curve with its AUC in the legend and the chance diagonal; a Figure ready for `savefig`/MLflow.
+
+    `scores` is one model's scores, or {name: scores} of several models on the same labels (one curve each, as
+    a promotion review draws candidate and champion)."""
+    named = scores if isinstance(scores, Mapping) else {"": scores}
+    fig = new_figure()
     ax = fig.add_subplot()
-    ax.plot(fpr, tpr, lw=1.8, label=f"AUC = {value:.4f}")
+    for name, s in named.items():
+        fpr, tpr, _ = roc_curve(labels, s, max_points=max_points)
+        value = auc(labels, s)
+        ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUC {value:.4f})" if name else f"AUC = {value:.4f}")
     ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="chance")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), title=title)
     ax.set(xlabel="False positive rate", ylabel="True positive rate")
@@ -55,7 +60,7 @@ def plot_reliability(
 ) -> Figure:
     """Reliability diagram (observed rate vs mean prediction per bin, ECE in the legend) over row counts."""
     curve = reliability_curve(labels, probs, n_bins=n_bins, strategy=strategy)
-    fig = _new_figure(5.0, 6.0)
+    fig = new_figure(5.0, 6.0)
     ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     top = float(max(curve.mean_predicted.max(initial=0.0), curve.observed_rate.max(initial=0.0)))
     lim = 1.0 if strategy == "uniform" else min(1.0, top * 1.1 + 1e-6)
@@ -77,7 +82,7 @@ def plot_loss_curves(
     """One line per series of `history` (e.g. {"train/loss": [...], "val/loss": [...]}), x = value index."""
     if not history:
         raise ValueError("plot_loss_curves: 'history' is empty; pass e.g. {'train/loss': [0.7, 0.5]}")
-    fig = _new_figure(6.0, 4.0)
+    fig = new_figure(6.0, 4.0)
     ax = fig.add_subplot()
     for name, values in history.items():
         v = np.asarray(values, dtype=np.float64).reshape(-1)
