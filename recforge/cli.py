@@ -39,7 +39,7 @@ class Option:
 COMMON = [
     Option("--output-dir", "output_dir", str, "where outputs go (config: output_dir)"),
     Option("--seed", "seed", int, "seed of the feature-spec fitting samples (config: seed); the data, split and "
-           "training have their own: source.seed, split.seed, train.seed"),
+           "training have their own: source.seed, split.seed, train.runtime.seed, retrieval.runtime.seed"),
 ]
 PREPARE = [
     Option("--ray-address", "prepare.ray_address", str, "attach to a Ray cluster, e.g. auto or ray://host:10001"),
@@ -63,14 +63,17 @@ TRAIN_RAY_ADDRESS = Option("--ray-address", "prepare.ray_address", str,
                            "Ray cluster for --ray-workers (default: a local Ray)")
 TRACKING_URI = Option("--tracking-uri", "train.tracking.uri", str,
                       "MLflow tracking URI (default: <output_dir>/mlflow.db)")
+RETRIEVAL_TRACKING_URI = Option("--tracking-uri", "retrieval.tracking.uri", str,
+                                "MLflow tracking URI (default: train.tracking.uri, else <output_dir>/mlflow.db)")
 
 TRAIN = [
     Option("--model", "train.model", str, "model name: lr, fm, wide_deep, deepfm, dcnv2, dlrm, din, finalmlp"),
     Option("--epochs", "train.max_epochs", int, "maximum epochs (config: train.max_epochs)"),
     Option("--batch-size", "train.batch_size", int, "training batch size (config: train.batch_size)"),
-    Option("--accelerator", "train.accelerator", str, "auto, cpu or gpu (config: train.accelerator)"),
-    Option("--devices", "train.devices", int, "devices for the Trainer; >1 uses DDP (config: train.devices)"),
-    Option("--ray-workers", "train.ray_workers", int, "train through Ray Train with N workers"),
+    Option("--accelerator", "train.runtime.accelerator", str, "auto, cpu or gpu (config: train.runtime.accelerator)"),
+    Option("--devices", "train.runtime.devices", int,
+           "devices for the Trainer; >1 uses DDP, or the ranks with --sharded (config: train.runtime.devices)"),
+    Option("--ray-workers", "train.runtime.ray_workers", int, "train through Ray Train with N workers"),
     TRAIN_RAY_ADDRESS,
     TRACKING_URI,
     Option("--resume", "train.resume", bool, "continue from the last checkpoint", switch=True),
@@ -81,10 +84,11 @@ TRAIN = [
 RETRIEVAL = [
     Option("--epochs", "retrieval.max_epochs", int, "maximum epochs (config: retrieval.max_epochs)"),
     Option("--batch-size", "retrieval.batch_size", int, "training batch size (config: retrieval.batch_size)"),
-    Option("--accelerator", "retrieval.accelerator", str, "auto, cpu or gpu (config: retrieval.accelerator)"),
-    Option("--ray-workers", "retrieval.ray_workers", int, "train through Ray Train with N workers"),
+    Option("--accelerator", "retrieval.runtime.accelerator", str,
+           "auto, cpu or gpu (config: retrieval.runtime.accelerator)"),
+    Option("--ray-workers", "retrieval.runtime.ray_workers", int, "train through Ray Train with N workers"),
     TRAIN_RAY_ADDRESS,
-    TRACKING_URI,
+    RETRIEVAL_TRACKING_URI,
 ]
 REGISTRY = [
     Option("--tracking-uri", "train.tracking.uri", str, "MLflow tracking and registry URI (default: "

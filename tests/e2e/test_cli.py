@@ -81,3 +81,34 @@ def test_train_retrieval_refuses_options_of_train_ctr(capsys: pytest.CaptureFixt
     rc = main(["train", "retrieval", "--config", str(ROOT / "configs" / "movielens.yaml"), "--model", "dcnv2"])
     assert rc == 2
     assert "does not take --model" in capsys.readouterr().err
+
+
+def _has_key(model: type, path: list[str]) -> bool:
+    """Whether the dotted `path` names a field of `model` (for a union field: of any of its model types)."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    field = model.model_fields.get(path[0])  # type: ignore[attr-defined]
+    if field is None:
+        return False
+    if len(path) == 1:
+        return True
+    ann = field.annotation
+    if typing.get_origin(ann) is typing.Annotated:
+        ann = typing.get_args(ann)[0]
+    members = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)
+    members = tuple(typing.get_args(m)[0] if typing.get_origin(m) is typing.Annotated else m for m in members)
+    return any(isinstance(m, type) and issubclass(m, BaseModel) and _has_key(m, path[1:]) for m in members)
+
+
+def test_every_command_line_option_sets_a_key_the_config_has() -> None:
+    from recforge import cli
+    from recforge.config import RecForgeConfig
+
+    options = [o for name in ("COMMON", "PREPARE", "GENERATE", "MATERIALIZE", "TRAIN", "RETRIEVAL", "REGISTRY",
+                              "SERVE", "INDEX") for o in getattr(cli, name)]
+    missing = [f"{o.flag} -> {o.key}" for o in options if not _has_key(RecForgeConfig, o.key.split("."))]
+    assert not missing, f"options that set keys the config does not have: {missing}"
+    assert not _has_key(RecForgeConfig, ["train", "accelerator"])  # the check can fail
