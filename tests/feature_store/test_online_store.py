@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -419,3 +420,31 @@ def test_redis_store_names_the_url_when_the_server_is_unreachable() -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(ConnectionError, match=r"online_store.url='redis://127\.0\.0\.1"):
         RedisOnlineStore(url, "x")
+
+
+class _ScanThatSkipsOneKey:
+    """A Redis client whose first SCAN leaves out one matching key, as a server shrinking its table may."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.scans = 0
+
+    def scan_iter(self, *args: Any, **kwargs: Any) -> Iterator[str]:
+        self.scans += 1
+        keys = iter(self._client.scan_iter(*args, **kwargs))
+        if self.scans == 1:
+            next(keys, None)
+        yield from keys
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_redis_rewrite_deletes_old_rows_that_one_scan_pass_skipped(redis_url: str) -> None:
+    store = RedisOnlineStore(redis_url, f"skip-{uuid.uuid4().hex[:8]}")
+    _write_users(store)
+    flaky = _ScanThatSkipsOneKey(store._r)
+    store._r = flaky
+    store.write("users", pa.table({"user_id": [7], "ts": [1]}), key="user_id", ts_column="ts", ttl_seconds=None)
+    assert flaky.scans >= 2
+    assert sum(1 for _ in flaky.scan_iter(match=f"{store.namespace}:r:*")) == 1  # only the new version's row
