@@ -22,15 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import core_schema
 
+from serving.reports.render import render as render_template
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOC_PATH = REPO_ROOT / "docs" / "config.md"
-TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "config.md.j2"
+TEMPLATE_NAME = "config.md.j2"
 REGENERATE = "make docs"  # what a stale page's message tells the reader to run
 MODEL_PARAMS_PATH = "train.model_params"
 MODEL_PARAMS_ANCHOR = "model-params"
@@ -442,30 +443,32 @@ def build_page() -> Page:
     return Page(top_rows, sections, model_params_table())
 
 
-def render(template_path: Path = TEMPLATE_PATH) -> str:
+def render() -> str:
     """The text of docs/config.md. Every top-level section must be placed by the template exactly once."""
     page = build_page()
     placed: list[str] = []
 
     def section(name: str) -> str:
         if name not in page.sections:
-            raise KeyError(f"{template_path.name}: section('{name}') is not a top-level config section "
+            raise KeyError(f"{TEMPLATE_NAME}: section('{name}') is not a top-level config section "
                            f"(sections: {', '.join(page.sections)})")
         placed.append(name)
         return page.sections[name].markdown()
 
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-    template = env.from_string(template_path.read_text())
-    text = template.render(
-        top_level=TABLE_HEAD + "\n" + "\n".join(r.markdown() for r in page.top_rows),
-        section=section,
-        model_params=page.model_params.markdown(),
-        regenerate=REGENERATE,
+    text = render_template(
+        TEMPLATE_NAME,
+        {
+            "top_level": TABLE_HEAD + "\n" + "\n".join(r.markdown() for r in page.top_rows),
+            "section": section,
+            "model_params": page.model_params.markdown(),
+            "regenerate": REGENERATE,
+        },
+        package="recforge",
     )
     missing = [n for n in page.sections if n not in placed]
     twice = sorted({n for n in placed if placed.count(n) > 1})
     if missing or twice:
-        raise ValueError(f"{template_path.name}: every top-level section must be placed once with "
+        raise ValueError(f"{TEMPLATE_NAME}: every top-level section must be placed once with "
                          f"{{{{ section('NAME') }}}}; missing: {missing or 'none'}, repeated: {twice or 'none'}")
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
@@ -487,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         current = args.output.read_text() if args.output.is_file() else ""
         if current != text:
             print(f"{args.output.name} is out of date with the config models (their docstrings and Field "
-                  f"descriptions, or {TEMPLATE_PATH.name}); run `{REGENERATE}` (python -m recforge.configdoc) "
+                  f"descriptions, or {TEMPLATE_NAME}); run `{REGENERATE}` (python -m recforge.configdoc) "
                   f"and commit the result", file=sys.stderr)
             return 1
         print(f"{args.output.name} is up to date")

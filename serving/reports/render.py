@@ -73,13 +73,15 @@ def _autoescape(name: str | None) -> bool:
 
 
 @functools.cache
-def environment() -> jinja2.Environment:
-    """The shared Jinja2 environment over this package's `templates/` (built once per process).
+def environment(package: str = "serving.reports") -> jinja2.Environment:
+    """The Jinja2 environment over `package`'s `templates/` directory (one per package, built once per process).
 
+    Every template of the project (this package's reports, the CLI's generated config docs) renders through it,
+    so all share the same rules: strict undefined, trimmed blocks, the filters above, HTML-only escaping.
     PackageLoader finds the templates through the import system, so an editable checkout and an installed wheel
     (where they are package data) behave the same."""
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("serving.reports", "templates"),
+        loader=jinja2.PackageLoader(package, "templates"),
         autoescape=_autoescape,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -90,9 +92,9 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def render(template: str, context: Mapping[str, Any]) -> str:
-    """Render the template named `template` (e.g. "review.html.j2") with `context`."""
-    return environment().get_template(template).render(**context)
+def render(template: str, context: Mapping[str, Any], package: str = "serving.reports") -> str:
+    """Render the template named `template` (e.g. "review.html.j2") of `package` with `context`."""
+    return environment(package).get_template(template).render(**context)
 
 
 def render_report(report: str, context: Mapping[str, Any], formats: Iterable[Format] = FORMATS) -> dict[str, str]:

@@ -73,6 +73,12 @@ class Trained:
     distributed: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
+    def result(self, *, stage: Stage, bundle: Path, run: TrackedRun, lineage: dict[str, str],
+               started: float) -> RunResult:
+        """The job's result: these figures plus where the bundle and the MLflow run are."""
+        return RunResult(stage=stage, bundle=str(bundle), mlflow=run.as_dict(), lineage=lineage,
+                         seconds=round(time.perf_counter() - started, 3), **asdict(self))
+
 
 def lineage(prepared: Path) -> dict[str, str]:
     """The data lineage of a run: hash of the prepared shards and the fingerprint of the spec they were made with."""
@@ -88,11 +94,7 @@ def finish(trained: Trained, *, stage: Stage, layout: StageLayout, prepared: Pat
     import mlflow
     import yaml
 
-    result = RunResult(stage=stage, model=trained.model, epochs_run=trained.epochs_run,
-                       global_steps=trained.global_steps, valid=trained.valid, test=trained.test,
-                       bundle=str(layout.bundle), mlflow=run.as_dict(), lineage=lineage(prepared),
-                       device=trained.device, precision=trained.precision, seconds=0.0, history=trained.history,
-                       distributed=trained.distributed, details=trained.details)
+    result = trained.result(stage=stage, bundle=layout.bundle, run=run, lineage=lineage(prepared), started=started)
     client = run.client()
     log_params(run, config_doc)
     for key, value in result.lineage.items():

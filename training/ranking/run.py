@@ -54,10 +54,7 @@ def train_ctr(output_dir: str | Path, name: str, cfg: TrainConfig, *, config_doc
                           history=fitted.history, distributed=fitted.distributed,
                           details={"best_checkpoint": fitted.best_checkpoint})
         if not fitted.global_zero:  # a DDP rank other than 0: rank 0 logs and writes
-            return RunResult(stage="ranking", model=cfg.model, epochs_run=fitted.epochs_run,
-                             global_steps=fitted.global_steps, valid=fitted.valid, test=fitted.test,
-                             bundle=str(stage.bundle), mlflow=run.as_dict(), lineage={}, device=fitted.device,
-                             precision=fitted.precision, seconds=round(time.perf_counter() - started, 3))
+            return trained.result(stage="ranking", bundle=stage.bundle, run=run, lineage={}, started=started)
         save_bundle(stage.bundle, model_name=cfg.model, model=fitted.model, spec_dir=layout.spec,
                     metrics={f"test/{k}": v for k, v in fitted.test.items()}, example=fitted.example)
 
