@@ -29,24 +29,20 @@ FORMATS: tuple[Format, ...] = ("md", "html")
 HTML_SUFFIX = ".html.j2"
 
 
-def num(value: float | None, digits: int = 5) -> str:
-    """A figure with `digits` decimals; "-" where there is none (no champion), "NaN" where it is undefined."""
+def num(value: float | None, digits: int = 5, *, signed: bool = False) -> str:
+    """A figure with `digits` decimals; "-" where there is none (no champion), "NaN" where it is undefined.
+    `signed`: the sign always shown, so that a change reads as a change."""
     if value is None:
         return "-"
     v = float(value)
     if math.isnan(v):
         return "NaN"
-    return f"{v:.{digits}f}"
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
 def delta(value: float | None, digits: int = 5) -> str:
-    """Like `num`, with the sign always shown: a change reads as a change."""
-    if value is None:
-        return "-"
-    v = float(value)
-    if math.isnan(v):
-        return "NaN"
-    return f"{v:+.{digits}f}"
+    """`num` with the sign always shown (the template filter for differences)."""
+    return num(value, digits, signed=True)
 
 
 def absent(value: Any) -> Any:

@@ -29,36 +29,6 @@ Stage = Literal["ranking", "retrieval"]
 
 
 @dataclass
-class RunResult:
-    """What a training job produced; `to_dict()` is what `metrics.json`, `--json` and the CLI report show.
-
-    `valid` / `test` hold the selected model's metrics (retrieval: `test` per method, the model beside its
-    baselines); `details` holds what only one stage has (its best checkpoint, refit epochs, corpus counts, ...), and
-    is merged into the top level of `to_dict()`."""
-
-    stage: Stage
-    model: str
-    epochs_run: int
-    global_steps: int
-    valid: dict[str, Any]
-    test: dict[str, Any]
-    bundle: str
-    mlflow: dict[str, str]
-    lineage: dict[str, str]
-    device: str
-    precision: str
-    seconds: float
-    history: dict[str, list[float]] = field(default_factory=dict)
-    distributed: dict[str, Any] | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k != "details"}
-        out.update(self.details)
-        return out
-
-
-@dataclass
 class Trained:
     """What a strategy hands to the tail: the evaluated metrics and what the training cost."""
 
@@ -78,6 +48,26 @@ class Trained:
         """The job's result: these figures plus where the bundle and the MLflow run are."""
         return RunResult(stage=stage, bundle=str(bundle), mlflow=run.as_dict(), lineage=lineage,
                          seconds=round(time.perf_counter() - started, 3), **asdict(self))
+
+
+@dataclass(kw_only=True)
+class RunResult(Trained):
+    """What a training job produced; `to_dict()` is what `metrics.json`, `--json` and the CLI report show.
+
+    `valid` / `test` hold the selected model's metrics (retrieval: `test` per method, the model beside its
+    baselines); `details` holds what only one stage has (its best checkpoint, refit epochs, corpus counts, ...), and
+    is merged into the top level of `to_dict()`."""
+
+    stage: Stage
+    bundle: str
+    mlflow: dict[str, str]
+    lineage: dict[str, str]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "details"}
+        out.update(self.details)
+        return out
 
 
 def lineage(prepared: Path) -> dict[str, str]:
