@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     from serving.client import add_parser as add_query_parser
 
     add_query_parser(sub)
+    from recforge.draft import add_parser as add_init_parser
+
+    add_init_parser(sub)
     return parser
 
 
@@ -221,6 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from serving.client import run as run_query
 
         return run_query(args)
+    if args.command == "init":  # drafts a config: has none yet
+        from recforge.draft import run as run_init
+
+        return run_init(args)
     if args.json:  # keep stdout valid JSON: no progress bars there
         os.environ["RECFORGE_PROGRESS"] = "0"
     try:
