@@ -447,6 +447,32 @@ def header_names(path: Path, encoding: str, delimiter: str, quote_char: str | bo
                           f"text (not binary or compressed) and that its delimiter is '{delimiter}'") from None
 
 
+def _shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _check_header_text(path: Path, source_name: str, encoding: str, delimiter: str) -> None:
+    """A header must be text: line 1 with undecodable bytes or control characters means a binary file, or text
+    in another encoding, and names no columns."""
+    with open(path, "rb") as fh:
+        first = fh.readline(1 << 20)
+    name = codecs.lookup(encoding).name
+    try:
+        text = first.decode("utf-8-sig" if name == "utf-8" else name).rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{source_name}:1: the header has bytes that do not decode as {name} (byte 0x{first[exc.start]:02x} at "
+            f"offset {exc.start}); if the file is text in another encoding, set source.encoding (e.g. latin-1); a "
+            f"binary or compressed file cannot be read as delimited text"
+        ) from None
+    control = [c for c in text if ord(c) < 32 and c not in delimiter]
+    if control:
+        raise ConfigError(
+            f"{source_name}:1: the header holds control characters ({control[0]!r}): this looks like a binary or "
+            f"compressed file, not delimited text; point the source at the text file"
+        )
+
+
 def _parses_as_data(fields: list[str], columns: dict[str, ColumnType], timestamp_format: str | None) -> bool:
     """Whether `fields`, in declared order, parse under the declared types with at least one non-string value:
     a first line like that is data, not a header."""
@@ -470,12 +496,15 @@ def _column_order(
     that says whether line 1 looks like data (`header: false`) or names other columns (fix `columns`). Without
     a header, a line 1 naming exactly the declared columns is an error (it would be read as a data row)."""
     names = list(columns)
+    if header:
+        _check_header_text(path, source_name, encoding, delimiter)
     first = [h.strip() for h in header_names(path, encoding, delimiter, quote_char)]
+    shown = _shorten(repr(first))
     names_match = sorted(first) == sorted(names)
     if not header:
         if names_match:
             raise ConfigError(
-                f"{source_name}:1: line 1 names the declared columns {first}, so it is a header, but "
+                f"{source_name}:1: line 1 names the declared columns {shown}, so it is a header, but "
                 f"source.header is false and it would be read as a data row; set source.header: true"
             )
         return names
@@ -483,18 +512,18 @@ def _column_order(
         return first
     if _parses_as_data(first, columns, timestamp_format):
         raise ConfigError(
-            f"{source_name}:1: line 1 {first} parses as data under the declared column types, but "
+            f"{source_name}:1: line 1 {shown} parses as data under the declared column types, but "
             f"source.header is true, so it would be dropped as a header; set source.header: false (the file "
             f"has no header)"
         )
     if len(first) != len(names):
         raise ConfigError(
-            f"{source_name}:1: the header has {len(first)} fields {first} but the source declares "
+            f"{source_name}:1: the header has {len(first)} fields {shown} but the source declares "
             f"{len(names)} columns {names}; declare every column of the file, in file order, under "
             f"source.columns (or set source.header: false if line 1 is data)"
         )
     raise ConfigError(
-        f"{source_name}:1: the header names {first} but source.columns declares {names}; declare the header's "
+        f"{source_name}:1: the header names {shown} but source.columns declares {names}; declare the header's "
         f"names under source.columns (any order), or set source.header: false if line 1 is data"
     )
 

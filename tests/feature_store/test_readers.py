@@ -295,6 +295,14 @@ def test_header_naming_other_columns_is_an_error_saying_what_to_fix(tmp_path: Pa
         read(p)
 
 
+def test_a_header_with_control_characters_is_named_as_binary_not_text(tmp_path: Path) -> None:
+    p = tmp_path / "e.csv"
+    p.write_bytes(b"\x1f\x02\x08\x00user,item\n1,a\n")
+    with pytest.raises(ConfigError, match=r"e\.csv:1: the header holds control characters \('\\x1f'\): this looks "
+                                          r"like a binary or compressed file"):
+        read(p)
+
+
 def test_header_false_on_a_file_with_the_declared_header_is_an_error(tmp_path: Path) -> None:
     p = tmp_path / "e.csv"
     p.write_text("user,item,score,when\n1,a,1,1\n")
