@@ -244,3 +244,14 @@ def test_missing_event_time_fails_before_ray_starts_naming_what_needs_it(
     with pytest.raises(ConfigError, match=r"split\.method: time needs the event time"):
         prepare(timeless_csv_config(tmp_path, {"method": "time"}))
     assert not (tmp_path / "out" / "prepared").exists()
+
+
+def test_random_split_prepares_and_materializes_events_without_a_time_column(
+    tmp_path: Path, ray_local: object
+) -> None:
+    cfg = timeless_csv_config(tmp_path, {"method": "random", "test_fraction": 0.2})
+    summary = prepare(cfg).summary
+    assert summary["timestamp"] is None and summary["split"]["method"] == "random"
+    assert sum(summary["split"]["rows"].values()) == summary["events_kept"] == 60
+    assert "__ts" not in read_prepared(tmp_path / "out" / "prepared" / "train").column_names
+    assert materialize_job(cfg)["as_of"] is None
