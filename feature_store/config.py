@@ -365,7 +365,8 @@ class FeaturesConfig(StrictModel):
         "ts", description="event time column (int64 Unix seconds): orders histories, point-in-time joins and the "
                           "time split. Events without this column are prepared without time when nothing needs "
                           "it (a random or files split, static entities, no profiles or sequences); otherwise "
-                          "`prepare` stops before it starts Ray, naming the keys that need it")
+                          "`prepare` stops with exit 2 naming the keys that need it (for a csv, tsv or parquet "
+                          "source, before Ray starts)")
     user_key: str = Field("user_id", description="user id column (histories, profiles, retrieval)")
     item_key: str = Field("item_id", description="item id column (retrieval corpus, DIN's candidate)")
     categorical: list[CategoricalFeature] = Field(default_factory=list, description="single-valued ids")
