@@ -116,10 +116,10 @@ class TableSource(StrictModel):
 
     If no column is named `ts` and exactly one column is declared `timestamp`, it is renamed `ts`. Empty fields,
     and `NA`, `N/A`, `NaN`, `null`, `None` in non-string columns, are nulls. Values that do not parse reject the
-    row (`unparsable number: <col>`, `unparsable timestamp: <col>`; an integer of 19 or more digits in an `int`
-    column is `unparsable number: <col> (integer beyond int64)`: declare such ids `string`); a line with the
-    wrong number of fields is rejected as `wrong field count`, a line with bytes that do not decode in
-    `encoding` as `undecodable bytes (encoding <name>)`.
+    row (`unparsable number: <col>`, `unparsable timestamp: <col>`; an integer beyond int64, past
+    9223372036854775807, in an `int` column is `unparsable number: <col> (integer beyond int64)`: declare such
+    ids `string`); a line with the wrong number of fields is rejected as `wrong field count`, a line with bytes
+    that do not decode in `encoding` as `undecodable bytes (encoding <name>)`.
 
     Text with `header: true` must have a line 1 naming exactly the declared columns; a line 1 that names other
     columns, or that parses as data, stops `prepare` (exit 2) instead of being dropped. With `header: false`,

@@ -101,8 +101,8 @@ class Rejects:
         for reason, n in counts.items():
             m = _OVERFLOW_REASON.match(reason)
             if m and n > counts.get(f"{UNPARSABLE_NUMBER}: {m.group(1)}", 0):
-                out.append(f"column '{m.group(1)}': {n} rows hold integers beyond int64 (19 or more digits, "
-                           f"ids most likely); declare it `string` under source.columns")
+                out.append(f"column '{m.group(1)}': {n} rows hold integers beyond int64 (ids most likely, "
+                           f"too long for a number); declare it `string` under source.columns")
         bad_bytes = {r: n for r, n in counts.items() if r.startswith(UNDECODABLE)}
         for reason, n in bad_bytes.items():
             out.append(f"{n} lines rejected as {reason}: if the file is in another encoding, set "

@@ -22,7 +22,7 @@ With a header, line 1 must name exactly the declared columns (any order): a head
 or a first line that parses as data, is a `ConfigError` rather than a silently dropped row; without one, a line
 1 that names exactly the declared columns is a `ConfigError` too (it would be read, or rejected, as data).
 
-Kept as one module (about 590 lines) because the value parsers and the reader share one set of conventions
+Kept as one module (about 770 lines) because the value parsers and the reader share one set of conventions
 (null tokens, reject reasons, timestamp units) and one contract: every rejected row carries its physical line
 number, which the reader recovers and the parsers' masks index into. The value-parsing section (`parse_column`,
 `coerce_column`, `row_reasons`) is the seam should it grow further.
@@ -63,6 +63,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 NULL_TOKENS = pa.array(["", "NA", "N/A", "NaN", "nan", "NAN", "null", "NULL", "None", "none"], pa.string())
 
 _INT_RE = r"^[+-]?[0-9]{1,18}(\.0*)?$"
+_INT19_RE = r"^[+-]?[0-9]{19}(\.0*)?$"  # int64 holds some 19-digit integers: compared as text to its limits
 _FLOAT_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$|^[+-]?(?i:inf|infinity)$"
 _EPOCH_RE = r"^[+-]?[0-9]{1,18}(\.[0-9]*)?$"
 _ISO_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M%z")
@@ -71,7 +72,7 @@ _FALSE = pa.array(["false", "f", "0", "no", "n"], pa.string())
 _SEP = "\x1f"  # what a multi-character delimiter becomes inside the transcoder
 _BAD_BYTES = "\ufdd0"  # what undecodable bytes become inside the transcoder (a noncharacter: never in text)
 _BAD_BYTES_HANDLER = "recforge.undecodable"
-_DIGITS_RE = r"^[+-]?[0-9]{19,}(\.0*)?$"  # an integer too long for int64 (its ids are better read as text)
+_DIGITS_RE = r"^[+-]?[0-9]{19,}(\.0*)?$"  # a bad integer of this form is beyond int64: ids better read as text
 _BLOCK_SIZE = 8 << 20
 
 
@@ -132,6 +133,11 @@ def _strip_plus(trimmed: pa.Array) -> pa.Array:
 
 def _parse_int(trimmed: pa.Array, is_null: pa.Array) -> tuple[pa.Array, pa.Array]:
     ok = pc.fill_null(pc.match_substring_regex(trimmed, _INT_RE), False)
+    long = pc.fill_null(pc.match_substring_regex(trimmed, _INT19_RE), False)
+    if _any(long):  # 19 digits of equal length compare as text like numbers
+        digits = pc.utf8_slice_codeunits(pc.replace_substring_regex(trimmed, r"^[+-]", ""), 0, 19)
+        limit = pc.if_else(pc.starts_with(trimmed, "-"), pa.scalar(str(-(2**63))[1:]), pa.scalar(str(2**63 - 1)))
+        ok = pc.or_(ok, pc.and_(long, pc.fill_null(pc.less_equal(digits, limit), False)))
     text = pc.if_else(ok, trimmed, _null_str(len(trimmed)))
     if _any(pc.match_substring(text, ".")):
         text = pc.replace_substring_regex(text, r"\.0*$", "")
@@ -279,8 +285,8 @@ def coerce_column(
 
 
 def int_overflow(values: pa.Array | pa.ChunkedArray, bad: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Where a bad value of an int column is an integer too long for int64 (19 or more digits): ids such as
-    these are read as `string`, which the reject reason suggests."""
+    """Where a bad value of an int column is an integer beyond int64 (all digits, 19 or more of them, past its
+    limits): ids such as these are read as `string`, which the reject reason suggests."""
     arr = _to_array(values)
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)) or not _any(bad):
         return pa.array(np.zeros(len(arr), dtype=bool))

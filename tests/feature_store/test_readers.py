@@ -210,10 +210,18 @@ def test_integers_beyond_int64_are_rejected_with_a_hint_to_declare_string(tmp_pa
         "unparsable number: user (integer beyond int64)",
         "unparsable number: user",
     ]
-    assert rejects.hints() == ["column 'user': 2 rows hold integers beyond int64 (19 or more digits, ids most "
-                               "likely); declare it `string` under source.columns"]
+    assert rejects.hints() == ["column 'user': 2 rows hold integers beyond int64 (ids most likely, too long "
+                               "for a number); declare it `string` under source.columns"]
     with pytest.raises(RejectFractionExceeded, match=r"Hint: column 'user'.*declare it `string`"):
         rejects.check_fraction(n, 0.05)
+
+
+def test_int_columns_read_every_int64_including_its_19_digit_limits(tmp_path: Path) -> None:
+    p = tmp_path / "e.csv"
+    p.write_text("9223372036854775807\n-9223372036854775808\n+1234567890123456789\n9223372036854775808\n")
+    table, _, rejects = read(p, columns={"id": "int"}, header=False)
+    assert table.column("id").to_pylist() == [2**63 - 1, -(2**63), 1234567890123456789]
+    assert rejects_of(rejects) == [(4, "unparsable number: id (integer beyond int64)", "9223372036854775808")]
 
 
 def test_mostly_non_digit_number_rejects_give_no_string_hint(tmp_path: Path) -> None:
