@@ -101,11 +101,12 @@ class Rejects:
         for reason, n in counts.items():
             m = _OVERFLOW_REASON.match(reason)
             if m and n > counts.get(f"{UNPARSABLE_NUMBER}: {m.group(1)}", 0):
-                out.append(f"column '{m.group(1)}': {n} rows hold integers beyond int64 (ids most likely, "
-                           f"too long for a number); declare it `string` under source.columns")
+                rows = f"{n} rows hold" if n > 1 else "1 row holds"
+                out.append(f"column '{m.group(1)}': {rows} integers beyond int64 (ids most likely, too long for a "
+                           f"number); declare it `string` under source.columns")
         bad_bytes = {r: n for r, n in counts.items() if r.startswith(UNDECODABLE)}
         for reason, n in bad_bytes.items():
-            out.append(f"{n} lines rejected as {reason}: if the file is in another encoding, set "
+            out.append(f"{n} line{'s' if n > 1 else ''} rejected as {reason}: if the file is in another encoding, set "
                        f"source.encoding (e.g. latin-1, cp1252)")
         return out
 

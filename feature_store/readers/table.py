@@ -57,9 +57,9 @@ def check_table_file(cfg: TableSource, key: str = "source.path") -> None:
     is not empty, and its line 1 (text) or its schema (Parquet) fits the declared columns."""
     path = require_path(cfg.path, key, kind="file")
     if cfg.type == "parquet":
-        meta = _open_parquet(path, cfg).metadata
-        _check_parquet_columns(cfg, meta.schema.names)
-        if meta.num_rows == 0:
+        parquet = _open_parquet(path, cfg)
+        _check_parquet_columns(cfg, parquet.schema_arrow.names)
+        if parquet.metadata.num_rows == 0:
             raise _no_rows(cfg, key)
         return
     if path.stat().st_size == 0:
