@@ -14,6 +14,7 @@ import cycle. The seam, should it grow further, is the source variants (`LabelRu
 
 from __future__ import annotations
 
+import codecs
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -115,8 +116,15 @@ class TableSource(StrictModel):
 
     If no column is named `ts` and exactly one column is declared `timestamp`, it is renamed `ts`. Empty fields,
     and `NA`, `N/A`, `NaN`, `null`, `None` in non-string columns, are nulls. Values that do not parse reject the
-    row (`unparsable number: <col>`, `unparsable timestamp: <col>`); a line with the wrong number of fields is
-    rejected as `wrong field count`.
+    row (`unparsable number: <col>`, `unparsable timestamp: <col>`; an integer beyond int64, past
+    9223372036854775807, in an `int` column is `unparsable number: <col> (integer beyond int64)`: declare such
+    ids `string`); a line with the wrong number of fields is rejected as `wrong field count`, a line with bytes
+    that do not decode in `encoding` as `undecodable bytes (encoding <name>)`.
+
+    Text with `header: true` must have a line 1 naming exactly the declared columns; a line 1 that names other
+    columns, or that parses as data, stops `prepare` (exit 2) instead of being dropped. With `header: false`,
+    a line 1 naming exactly the declared columns stops it too. A file without data rows, and a Parquet file
+    that cannot be opened, stop it with a message naming the file.
     """
 
     type: Literal["csv", "tsv", "parquet"] = Field(description="the file format (tsv: tab-separated text)")
@@ -124,9 +132,13 @@ class TableSource(StrictModel):
     columns: dict[str, ColumnType] = Field(
         description="every column of the file and its type; for text without a header, in file order; with a "
                     "header naming exactly these columns, the header's order wins")
-    header: bool = Field(True, description="text only: line 1 is a header")
+    header: bool = Field(True, description="text only: line 1 is a header naming exactly the declared columns "
+                                           "(checked: a line 1 that differs, or parses as data, is an error)")
     delimiter: str | None = Field(None, description="text only; null = `,` for csv, tab for tsv; several "
                                                     "characters (e.g. `::`) allowed")
+    encoding: str = Field("utf-8", description="text only: the files' text encoding (`latin-1`, `cp1252`, any "
+                                               "Python codec name); a line with bytes it cannot decode is "
+                                               "rejected")
     timestamp_format: str | None = Field(
         None, description="strptime format of timestamp columns; null = Unix seconds or ISO 8601. Times without a "
                           "zone are UTC")
@@ -136,6 +148,16 @@ class TableSource(StrictModel):
                                                                       "(`negative value: <col>`); declared columns "
                                                                       "only")
     label: LabelRule | None = Field(None, description="derive a float32 `label` column from another column")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {v!r}; use a Python codec name such as utf-8, latin-1, "
+                             f"cp1252") from None
+        return v
 
     @model_validator(mode="after")
     def _known_columns(self) -> TableSource:
@@ -339,8 +361,12 @@ class FeaturesConfig(StrictModel):
     """
 
     label: str = Field(description="label column of the events, after the reader (e.g. `click`, `label`)")
-    timestamp: str = Field("ts", description="event time column (int64 Unix seconds): orders histories, "
-                                             "point-in-time joins and the time split")
+    timestamp: str = Field(
+        "ts", description="event time column (int64 Unix seconds): orders histories, point-in-time joins and the "
+                          "time split. Events without this column are prepared without time when nothing needs "
+                          "it (a random or files split, static entities, no profiles or sequences); otherwise "
+                          "`prepare` stops with exit 2 naming the keys that need it (for a csv, tsv or parquet "
+                          "source, before Ray starts)")
     user_key: str = Field("user_id", description="user id column (histories, profiles, retrieval)")
     item_key: str = Field("item_id", description="item id column (retrieval corpus, DIN's candidate)")
     categorical: list[CategoricalFeature] = Field(default_factory=list, description="single-valued ids")
@@ -367,16 +393,32 @@ class FeaturesConfig(StrictModel):
         return (self.categorical, self.numeric, self.multi_valued, self.sequence, self.vector)
 
 
+class SplitFiles(StrictModel):
+    """The valid and test files of `split.method: files`; `source.path` is the train file."""
+
+    valid: str | None = Field(None, description="the valid file (early stopping); null = no valid rows")
+    test: str = Field(description="the test file (the reported metrics)")
+
+
 class SplitConfig(StrictModel):
-    """The train/valid/test split of the events: random (optionally grouped, e.g. by user) or by time.
+    """The train/valid/test split of the events: random (optionally grouped, e.g. by user), by time, or by file.
 
     `time` cuts at the quantiles of the event times: events at or after the valid cut-off go to valid, at or after
     the test cut-off to test (equal timestamps stay together, so fractions are approximate). It measures what
     serving faces, the future; a random split leaks it. The cut-offs are in `summary.json`
     (`split.valid_start_ts`, `split.test_start_ts`).
+
+    `files` keeps a data set's own split (the public CTR samples ship train / dev / test files): the rows of
+    `source.path` are train, those of `split.files.valid` valid and of `split.files.test` test. Every file is
+    read with the source's columns, types and checks (rejects name their own file and line); relative paths
+    start where `recforge` runs, like `source.path`. Needs a `csv`, `tsv` or `parquet` source; the fractions,
+    `seed` and `group_by` do not apply. `summary.json` lists the files under `split.files`.
     """
 
-    method: Literal["random", "time"] = Field("random", description="random rows (or groups), or by event time")
+    method: Literal["random", "time", "files"] = Field(
+        "random", description="random rows (or groups), by event time, or one file per split (`files`)")
+    files: SplitFiles | None = Field(None, description="`files` split only: the valid and test files "
+                                                       "(`source.path` is train)")
     valid_fraction: float = Field(0.1, ge=0, lt=1, description="share of events for valid (early stopping); "
                                                                "`valid_fraction + test_fraction` must be below 1")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="share of events for test (the reported metrics)")
@@ -388,8 +430,14 @@ class SplitConfig(StrictModel):
     def _fractions(self) -> SplitConfig:
         if self.valid_fraction + self.test_fraction >= 1:
             raise ValueError("valid_fraction + test_fraction must be below 1")
-        if self.method == "time" and self.group_by:
+        if self.method != "random" and self.group_by:
             raise ValueError("group_by applies to the random split only")
+        if self.method == "files" and self.files is None:
+            raise ValueError("method 'files' needs split.files.test (and optionally split.files.valid): the "
+                             "files of those splits; source.path is the train file")
+        if self.method != "files" and self.files is not None:
+            raise ValueError(f"split.files applies to method 'files' only (method is '{self.method}'); set "
+                             f"split.method: files or remove split.files")
         return self
 
 
@@ -573,6 +621,24 @@ def _format_errors(exc: ValidationError, source: str, lines: Mapping[tuple[str, 
 _DISCRIMINATOR_TAGS = {"synthetic", "csv", "tsv", "parquet", "movielens", "criteo", "transactions", "sqlite", "redis"}
 
 
+def _config_text(p: Path, source: str) -> str:
+    """The config file's text; a file that is not UTF-8 text (binary, another encoding) is a ConfigError."""
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{source}:{line}: not a UTF-8 text file (byte 0x{data[exc.start]:02x} at offset {exc.start} does not "
+            f"decode); a config is YAML text: pass the right file, or save it as UTF-8"
+        ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise ConfigError(f"{source}:{line}: a NUL byte: this is a binary file, not YAML text; pass the config "
+                          f"file (e.g. configs/demo.yaml)")
+    return text
+
+
 def load_config(
     path: str | os.PathLike[str] | None,
     model: type[M],
@@ -588,7 +654,7 @@ def load_config(
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"{source}: config file not found; pass an existing YAML file, e.g. configs/demo.yaml")
-        text = p.read_text()
+        text = _config_text(p, source)
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
@@ -654,3 +720,10 @@ class FeatureStoreConfig(StrictModel):
         description="where `materialize` writes the online features.\n\n"
                     "`type` selects the backend; it is required whenever the section is given. Omitting the "
                     "section means SQLite at `<output_dir>/online.db`.")
+
+    @model_validator(mode="after")
+    def _files_split_source(self) -> FeatureStoreConfig:
+        if self.split.method == "files" and self.source.type not in ("csv", "tsv", "parquet"):
+            raise ValueError(f"split.method 'files' reads one file per split and needs a csv, tsv or parquet "
+                             f"source; source.type is '{self.source.type}': use split.method random or time")
+        return self

@@ -45,7 +45,10 @@ def describe_store(cfg: FeatureStoreConfig) -> str:
 def _end_of_log(offline: OfflineStore, ts: str) -> int | None:
     if HISTORY_TABLE not in offline.names():
         return None
-    col = offline.read_table(HISTORY_TABLE).column(ts)
+    history = offline.read_table(HISTORY_TABLE)
+    if ts not in history.column_names:  # prepared without event time
+        return None
+    col = history.column(ts)
     top = pc.max(col).as_py()
     return None if top is None else int(top) + 1
 

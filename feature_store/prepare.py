@@ -1,10 +1,15 @@
 """The prepare job: raw source -> validated, joined, split events -> fitted spec -> prepared Parquet shards.
 
+Before anything starts, `preflight` checks what the config and a look at the input files can tell: for a
+table source (whose columns the config declares), that every file exists, is not empty and has a line 1 (or
+Parquet schema) that fits the columns, and that an event time column exists when something needs one. So such
+a mistake costs no Ray start-up.
+
 Stages (each timed and reported in `PrepareResult.summary`):
 1. read the source (rejects kept with file/line/reason; the reject fraction is checked);
 2. assemble the raw event table: point-in-time joins of entity tables, user profiles (RFM, category
    affinity) and behaviour sequences, all columnar;
-3. split (random/grouped/time);
+3. split (random/grouped/time, or by input file);
 4. fit the feature spec on the TRAIN split with Ray Data (per-block partial statistics, merged here);
 5. transform every split with Ray Data (`FeatureSpec.transform` in `map_batches`) and write Parquet shards;
 6. write the offline store (entity tables, profile snapshots, interaction log), spec, rejects, summary and
@@ -30,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from feature_store.config import ConfigError, FeatureStoreConfig, dump_config
+from feature_store.config import ConfigError, FeatureStoreConfig, TableSource, dump_config
 from feature_store.layout import RunLayout
 from feature_store.offline import OfflineStore, point_in_time_join
 from feature_store.profiles import UserProfiles
@@ -70,6 +75,7 @@ class _Staged:
     files: dict[str, list[Path]]
     split_rows: dict[str, int]
     label_mean: dict[str, float | None]
+    has_time: bool
 
 
 @dataclass
@@ -95,7 +101,7 @@ class _Timer:
 # ------------------------------------------------------------------------------------------- assembling
 
 
-def _check_columns(cfg: FeatureStoreConfig, table: pa.Table) -> None:
+def _check_columns(cfg: FeatureStoreConfig, table: pa.Table, has_time: bool = True) -> None:
     have = set(table.column_names)
     missing: list[str] = []
     f = cfg.features
@@ -105,7 +111,7 @@ def _check_columns(cfg: FeatureStoreConfig, table: pa.Table) -> None:
             if feat.source_column not in have:
                 missing.append(f"features.{group_name}.{i} ('{feat.name}') needs column '{feat.source_column}'")
     for key, col in (("label", f.label), ("timestamp", f.timestamp)):
-        if col not in have:
+        if col not in have and (key == "label" or has_time):
             missing.append(f"features.{key} names column '{col}'")
     for i, col in enumerate(f.passthrough):
         if col not in have:
@@ -117,14 +123,74 @@ def _check_columns(cfg: FeatureStoreConfig, table: pa.Table) -> None:
         )
 
 
+def time_needs(cfg: FeatureStoreConfig) -> list[str]:
+    """The config keys whose work needs the events' time column (`features.timestamp`)."""
+    needs = ["split.method: time"] if cfg.split.method == "time" else []
+    needs += [f"entities.{name}.timestamp (a point-in-time join)" for name, ent in cfg.entities.items()
+              if ent.timestamp is not None]
+    if cfg.profiles.enabled:
+        needs.append("profiles.enabled")
+    needs += [f"features.sequence.{i} ('{seq.name}')" for i, seq in enumerate(cfg.features.sequence)]
+    return needs
+
+
+def check_event_time(cfg: FeatureStoreConfig, columns: list[str], where: str) -> bool:
+    """Whether the events (`columns`) have the time column; a ConfigError when they lack it and something
+    needs it, naming the keys and what to do. `where` says where the columns come from."""
+    ts = cfg.features.timestamp
+    if ts in columns:
+        return True
+    needs = time_needs(cfg)
+    if needs:
+        raise ConfigError(
+            f"features.timestamp: column '{ts}' is not in the events ({where}: {', '.join(columns)}), but "
+            f"{'; '.join(needs)} need{'s' if len(needs) == 1 else ''} the event time. Set features.timestamp to "
+            f"the column that holds it (declared `timestamp` under source.columns), or prepare without time: a "
+            f"random or files split, static entities, no profiles or sequences"
+        )
+    return False
+
+
+def split_files(cfg: FeatureStoreConfig) -> dict[str, str]:
+    """`split.method: files`: split name -> file, in split order (`source.path` is train); {} otherwise."""
+    files = cfg.split.files
+    if cfg.split.method != "files" or files is None:
+        return {}
+    out = {"train": str(getattr(cfg.source, "path", ""))}
+    if files.valid is not None:
+        out["valid"] = files.valid
+    out["test"] = files.test
+    return out
+
+
+def preflight(cfg: FeatureStoreConfig) -> None:
+    """Check what can be told before Ray starts, from the config and a look at each input file of a table
+    source: the files exist and are not empty, their line 1 or Parquet schema fits the declared columns, and an
+    event time column exists when something needs one."""
+    if not isinstance(cfg.source, TableSource):
+        return
+    from feature_store.readers.table import check_table_file, event_columns
+
+    check_table_file(cfg.source)
+    for name, path in split_files(cfg).items():
+        if name != "train":
+            check_table_file(cfg.source.model_copy(update={"path": path}), f"split.files.{name}")
+
+    check_event_time(cfg, event_columns(cfg.source), "source.columns declares")
+
+
 def assemble_events(cfg: FeatureStoreConfig, raw: RawData) -> AssembledEvents:
-    """Join entity features, profiles and sequences onto the events and assign splits (no leakage)."""
+    """Join entity features, profiles and sequences onto the events and assign splits (no leakage).
+
+    Events without the time column are assembled without time when nothing needs it (see `check_event_time`).
+    """
     f = cfg.features
     events = raw.events
-    if f.timestamp not in events.column_names:
-        raise ConfigError(f"features.timestamp: column '{f.timestamp}' is not in the events "
-                          f"(has: {', '.join(events.column_names)})")
-    codes, report = assign_splits(events, cfg.split, ts_column=f.timestamp)
+    has_time = check_event_time(cfg, events.column_names, "the events have")
+    if not has_time:
+        log.info("prepare: the events have no column '%s': prepared without event time", f.timestamp)
+    codes, report = assign_splits(events, cfg.split, ts_column=f.timestamp, parts=raw.parts,
+                                  files=split_files(cfg))
     offline: dict[str, pa.Table] = {}
 
     for name, ent in cfg.entities.items():
@@ -181,7 +247,7 @@ def assemble_events(cfg: FeatureStoreConfig, raw: RawData) -> AssembledEvents:
 
     keep = [c for c in dict.fromkeys([f.user_key, f.item_key, f.timestamp, f.label]) if c in events.column_names]
     offline[HISTORY_TABLE] = events.select(keep)  # the interaction log: online histories and `as_of` come from it
-    _check_columns(cfg, events)
+    _check_columns(cfg, events, has_time)
     return AssembledEvents(events, codes, report, offline, profiles)
 
 
@@ -327,6 +393,8 @@ def _split_tables(table: pa.Table, codes: np.ndarray) -> dict[str, pa.Table]:
 def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareResult:
     """Run the whole prepare job for `cfg`; see the module docstring."""
     t_start = time.perf_counter()
+    if raw is None:
+        preflight(cfg)
     timer = _Timer()
     lay = layout(cfg)
     lay.prepared.mkdir(parents=True, exist_ok=True)
@@ -335,7 +403,11 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
     def to_staged_files() -> _Staged:
         owns_raw = raw is None
         with timer.stage("read"):
-            if raw is None:
+            if raw is None and isinstance(cfg.source, TableSource) and split_files(cfg):
+                from feature_store.readers.table import read_table_files
+
+                src = read_table_files(cfg.source, split_files(cfg), lay.raw)
+            elif raw is None:
                 from feature_store.readers import read_source
 
                 src = read_source(cfg.source, lay.raw)
@@ -359,7 +431,8 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
             files = {n: stage_split(t.select(keep), staging / n, cfg.prepare.batch_rows) for n, t in splits.items()}
             staged = _Staged(src, assembled.table.num_rows, assembled.split, files,
                              {n: t.num_rows for n, t in splits.items()},
-                             {n: _label_mean(t, cfg.features.label) for n, t in splits.items()})
+                             {n: _label_mean(t, cfg.features.label) for n, t in splits.items()},
+                             cfg.features.timestamp in assembled.table.column_names)
             if owns_raw:
                 src.tables.clear()
         return staged
@@ -390,11 +463,14 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
         "rows_read_total": raw.total_read(),
         "rows_rejected": len(raw.rejects),
         "rejected_by_reason": rejects,
+        "reject_hints": raw.rejects.hints(),
         "events_kept": events_kept,
         "split": {"method": split_report.method, "rows": written,
                   "valid_start_ts": split_report.valid_start_ts,
                   "test_start_ts": split_report.test_start_ts,
-                  "group_by": split_report.group_by, "groups": split_report.groups},
+                  "group_by": split_report.group_by, "groups": split_report.groups,
+                  **({"files": split_report.files} if split_report.files else {})},
+        "timestamp": cfg.features.timestamp if st.has_time else None,
         "vocab_sizes": spec.vocab_sizes(),
         "spec_fingerprint": spec.fingerprint(),
         "label_mean": label_mean,

@@ -2,11 +2,13 @@
 
 Readers add rejects in columnar batches (`Rejects.add`). The log is written as Parquet
 (`source, line, reason, raw`), summarised by reason, and checked against the configured maximum reject
-fraction, which fails the job with the top reasons and an example line.
+fraction, which fails the job with the top reasons and an example line, and the hints (`Rejects.hints`) that
+turn a recognised pattern of reasons into the config change that fixes it.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +25,12 @@ REJECT_SCHEMA = pa.schema(
         pa.field("raw", pa.string()),
     ]
 )
+
+
+UNPARSABLE_NUMBER = "unparsable number"
+BEYOND_INT64 = "(integer beyond int64)"
+UNDECODABLE = "undecodable bytes"
+_OVERFLOW_REASON = re.compile(rf"^{UNPARSABLE_NUMBER}: (.+) {re.escape(BEYOND_INT64)}$")
 
 
 class RejectFractionExceeded(RuntimeError):
@@ -84,6 +92,24 @@ class Rejects:
                 counts[item["values"]] += item["counts"]
         return dict(counts.most_common())
 
+    def hints(self) -> list[str]:
+        """What to change in the config for the rejects whose reasons show a known cause: a column whose
+        unparsable numbers are mostly integers beyond int64 (ids: declare it `string`), and lines whose bytes do
+        not decode (set `source.encoding`)."""
+        counts = self.counts_by_reason()
+        out = []
+        for reason, n in counts.items():
+            m = _OVERFLOW_REASON.match(reason)
+            if m and n > counts.get(f"{UNPARSABLE_NUMBER}: {m.group(1)}", 0):
+                rows = f"{n} rows hold" if n > 1 else "1 row holds"
+                out.append(f"column '{m.group(1)}': {rows} integers beyond int64 (ids most likely, too long for a "
+                           f"number); declare it `string` under source.columns")
+        bad_bytes = {r: n for r, n in counts.items() if r.startswith(UNDECODABLE)}
+        for reason, n in bad_bytes.items():
+            out.append(f"{n} line{'s' if n > 1 else ''} rejected as {reason}: if the file is in another encoding, set "
+                       f"source.encoding (e.g. latin-1, cp1252)")
+        return out
+
     def write(self, path: str | Path) -> Path:
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -102,5 +128,7 @@ class Rejects:
         raise RejectFractionExceeded(
             f"{n} of {rows_read} rows rejected ({n / rows_read:.1%}), above prepare.max_reject_fraction="
             f"{max_fraction:.1%}. Top reasons: {reasons}. Example: {first['source']}:{first['line']}: "
-            f"{first['reason']}: {first['raw']!r}. Fix the input or raise prepare.max_reject_fraction."
+            f"{first['reason']}: {first['raw']!r}. "
+            + "".join(f"Hint: {h}. " for h in self.hints())
+            + "Fix the input or raise prepare.max_reject_fraction."
         )

@@ -1,4 +1,4 @@
-"""Train/valid/test assignment: seeded random (optionally whole groups, e.g. users) or by event time.
+"""Train/valid/test assignment: seeded random (optionally whole groups, e.g. users), by event time, or by file.
 
 `assign_splits` returns an int8 code per row (0 train, 1 valid, 2 test) and a `SplitReport` with the rule
 that was applied (time cut-offs, group counts), so the split is reproducible and auditable.
@@ -6,6 +6,7 @@ that was applied (time cut-offs, group counts), so the split is reproducible and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ class SplitReport:
     test_start_ts: int | None = None
     group_by: str | None = None
     groups: dict[str, int] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
 
     @property
     def train_end_ts(self) -> int | None:
@@ -40,9 +42,20 @@ def _codes_from_uniform(u: np.ndarray, cfg: SplitConfig) -> np.ndarray:
     return codes
 
 
-def assign_splits(table: pa.Table, cfg: SplitConfig, *, ts_column: str = "ts") -> tuple[np.ndarray, SplitReport]:
-    """Split code per row of `table` according to `cfg`."""
+def assign_splits(
+    table: pa.Table, cfg: SplitConfig, *, ts_column: str = "ts", parts: Mapping[str, int] | None = None,
+    files: Mapping[str, str] | None = None,
+) -> tuple[np.ndarray, SplitReport]:
+    """Split code per row of `table` according to `cfg`.
+
+    The `files` method needs `parts` (split name -> rows, in table order, as `RawData.parts` records them);
+    `files` (split name -> path) goes into the report."""
     n = table.num_rows
+    if cfg.method == "files":
+        if not parts or sum(parts.values()) != n:
+            raise ValueError("split.method=files needs the events read one file per split (RawData.parts)")
+        codes = np.repeat(np.array([SPLITS.index(k) for k in parts], np.int8), list(parts.values()))
+        return codes, SplitReport("files", _counts(codes), files=dict(files or {}))
     if cfg.method == "time":
         if ts_column not in table.column_names:
             raise ValueError(f"split.method=time needs the timestamp column '{ts_column}' in the events")

@@ -45,7 +45,7 @@ PREPARE = [
     Option("--ray-address", "prepare.ray_address", str, "attach to a Ray cluster, e.g. auto or ray://host:10001"),
     Option("--num-cpus", "prepare.num_cpus", int, "CPUs for the local Ray (config: prepare.num_cpus)"),
     Option("--max-reject-fraction", "prepare.max_reject_fraction", float, "fail above this reject fraction"),
-    Option("--split", "split.method", str, "random or time (config: split.method)"),
+    Option("--split", "split.method", str, "random, time or files (config: split.method)"),
 ]
 GENERATE = [
     Option("--impressions", "source.n_impressions", int, "synthetic impressions (config: source.n_impressions)"),

@@ -24,9 +24,13 @@ def render_prepare(r: dict[str, Any]) -> list[str]:
     lines = ["Prepare", "  rows read (per table):", *_rows(r["rows_read"], "    ")]
     lines.append(f"  rows rejected: {r['rows_rejected']:,}")
     lines += _rows(r["rejected_by_reason"], "    ") if r["rejected_by_reason"] else ["    (none)"]
+    lines += [f"    hint: {h}" for h in r.get("reject_hints", [])]
     lines.append(f"  events kept: {r['events_kept']:,}")
     split = r["split"]
     lines.append(f"  split ({split['method']}): " + ", ".join(f"{k} {v:,}" for k, v in split["rows"].items()))
+    lines += [f"    {k}: {v}" for k, v in split.get("files", {}).items()]
+    if r.get("timestamp", "") is None:
+        lines.append("  event time: none (the events have no time column)")
     lines.append("  vocabulary sizes (incl. index 0 = OOV):")
     lines += _rows(r["vocab_sizes"], "    ")
     lines.append("  outputs:")

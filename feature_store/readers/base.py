@@ -4,7 +4,9 @@ Canonical conventions every reader follows:
 - table 'events' always exists; sources may add 'users', 'items', 'purchases';
 - event times are int64 seconds since the Unix epoch (UTC) in a column named 'ts';
 - ids keep their source type (int64 or string); missing values are nulls, never sentinels;
-- `rows_read[table]` counts data rows read from input (kept + rejected), so nothing vanishes uncounted.
+- `rows_read[table]` counts data rows read from input (kept + rejected), so nothing vanishes uncounted;
+- events read from one file per split (`split.method: files`) are concatenated, and `parts` says which rows
+  came from which file.
 """
 
 from __future__ import annotations
@@ -18,12 +20,16 @@ from feature_store.rejects import Rejects
 
 @dataclass
 class RawData:
-    """What a source yields: named Arrow tables, per-table input row counts, rejects, and input paths."""
+    """What a source yields: named Arrow tables, per-table input row counts, rejects, input paths and, for
+    events read from one file per split, the rows of each file."""
 
     tables: dict[str, pa.Table]
     rows_read: dict[str, int]
     rejects: Rejects = field(default_factory=Rejects)
     paths: dict[str, str] = field(default_factory=dict)
+    parts: dict[str, int] = field(default_factory=dict)
+    """When the events were read from several files (`split.method: files`): split name -> that file's kept
+    rows, in the events' row order; empty otherwise."""
 
     @property
     def events(self) -> pa.Table:

@@ -11,10 +11,18 @@ its 1-based physical line number, a stable reason and its text. How it works:
 
 Conventions: empty fields are nulls (in numeric, bool and timestamp columns so are the usual null tokens
 NA, N/A, NaN, null, None); a line whose fields are all empty is a blank line, not a data row, and is neither
-kept nor counted; CRLF line endings and a UTF-8 byte-order mark are accepted; undecodable bytes become U+FFFD;
-multi-character delimiters ('::' in MovieLens 1M) and non-UTF-8 encodings go through a streaming transcoder.
+kept nor counted; CRLF line endings and a UTF-8 byte-order mark are accepted; multi-character delimiters ('::'
+in MovieLens 1M) and non-UTF-8 encodings go through a streaming transcoder. Bytes that do not decode in the
+file's encoding reject their line (`undecodable bytes (encoding utf-8)`): the transcoder marks them with a
+Unicode noncharacter (U+FDD0, which no text file carries) instead of U+FFFD, so a marked row is found columnar
+and no value is ever silently altered. A UTF-8 file pays for the transcoder only when pyarrow finds invalid
+UTF-8 in it.
 
-Kept as one module (about 590 lines) because the value parsers and the reader share one set of conventions
+With a header, line 1 must name exactly the declared columns (any order): a header that names other columns,
+or a first line that parses as data, is a `ConfigError` rather than a silently dropped row; without one, a line
+1 that names exactly the declared columns is a `ConfigError` too (it would be read, or rejected, as data).
+
+Kept as one module (about 770 lines) because the value parsers and the reader share one set of conventions
 (null tokens, reject reasons, timestamp units) and one contract: every rejected row carries its physical line
 number, which the reader recovers and the parsers' masks index into. The value-parsing section (`parse_column`,
 `coerce_column`, `row_reasons`) is the seam should it grow further.
@@ -26,7 +34,9 @@ import codecs
 import csv as py_csv
 import io
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,10 +46,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from feature_store.config import ColumnType, ConfigError
-from feature_store.rejects import Rejects
+from feature_store.rejects import BEYOND_INT64, UNDECODABLE, UNPARSABLE_NUMBER, Rejects
 
 WRONG_FIELD_COUNT = "wrong field count"
-UNPARSABLE_NUMBER = "unparsable number"
 UNPARSABLE_TIMESTAMP = "unparsable timestamp"
 MISSING_ID = "missing required id"
 NEGATIVE = "negative value"
@@ -54,13 +63,49 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 NULL_TOKENS = pa.array(["", "NA", "N/A", "NaN", "nan", "NAN", "null", "NULL", "None", "none"], pa.string())
 
 _INT_RE = r"^[+-]?[0-9]{1,18}(\.0*)?$"
+_INT19_RE = r"^[+-]?[0-9]{19}(\.0*)?$"  # int64 holds some 19-digit integers: compared as text to its limits
 _FLOAT_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$|^[+-]?(?i:inf|infinity)$"
 _EPOCH_RE = r"^[+-]?[0-9]{1,18}(\.[0-9]*)?$"
 _ISO_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M%z")
 _TRUE = pa.array(["true", "t", "1", "yes", "y"], pa.string())
 _FALSE = pa.array(["false", "f", "0", "no", "n"], pa.string())
 _SEP = "\x1f"  # what a multi-character delimiter becomes inside the transcoder
+_BAD_BYTES = "\ufdd0"  # what undecodable bytes become inside the transcoder (a noncharacter: never in text)
+_BAD_BYTES_HANDLER = "recforge.undecodable"
+_DIGITS_RE = r"^[+-]?[0-9]{19,}(\.0*)?$"  # a bad integer of this form is beyond int64: ids better read as text
 _BLOCK_SIZE = 8 << 20
+
+
+def _mark_undecodable(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    return _BAD_BYTES, exc.end
+
+
+codecs.register_error(_BAD_BYTES_HANDLER, _mark_undecodable)
+
+
+@contextmanager
+def _quiet_undecodable_rows() -> Iterator[None]:
+    """Silence the UnicodeDecodeError pyarrow raises, and reports as unraisable, when it cannot hand a line
+    with invalid UTF-8 to the invalid-row handler: the read then fails and is retried through the transcoder,
+    which rejects that line. Any other unraisable exception still reaches the previous hook."""
+    previous = sys.unraisablehook
+
+    def hook(info: sys.UnraisableHookArgs) -> None:
+        if not isinstance(info.exc_value, UnicodeDecodeError):
+            previous(info)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
+def undecodable_reason(encoding: str) -> str:
+    """The reject reason of a line with bytes that do not decode in `encoding`."""
+    return f"{UNDECODABLE} (encoding {codecs.lookup(encoding).name})"
 
 
 # ------------------------------------------------------------------------------------------ value parsing
@@ -88,6 +133,11 @@ def _strip_plus(trimmed: pa.Array) -> pa.Array:
 
 def _parse_int(trimmed: pa.Array, is_null: pa.Array) -> tuple[pa.Array, pa.Array]:
     ok = pc.fill_null(pc.match_substring_regex(trimmed, _INT_RE), False)
+    long = pc.fill_null(pc.match_substring_regex(trimmed, _INT19_RE), False)
+    if _any(long):  # 19 digits of equal length compare as text like numbers
+        digits = pc.utf8_slice_codeunits(pc.replace_substring_regex(trimmed, r"^[+-]", ""), 0, 19)
+        limit = pc.if_else(pc.starts_with(trimmed, "-"), pa.scalar(str(-(2**63))[1:]), pa.scalar(str(2**63 - 1)))
+        ok = pc.or_(ok, pc.and_(long, pc.fill_null(pc.less_equal(digits, limit), False)))
     text = pc.if_else(ok, trimmed, _null_str(len(trimmed)))
     if _any(pc.match_substring(text, ".")):
         text = pc.replace_substring_regex(text, r"\.0*$", "")
@@ -234,19 +284,33 @@ def coerce_column(
     return clean.cast(pa.int64(), safe=False), bad
 
 
+def int_overflow(values: pa.Array | pa.ChunkedArray, bad: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Where a bad value of an int column is an integer beyond int64 (all digits, 19 or more of them, past its
+    limits): ids such as these are read as `string`, which the reject reason suggests."""
+    arr = _to_array(values)
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)) or not _any(bad):
+        return pa.array(np.zeros(len(arr), dtype=bool))
+    digits = pc.fill_null(pc.match_substring_regex(pc.ascii_trim_whitespace(arr), _DIGITS_RE), False)
+    return pc.and_(digits, pc.fill_null(_to_array(bad), False))
+
+
 def row_reasons(
     table: pa.Table,
     bad: dict[str, pa.Array],
     types: dict[str, ColumnType],
     required: Sequence[str] = (),
     non_negative: Sequence[str] = (),
+    overflow: dict[str, pa.Array] | None = None,
 ) -> pa.Array:
     """Per-row reject reason (null = row is good): the first problem in column order, checked per column as
-    unparsable value, then missing required id, then negative value."""
+    unparsable value (`unparsable number: <col> (integer beyond int64)` where `overflow` marks it), then
+    missing required id, then negative value."""
     n = table.num_rows
     reasons = _null_str(n)
     for name in table.column_names:
         checks: list[tuple[pa.Array, str]] = []
+        if overflow is not None and name in overflow:
+            checks.append((overflow[name], f"{UNPARSABLE_NUMBER}: {name} {BEYOND_INT64}"))
         if name in bad:
             kind = UNPARSABLE_TIMESTAMP if types.get(name) == "timestamp" else UNPARSABLE_NUMBER
             checks.append((bad[name], f"{kind}: {name}"))
@@ -310,15 +374,15 @@ def reject_where(
 
 
 class _TranscodedFile(io.RawIOBase):
-    """A byte stream of `path` decoded from `encoding` (bad bytes -> U+FFFD, BOM dropped), with a
-    multi-character delimiter replaced by one separator character, re-encoded as UTF-8, chunk by chunk."""
+    """A byte stream of `path` decoded from `encoding` (undecodable bytes -> the U+FDD0 marker, BOM dropped),
+    with a multi-character delimiter replaced by one separator character, re-encoded as UTF-8, chunk by chunk."""
 
     def __init__(self, path: str | os.PathLike[str], encoding: str, delimiter: str, chunk: int = 4 << 20):
         super().__init__()
         name = codecs.lookup(encoding).name
         self._raw = open(path, "rb")  # noqa: SIM115 - closed by close()
         decoder = codecs.getincrementaldecoder("utf-8-sig" if name == "utf-8" else name)
-        self._decoder = decoder(errors="replace")
+        self._decoder = decoder(errors=_BAD_BYTES_HANDLER)
         self._delimiter = delimiter if len(delimiter) > 1 else None
         self._chunk = chunk
         self._pending = ""
@@ -380,26 +444,110 @@ def header_names(path: Path, encoding: str, delimiter: str, quote_char: str | bo
     text = first.decode("utf-8-sig" if name == "utf-8" else name, errors="replace").rstrip("\r\n")
     if len(delimiter) > 1:
         return text.split(delimiter)
-    if quote_char is False:
-        return next(py_csv.reader([text], delimiter=delimiter, quoting=py_csv.QUOTE_NONE))
-    return next(py_csv.reader([text], delimiter=delimiter, quotechar=str(quote_char)))
+    try:
+        if quote_char is False:
+            return next(py_csv.reader([text], delimiter=delimiter, quoting=py_csv.QUOTE_NONE), [])
+        return next(py_csv.reader([text], delimiter=delimiter, quotechar=str(quote_char)), [])
+    except py_csv.Error as exc:  # e.g. a field longer than the csv module allows: not a text header
+        raise ConfigError(f"{path}:1: line 1 cannot be read as delimited text ({exc}); check that the file is "
+                          f"text (not binary or compressed) and that its delimiter is '{delimiter}'") from None
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _check_header_text(path: Path, source_name: str, encoding: str, delimiter: str) -> None:
+    """A header must be text: line 1 with undecodable bytes or control characters means a binary file, or text
+    in another encoding, and names no columns."""
+    with open(path, "rb") as fh:
+        first = fh.readline(1 << 20)
+    name = codecs.lookup(encoding).name
+    try:
+        text = first.decode("utf-8-sig" if name == "utf-8" else name).rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{source_name}:1: the header has bytes that do not decode as {name} (byte 0x{first[exc.start]:02x} at "
+            f"offset {exc.start}); if the file is text in another encoding, set source.encoding (e.g. latin-1); a "
+            f"binary or compressed file cannot be read as delimited text"
+        ) from None
+    control = [c for c in text if ord(c) < 32 and c not in delimiter]
+    if control:
+        raise ConfigError(
+            f"{source_name}:1: the header holds control characters ({control[0]!r}): this looks like a binary or "
+            f"compressed file, not delimited text; point the source at the text file"
+        )
+
+
+def _parses_as_data(fields: list[str], columns: dict[str, ColumnType], timestamp_format: str | None) -> bool:
+    """Whether `fields`, in declared order, parse under the declared types with at least one non-string value:
+    a first line like that is data, not a header."""
+    typed = [(v, t) for v, t in zip(fields, columns.values()) if t != "string"]
+    if len(fields) != len(columns) or not typed:
+        return False
+    for value, ctype in typed:
+        parsed, bad = parse_column(pa.array([value], pa.string()), ctype, timestamp_format=timestamp_format)
+        if _any(bad) or parsed.null_count:
+            return False
+    return True
 
 
 def _column_order(
     path: Path, columns: dict[str, ColumnType], source_name: str, encoding: str, delimiter: str,
-    quote_char: str | bool,
+    quote_char: str | bool, header: bool, timestamp_format: str | None,
 ) -> list[str]:
-    """Column names in file order: the header's order when it names exactly the declared columns,
-    otherwise the declared order (an error when the header has a different number of fields)."""
+    """Column names in file order, after checking line 1 so that no row is lost or misread.
+
+    With a header, it must name exactly the declared columns (its order then wins); otherwise it is an error
+    that says whether line 1 looks like data (`header: false`) or names other columns (fix `columns`). Without
+    a header, a line 1 naming exactly the declared columns is an error (it would be read as a data row)."""
     names = list(columns)
-    header = [h.strip() for h in header_names(path, encoding, delimiter, quote_char)]
-    if len(header) != len(names):
+    if header:
+        _check_header_text(path, source_name, encoding, delimiter)
+    first = [h.strip() for h in header_names(path, encoding, delimiter, quote_char)]
+    shown = _shorten(repr(first))
+    names_match = sorted(first) == sorted(names)
+    if not header:
+        if names_match:
+            raise ConfigError(
+                f"{source_name}:1: line 1 names the declared columns {shown}, so it is a header, but "
+                f"source.header is false and it would be read as a data row; set source.header: true"
+            )
+        return names
+    if names_match:
+        return first
+    if _parses_as_data(first, columns, timestamp_format):
         raise ConfigError(
-            f"{source_name}:1: the header has {len(header)} fields {header} but the source declares "
+            f"{source_name}:1: line 1 {shown} parses as data under the declared column types, but "
+            f"source.header is true, so it would be dropped as a header; set source.header: false (the file "
+            f"has no header)"
+        )
+    if len(first) != len(names):
+        raise ConfigError(
+            f"{source_name}:1: the header has {len(first)} fields {shown} but the source declares "
             f"{len(names)} columns {names}; declare every column of the file, in file order, under "
             f"source.columns (or set source.header: false if line 1 is data)"
         )
-    return header if sorted(header) == sorted(names) else names
+    raise ConfigError(
+        f"{source_name}:1: the header names {shown} but source.columns declares {names}; declare the header's "
+        f"names under source.columns (any order), or set source.header: false if line 1 is data"
+    )
+
+
+def check_first_line(
+    path: str | os.PathLike[str],
+    columns: dict[str, ColumnType],
+    *,
+    delimiter: str,
+    header: bool,
+    source_name: str,
+    encoding: str = "utf-8",
+    quote_char: str | bool = '"',
+    timestamp_format: str | None = None,
+) -> None:
+    """The checks `read_delimited` makes of line 1 (see `_column_order`), alone: a quick look before a long job."""
+    if Path(path).stat().st_size:
+        _column_order(Path(path), columns, source_name, encoding, delimiter, quote_char, header, timestamp_format)
 
 
 def _consume(
@@ -413,7 +561,9 @@ def _consume(
     max_rows: int | None,
     keep_index: bool,
     out: _Collected,
+    undecodable: str | None,
 ) -> None:
+    """Convert and check each parsed batch; `undecodable` (the reason) when the transcoder marked bad bytes."""
     for batch in reader:
         n = batch.num_rows
         if n == 0:
@@ -425,10 +575,18 @@ def _consume(
         blank = pc.fill_null(blank, False)
         converted: dict[str, pa.Array] = {}
         bad: dict[str, pa.Array] = {}
+        overflow: dict[str, pa.Array] = {}
         for name, col in zip(order, strings):
             converted[name], bad[name] = parse_column(col, types[name], timestamp_format=timestamp_format)
+            if types[name] == "int":
+                overflow[name] = int_overflow(col, bad[name])
         typed = pa.table(converted)
-        reasons = row_reasons(typed, bad, types, required, non_negative)
+        reasons = row_reasons(typed, bad, types, required, non_negative, overflow)
+        if undecodable is not None:
+            marked = pc.match_substring(strings[0], _BAD_BYTES)
+            for col in strings[1:]:
+                marked = pc.or_(marked, pc.match_substring(col, _BAD_BYTES))
+            reasons = pc.if_else(pc.fill_null(marked, False), pa.scalar(undecodable), reasons)
         has_reason = pc.is_valid(reasons)
         keep = pc.and_(pc.invert(blank), pc.invert(has_reason))
         reject = pc.and_(pc.invert(blank), has_reason)
@@ -441,7 +599,10 @@ def _consume(
             out.reject_index.append(idx[rej])
             out.reject_reason.append(reasons.filter(reject))
             raw_fields = [c.filter(reject) for c in strings]
-            out.reject_raw.append(pc.binary_join_element_wise(*raw_fields, delimiter))
+            raw = pc.binary_join_element_wise(*raw_fields, delimiter)
+            if undecodable is not None:  # shown like any decoder shows bad bytes
+                raw = pc.replace_substring(raw, _BAD_BYTES, "\ufffd")
+            out.reject_raw.append(raw)
         out.parsed_rows += n
         out.data_rows += n - int(pc.sum(blank).as_py() or 0)
         if max_rows is not None and out.data_rows >= max_rows:
@@ -479,7 +640,7 @@ def read_delimited(
         rejects: the log that receives rejected rows (source = `source_name`, physical line, reason, text).
         source_name: the file path as the config gives it, used in rejects and errors.
         max_rows: read at most this many data rows (kept + rejected).
-        encoding: text encoding; undecodable bytes become U+FFFD.
+        encoding: text encoding; a line with undecodable bytes is rejected ("undecodable bytes (encoding X)").
         quote_char: CSV quote character, or False to read quotes as ordinary characters.
         line_column: if given, add an int64 column of that name holding each kept row's physical line.
 
@@ -494,9 +655,10 @@ def read_delimited(
         raise ConfigError(f"{source_name}: no columns declared; list the file's columns under source.columns")
     if path.stat().st_size == 0:
         return schema.empty_table(), 0
-    order = _column_order(path, columns, source_name, encoding, delimiter, quote_char) if header else names
+    order = _column_order(path, columns, source_name, encoding, delimiter, quote_char, header, timestamp_format)
     single = len(delimiter) == 1
     is_utf8 = codecs.lookup(encoding).name == "utf-8"
+    undecodable = undecodable_reason(encoding)
 
     def run(transcode: bool) -> _Collected:
         out = _Collected()
@@ -527,7 +689,7 @@ def read_delimited(
             )
             _consume(
                 reader, order, columns, timestamp_format, required, non_negative, delimiter, max_rows,
-                max_rows is not None or line_column is not None, out,
+                max_rows is not None or line_column is not None, out, undecodable if transcode else None,
             )
         except pa.ArrowInvalid as exc:
             if "Empty CSV file" in str(exc):
@@ -538,13 +700,26 @@ def read_delimited(
                 source.close()
         return out
 
+    direct = single and is_utf8
     try:
-        got = run(transcode=not (single and is_utf8))
+        try:
+            if direct:
+                with _quiet_undecodable_rows():
+                    got = run(transcode=False)
+            else:
+                got = run(transcode=True)
+        except pa.ArrowInvalid:
+            if not direct:
+                raise
+            # invalid UTF-8 somewhere (in a value, or in a line pyarrow cannot hand to the invalid-row handler):
+            # the transcoder marks the bytes and their lines are rejected
+            got = run(transcode=True)
     except pa.ArrowInvalid as exc:
-        if "UTF8" not in str(exc) and "utf8" not in str(exc).lower():
-            raise ValueError(f"{source_name}: cannot parse the file: {exc}") from exc
-        got = run(transcode=True)  # invalid UTF-8 somewhere: decode with replacement characters
-    return _finish(got, schema, delimiter, single, header, max_rows, line_column, rejects, source_name)
+        raise ConfigError(
+            f"{source_name}: cannot be read as delimited text ({exc}); check that it is a text file (not "
+            f"binary or compressed) and that the source's type, delimiter and encoding match it"
+        ) from None
+    return _finish(got, schema, delimiter, single, header, max_rows, line_column, rejects, source_name, undecodable)
 
 
 def _finish(
@@ -557,6 +732,7 @@ def _finish(
     line_column: str | None,
     rejects: Rejects,
     source_name: str,
+    undecodable: str,
 ) -> tuple[pa.Table, int]:
     first_line = 2 if header else 1
     skipped = np.asarray(got.skipped_lines, dtype=np.int64)
@@ -588,6 +764,11 @@ def _finish(
             skipped, skipped_text = skipped[keep_skip], skipped_text.filter(pa.array(keep_skip))
     if line_column is not None:
         table = table.append_column(pa.field(line_column, pa.int64()), pa.array(kept_lines, pa.int64()))
-    rejects.add(source_name, skipped, WRONG_FIELD_COUNT, skipped_text)
+    skipped_reason: str | pa.Array = WRONG_FIELD_COUNT
+    marked = pc.fill_null(pc.match_substring(skipped_text, _BAD_BYTES), False)
+    if len(skipped_text) and _any(marked):  # bad bytes that also broke the field count: the bytes are the cause
+        skipped_reason = pc.if_else(marked, pa.scalar(undecodable), pa.scalar(WRONG_FIELD_COUNT))
+        skipped_text = pc.replace_substring(skipped_text, _BAD_BYTES, "\ufffd")
+    rejects.add(source_name, skipped, skipped_reason, skipped_text)
     rejects.add(source_name, rej_lines, rej_reason, rej_raw)
     return table, table.num_rows + len(skipped) + len(rej_lines)

@@ -112,3 +112,104 @@ def test_every_command_line_option_sets_a_key_the_config_has() -> None:
     missing = [f"{o.flag} -> {o.key}" for o in options if not _has_key(RecForgeConfig, o.key.split("."))]
     assert not missing, f"options that set keys the config does not have: {missing}"
     assert not _has_key(RecForgeConfig, ["train", "accelerator"])  # the check can fail
+
+
+# ------------------------------------------------------------------------ bad input: exit 2, a message, no traceback
+
+
+def csv_config(tmp_path: Path, data: str, *, source: dict | None = None, **top: object) -> Path:
+    """A prepare config for the table file `data` (user_id, item_id, click); written as YAML in tmp_path."""
+    doc = {
+        "name": "input",
+        "output_dir": str(tmp_path / "out"),
+        "source": {"type": "csv", "path": data, "columns": {"user_id": "int", "item_id": "int", "click": "int"},
+                   **(source or {})},
+        "features": {"label": "click", "categorical": [{"name": "user_id"}, {"name": "item_id"}]},
+        **top,
+    }
+    path = tmp_path / "input.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def prepare_fails(config: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run `recforge prepare --config config` in-process; assert exit 2, no traceback and no Ray; the message."""
+    import feature_store.prepare as prepare_mod
+
+    def no_ray(*args: object) -> None:
+        raise AssertionError("Ray started although the input could be judged before")
+
+    monkeypatch.setattr(prepare_mod, "ensure_ray", no_ray)
+    rc = main(["prepare", "--config", str(config)])
+    out = capsys.readouterr()
+    assert rc == 2, out.err
+    assert "Traceback" not in out.out + out.err
+    assert out.err.startswith("recforge prepare: error: ")
+    return out.err
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+                                     "name: x\nsource: Amélie\n".encode("latin-1")])
+def test_a_binary_or_latin1_config_file_exits_2_naming_the_file(
+    tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes(content)
+    err = prepare_fails(config, capsys, monkeypatch)
+    assert f"{config}:" in err and ("not a UTF-8 text file" in err or "binary file, not YAML text" in err)
+
+
+def test_a_garbage_csv_exits_2_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    data = tmp_path / "junk.csv"
+    data.write_bytes(np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    err = prepare_fails(csv_config(tmp_path, str(data)), capsys, monkeypatch)
+    assert f"{data}:1: the header has bytes that do not decode as utf-8" in err and "source.encoding" in err
+
+
+def test_an_empty_csv_exits_2_saying_it_has_no_data_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "empty.csv"
+    data.write_text("")
+    err = prepare_fails(csv_config(tmp_path, str(data)), capsys, monkeypatch)
+    assert f"{data} (source.path): the file has no data rows (it is empty" in err
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated"])
+def test_an_empty_or_truncated_parquet_exits_2_naming_the_file(
+    tmp_path: Path, kind: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "events.parquet"
+    if kind == "empty":
+        data.write_bytes(b"")
+    else:
+        pq.write_table(pa.table({"user_id": range(5000), "item_id": range(5000), "click": [0, 1] * 2500}), data)
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    err = prepare_fails(csv_config(tmp_path, str(data), source={"type": "parquet"}), capsys, monkeypatch)
+    assert f"{data}: not a readable Parquet file" in err and "empty, truncated" in err
+
+
+def test_a_headerless_file_read_with_a_header_exits_2_instead_of_losing_a_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "events.csv"
+    data.write_text("".join(f"{u},{u % 9},{u % 2}\n" for u in range(480)))
+    err = prepare_fails(csv_config(tmp_path, str(data)), capsys, monkeypatch)
+    assert f"{data}:1: line 1 ['0', '0', '0'] parses as data" in err and "set source.header: false" in err
+
+
+def test_a_missing_timestamp_where_one_is_needed_exits_2_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "events.csv"
+    data.write_text("user_id,item_id,click\n1,2,1\n")
+    err = prepare_fails(csv_config(tmp_path, str(data), split={"method": "time"}), capsys, monkeypatch)
+    assert "features.timestamp: column 'ts' is not in the events" in err
+    assert "split.method: time needs the event time" in err and "Set features.timestamp to" in err

@@ -95,3 +95,39 @@ def test_load_config_accepts_in_memory_data(tmp_path: Path) -> None:
             "features": {"label": "label"}}
     cfg = load_config(None, RecForgeConfig, data=data)
     assert cfg.source.type == "criteo"
+
+
+def test_a_binary_or_non_utf8_config_file_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: x\noutput_dir: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.yaml:2: not a UTF-8 text file \(byte 0xe9"):
+        load(latin)
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(b"name\x00\x01\x02\x03")
+    with pytest.raises(ConfigError, match=r"model\.bin:1: a NUL byte: this is a binary file, not YAML text"):
+        load(binary)
+
+
+CSV_SOURCE = """\
+  type: csv
+  path: train.csv
+  columns: {{user_id: int, click: int}}
+"""
+
+
+def test_files_split_needs_its_files_and_a_table_source(tmp_path: Path) -> None:
+    csv = MINIMAL.replace("  type: synthetic\n  n_users: 10\n", CSV_SOURCE)
+    cfg = load(write(tmp_path, csv), ["split.method=files", "split.files.test=test.csv"])
+    assert cfg.split.files is not None and cfg.split.files.test == "test.csv" and cfg.split.files.valid is None
+    with pytest.raises(ConfigError, match=r"split: .*method 'files' needs split\.files\.test"):
+        load(write(tmp_path, csv), ["split.method=files"])
+    with pytest.raises(ConfigError, match=r"split\.files applies to method 'files' only"):
+        load(write(tmp_path, csv), ["split.files.test=test.csv"])
+    with pytest.raises(ConfigError, match=r"needs a csv, tsv or parquet source; source\.type is 'synthetic'"):
+        load(write(tmp_path, MINIMAL), ["split.method=files", "split.files.test=test.csv"])
+
+
+def test_unknown_text_encoding_is_a_config_error(tmp_path: Path) -> None:
+    csv = MINIMAL.replace("  type: synthetic\n  n_users: 10\n", CSV_SOURCE + "  encoding: latin-9000\n")
+    with pytest.raises(ConfigError, match=r"source\.encoding: .*unknown text encoding 'latin-9000'"):
+        load(write(tmp_path, csv))

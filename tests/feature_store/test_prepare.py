@@ -187,3 +187,71 @@ def test_criteo_tsv_prepares_with_missing_fields_and_bad_lines(tmp_path: Path, r
     assert train.schema.field("C1").type == pa.int64() and train.schema.field("I1").type == pa.float32()
     ts = read_prepared(tmp_path / "out" / "prepared" / "test")
     assert ts.num_rows == summary["split"]["rows"]["test"] > 0
+
+
+def timeless_csv_config(tmp_path: Path, split: dict, **features: object) -> RecForgeConfig:
+    """Three headerless CSV files (train, dev, test) of user_id, item_id, click: no event time at all."""
+    from feature_store.config import load_config
+
+    ranges = {"train.csv": range(0, 60), "dev.csv": range(100, 120), "test.csv": range(200, 230)}
+    for name, users in ranges.items():
+        (tmp_path / name).write_text("".join(f"{u},{u % 7},{u % 2}\n" for u in users))
+    with open(tmp_path / "test.csv", "a") as fh:
+        fh.write("oops,1,1\n")
+    data = {
+        "name": "files",
+        "output_dir": str(tmp_path / "out"),
+        "source": {"type": "csv", "path": str(tmp_path / "train.csv"), "header": False,
+                   "columns": {"user_id": "int", "item_id": "int", "click": "int"}},
+        "features": {"label": "click", "categorical": [{"name": "user_id"}, {"name": "item_id"}], **features},
+        "split": split,
+        "prepare": {"max_reject_fraction": 0.05},
+    }
+    return load_config(None, RecForgeConfig, data=data)
+
+
+def test_files_split_prepares_each_file_into_its_split_without_event_time(tmp_path: Path, ray_local: object) -> None:
+    files = {"valid": str(tmp_path / "dev.csv"), "test": str(tmp_path / "test.csv")}
+    summary = prepare(timeless_csv_config(tmp_path, {"method": "files", "files": files})).summary
+    assert summary["split"]["method"] == "files"
+    assert summary["split"]["rows"] == {"train": 60, "valid": 20, "test": 30}
+    assert summary["split"]["files"] == {"train": str(tmp_path / "train.csv"), **files}
+    assert summary["timestamp"] is None and summary["rows_read_total"] == 111
+    rejects = pq.read_table(tmp_path / "out" / "prepared" / "rejects.parquet").to_pylist()
+    assert [(r["source"], r["line"], r["reason"]) for r in rejects] == [
+        (files["test"], 31, "unparsable number: user_id")]
+    for split, users in (("train", range(0, 60)), ("valid", range(100, 120)), ("test", range(200, 230))):
+        got = read_prepared(tmp_path / "out" / "prepared" / split).column("__user_key").to_pylist()
+        assert sorted(got) == list(users)
+
+
+def test_missing_event_time_fails_before_ray_starts_naming_what_needs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import feature_store.prepare as prepare_mod
+    from feature_store.config import ConfigError
+
+    def no_ray(*args: object) -> None:
+        raise AssertionError("Ray was started before the config error")
+
+    monkeypatch.setattr(prepare_mod, "ensure_ray", no_ray)
+    cfg = timeless_csv_config(tmp_path, {"method": "random"},
+                              sequence=[{"name": "hist", "source": "item_id"}])
+    with pytest.raises(ConfigError, match=r"features\.timestamp: column 'ts' is not in the events \(source\.columns "
+                                          r"declares: user_id, item_id, click\), but features\.sequence\.0 \('hist'\) "
+                                          r"needs the event time\. Set features\.timestamp"):
+        prepare(cfg)
+    with pytest.raises(ConfigError, match=r"split\.method: time needs the event time"):
+        prepare(timeless_csv_config(tmp_path, {"method": "time"}))
+    assert not (tmp_path / "out" / "prepared").exists()
+
+
+def test_random_split_prepares_and_materializes_events_without_a_time_column(
+    tmp_path: Path, ray_local: object
+) -> None:
+    cfg = timeless_csv_config(tmp_path, {"method": "random", "test_fraction": 0.2})
+    summary = prepare(cfg).summary
+    assert summary["timestamp"] is None and summary["split"]["method"] == "random"
+    assert sum(summary["split"]["rows"].values()) == summary["events_kept"] == 60
+    assert "__ts" not in read_prepared(tmp_path / "out" / "prepared" / "train").column_names
+    assert materialize_job(cfg)["as_of"] is None

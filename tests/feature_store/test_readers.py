@@ -23,7 +23,7 @@ from feature_store.config import (
 )
 from feature_store.readers import REGISTRY, read_source
 from feature_store.readers.text import _TranscodedFile, read_delimited
-from feature_store.rejects import Rejects
+from feature_store.rejects import RejectFractionExceeded, Rejects
 
 DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 
@@ -168,12 +168,67 @@ def test_bool_columns_read_true_false_and_one_zero(tmp_path: Path) -> None:
     assert n == 5
 
 
-def test_invalid_utf8_bytes_are_replaced_and_the_row_is_kept(tmp_path: Path) -> None:
+def test_invalid_utf8_bytes_reject_their_line_with_the_encoding_named(tmp_path: Path) -> None:
     p = tmp_path / "e.csv"
-    p.write_bytes(b"user,item,score,when\n1,caf\xe9,1,1\n2,b,1,1\n")
+    p.write_bytes(b"user,item,score,when\n1,caf\xe9,1,1\n2,b,1,1\n3,\xff\xfe\n4,d,1,1\n")
     table, n, rejects = read(p)
-    assert table.column("item").to_pylist() == ["caf\ufffd", "b"]
-    assert n == 2 and len(rejects) == 0
+    assert table.column("user").to_pylist() == [2, 4]
+    assert rejects_of(rejects) == [
+        (2, "undecodable bytes (encoding utf-8)", "1,caf\ufffd,1,1"),
+        (4, "undecodable bytes (encoding utf-8)", "3,\ufffd\ufffd"),
+    ]
+    assert n == 4
+
+
+def test_a_real_replacement_character_in_utf8_text_is_kept(tmp_path: Path) -> None:
+    p = tmp_path / "e.csv"
+    p.write_bytes("user,item,score,when\n1,caf\ufffd,1,1\n2,b\xe9,1,1\n".encode() + b"3,\xe9,1,1\n")
+    table, _, rejects = read(p)
+    assert table.column("item").to_pylist() == ["caf\ufffd", "b\xe9"]
+    assert [(line, reason) for line, reason, _ in rejects_of(rejects)] == [(4, "undecodable bytes (encoding utf-8)")]
+
+
+def test_latin1_text_reads_correctly_with_its_encoding_and_is_rejected_as_utf8(tmp_path: Path) -> None:
+    p = tmp_path / "e.csv"
+    p.write_bytes("user,item,score,when\n1,Amélie,1,1\n2,Zoë,2,2\n".encode("latin-1"))
+    table, n, rejects = read(p, encoding="latin-1")
+    assert table.column("item").to_pylist() == ["Amélie", "Zoë"] and len(rejects) == 0 and n == 2
+    table, n, rejects = read(p)
+    assert table.num_rows == 0 and n == 2
+    assert {reason for _, reason, _ in rejects_of(rejects)} == {"undecodable bytes (encoding utf-8)"}
+    assert any("source.encoding" in h for h in rejects.hints())
+
+
+def test_integers_beyond_int64_are_rejected_with_a_hint_to_declare_string(tmp_path: Path) -> None:
+    p = tmp_path / "e.csv"
+    p.write_text("user,item,score,when\n12345678901234567890,a,1,1\n99999999999999999999,b,1,1\n3,c,1,1\n"
+                 "x4,d,1,1\n")
+    table, n, rejects = read(p)
+    assert table.column("user").to_pylist() == [3]
+    assert [reason for _, reason, _ in rejects_of(rejects)] == [
+        "unparsable number: user (integer beyond int64)",
+        "unparsable number: user (integer beyond int64)",
+        "unparsable number: user",
+    ]
+    assert rejects.hints() == ["column 'user': 2 rows hold integers beyond int64 (ids most likely, too long "
+                               "for a number); declare it `string` under source.columns"]
+    with pytest.raises(RejectFractionExceeded, match=r"Hint: column 'user'.*declare it `string`"):
+        rejects.check_fraction(n, 0.05)
+
+
+def test_int_columns_read_every_int64_including_its_19_digit_limits(tmp_path: Path) -> None:
+    p = tmp_path / "e.csv"
+    p.write_text("9223372036854775807\n-9223372036854775808\n+1234567890123456789\n9223372036854775808\n")
+    table, _, rejects = read(p, columns={"id": "int"}, header=False)
+    assert table.column("id").to_pylist() == [2**63 - 1, -(2**63), 1234567890123456789]
+    assert rejects_of(rejects) == [(4, "unparsable number: id (integer beyond int64)", "9223372036854775808")]
+
+
+def test_mostly_non_digit_number_rejects_give_no_string_hint(tmp_path: Path) -> None:
+    p = tmp_path / "e.csv"
+    p.write_text("user,item,score,when\n12345678901234567890,a,1,1\nx,b,1,1\ny,c,1,1\n")
+    _, _, rejects = read(p)
+    assert rejects.hints() == []
 
 
 def test_max_rows_counts_kept_and_rejected_rows(tmp_path: Path) -> None:
@@ -231,6 +286,49 @@ def test_header_with_other_field_count_is_a_config_error_naming_the_file(tmp_pat
         read(p)
 
 
+def test_header_true_on_a_headerless_file_is_an_error_not_a_lost_row(tmp_path: Path) -> None:
+    p = tmp_path / "e.csv"
+    p.write_text("".join(f"{i},item{i},0.5,{1000 + i}\n" for i in range(480)))
+    with pytest.raises(ConfigError, match=r"e\.csv:1: line 1 .* parses as data .* set source\.header: false"):
+        read(p)
+    table, n, rejects = read(p, header=False)
+    assert table.num_rows == n == 480 and len(rejects) == 0
+
+
+def test_header_naming_other_columns_is_an_error_saying_what_to_fix(tmp_path: Path) -> None:
+    p = tmp_path / "e.csv"
+    p.write_text("uid,iid,rating,time\n1,a,1,1\n")
+    with pytest.raises(ConfigError, match=r"e\.csv:1: the header names \['uid', 'iid', 'rating', 'time'\] but "
+                                          r"source\.columns declares \['user', 'item', 'score', 'when'\]"):
+        read(p)
+
+
+def test_a_header_with_control_characters_is_named_as_binary_not_text(tmp_path: Path) -> None:
+    p = tmp_path / "e.csv"
+    p.write_bytes(b"\x1f\x02\x08\x00user,item\n1,a\n")
+    with pytest.raises(ConfigError, match=r"e\.csv:1: the header holds control characters \('\\x1f'\): this looks "
+                                          r"like a binary or compressed file"):
+        read(p)
+
+
+def test_header_false_on_a_file_with_the_declared_header_is_an_error(tmp_path: Path) -> None:
+    p = tmp_path / "e.csv"
+    p.write_text("user,item,score,when\n1,a,1,1\n")
+    with pytest.raises(ConfigError, match=r"e\.csv:1: line 1 names the declared columns .* set source\.header: "
+                                          r"true"):
+        read(p, header=False)
+
+
+def test_binary_junk_is_rejected_line_by_line_or_named_as_unreadable(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    p = tmp_path / "junk.csv"
+    p.write_bytes(rng.integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    with pytest.raises(ConfigError, match=r"junk\.csv"):
+        read(p)
+    table, n, rejects = read(p, header=False)
+    assert table.num_rows == 0 and len(rejects) == n > 0
+
+
 def test_header_order_wins_when_it_names_the_declared_columns(tmp_path: Path) -> None:
     p = tmp_path / "e.csv"
     p.write_text("when,score,item,user\n100,0.5,a,1\n")
@@ -269,10 +367,10 @@ def test_label_rule_with_positive_values_matches_text(in_tmp: Path) -> None:
 
 
 def test_ts_is_not_renamed_when_config_has_ts_or_two_timestamps(in_tmp: Path) -> None:
-    (in_tmp / "e.csv").write_text("a,b\n1,2\n")
-    two = TableSource(type="csv", path="e.csv", columns={"a": "timestamp", "b": "timestamp"})
+    (in_tmp / "e.csv").write_text("1,2\n")
+    two = TableSource(type="csv", path="e.csv", header=False, columns={"a": "timestamp", "b": "timestamp"})
     assert read_source(two, in_tmp).events.column_names == ["a", "b"]
-    named = TableSource(type="csv", path="e.csv", columns={"ts": "timestamp", "b": "timestamp"})
+    named = TableSource(type="csv", path="e.csv", header=False, columns={"ts": "timestamp", "b": "timestamp"})
     assert read_source(named, in_tmp).events.column_names == ["ts", "b"]
 
 
@@ -303,6 +401,51 @@ def test_parquet_column_missing_from_file_is_a_config_error(in_tmp: Path) -> Non
     cfg = TableSource(type="parquet", path="e.parquet", columns={"a": "int", "b": "int"})
     with pytest.raises(ConfigError, match=r"e\.parquet: .*\['b'\]"):
         read_source(cfg, in_tmp)
+
+
+def test_empty_text_files_and_header_only_files_are_errors_naming_the_file(in_tmp: Path) -> None:
+    (in_tmp / "empty.csv").write_text("")
+    (in_tmp / "head.csv").write_text("a,b\n")
+    for name, what in (("empty.csv", "it is empty"), ("head.csv", "a header only")):
+        cfg = TableSource(type="csv", path=name, columns={"a": "int", "b": "int"})
+        with pytest.raises(ConfigError, match=rf"{name} \(source\.path\): the file has no data rows .*{what}"):
+            read_source(cfg, in_tmp)
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1\x00\x01garbage", "truncated"])
+def test_empty_truncated_or_foreign_parquet_is_a_config_error_naming_the_file(in_tmp: Path, content: object) -> None:
+    if content == "truncated":
+        pq.write_table(pa.table({"a": list(range(1000))}), in_tmp / "full.parquet")
+        content = (in_tmp / "full.parquet").read_bytes()[:-200]
+    (in_tmp / "e.parquet").write_bytes(content)  # type: ignore[arg-type]
+    cfg = TableSource(type="parquet", path="e.parquet", columns={"a": "int"})
+    with pytest.raises(ConfigError, match=r"e\.parquet: not a readable Parquet file .* empty, truncated"):
+        read_source(cfg, in_tmp)
+
+
+def test_parquet_without_rows_is_a_config_error(in_tmp: Path) -> None:
+    pq.write_table(pa.table({"a": pa.array([], pa.int64())}), in_tmp / "e.parquet")
+    cfg = TableSource(type="parquet", path="e.parquet", columns={"a": "int"})
+    with pytest.raises(ConfigError, match=r"e\.parquet \(source\.path\): the file has no data rows \(it is empty\)"):
+        read_source(cfg, in_tmp)
+
+
+def test_table_files_are_read_alike_with_rejects_naming_each_file(in_tmp: Path) -> None:
+    from feature_store.readers.table import read_table_files
+
+    (in_tmp / "train.csv").write_text("1,a\n2,b\nx,c\n3,d\n")
+    (in_tmp / "dev.csv").write_text("4,e\n5\n")
+    (in_tmp / "test.csv").write_text("6,f\n7,g\n")
+    cfg = TableSource(type="csv", path="train.csv", header=False, columns={"user": "int", "item": "string"})
+    raw = read_table_files(cfg, {"train": "train.csv", "valid": "dev.csv", "test": "test.csv"}, in_tmp)
+    assert raw.events.column("user").to_pylist() == [1, 2, 3, 4, 6, 7]
+    assert raw.parts == {"train": 3, "valid": 1, "test": 2}
+    assert raw.rows_read == {"events": 8}
+    assert [(r["source"], r["line"], r["reason"]) for r in raw.rejects.to_table().to_pylist()] == [
+        ("dev.csv", 2, "wrong field count"), ("train.csv", 3, "unparsable number: user")]
+    (in_tmp / "dev.csv").write_text("")
+    with pytest.raises(ConfigError, match=r"dev\.csv \(split\.files\.valid\): the file has no data rows"):
+        read_table_files(cfg, {"train": "train.csv", "valid": "dev.csv", "test": "test.csv"}, in_tmp)
 
 
 def test_missing_path_is_a_config_error_naming_source_path(in_tmp: Path) -> None:

@@ -52,3 +52,19 @@ def test_time_split_keeps_equal_timestamps_together() -> None:
     ts = t.column("ts").to_numpy()
     for v in range(10):
         assert len(set(codes[ts == v])) == 1
+
+
+def test_files_split_puts_each_file_rows_in_its_split_and_reports_the_files() -> None:
+    cfg = SplitConfig(method="files", files={"valid": "dev.csv", "test": "test.csv"})
+    table = pa.table({"user_id": list(range(10))})
+    codes, rep = assign_splits(table, cfg, parts={"train": 6, "valid": 1, "test": 3},
+                               files={"train": "train.csv", "valid": "dev.csv", "test": "test.csv"})
+    assert codes.tolist() == [0] * 6 + [1] + [2] * 3
+    assert rep.method == "files" and rep.rows == {"train": 6, "valid": 1, "test": 3}
+    assert rep.files == {"train": "train.csv", "valid": "dev.csv", "test": "test.csv"}
+
+
+def test_random_split_needs_no_time_column() -> None:
+    table = pa.table({"user_id": list(range(1000))})
+    codes, rep = assign_splits(table, SplitConfig(method="random"), ts_column="ts")
+    assert len(codes) == 1000 and rep.rows["train"] > rep.rows["test"] > 0
