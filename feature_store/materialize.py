@@ -5,6 +5,8 @@ Views written (each atomically, one row per entity key):
 - 'user_profile': RFM inputs (last_purchase_ts, rfm_frequency, rfm_monetary, rfm_recency_days at `as_of`)
   and the category-affinity vector, computed with the IDF and categories fitted at prepare time;
 - 'user_segment': RFM quintile scores and the named marketing segment;
+  both hold every purchase before `as_of`: once the data has ended (the default `as_of`), `as_of`'s own day
+  counts too (`profiles.snapshot_cutoff`), so the last day's purchases are in them;
 - 'user_history': the last `max_len` items per sequence feature, most recent last.
 `as_of` defaults to the end of the event log (one second after its last event).
 """
@@ -81,7 +83,8 @@ def materialize_job(cfg: FeatureStoreConfig, *, as_of: int | None = None) -> dic
             rep = materialize(store, PROFILE_VIEW, latest, key=profiles.user_key, ts_column="ts",
                               ttl_seconds=profiles.ttl_seconds, features=feats)
             views[PROFILE_VIEW] = {"entities": rep.entities_written, "features": feats}
-            seg = rfm_segments(profiles.rfm, as_of=as_of, user_key=profiles.user_key)
+            seg = rfm_segments(profiles.rfm, as_of=as_of, user_key=profiles.user_key,
+                               data_end_ts=profiles.data_end_ts)
             seg = seg.append_column("ts", pa.array(np.full(seg.num_rows, as_of, np.int64)))
             seg_feats = [c for c in seg.column_names if c not in (profiles.user_key, "ts")]
             rep = materialize(store, SEGMENT_VIEW, seg, key=profiles.user_key, ts_column="ts", features=seg_feats)

@@ -18,12 +18,15 @@ from feature_store.rejects import Rejects
 
 @dataclass
 class RawData:
-    """What a source yields: named Arrow tables, per-table input row counts, rejects, and input paths."""
+    """What a source yields: named Arrow tables, per-table input row counts, rejects, input paths, and counts
+    of what the source's own rules did to kept rows (e.g. purchase lines netted by returns), reported in the
+    prepare summary as `source_counts`."""
 
     tables: dict[str, pa.Table]
     rows_read: dict[str, int]
     rejects: Rejects = field(default_factory=Rejects)
     paths: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def events(self) -> pa.Table:
