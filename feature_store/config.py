@@ -229,7 +229,7 @@ class TransactionsSource(StrictModel):
         description="item codes that are not products (postage, manual lines, discounts, fees, samples, tests): "
                     "their lines are rejected as `non-product code: <code>`. Shell-style globs (`*` any run of "
                     "characters, `?` one), matched case-insensitively against the whole code with surrounding "
-                    "spaces trimmed; [] keeps every code. The default covers UCI Online Retail (I and II)")
+                    "spaces trimmed; [] keeps every code. The default lists the UCI Online Retail codes")
 
     @model_validator(mode="before")
     @classmethod

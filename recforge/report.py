@@ -25,6 +25,8 @@ def render_prepare(r: dict[str, Any]) -> list[str]:
     lines.append(f"  rows rejected: {r['rows_rejected']:,}")
     lines += _rows(r["rejected_by_reason"], "    ") if r["rejected_by_reason"] else ["    (none)"]
     lines.append(f"  events kept: {r['events_kept']:,}")
+    if r.get("source_counts"):
+        lines += ["  source counts:", *_rows(r["source_counts"], "    ")]
     split = r["split"]
     lines.append(f"  split ({split['method']}): " + ", ".join(f"{k} {v:,}" for k, v in split["rows"].items()))
     lines.append("  vocabulary sizes (incl. index 0 = OOV):")
