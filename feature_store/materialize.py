@@ -8,7 +8,8 @@ Views written (each atomically, one row per entity key):
   both hold every purchase before `as_of`: once the data has ended (the default `as_of`), `as_of`'s own day
   counts too (`profiles.snapshot_cutoff`), so the last day's purchases are in them;
 - 'user_history': the last `max_len` items per sequence feature, most recent last.
-`as_of` defaults to the end of the event log (one second after its last event).
+`as_of` defaults to the end of the data: one second after the last event of the log or the last purchase or
+return of the profiles, whichever is later.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ def materialize_job(cfg: FeatureStoreConfig, *, as_of: int | None = None) -> dic
     if not lay.offline.is_dir():
         raise FileNotFoundError(f"{lay.offline}: no offline store; run `recforge prepare --config ...` first")
     f = cfg.features
-    as_of = as_of if as_of is not None else _end_of_log(offline, f.timestamp)
+    profiles = load_profiles(offline)
+    if as_of is None:
+        ends = [_end_of_log(offline, f.timestamp), profiles.data_end_ts if profiles is not None else None]
+        as_of = max((e for e in ends if e is not None), default=None)
     views: dict[str, dict[str, Any]] = {}
     with open_store(cfg) as store:
         for name, ent in cfg.entities.items():
@@ -74,7 +78,6 @@ def materialize_job(cfg: FeatureStoreConfig, *, as_of: int | None = None) -> dic
                               features=list(ent.features), as_of=as_of)
             views[name] = {"entities": rep.entities_written, "features": list(ent.features)}
 
-        profiles = load_profiles(offline)
         if profiles is not None and as_of is not None:
             from feature_store.profiles import rfm_segments
 

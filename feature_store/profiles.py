@@ -6,9 +6,9 @@ So a purchase earlier on the event's own day is never visible to that event, and
 what the serving path could not have known.
 
 The profile as of a time T (`UserProfiles.latest`, `rfm_segments`, written online by materialize) holds every
-purchase before T. When the data ends before T (materialize's default T is one second after the last event),
-T's own day is complete, so its snapshot counts too (`snapshot_cutoff`): the last day's purchases are in the
-online profile and segment. Before the end of the data, the next-day rule above holds (a day's snapshot would
+purchase before T. When the data ends before T (as at materialize's default T, one second after the last event
+or purchase), T's own day is complete, so its snapshot counts too (`snapshot_cutoff`): the last day's purchases
+are in the online profile and segment. Before the end of the data, the next-day rule above holds (a day's snapshot would
 also hold that day's purchases after T).
 
 - RFM: `rfm_snapshots` (cumulative order count / amount net of returns and the last purchase time per user
