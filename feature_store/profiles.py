@@ -22,7 +22,7 @@ also hold that day's purchases after T).
 
 Snapshot tables have the columns: <user key>, `ts` (int64, validity start) and their values.
 
-Kept as one module (about 500 lines) because the RFM and category-affinity builders share the day-snapshot
+Kept as one module (about 570 lines) because the RFM and category-affinity builders share the day-snapshot
 rule above and its helpers (`_user_day_groups`, `_snapshot_indices`, `_per_user_cumsum`), and `UserProfiles`
 composes both; a split would leave the visibility rule in a third module that neither half reads alone.
 """

@@ -26,8 +26,9 @@ Tables:
   revenue; a fully returned line is dropped as an event (`counts["fully_returned_lines"]`). Returns are never
   events.
 - purchases (the profile input, time-correct): every purchase line as bought (gross, label 1.0), and every
-  matched return at its own time with negative quantity and revenue, label 0.0, priced at the average price of
-  the purchase units it cancels (so a customer's revenue sums to the net revenue of their events).
+  matched return at its own time with negative quantity and revenue, label 0.0, priced at the average purchase
+  price of all the customer's returned units of that item (so a customer's revenue sums to the net revenue of
+  their events; with one return per customer and item, exactly the price of the units it cancels).
 - items: item_id, its most frequent description and its median unit price over the event lines.
 `counts` (in the prepare summary as `source_counts`): purchase lines, return lines, fully and partly returned
 purchase lines, and return lines matched only in part.
