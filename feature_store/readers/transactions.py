@@ -261,16 +261,18 @@ def read_transactions(cfg: TransactionsSource, work_dir: Path | None = None) -> 
         keep = pc.invert(mask)
         source, typed = source.filter(keep), typed.filter(keep)
 
-    reject(pc.is_valid(reasons), reasons)
+    reject(pc.is_valid(reasons), reasons)  # rule 1: bad values
     pattern = non_product_regex(cfg.non_product_codes)
-    if pattern is not None:
+    if pattern is not None:  # rule 2: non-product codes
         code = pc.ascii_trim_whitespace(typed.column("item_id"))
         reject(pc.match_substring_regex(code, pattern, ignore_case=True).combine_chunks(),
                pc.binary_join_element_wise("non-product code: ", code, "").combine_chunks())
+    # rule 3: exact duplicates (null values compare equal here); the first copy is the lowest line
     firsts = source.group_by(raw_columns, use_threads=False).aggregate([(_LINE, "min")])
     reject(pc.invert(pc.is_in(source.column(_LINE), value_set=firsts.column(f"{_LINE}_min"))).combine_chunks(),
            "duplicate line")
 
+    # rule 4: cancellations, netted against purchases; then each line's quantity, price and label in both tables
     quantity = typed.column("quantity").to_numpy().astype(np.float64)
     is_return = quantity < 0
     if cfg.cancellation_prefix:
@@ -286,6 +288,7 @@ def read_transactions(cfg: TransactionsSource, work_dir: Path | None = None) -> 
         a[keep] for a in (is_return, np.abs(quantity), lost, matched, customer, item)
     )
     price = typed.column("price").to_numpy().astype(np.float64)
+    # a return is priced at the average purchase price of its customer's returned units of the item
     pair = customer * (int(item.max(initial=0)) + 1) + item
     _, pair_group = np.unique(pair, return_inverse=True)
     lost_value = np.bincount(pair_group, lost * price, minlength=pair_group.max(initial=-1) + 1)
