@@ -197,13 +197,30 @@ class CriteoSource(StrictModel):
                                                          "the head of a large file); null = all")
 
 
-class TransactionsSource(StrictModel):
-    """Invoice lines (Online Retail style), CSV or Parquet: every line is a purchase, so the data has positives
-    only (retrieval's setting). The `*_column` keys map the file's column names to the canonical ones.
+# UCI Online Retail codes that are not products: postage (POST, DOT: dotcom postage, C2: carriage), manual
+# lines (M, m), discounts (D), samples (S), bad-debt adjustments (B, ADJUST*), fees and charges (BANK CHARGES,
+# AMAZONFEE, CRUK commission), PADS (a 0.001 price filler line), test lines (TEST*) and gift vouchers.
+NON_PRODUCT_CODES = ("POST", "DOT", "C2", "M", "D", "S", "B", "CRUK", "PADS", "BANK CHARGES", "AMAZONFEE",
+                     "ADJUST*", "TEST*", "gift_0001_*")
 
-    Tables: `events` = `purchases` (invoice, item_id, user_id as strings; quantity, price, revenue = quantity x
-    price as float32; ts; label = 1.0; the extra columns) and `items` (item_id, most frequent description, median
-    price). Customer ids lose a float tail (`17850.0` -> `17850`).
+
+class TransactionsSource(StrictModel):
+    """Invoice lines (Online Retail style), CSV or Parquet: every kept purchase line is a positive, so the data has
+    positives only (retrieval's setting). The `*_column` keys map the file's column names to the canonical ones.
+
+    Tables: `events` (invoice, item_id, user_id as strings; quantity, price, revenue = quantity x price as
+    float32; ts; label = 1.0; the extra columns): the purchases net of returns; `purchases` (same columns): every
+    purchase line as bought plus every matched return at its own time with negative quantity and revenue and
+    label 0.0, the input of time-correct profiles; `items` (item_id, most frequent description, median price).
+    Customer ids lose a float tail (`17850.0` -> `17850`).
+
+    Rules, in order, each rejected line with its own reason: bad values; `non_product_codes` ("non-product code:
+    POST"); exact duplicate lines ("duplicate line": equal to an earlier line in every column read; the first
+    copy stays); cancellations (see `cancellation_prefix`): matched to the same customer's purchases of the same
+    item at or before the return, oldest first, and subtracted from them (quantity and revenue); a fully returned
+    purchase line is dropped as an event, a partly returned one keeps the rest; returns are never events; a return
+    with nothing to match (bought before the data starts) is rejected as "unmatched cancellation". The summary's
+    `source_counts` has the purchase, return, fully and partly returned line counts.
     """
 
     type: Literal["transactions"] = Field(description="selects the transactions reader")
@@ -224,8 +241,26 @@ class TransactionsSource(StrictModel):
         default_factory=lambda: ["0", "0.0", ""],
         description="customer ids that mean 'no customer' (the row is rejected: a purchase without a user "
                     "cannot train a recommender)")
-    allow_negative_quantity: bool = Field(False, description="keep returns (negative quantity) instead of "
-                                                             "rejecting them")
+    cancellation_prefix: str | None = Field(
+        "C", description="an invoice starting with this marks a cancellation line (Online Retail: `C536379`); a "
+                         "line with a negative quantity is one whatever its invoice. It returns |quantity| units: "
+                         "they are netted against the customer's earlier purchases of the item (oldest first) and "
+                         "never become an event; null = only negative quantities are returns")
+    non_product_codes: list[str] = Field(
+        default_factory=lambda: list(NON_PRODUCT_CODES),
+        description="item codes that are not products (postage, manual lines, discounts, fees, samples, tests): "
+                    "their lines are rejected as `non-product code: <code>`. Shell-style globs (`*` any run of "
+                    "characters, `?` one), matched case-insensitively against the whole code with surrounding "
+                    "spaces trimmed; [] keeps every code. The default lists the UCI Online Retail codes")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "allow_negative_quantity" in data:
+            raise ValueError(
+                "'allow_negative_quantity' was removed: negative quantities are now returns, netted against the "
+                "customer's earlier purchases of the item (see `cancellation_prefix`); delete the key")
+        return data
 
 
 Source = Annotated[
@@ -477,7 +512,12 @@ class ProfilesConfig(StrictModel):
     enabled: bool = Field(False, description="compute the profiles")
     table: str = Field("purchases", description="source table of purchases (needs a `ts` column)")
     user_key: str = Field("user_id", description="user column in that table and in the events")
-    amount: str = Field("revenue", description="numeric amount column (the monetary value)")
+    amount: str = Field("revenue", description="numeric amount column (the monetary value). A row with a "
+                                               "negative amount is a return: it lowers monetary but is not a "
+                                               "purchase (neither frequency nor recency)")
+    order: str | None = Field(
+        None, description="order id column (e.g. `invoice`): frequency counts a user's distinct orders, so a "
+                          "basket of many lines is one purchase; null = every purchase row counts once")
     category: str | None = Field("category", description="category column for affinity; null disables affinity")
     category_table: str | None = Field(
         "items", description="table mapping `item_key` to `category` when the purchases lack it (its newest row per "

@@ -5,8 +5,11 @@ Views written (each atomically, one row per entity key):
 - 'user_profile': RFM inputs (last_purchase_ts, rfm_frequency, rfm_monetary, rfm_recency_days at `as_of`)
   and the category-affinity vector, computed with the IDF and categories fitted at prepare time;
 - 'user_segment': RFM quintile scores and the named marketing segment;
+  both hold every purchase before `as_of`: once the data has ended (the default `as_of`), `as_of`'s own day
+  counts too (`profiles.snapshot_cutoff`), so the last day's purchases are in them;
 - 'user_history': the last `max_len` items per sequence feature, most recent last.
-`as_of` defaults to the end of the event log (one second after its last event).
+`as_of` defaults to the end of the data: one second after the last event of the log or the last purchase or
+return of the profiles, whichever is later.
 """
 
 from __future__ import annotations
@@ -61,7 +64,10 @@ def materialize_job(cfg: FeatureStoreConfig, *, as_of: int | None = None) -> dic
     if not lay.offline.is_dir():
         raise FileNotFoundError(f"{lay.offline}: no offline store; run `recforge prepare --config ...` first")
     f = cfg.features
-    as_of = as_of if as_of is not None else _end_of_log(offline, f.timestamp)
+    profiles = load_profiles(offline)
+    if as_of is None:
+        ends = [_end_of_log(offline, f.timestamp), profiles.data_end_ts if profiles is not None else None]
+        as_of = max((e for e in ends if e is not None), default=None)
     views: dict[str, dict[str, Any]] = {}
     with open_store(cfg) as store:
         for name, ent in cfg.entities.items():
@@ -75,7 +81,6 @@ def materialize_job(cfg: FeatureStoreConfig, *, as_of: int | None = None) -> dic
                               features=list(ent.features), as_of=as_of)
             views[name] = {"entities": rep.entities_written, "features": list(ent.features)}
 
-        profiles = load_profiles(offline)
         if profiles is not None and as_of is not None:
             from feature_store.profiles import rfm_segments
 
@@ -84,7 +89,8 @@ def materialize_job(cfg: FeatureStoreConfig, *, as_of: int | None = None) -> dic
             rep = materialize(store, PROFILE_VIEW, latest, key=profiles.user_key, ts_column="ts",
                               ttl_seconds=profiles.ttl_seconds, features=feats)
             views[PROFILE_VIEW] = {"entities": rep.entities_written, "features": feats}
-            seg = rfm_segments(profiles.rfm, as_of=as_of, user_key=profiles.user_key)
+            seg = rfm_segments(profiles.rfm, as_of=as_of, user_key=profiles.user_key,
+                               data_end_ts=profiles.data_end_ts)
             seg = seg.append_column("ts", pa.array(np.full(seg.num_rows, as_of, np.int64)))
             seg_feats = [c for c in seg.column_names if c not in (profiles.user_key, "ts")]
             rep = materialize(store, SEGMENT_VIEW, seg, key=profiles.user_key, ts_column="ts", features=seg_feats)

@@ -465,6 +465,7 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
         "rejected_by_reason": rejects,
         "reject_hints": raw.rejects.hints(),
         "events_kept": events_kept,
+        "source_counts": raw.counts,
         "split": {"method": split_report.method, "rows": written,
                   "valid_start_ts": split_report.valid_start_ts,
                   "test_start_ts": split_report.test_start_ts,
@@ -501,6 +502,7 @@ def save_profiles(store: OfflineStore, profiles: UserProfiles) -> None:
         "idf": None if profiles.idf is None else [float(v) for v in profiles.idf],
         "ttl_seconds": profiles.ttl_seconds,
         "affinity_name": profiles.affinity_name,
+        "data_end_ts": profiles.data_end_ts,
     }
     (store.root / PROFILE_META).write_text(json.dumps(meta, indent=2))
 
@@ -518,6 +520,7 @@ def load_profiles(store: OfflineStore) -> UserProfiles | None:
         None if meta["idf"] is None else np.asarray(meta["idf"], dtype=np.float64),
         meta["ttl_seconds"],
         meta["affinity_name"],
+        meta.get("data_end_ts"),  # absent in stores written before it was recorded: the next-day rule only
     )
 
 

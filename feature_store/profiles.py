@@ -5,7 +5,14 @@ of day D+1, and is joined onto events with `offline.point_in_time_join` semantic
 So a purchase earlier on the event's own day is never visible to that event, and training rows never see
 what the serving path could not have known.
 
-- RFM: `rfm_snapshots` (cumulative count / amount and the last purchase time per user and day),
+The profile as of a time T (`UserProfiles.latest`, `rfm_segments`, written online by materialize) holds every
+purchase before T. When the data ends before T (as at materialize's default T, one second after the last event
+or purchase), T's own day is complete, so its snapshot counts too (`snapshot_cutoff`): the last day's purchases
+are in the online profile and segment. Before the end of the data, the next-day rule above holds (a day's snapshot would
+also hold that day's purchases after T).
+
+- RFM: `rfm_snapshots` (cumulative order count / amount net of returns and the last purchase time per user
+  and day),
   `add_rfm_features` (float32 recency in days, frequency, monetary; null before the first purchase day),
   `rfm_segments` (quintile scores and a named segment from `SEGMENT_RULES`).
 - Category affinity: `category_affinity_snapshots` (cumulative per-category counts as a fixed-size
@@ -15,7 +22,7 @@ what the serving path could not have known.
 
 Snapshot tables have the columns: <user key>, `ts` (int64, validity start) and their values.
 
-Kept as one module (about 500 lines) because the RFM and category-affinity builders share the day-snapshot
+Kept as one module (about 570 lines) because the RFM and category-affinity builders share the day-snapshot
 rule above and its helpers (`_user_day_groups`, `_snapshot_indices`, `_per_user_cumsum`), and `UserProfiles`
 composes both; a split would leave the visibility rule in a third module that neither half reads alone.
 """
@@ -148,38 +155,69 @@ def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
 # ---------------------------------------------------------------------------------------------------- RFM
 
 
-def rfm_snapshots(purchases: pa.Table, *, user_key: str, ts: str = "ts", amount: str = "revenue") -> pa.Table:
-    """One row per (user, UTC day with purchases), valid from the start of the next day.
+def rfm_snapshots(
+    purchases: pa.Table, *, user_key: str, ts: str = "ts", amount: str = "revenue", order: str | None = None
+) -> pa.Table:
+    """One row per (user, UTC day with purchases or returns), valid from the start of the next day.
 
     Columns: `user_key`, `ts` (start of the next UTC day), `last_purchase_ts` (the user's newest purchase up
-    to that day), `frequency` (cumulative purchase count), `monetary` (cumulative `amount`; a null amount
-    counts as a purchase of 0; returns with negative amounts reduce it). Rows with a null user or time are
-    skipped. Rows are ordered by user (first appearance), then day.
+    to that day), `frequency` (cumulative purchases: distinct values of `order` when given, so one basket of
+    many lines is one purchase (a purchase row without an order id counts once), else purchase rows),
+    `monetary` (cumulative `amount`; a null amount counts as a purchase of 0). A row with a negative amount is
+    a return: it lowers monetary on its own day and is not a purchase (it changes neither frequency nor
+    `last_purchase_ts`). A user's snapshots start on the day of their first purchase (returns before it still
+    count in monetary). Rows with a null user or time are skipped. Rows are ordered by user (first
+    appearance), then day.
     """
-    require_columns(purchases, [user_key, ts, amount], "purchases")
+    require_columns(purchases, [user_key, ts, amount, *([order] if order else [])], "purchases")
     t, valid = int_times(purchases.column(ts), ts)
     money = as_array(purchases.column(amount))
     if not (pa.types.is_integer(money.type) or pa.types.is_floating(money.type)):
         raise TypeError(f"purchases: amount column '{amount}' has type {money.type}; expected a number")
     amt = pc.fill_null(money.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+    is_purchase = amt >= 0
     rows, starts, g_codes, g_days, users = _user_day_groups(
         as_array(purchases.column(user_key)), t, np.flatnonzero(valid)
     )
+    user_codes, _ = encode_keys(as_array(purchases.column(user_key)))
+    counted = is_purchase & valid & (user_codes >= 0)
+    if order is not None:
+        counted &= _first_of_each_order(user_codes, as_array(purchases.column(order)), t, counted)
     if len(rows):
-        count = np.diff(np.r_[starts, len(rows)])
+        count = np.add.reduceat(counted[rows].astype(np.int64), starts)
         spent = np.add.reduceat(amt[rows], starts)
-        last_ts = np.maximum.reduceat(t[rows], starts)
+        newest = np.maximum.reduceat(np.where(is_purchase[rows], t[rows], np.iinfo(np.int64).min), starts)
+        bought = np.maximum.reduceat(is_purchase[rows], starts)
     else:
-        count, spent, last_ts = (np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.int64))
+        count, spent, newest = (np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.int64))
+        bought = np.empty(0, bool)
+    # days with returns only carry the newest purchase of an earlier day of the same user forward
+    source = np.maximum.accumulate(np.where(bought, np.arange(len(starts)), -1)) if len(starts) else starts
+    since_first = (source >= 0) & (g_codes[np.clip(source, 0, None)] == g_codes)
+    keep = np.flatnonzero(since_first)
     return pa.table(
         {
-            user_key: users.take(pa.array(g_codes, pa.int64())),
-            SNAPSHOT_TS: pa.array((g_days + 1) * DAY_SECONDS, pa.int64()),
-            "last_purchase_ts": pa.array(last_ts, pa.int64()),
-            "frequency": pa.array(_per_user_cumsum(count, g_codes), pa.int64()),
-            "monetary": pa.array(_per_user_cumsum(spent, g_codes), pa.float64()),
+            user_key: users.take(pa.array(g_codes[keep], pa.int64())),
+            SNAPSHOT_TS: pa.array((g_days[keep] + 1) * DAY_SECONDS, pa.int64()),
+            "last_purchase_ts": pa.array(newest[source[keep]], pa.int64()),
+            "frequency": pa.array(_per_user_cumsum(count, g_codes)[keep], pa.int64()),
+            "monetary": pa.array(_per_user_cumsum(spent, g_codes)[keep], pa.float64()),
         }
     )
+
+
+def _first_of_each_order(user_codes: np.ndarray, orders: pa.Array, t: np.ndarray, counted: np.ndarray) -> np.ndarray:
+    """True on the earliest counted row of each (user, order) pair; every counted row without an order id."""
+    o_codes, dictionary = encode_keys(orders)
+    n = len(o_codes)
+    o_codes = np.where(o_codes < 0, len(dictionary) + np.arange(n), o_codes)  # no order id: its own order
+    rows = np.flatnonzero(counted)
+    pair = user_codes[rows] * (len(dictionary) + n) + o_codes[rows]
+    order = np.lexsort((rows, t[rows], pair))
+    pair_s = pair[order]
+    first = np.zeros(n, bool)
+    first[rows[order][np.r_[True, pair_s[1:] != pair_s[:-1]][: len(rows)]]] = True
+    return first
 
 
 def add_rfm_features(
@@ -221,8 +259,20 @@ def _fifths(values: np.ndarray) -> np.ndarray:
     return (1 + (5 * lower) // n).astype(np.int8)
 
 
-def rfm_segments(snapshots: pa.Table, *, as_of: int, user_key: str) -> pa.Table:
-    """Each user's RFM at `as_of` (newest snapshot with ts <= as_of) with scores and a segment.
+def snapshot_cutoff(as_of: int, data_end_ts: int | None) -> int:
+    """The latest snapshot `ts` a profile as of `as_of` may use: `as_of` itself (the days ended by then), or
+    the end of `as_of`'s UTC day when the data ends at or before `as_of` (`data_end_ts`: one second after the
+    newest purchase or return), since that day then holds nothing later than `as_of`."""
+    if data_end_ts is not None and as_of >= data_end_ts:
+        return (as_of // DAY_SECONDS + 1) * DAY_SECONDS
+    return as_of
+
+
+def rfm_segments(
+    snapshots: pa.Table, *, as_of: int, user_key: str, data_end_ts: int | None = None
+) -> pa.Table:
+    """Each user's RFM at `as_of` (newest snapshot with ts <= `snapshot_cutoff(as_of, data_end_ts)`: with
+    `data_end_ts` at or before `as_of`, the purchases of `as_of`'s own day count) with scores and a segment.
 
     Scores (int8, 1..5, 5 = best) are quintiles over the users present: a user's score is 1 + floor(5 x the
     share of users with a strictly worse value), so ties share a score. Recency is scored on the last
@@ -230,7 +280,7 @@ def rfm_segments(snapshots: pa.Table, *, as_of: int, user_key: str) -> pa.Table:
     row of `SEGMENT_RULES` whose ranges hold. Columns: user_key, recency_days, frequency, monetary,
     r_score, f_score, m_score, segment.
     """
-    latest = latest_per_key(snapshots, user_key, SNAPSHOT_TS, as_of)
+    latest = latest_per_key(snapshots, user_key, SNAPSHOT_TS, snapshot_cutoff(as_of, data_end_ts))
     last = as_array(latest.column("last_purchase_ts")).to_numpy(zero_copy_only=False).astype(np.int64)
     freq = as_array(latest.column("frequency")).to_numpy(zero_copy_only=False).astype(np.float64)
     money = as_array(latest.column("monetary")).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -405,6 +455,7 @@ class UserProfiles:
     idf: np.ndarray | None
     ttl_seconds: float | None = None
     affinity_name: str = "cat_affinity"
+    data_end_ts: int | None = None  # one second after the newest purchase or return (see `snapshot_cutoff`)
 
     def add_to(self, events: pa.Table, ts: str = "ts") -> pa.Table:
         """RFM columns and (when enabled) the affinity vector, point-in-time, added to `events`."""
@@ -422,19 +473,29 @@ class UserProfiles:
         return out
 
     def latest(self, as_of: int) -> pa.Table:
-        """One row per user with a purchase before `as_of`'s day: the profile a request at `as_of` sees.
+        """One row per user with a purchase before `as_of`: the profile a request at `as_of` sees. The days
+        before `as_of`'s count, and `as_of`'s own day too once the data has ended (`snapshot_cutoff`).
 
-        Columns: user key, ts (= as_of), last_purchase_ts, the RFM columns and the affinity vector.
+        Columns: user key, ts (= as_of), last_purchase_ts, the RFM columns (recency relative to `as_of`) and
+        the affinity vector.
         """
-        newest = latest_per_key(self.rfm, self.user_key, SNAPSHOT_TS, as_of)
+        cutoff = snapshot_cutoff(as_of, self.data_end_ts)
+        newest = latest_per_key(self.rfm, self.user_key, SNAPSHOT_TS, cutoff)
         users = pa.table(
             {
                 self.user_key: newest.column(self.user_key),
-                SNAPSHOT_TS: pa.array(np.full(newest.num_rows, as_of, dtype=np.int64)),
+                SNAPSHOT_TS: pa.array(np.full(newest.num_rows, cutoff, dtype=np.int64)),
                 "last_purchase_ts": newest.column("last_purchase_ts"),
             }
         )
-        return self.add_to(users, ts=SNAPSHOT_TS)
+        out = self.add_to(users, ts=SNAPSHOT_TS)
+        if cutoff != as_of:  # recency counts from `as_of`, not from the end of its day
+            last = as_array(out.column("last_purchase_ts")).to_numpy(zero_copy_only=False)
+            hidden = as_array(out.column("rfm_recency_days")).is_null().to_numpy(zero_copy_only=False)
+            recency = pa.array(((as_of - last) / DAY_SECONDS).astype(np.float32), pa.float32(), mask=hidden)
+            out = out.set_column(out.column_names.index("rfm_recency_days"), "rfm_recency_days", recency)
+        return out.set_column(out.column_names.index(SNAPSHOT_TS), SNAPSHOT_TS,
+                              pa.array(np.full(out.num_rows, as_of, dtype=np.int64)))
 
 
 def _purchase_categories(purchases: pa.Table, items: pa.Table | None, cfg: ProfilesConfig) -> pa.Table:
@@ -478,17 +539,21 @@ def fit_user_profiles(
 ) -> UserProfiles:
     """Snapshots of all purchases; affinity categories (top `cfg.n_categories` by train count, else all train
     categories, sorted) and IDF from data before `train_end_ts` only. Purchases have a `ts` column."""
-    rfm = rfm_snapshots(purchases, user_key=cfg.user_key, ts=SNAPSHOT_TS, amount=cfg.amount)
+    rfm = rfm_snapshots(purchases, user_key=cfg.user_key, ts=SNAPSHOT_TS, amount=cfg.amount, order=cfg.order)
     ttl = cfg.ttl_days * DAY_SECONDS if cfg.ttl_days is not None else None
+    t, valid = int_times(purchases.column(SNAPSHOT_TS), SNAPSHOT_TS)
+    data_end = int(t[valid].max()) + 1 if valid.any() else None
     if cfg.category is None:
-        return UserProfiles(cfg.user_key, rfm, None, [], None, ttl)
-    with_cat = _purchase_categories(purchases, items, cfg)
+        return UserProfiles(cfg.user_key, rfm, None, [], None, ttl, data_end_ts=data_end)
+    # affinity counts what users bought: returns (negative amounts) are not interactions
+    bought = pc.invert(pc.fill_null(pc.less(purchases.column(cfg.amount), 0), False))
+    with_cat = _purchase_categories(purchases.filter(bought), items, cfg)
     categories = _train_categories(with_cat, cfg.category, train_end_ts, cfg.n_categories)
     affinity, categories = category_affinity_snapshots(
         with_cat, user_key=cfg.user_key, category=cfg.category, ts=SNAPSHOT_TS, categories=categories
     )
     idf = fit_idf(affinity, train_end_ts, user_key=cfg.user_key)
-    return UserProfiles(cfg.user_key, rfm, affinity, categories, idf, ttl)
+    return UserProfiles(cfg.user_key, rfm, affinity, categories, idf, ttl, data_end_ts=data_end)
 
 
 def build_user_profiles(

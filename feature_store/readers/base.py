@@ -20,8 +20,9 @@ from feature_store.rejects import Rejects
 
 @dataclass
 class RawData:
-    """What a source yields: named Arrow tables, per-table input row counts, rejects, input paths and, for
-    events read from one file per split, the rows of each file."""
+    """What a source yields: named Arrow tables, per-table input row counts, rejects, input paths, for events
+    read from one file per split the rows of each file, and counts of what the source's own rules did to kept
+    rows (e.g. purchase lines netted by returns), reported in the prepare summary as `source_counts`."""
 
     tables: dict[str, pa.Table]
     rows_read: dict[str, int]
@@ -30,6 +31,7 @@ class RawData:
     parts: dict[str, int] = field(default_factory=dict)
     """When the events were read from several files (`split.method: files`): split name -> that file's kept
     rows, in the events' row order; empty otherwise."""
+    counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def events(self) -> pa.Table:

@@ -1,12 +1,37 @@
 """The transactions reader: invoice lines (Online Retail style) from CSV or Parquet -> 'events', 'purchases'
 and 'items'.
 
-events (= purchases): invoice, item_id, user_id strings; quantity, price, revenue (= quantity * price)
-float32; ts int64 Unix seconds; label float32 = 1.0; then the configured extra columns, renamed. Customer ids
-are normalised to text without a float tail (17850.0 -> '17850'). Rejected: a customer id that is null or
-one of `missing_customer_values` ("missing required id: user_id"), a negative quantity unless allowed, a
-negative price, a null invoice/item/quantity/price/time, and values that do not parse. items: item_id, its
-most frequent description and its median unit price over the kept lines, computed columnar.
+Columns of both line tables: invoice, item_id, user_id strings; quantity, price, revenue (= quantity * price)
+float32; ts int64 Unix seconds; label float32; then the configured extra columns, renamed. Customer ids are
+normalised to text without a float tail (17850.0 -> '17850').
+
+Rules, applied in this order (each rejected line goes to the rejects with its file, line and reason):
+1. Bad values: a customer id that is null or one of `missing_customer_values` ("missing required id:
+   user_id"), a negative price, a null invoice/item/quantity/price/time, values that do not parse.
+2. Non-product codes: an item code matching one of `non_product_codes` (postage, manual adjustments, bank
+   charges, test lines; shell-style globs, `*` and `?`, matched case-insensitively against the whole trimmed
+   code) is not a product a customer chose ("non-product code: POST").
+3. Exact duplicates: a line equal to an earlier line in every column read is an export artefact ("duplicate
+   line"); the first copy stays.
+4. Cancellations: a line whose invoice starts with `cancellation_prefix` ("C536379"), or whose quantity is
+   negative, returns |quantity| units. It is matched to the same customer's purchases of the same item made at
+   or before it (same time counts), oldest first (FIFO), and reduces them. A return with no such purchase
+   left to reduce (bought before the data starts) is rejected as "unmatched cancellation"; one matched only in
+   part reduces what it can (counted in `counts`). Columnar: one sort by (customer, item, time),
+   a per-group cumulative sum and cumulative minimum (the unmatched units are where the running balance of
+   purchases minus returns would go below zero) and a clip against each purchase's cumulative quantity.
+
+Tables:
+- events: the purchases net of returns, label 1.0. A partly returned line keeps its remaining quantity and
+  revenue; a fully returned line is dropped as an event (`counts["fully_returned_lines"]`). Returns are never
+  events.
+- purchases (the profile input, time-correct): every purchase line as bought (gross, label 1.0), and every
+  matched return at its own time with negative quantity and revenue, label 0.0, priced at the average purchase
+  price of all the customer's returned units of that item (so a customer's revenue sums to the net revenue of
+  their events; with one return per customer and item, exactly the price of the units it cancels).
+- items: item_id, its most frequent description and its median unit price over the event lines.
+`counts` (in the prepare summary as `source_counts`): purchase lines, return lines, fully and partly returned
+purchase lines, and return lines matched only in part.
 """
 
 from __future__ import annotations
@@ -19,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from feature_store.config import ColumnType, ConfigError, TransactionsSource, require_path
+from feature_store.offline import encode_keys
 from feature_store.readers.base import RawData
 from feature_store.readers.text import (
     coerce_column,
@@ -135,8 +161,72 @@ def items_table(events: pa.Table) -> pa.Table:
     return joined.select(["item_id", "description", "price"]).sort_by("item_id")
 
 
+def non_product_regex(patterns: list[str]) -> str | None:
+    """One anchored RE2 alternation for shell-style globs (`*` any run, `?` one character; every other
+    character literal); None for an empty list."""
+    if not patterns:
+        return None
+    special = {"*": ".*", "?": "."}
+
+    def literal(ch: str) -> str:
+        return ch if ch.isalnum() or ch == "_" else f"\\x{{{ord(ch):X}}}"
+
+    alternatives = ["".join(special.get(ch) or literal(ch) for ch in pattern) for pattern in patterns]
+    return "^(?:" + "|".join(alternatives) + ")$"
+
+
+def _segmented_cummin(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    """Cumulative minimum that restarts at every new segment id (segments sorted, ids 0..S-1), exact.
+
+    The values are replaced by their dense ranks and each segment is offset below all earlier ones, so one
+    `np.minimum.accumulate` over int64 keys restarts per segment without float rounding."""
+    if len(values) == 0:
+        return values.copy()
+    uniq, rank = np.unique(values, return_inverse=True)
+    offset = (int(segment[-1]) - segment) * len(uniq)
+    return uniq[np.minimum.accumulate(offset + rank) - offset]
+
+
+def net_returns(
+    customer: np.ndarray, item: np.ndarray, ts: np.ndarray, quantity: np.ndarray, is_return: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Match returns to purchases per (customer code, item code), oldest purchase first.
+
+    A return (`is_return`, |quantity| units) can reduce the purchases made at or before its time. Returns
+    (units each purchase line loses, units of each return line that matched); both zero elsewhere.
+    """
+    n = len(quantity)
+    units = np.abs(quantity.astype(np.float64))
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    pair = customer.astype(np.int64) * (int(item.max()) + 1) + item
+    order = np.lexsort((np.arange(n), is_return, ts, pair))  # purchases before returns at the same time
+    pair_s, ret_s, units_s = pair[order], is_return[order], units[order]
+    new = np.r_[True, pair_s[1:] != pair_s[:-1]]
+    segment = np.cumsum(new) - 1
+    starts = np.flatnonzero(new)
+
+    def group_cumsum(v: np.ndarray) -> np.ndarray:
+        cum = np.cumsum(v)
+        return cum - (cum - v)[starts][segment]
+
+    balance = group_cumsum(np.where(ret_s, -units_s, units_s))  # purchased minus returned, so far
+    deficit = -np.minimum(_segmented_cummin(balance, segment), 0.0)  # returned units never matched, so far
+    unmatched = np.diff(np.r_[0.0, deficit])
+    unmatched[starts] = deficit[starts]
+    matched_s = np.where(ret_s, units_s - unmatched, 0.0)
+    total_matched = np.add.reduceat(matched_s, starts)[segment]
+    bought = np.where(ret_s, 0.0, units_s)
+    before = group_cumsum(bought) - bought  # units bought earlier in the group
+    lost_s = np.where(ret_s, 0.0, np.clip(total_matched - before, 0.0, bought))
+    lost, matched = np.zeros(n), np.zeros(n)
+    lost[order], matched[order] = lost_s, matched_s
+    return lost, matched
+
+
 def read_transactions(cfg: TransactionsSource, work_dir: Path | None = None) -> RawData:
-    """Read transaction lines into 'events', 'purchases' and 'items'. `work_dir` is unused."""
+    """Read transaction lines into 'events', 'purchases' and 'items' (see the module docstring).
+    `work_dir` is unused."""
     path = require_path(cfg.path, "source.path", kind="file")
     rejects = Rejects()
     source, raw_columns, delimiter, rows_read = _load(cfg, path, rejects)
@@ -152,39 +242,97 @@ def read_transactions(cfg: TransactionsSource, work_dir: Path | None = None) -> 
             raise ConfigError(f"{cfg.path}: column '{col}' cannot be read as {ctype}: {exc}") from None
     converted["user_id"] = _normalise_customer(converted["user_id"], cfg.missing_customer_values)
     typed = pa.table(converted)
-    non_negative = ["price"] if cfg.allow_negative_quantity else ["quantity", "price"]
-    reasons = row_reasons(typed, bad, CANONICAL, required=list(CANONICAL), non_negative=non_negative)
+    reasons = row_reasons(typed, bad, CANONICAL, required=list(CANONICAL), non_negative=["price"])
     for extra, name in cfg.extra_columns.items():
         values = source.column(extra)
         if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
             values, _ = coerce_column(values, "string")
         typed = typed.append_column(name, values)
-    is_bad = pc.is_valid(reasons)
-    if bool(pc.any(is_bad).as_py()):
-        bad_rows = source.filter(is_bad)
-        rejects.add(cfg.path, bad_rows.column(_LINE).to_numpy(), reasons.filter(is_bad),
+    typed = typed.append_column(_LINE, source.column(_LINE))
+
+    def reject(mask: pa.Array, reason: str | pa.Array) -> None:
+        nonlocal source, typed
+        if not bool(pc.any(mask).as_py()):
+            return
+        bad_rows = source.filter(mask)
+        rejects.add(cfg.path, bad_rows.column(_LINE).to_numpy(),
+                    reason if isinstance(reason, str) else reason.filter(mask),
                     raw_text(bad_rows.select(raw_columns), delimiter))
-        typed = typed.filter(pc.invert(is_bad))
-    quantity = typed.column("quantity").cast(pa.float32())
-    price = typed.column("price").cast(pa.float32())
-    n = typed.num_rows
-    events = pa.table(
-        {
-            "invoice": typed.column("invoice"),
-            "item_id": typed.column("item_id"),
-            "quantity": quantity,
-            "price": price,
-            "user_id": typed.column("user_id"),
-            "ts": typed.column("ts"),
-            "revenue": pc.multiply(quantity, price),
-            "label": pa.array(np.ones(n, dtype=np.float32)),
-        }
+        keep = pc.invert(mask)
+        source, typed = source.filter(keep), typed.filter(keep)
+
+    reject(pc.is_valid(reasons), reasons)  # rule 1: bad values
+    pattern = non_product_regex(cfg.non_product_codes)
+    if pattern is not None:  # rule 2: non-product codes
+        code = pc.ascii_trim_whitespace(typed.column("item_id"))
+        reject(pc.match_substring_regex(code, pattern, ignore_case=True).combine_chunks(),
+               pc.binary_join_element_wise("non-product code: ", code, "").combine_chunks())
+    # rule 3: exact duplicates (null values compare equal here); the first copy is the lowest line
+    firsts = source.group_by(raw_columns, use_threads=False).aggregate([(_LINE, "min")])
+    reject(pc.invert(pc.is_in(source.column(_LINE), value_set=firsts.column(f"{_LINE}_min"))).combine_chunks(),
+           "duplicate line")
+
+    # rule 4: cancellations, netted against purchases; then each line's quantity, price and label in both tables
+    quantity = typed.column("quantity").to_numpy().astype(np.float64)
+    is_return = quantity < 0
+    if cfg.cancellation_prefix:
+        prefixed = pc.starts_with(typed.column("invoice"), cfg.cancellation_prefix)
+        is_return |= prefixed.to_numpy(zero_copy_only=False).astype(bool)
+    customer, _ = encode_keys(typed.column("user_id"))
+    item, _ = encode_keys(typed.column("item_id"))
+    ts = typed.column("ts").to_numpy()
+    lost, matched = net_returns(customer, item, ts, quantity, is_return)
+    reject(pa.array(is_return & (matched == 0)), "unmatched cancellation")
+    keep = ~(is_return & (matched == 0))
+    is_return, quantity, lost, matched, customer, item = (
+        a[keep] for a in (is_return, np.abs(quantity), lost, matched, customer, item)
     )
-    for name in cfg.extra_columns.values():
-        events = events.append_column(name, typed.column(name))
+    price = typed.column("price").to_numpy().astype(np.float64)
+    # a return is priced at the average purchase price of its customer's returned units of the item
+    pair = customer * (int(item.max(initial=0)) + 1) + item
+    _, pair_group = np.unique(pair, return_inverse=True)
+    lost_value = np.bincount(pair_group, lost * price, minlength=pair_group.max(initial=-1) + 1)
+    lost_units = np.bincount(pair_group, lost, minlength=len(lost_value))
+    avg_price = np.divide(lost_value, lost_units, out=np.zeros_like(lost_value), where=lost_units > 0)
+    line_quantity = np.where(is_return, -matched, quantity)
+    line_price = np.where(is_return, avg_price[pair_group], price)
+    lines = _lines_table(typed, cfg, line_quantity, line_price, np.where(is_return, 0.0, 1.0))
+    net = np.where(is_return, 0.0, quantity - lost)
+    is_event = ~is_return & ~((lost > 0) & (net <= 0))
+    events = _lines_table(typed, cfg, net, price, np.ones(len(net))).filter(pa.array(is_event))
+    counts = {
+        "purchase_lines": int((~is_return).sum()),
+        "return_lines": int(is_return.sum()),
+        "fully_returned_lines": int((~is_return & (lost > 0) & (net <= 0)).sum()),
+        "partly_returned_lines": int((~is_return & (lost > 0) & (net > 0)).sum()),
+        "return_lines_partly_matched": int((is_return & (matched < quantity)).sum()),
+    }
     return RawData(
-        tables={"events": events, "purchases": events, "items": items_table(events)},
+        tables={"events": events, "purchases": lines, "items": items_table(events)},
         rows_read={"events": rows_read},
         rejects=rejects,
         paths={"events": cfg.path, "purchases": cfg.path, "items": cfg.path},
+        counts=counts,
     )
+
+
+def _lines_table(
+    typed: pa.Table, cfg: TransactionsSource, quantity: np.ndarray, price: np.ndarray, label: np.ndarray
+) -> pa.Table:
+    q = pa.array(quantity.astype(np.float32))
+    p = pa.array(price.astype(np.float32))
+    table = pa.table(
+        {
+            "invoice": typed.column("invoice"),
+            "item_id": typed.column("item_id"),
+            "quantity": q,
+            "price": p,
+            "user_id": typed.column("user_id"),
+            "ts": typed.column("ts"),
+            "revenue": pc.multiply(q, p),
+            "label": pa.array(label.astype(np.float32)),
+        }
+    )
+    for name in cfg.extra_columns.values():
+        table = table.append_column(name, typed.column(name))
+    return table

@@ -255,3 +255,56 @@ def test_random_split_prepares_and_materializes_events_without_a_time_column(
     assert sum(summary["split"]["rows"].values()) == summary["events_kept"] == 60
     assert "__ts" not in read_prepared(tmp_path / "out" / "prepared" / "train").column_names
     assert materialize_job(cfg)["as_of"] is None
+
+
+def _retail_export(path: Path) -> None:
+    """A month of invoice lines shaped like the raw UCI export: baskets, postage lines, an exact duplicate,
+    C-invoices returning part of a basket, one customer who returns everything (12999), one whose only order
+    is on the last day (12998)."""
+    rng = np.random.default_rng(3)
+    lines = ["InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"]
+    invoice = 536000
+    for day in range(28):
+        for customer in rng.choice(np.arange(12000, 12030), 4, replace=False):
+            invoice += 1
+            for item in rng.choice(np.arange(20), int(rng.integers(2, 6)), replace=False):
+                when = f"2011-11-{day + 1:02d} {10 + item % 8:02d}:00:00"
+                qty = int(rng.integers(1, 12))
+                lines.append(f"{invoice},{22000 + item},ITEM {item} HEART,{qty},{when},1.25,{customer}.0,UK")
+                if rng.random() < 0.1:
+                    lines.append(f"C{invoice},{22000 + item},ITEM {item} HEART,-{max(qty // 2, 1)},"
+                                 f"2011-11-{day + 2:02d} 09:00:00,1.25,{customer}.0,UK")
+            lines.append(f"{invoice},POST,POSTAGE,1,2011-11-{day + 1:02d} 10:00:00,18.00,{customer}.0,UK")
+    lines += [
+        "536900,22001,ITEM 1 HEART,4,2011-11-03 10:00:00,1.25,12999.0,UK",
+        "536900,22002,ITEM 2 HEART,2,2011-11-03 10:00:00,1.25,12999.0,UK",
+        "C536901,22001,ITEM 1 HEART,-4,2011-11-10 10:00:00,1.25,12999.0,UK",
+        "C536901,22002,ITEM 2 HEART,-2,2011-11-10 10:00:00,1.25,12999.0,UK",
+        "536902,22003,ITEM 3 HEART,3,2011-11-29 08:00:00,1.25,12998.0,UK",
+        "536902,22004,ITEM 4 HEART,1,2011-11-29 08:00:00,1.25,12998.0,UK",
+        "C536903,22005,ITEM 5 HEART,-1,2011-11-05 10:00:00,1.25,12998.0,UK",  # bought before the export
+    ]
+    lines.append(lines[1])
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_retail_config_prepares_net_of_returns_and_materializes_the_last_day(tmp_path: Path, ray_local: object) -> None:
+    _retail_export(tmp_path / "retail.csv")
+    cfg = load(ROOT / "configs" / "retail.yaml", [f"source.path={tmp_path / 'retail.csv'}",
+                                                  f"output_dir={tmp_path / 'run'}", "prepare.batch_rows=200"])
+    summary = prepare(cfg).summary
+    counts, rejected = summary["source_counts"], summary["rejected_by_reason"]
+    assert rejected["non-product code: POST"] == 112 and rejected["duplicate line"] == 1
+    assert rejected["unmatched cancellation"] == 1
+    assert summary["rows_read_total"] == summary["rows_rejected"] + counts["purchase_lines"] + counts["return_lines"]
+    assert summary["events_kept"] == counts["purchase_lines"] - counts["fully_returned_lines"]
+    assert counts["return_lines"] > 2 and counts["fully_returned_lines"] >= 2
+    for split in SPLITS:
+        assert set(read_prepared(tmp_path / "run" / "prepared" / split).column("label").to_pylist()) == {1.0}
+    materialize_job(cfg)
+    with open_store(cfg) as store:
+        seg = store.read("user_segment", ["12998", "12999"]).to_rows()
+        profile = store.read(PROFILE_VIEW, ["12998", "12999"]).to_rows()
+    assert seg[0] is not None and seg[0]["frequency"] == 1  # its only order is on the last day
+    assert profile[1] is not None and profile[1]["rfm_monetary"] == pytest.approx(0.0, abs=1e-4)
+    assert profile[1]["rfm_frequency"] == 1

@@ -424,3 +424,63 @@ def test_affinity_with_no_snapshot_rows_gives_zero_vectors_of_the_idf_width() ->
     out = add_category_affinity(events, snaps.slice(0, 0), idf, user_key="user")
     assert out.schema.field("cat_affinity").type == pa.list_(pa.float32(), len(idf))
     assert np.array_equal(_affinity_matrix(out), np.zeros((2, len(idf)), np.float32))
+
+
+# ----------------------------------------------------------------------- orders, returns, the last day
+
+
+def _orders() -> pa.Table:
+    """User 1: a two-line order on day 0, another order on day 1, a return on day 2; user 2 buys on day 2."""
+    return pa.table(
+        {
+            "user_id": [1, 1, 1, 1, 2],
+            "invoice": ["A", "A", "B", "CB", "D"],
+            "ts": [D0 + HOUR, D0 + HOUR, D0 + DAY + HOUR, D0 + 2 * DAY + 5 * HOUR, D0 + 2 * DAY + 9 * HOUR],
+            "revenue": [10.0, 5.0, 8.0, -8.0, 3.0],
+        }
+    )
+
+
+def test_rfm_frequency_counts_orders_and_a_return_lowers_monetary_from_its_own_day() -> None:
+    snaps = rfm_snapshots(_orders(), user_key="user_id", order="invoice")
+    assert snaps.to_pylist() == [
+        {"user_id": 1, "ts": D0 + DAY, "last_purchase_ts": D0 + HOUR, "frequency": 1, "monetary": 15.0},
+        {"user_id": 1, "ts": D0 + 2 * DAY, "last_purchase_ts": D0 + DAY + HOUR, "frequency": 2, "monetary": 23.0},
+        # the return: monetary drops, frequency and the last purchase stay
+        {"user_id": 1, "ts": D0 + 3 * DAY, "last_purchase_ts": D0 + DAY + HOUR, "frequency": 2, "monetary": 15.0},
+        {"user_id": 2, "ts": D0 + 3 * DAY, "last_purchase_ts": D0 + 2 * DAY + 9 * HOUR, "frequency": 1,
+         "monetary": 3.0},
+    ]
+    by_row = rfm_snapshots(_orders(), user_key="user_id")  # without an order column every purchase row counts
+    assert by_row.column("frequency").to_pylist() == [2, 3, 3, 1]
+
+
+def test_the_profile_at_the_end_of_the_data_includes_its_last_day_but_events_never_see_their_own_day() -> None:
+    cfg = ProfilesConfig(category=None, order="invoice")
+    model = fit_user_profiles(_orders(), None, cfg, train_end_ts=D0)
+    end = D0 + 2 * DAY + 9 * HOUR + 1  # one second after the last purchase, materialize's default as_of
+    assert model.data_end_ts == end
+    latest = {r["user_id"]: r for r in model.latest(end).to_pylist()}
+    assert sorted(latest) == [1, 2]  # user 2 bought on the last day only
+    assert latest[1]["rfm_monetary"] == 15.0 and latest[2]["rfm_frequency"] == 1.0
+    assert latest[2]["ts"] == end and latest[2]["rfm_recency_days"] == pytest.approx(1 / 86_400)
+    segments = rfm_segments(model.rfm, as_of=end, user_key="user_id", data_end_ts=model.data_end_ts)
+    assert segments.column("user_id").to_pylist() == [1, 2]
+    # before the end of the data the same day is still hidden: it may hold later purchases
+    assert [r["user_id"] for r in model.latest(D0 + 2 * DAY + 6 * HOUR).to_pylist()] == [1]
+    assert model.latest(D0 + 2 * DAY + 6 * HOUR).column("rfm_monetary").to_pylist() == [23.0]
+    # training events: each purchase row as an event sees only the days before its own
+    events = model.add_to(_orders().select(["user_id", "ts"]))
+    assert events.column("rfm_frequency").to_pylist() == [None, None, 1, 2, None]
+
+
+def test_saved_profiles_keep_the_end_of_the_data(tmp_path: Path) -> None:
+    from feature_store.offline import OfflineStore
+    from feature_store.prepare import load_profiles, save_profiles
+
+    model = fit_user_profiles(_orders(), None, ProfilesConfig(category=None, order="invoice"), train_end_ts=D0)
+    store = OfflineStore(tmp_path / "offline")
+    save_profiles(store, model)
+    loaded = load_profiles(store)
+    assert loaded is not None and loaded.data_end_ts == model.data_end_ts
+    assert loaded.latest(model.data_end_ts).equals(model.latest(model.data_end_ts))

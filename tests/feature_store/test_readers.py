@@ -609,25 +609,18 @@ def test_transactions_csv_normalises_customers_and_rejects_bad_lines(in_tmp: Pat
     assert ev.column("label").to_pylist() == [1.0] * 4 and ev.column("country").to_pylist()[-1] is None
     assert [(line, reason) for line, reason, _ in rejects_of(raw.rejects)] == [
         (5, "missing required id: user_id"),
-        (6, "negative value: quantity"),
+        (6, "unmatched cancellation"),
         (7, "negative value: price"),
         (8, "missing required id: user_id"),
         (9, "unparsable timestamp: ts"),
     ]
     assert rejects_of(raw.rejects)[0][2] == "536367,71053,,1,2010-12-01 08:30:00,3.39,0.0,UK"
     assert raw.rows_read == {"events": 9}
-    assert raw.tables["purchases"].equals(ev)
+    assert raw.tables["purchases"].equals(ev)  # no returns: the purchase lines are the events
     assert raw.tables["items"].to_pylist() == [
         {"item_id": "22", "description": "LANTERN", "price": 4.0},
         {"item_id": "85123A", "description": "HEART", "price": pytest.approx(2.55)},
     ]
-
-
-def test_transactions_keep_negative_quantities_when_allowed(in_tmp: Path) -> None:
-    (in_tmp / "t.csv").write_text(RETAIL_HEADER + "C1,7,X,-2,2010-12-01 08:31:00,1.5,5,UK\n")
-    cfg = TransactionsSource(type="transactions", path="t.csv", allow_negative_quantity=True)
-    raw = read_source(cfg, in_tmp)
-    assert raw.events.column("revenue").to_pylist() == [-3.0] and len(raw.rejects) == 0
 
 
 def test_transactions_missing_configured_column_is_a_config_error(in_tmp: Path) -> None:
