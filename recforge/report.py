@@ -25,6 +25,7 @@ def render_prepare(r: dict[str, Any]) -> list[str]:
     lines.append(f"  rows rejected: {r['rows_rejected']:,}")
     lines += _rows(r["rejected_by_reason"], "    ") if r["rejected_by_reason"] else ["    (none)"]
     lines.append(f"  events kept: {r['events_kept']:,}")
+    lines.append(f"  engine: {r['engine']} ({r['engine_reason']})")
     split = r["split"]
     lines.append(f"  split ({split['method']}): " + ", ".join(f"{k} {v:,}" for k, v in split["rows"].items()))
     lines.append("  vocabulary sizes (incl. index 0 = OOV):")
