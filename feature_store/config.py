@@ -460,7 +460,11 @@ class RedisOnlineStoreConfig(StrictModel):
 OnlineStoreConfig = Annotated[SQLiteOnlineStoreConfig | RedisOnlineStoreConfig, Field(discriminator="type")]
 
 
-LOCAL_MAX_ROWS = 200_000  # `prepare.local_max_rows`' default; see its description and docs/architecture.md
+# `prepare.local_max_rows`' default, from timing whole `recforge prepare` processes of configs/demo.yaml on 2 cores
+# (scripts.bench.prepare --small --rows N; docs/architecture.md#ray): the local engine took 2.3 s against Ray's
+# 28 s at 10,000 rows, 9.1 s against 20.5 s at 2,000,000 (and half the memory), 27 s against 34 s at 5,000,000,
+# where Ray's transform on both cores had nearly caught up; with more cores Ray's share grows
+LOCAL_MAX_ROWS = 2_000_000
 
 
 class PrepareConfig(StrictModel):
@@ -474,8 +478,10 @@ class PrepareConfig(StrictModel):
                             "cluster); `auto` = `local` when the event rows are below `local_max_rows` and no "
                             "`ray_address` is given, else `ray`. `summary.json` records the engine and why")
     local_max_rows: int = Field(
-        LOCAL_MAX_ROWS, ge=0, description="`engine: auto` prepares fewer event rows than this in process (where "
-                                          "starting a local Ray costs more than it saves); 0 = always Ray")
+        LOCAL_MAX_ROWS, ge=0, description="`engine: auto` prepares fewer event rows than this in this process, "
+                                          "more on Ray; 0 = always Ray. The default comes from timing both engines "
+                                          "on 2 cores ([architecture.md](architecture.md#ray)); with many cores "
+                                          "Ray pays off sooner")
     ray_address: str | None = Field(
         None, description="null = a local Ray; `auto`, `HOST:PORT` or `ray://HOST:10001` attaches to a cluster (an "
                           "empty string means null)")
