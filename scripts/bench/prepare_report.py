@@ -29,6 +29,8 @@ def shown(command: Sequence[str]) -> str:
     parts = [rel(c) if os.path.isabs(c) and c.startswith(str(REPO)) else c for c in command]
     if parts and Path(command[0]).name.startswith("python") and not parts[0].startswith(".venv"):
         parts[0] = "python"
+    elif parts and os.path.isabs(parts[0]):  # an executable outside the checkout: its name, not this machine's path
+        parts[0] = Path(parts[0]).name
     return shlex.join(parts)
 
 
