@@ -548,17 +548,37 @@ class RedisOnlineStoreConfig(StrictModel):
 OnlineStoreConfig = Annotated[SQLiteOnlineStoreConfig | RedisOnlineStoreConfig, Field(discriminator="type")]
 
 
-class PrepareConfig(StrictModel):
-    """How `recforge prepare` runs: where Ray is, how much of it, block size, reject tolerance."""
+# `prepare.local_max_rows`' default, from timing whole `recforge prepare` processes of configs/demo.yaml on 2 cores
+# (scripts.bench.prepare --small --rows N; docs/architecture.md#ray): the local engine took 2.3 s against Ray's
+# 28 s at 10,000 rows, 9.1 s against 20.5 s at 2,000,000 (and half the memory), 27 s against 34 s at 5,000,000,
+# where Ray's transform on both cores had nearly caught up; with more cores Ray's share grows
+LOCAL_MAX_ROWS = 2_000_000
 
+
+class PrepareConfig(StrictModel):
+    """How `recforge prepare` runs: which engine (in this process or Ray), where Ray is, how much of it, block
+    size, reject tolerance. Both engines run the same fit and transform code on the same blocks, so they write
+    the same spec and the same prepared rows."""
+
+    engine: Literal["auto", "local", "ray"] = Field(
+        "auto", description="where the spec fit and the transform run: `local` in this process (no Ray start-up, "
+                            "for small data), `ray` with Ray Data (streams large data through workers, or a "
+                            "cluster); `auto` = `local` when the event rows are below `local_max_rows` and no "
+                            "`ray_address` is given, else `ray`. `summary.json` records the engine and why")
+    local_max_rows: int = Field(
+        LOCAL_MAX_ROWS, ge=0, description="`engine: auto` prepares fewer event rows than this in this process, "
+                                          "more on Ray; 0 = always Ray. The default comes from timing both engines "
+                                          "on 2 cores ([architecture.md](architecture.md#ray)); with many cores "
+                                          "Ray pays off sooner")
     ray_address: str | None = Field(
         None, description="null = a local Ray; `auto`, `HOST:PORT` or `ray://HOST:10001` attaches to a cluster (an "
                           "empty string means null)")
     num_cpus: int | None = Field(None, gt=0, description="CPUs of the local Ray (null = all); not used when "
                                                          "attaching to a cluster")
-    batch_rows: int = Field(131_072, gt=0, description="rows per Ray Data block, for fitting and transforming "
-                                                       "(quantile sampling is per block, so changing it can change "
-                                                       "bucket boundaries)")
+    batch_rows: int = Field(131_072, gt=0, description="rows per block, for fitting and transforming (at least; at "
+                                                       "most 16 blocks per split), with either engine; quantile "
+                                                       "sampling is per block, so changing it can change bucket "
+                                                       "boundaries")
     max_reject_fraction: float = Field(0.05, ge=0, le=1, description="`prepare` fails (exit 2) when rejected / "
                                                                      "read rows (all tables) exceed this")
 
@@ -754,7 +774,7 @@ class FeatureStoreConfig(StrictModel):
     profiles: ProfilesConfig = Field(default_factory=ProfilesConfig,
                                      description="RFM and category-affinity user profiles")
     prepare: PrepareConfig = Field(default_factory=PrepareConfig,
-                                   description="how `prepare` runs: Ray, block size, reject limit")
+                                   description="how `prepare` runs: engine, Ray, block size, reject limit")
     online_store: OnlineStoreConfig = Field(
         default_factory=SQLiteOnlineStoreConfig,
         description="where `materialize` writes the online features.\n\n"

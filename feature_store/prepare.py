@@ -10,10 +10,17 @@ Stages (each timed and reported in `PrepareResult.summary`):
 2. assemble the raw event table: point-in-time joins of entity tables, user profiles (RFM, category
    affinity) and behaviour sequences, all columnar;
 3. split (random/grouped/time, or by input file);
-4. fit the feature spec on the TRAIN split with Ray Data (per-block partial statistics, merged here);
-5. transform every split with Ray Data (`FeatureSpec.transform` in `map_batches`) and write Parquet shards;
+4. fit the feature spec on the TRAIN split (per-block partial statistics, merged here);
+5. transform every split (`FeatureSpec.transform` per block) and write Parquet shards;
 6. write the offline store (entity tables, profile snapshots, interaction log), spec, rejects, summary and
    the resolved config.
+
+Stages 4 and 5 run on one of two engines (`prepare.engine`, chosen by `choose_engine`): `ray` hands the
+joined rows to Ray Data through staged files, so large data streams through worker processes (or a
+cluster); `local` runs the same `SpecFitter.partial`/`finish` and `FeatureSpec.transform` on the same blocks
+(`blocks`) in this process, and neither imports nor starts Ray. Starting a local Ray costs seconds (4 s on a
+quiet 2-core machine, 20-40 s on a busy one), which dominates a prepare of a few thousand rows; the
+default threshold `prepare.local_max_rows` comes from timing both engines (docs/architecture.md#ray).
 """
 
 from __future__ import annotations
@@ -24,18 +31,18 @@ import pickle
 import shutil
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from feature_store.config import ConfigError, FeatureStoreConfig, TableSource, dump_config
+from feature_store.config import ConfigError, FeatureStoreConfig, PrepareConfig, TableSource, dump_config
 from feature_store.layout import RunLayout
 from feature_store.offline import OfflineStore, point_in_time_join
 from feature_store.profiles import UserProfiles
@@ -65,14 +72,44 @@ class AssembledEvents:
     profiles: UserProfiles | None = None
 
 
+@dataclass(frozen=True)
+class EngineChoice:
+    """Which engine fits and transforms, and why (recorded in `summary.json`)."""
+
+    engine: Literal["local", "ray"]
+    reason: str
+
+
+def choose_engine(p: PrepareConfig, event_rows: int) -> EngineChoice:
+    """`prepare.engine`, with `auto` resolved: local below `prepare.local_max_rows` event rows without a cluster
+    address, Ray otherwise."""
+    if p.engine != "auto":
+        return EngineChoice(p.engine, f"prepare.engine is {p.engine}")
+    if p.ray_address:
+        return EngineChoice("ray", f"auto chose ray: prepare.ray_address is {p.ray_address}")
+    if event_rows < p.local_max_rows:
+        return EngineChoice("local", f"auto chose local: {event_rows:,} event rows < prepare.local_max_rows "
+                                     f"{p.local_max_rows:,}")
+    return EngineChoice("ray", f"auto chose ray: {event_rows:,} event rows >= prepare.local_max_rows "
+                               f"{p.local_max_rows:,}")
+
+
+def _engine_needs_rows(p: PrepareConfig) -> bool:
+    """Whether the engine depends on the data's size (else it is known, and Ray can start, before reading)."""
+    return p.engine == "auto" and not p.ray_address
+
+
 @dataclass
 class _Staged:
-    """What the read-to-staging half of the job hands to the Ray half."""
+    """What the read-to-staging half of the job hands to the fit and transform half: staged files for Ray, the
+    split tables themselves for the local engine."""
 
     raw: RawData
     events_kept: int
     split: SplitReport
+    engine: EngineChoice
     files: dict[str, list[Path]]
+    tables: dict[str, pa.Table]
     split_rows: dict[str, int]
     label_mean: dict[str, float | None]
     has_time: bool
@@ -265,20 +302,36 @@ ROW = "__row"  # staged row number: names the prepared shards so that they sort 
 MAX_STAGED_FILES = 16  # more files make Ray fetch Parquet footers in extra worker processes
 
 
+def blocks(rows: int, batch_rows: int) -> list[tuple[int, int]]:
+    """(first row, rows) of each block of a split that the fit and the transform see, with either engine.
+
+    At least `batch_rows` rows a block and at most `MAX_STAGED_FILES` blocks; an empty split is one empty
+    block. Both engines must cut the same blocks: quantile sampling is per block (its seed is the block's
+    size), so other blocks would fit other bucket boundaries.
+    """
+    per_block = max(batch_rows, -(-rows // MAX_STAGED_FILES))
+    return [(start, min(per_block, rows - start)) for start in range(0, max(rows, 1), per_block)]
+
+
 def stage_split(table: pa.Table, directory: Path, batch_rows: int) -> list[Path]:
-    """Write one split's joined rows (plus their row number) as uncompressed Parquet files for Ray to read."""
+    """Write one split's joined rows (plus their row number) as uncompressed Parquet files for Ray to read,
+    one file per block."""
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    rows_per_file = max(batch_rows, -(-table.num_rows // MAX_STAGED_FILES))
     table = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
     files = []
-    for i, start in enumerate(range(0, max(table.num_rows, 1), rows_per_file)):
+    for i, (start, n) in enumerate(blocks(table.num_rows, batch_rows)):
         path = directory / f"part-{i:05d}.parquet"
-        pq.write_table(table.slice(start, rows_per_file), path, compression="none", use_dictionary=False,
+        pq.write_table(table.slice(start, n), path, compression="none", use_dictionary=False,
                        row_group_size=batch_rows)
         files.append(path)
     return files
+
+
+def _shard_path(out_dir: str | Path, first_row: int) -> str:
+    """A prepared shard is named by the split row it starts at, so that the shards sort in dataset order."""
+    return f"{out_dir}/part-{first_row:012d}.parquet"
 
 
 def _write_runs(batch: pa.Table, spec: FeatureSpec, out_dir: str) -> pa.Table:
@@ -294,7 +347,7 @@ def _write_runs(batch: pa.Table, spec: FeatureSpec, out_dir: str) -> pa.Table:
     starts = np.concatenate([[0], cuts])
     ends = np.concatenate([cuts, [len(rows)]])
     for lo, hi in zip(starts, ends):
-        pq.write_table(out.slice(int(lo), int(hi - lo)), f"{out_dir}/part-{int(rows[lo]):012d}.parquet")
+        pq.write_table(out.slice(int(lo), int(hi - lo)), _shard_path(out_dir, int(rows[lo])))
     return pa.table({"rows": [len(rows)]})
 
 
@@ -336,6 +389,24 @@ def _fit_columns(cfg: FeatureStoreConfig, columns: list[str]) -> list[str]:
     return [c for c in dict.fromkeys(cols) if c in columns]
 
 
+def _transform_columns(spec: FeatureSpec, have: list[str]) -> list[str]:
+    """The staged columns the transform reads (its raw inputs, label, passthrough, row keys)."""
+    return [c for c in dict.fromkeys([*spec.raw_columns(), spec.label, *spec.passthrough,
+                                      *spec.key_columns().values()]) if c in have]
+
+
+def _clear_shards(out_dirs: dict[str, Path]) -> None:
+    for out_dir in out_dirs.values():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for old in out_dir.glob("*.parquet"):
+            old.unlink()
+
+
+def _write_empty_shard(spec: FeatureSpec, empty: pa.Table, out_dir: Path) -> None:
+    """An empty split still gets a (typed, empty) shard so that readers find its schema."""
+    pq.write_table(spec.transform(empty), _shard_path(out_dir, 0))
+
+
 def _transform_file(path: str, out_dir: str, spec: FeatureSpec, columns: list[str]) -> int:
     return int(_write_runs(pq.read_table(path, columns=[*columns, ROW]), spec, out_dir).column("rows")[0].as_py())
 
@@ -348,13 +419,8 @@ def transform_ray(
 
     Returns the rows written per split, checked against `rows`.
     """
-    for out_dir in out_dirs.values():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for old in out_dir.glob("*.parquet"):
-            old.unlink()
-    have = pq.read_schema(next(iter(files.values()))[0]).names
-    needed = [c for c in dict.fromkeys([*spec.raw_columns(), spec.label, *spec.passthrough,
-                                         *spec.key_columns().values()]) if c in have]
+    _clear_shards(out_dirs)
+    needed = _transform_columns(spec, pq.read_schema(next(iter(files.values()))[0]).names)
     items = [{"path": str(f.resolve()), "out": str(out_dirs[n].resolve()), "split": n}
              for n, fs in files.items() for f in fs]
     counts = _map_files(cfg, [{"path": i["path"], "out": i["out"]} for i in items], _transform_file, (spec, needed))
@@ -364,10 +430,35 @@ def transform_ray(
     for name, n in written.items():
         if n != rows[name]:
             raise RuntimeError(f"prepare wrote {n} rows to {out_dirs[name]}, expected {rows[name]}")
-        if n == 0:  # an empty split still gets a (typed, empty) shard so readers find its schema
-            empty = pq.read_table(files[name][0], columns=needed).slice(0, 0)
-            pq.write_table(spec.transform(empty), out_dirs[name] / f"part-{0:012d}.parquet")
+        if n == 0:
+            _write_empty_shard(spec, pq.read_table(files[name][0], columns=needed).slice(0, 0), out_dirs[name])
     return written
+
+
+# ----------------------------------------------------------------------------------------------- local
+
+
+def fit_spec_local(cfg: FeatureStoreConfig, train: pa.Table) -> FeatureSpec:
+    """Fit the spec in this process: the partial statistics of the same blocks as `fit_spec_ray`, merged."""
+    fitter = SpecFitter(cfg.features, seed=cfg.seed)
+    train = train.select(_fit_columns(cfg, train.column_names))
+    return fitter.finish([fitter.partial(train.slice(start, n))
+                          for start, n in blocks(train.num_rows, cfg.prepare.batch_rows)])
+
+
+def transform_local(
+    cfg: FeatureStoreConfig, spec: FeatureSpec, tables: dict[str, pa.Table], out_dirs: dict[str, Path],
+) -> dict[str, int]:
+    """Transform every split in this process, one shard per block, named as `transform_ray` names them."""
+    _clear_shards(out_dirs)
+    for name, table in tables.items():
+        table = table.select(_transform_columns(spec, table.column_names))
+        if table.num_rows == 0:
+            _write_empty_shard(spec, table, out_dirs[name])
+            continue
+        for start, n in blocks(table.num_rows, cfg.prepare.batch_rows):
+            pq.write_table(spec.transform(table.slice(start, n)), _shard_path(out_dirs[name], start))
+    return {name: t.num_rows for name, t in tables.items()}
 
 
 def _staged_columns(cfg: FeatureStoreConfig, columns: list[str]) -> list[str]:
@@ -400,6 +491,8 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
     lay.prepared.mkdir(parents=True, exist_ok=True)
     staging = lay.prepared / "_staging"
 
+    chosen: Future[EngineChoice] = Future()
+
     def to_staged_files() -> _Staged:
         owns_raw = raw is None
         with timer.stage("read"):
@@ -415,6 +508,8 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
                 src = raw
             src.rejects.write(lay.rejects)
             src.rejects.check_fraction(src.total_read(), cfg.prepare.max_reject_fraction)
+        engine = choose_engine(cfg.prepare, src.events.num_rows)
+        chosen.set_result(engine)
         with timer.stage("assemble"):
             assembled = assemble_events(cfg, src)
         with timer.stage("offline_store"):
@@ -424,12 +519,18 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
             if assembled.profiles is not None:
                 save_profiles(store, assembled.profiles)
         with timer.stage("stage"):
-            # the driver hands the joined rows to Ray through files and lets go of them: Ray streams the
-            # blocks, so the peak memory of the fit and transform stages does not hold the whole table
             splits = _split_tables(assembled.table, assembled.codes)
             keep = _staged_columns(cfg, assembled.table.column_names)
-            files = {n: stage_split(t.select(keep), staging / n, cfg.prepare.batch_rows) for n, t in splits.items()}
-            staged = _Staged(src, assembled.table.num_rows, assembled.split, files,
+            files: dict[str, list[Path]] = {}
+            tables: dict[str, pa.Table] = {}
+            if engine.engine == "ray":
+                # the driver hands the joined rows to Ray through files and lets go of them: Ray streams the
+                # blocks, so the peak memory of the fit and transform stages does not hold the whole table
+                files = {n: stage_split(t.select(keep), staging / n, cfg.prepare.batch_rows)
+                         for n, t in splits.items()}
+            else:
+                tables = {n: t.select(keep) for n, t in splits.items()}
+            staged = _Staged(src, assembled.table.num_rows, assembled.split, engine, files, tables,
                              {n: t.num_rows for n, t in splits.items()},
                              {n: _label_mean(t, cfg.features.label) for n, t in splits.items()},
                              cfg.features.timestamp in assembled.table.column_names)
@@ -438,21 +539,35 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
         return staged
 
     # Ray starts (in this thread: it installs signal handlers) while a worker thread reads, joins and stages
-    # the data; both mostly wait on other processes or run Arrow kernels that release the GIL
+    # the data; both mostly wait on other processes or run Arrow kernels that release the GIL. Where the engine
+    # depends on the data's size, Ray starts as soon as the read has counted the events.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
         staging_job = pool.submit(to_staged_files)
         try:
-            with timer.stage("ray_start"):
-                ensure_ray(cfg.prepare.ray_address, cfg.prepare.num_cpus)
+            if _engine_needs_rows(cfg.prepare):
+                wait([chosen, staging_job], return_when=FIRST_COMPLETED)  # the job ends first when the read fails
+                start_ray = chosen.done() and chosen.result().engine == "ray"
+            else:
+                start_ray = cfg.prepare.engine != "local"
+            if start_ray:
+                with timer.stage("ray_start"):
+                    ensure_ray(cfg.prepare.ray_address, cfg.prepare.num_cpus)
         finally:
             st = staging_job.result()
-    raw, files, split_rows, label_mean, split_report = st.raw, st.files, st.split_rows, st.label_mean, st.split
+    raw, split_rows, label_mean, split_report = st.raw, st.split_rows, st.label_mean, st.split
     events_kept = st.events_kept
+    out_dirs = {n: lay.split_dir(n) for n in SPLITS}
     with timer.stage("fit"):
-        spec = fit_spec_ray(cfg, files["train"])
+        if st.engine.engine == "ray":
+            spec = fit_spec_ray(cfg, st.files["train"])
+        else:
+            spec = fit_spec_local(cfg, st.tables["train"])
         spec.save(lay.spec)
     with timer.stage("transform"):
-        written = transform_ray(cfg, spec, files, {n: lay.split_dir(n) for n in SPLITS}, split_rows)
+        if st.engine.engine == "ray":
+            written = transform_ray(cfg, spec, st.files, out_dirs, split_rows)
+        else:
+            written = transform_local(cfg, spec, st.tables, out_dirs)
     shutil.rmtree(staging, ignore_errors=True)
     dump_config(cfg, lay.prepared / "resolved_config.yaml")
     rejects = raw.rejects.counts_by_reason()
@@ -466,6 +581,8 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
         "reject_hints": raw.rejects.hints(),
         "events_kept": events_kept,
         "source_counts": raw.counts,
+        "engine": st.engine.engine,
+        "engine_reason": st.engine.reason,
         "split": {"method": split_report.method, "rows": written,
                   "valid_start_ts": split_report.valid_start_ts,
                   "test_start_ts": split_report.test_start_ts,

@@ -26,6 +26,7 @@ def render_prepare(r: dict[str, Any]) -> list[str]:
     lines += _rows(r["rejected_by_reason"], "    ") if r["rejected_by_reason"] else ["    (none)"]
     lines += [f"    hint: {h}" for h in r.get("reject_hints", [])]
     lines.append(f"  events kept: {r['events_kept']:,}")
+    lines.append(f"  engine: {r['engine']} ({r['engine_reason']})")
     if r.get("source_counts"):
         lines += ["  source counts:", *_rows(r["source_counts"], "    ")]
     split = r["split"]

@@ -4,6 +4,7 @@ column."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -200,4 +201,29 @@ def compare_outputs(rf_prepared: Path, pd_out: Path) -> dict[str, dict[str, int]
         if rf_cols != pd_cols:
             raise SystemExit(f"bench_prepare: {split}: RecForge writes columns {rf_cols}, pandas {pd_cols}")
         out[split] = {c: _mismatched_rows(_read_column(rf_files, c), _read_column([pd_file], c)) for c in rf_cols}
+    return out
+
+
+def compare_prepared(a: Path, b: Path) -> list[str]:
+    """What differs between two `prepared/` folders: the spec (without its creation time), the vocabularies, the
+    shard names of each split and each shard's rows; empty when they are identical."""
+    out: list[str] = []
+    specs = [json.loads((d / "spec" / "feature_spec.json").read_text()) for d in (a, b)]
+    for spec in specs:
+        spec.pop("created_at", None)
+    if specs[0] != specs[1]:
+        out.append("feature_spec.json differs")
+    vocabs = [sorted(p.relative_to(d / "spec") for p in (d / "spec").rglob("*.parquet")) for d in (a, b)]
+    if vocabs[0] != vocabs[1]:
+        out.append(f"vocabulary files differ: {[str(v) for v in vocabs[0]]} / {[str(v) for v in vocabs[1]]}")
+    for name in vocabs[0] if vocabs[0] == vocabs[1] else []:
+        if not pq.read_table(a / "spec" / name).equals(pq.read_table(b / "spec" / name)):
+            out.append(f"vocabulary {name} differs")
+    for split in SPLITS:
+        names = [sorted(p.name for p in (d / split).glob("*.parquet")) for d in (a, b)]
+        if names[0] != names[1]:
+            out.append(f"{split}: shard names differ ({len(names[0])} / {len(names[1])} shards)")
+            continue
+        out += [f"{split}/{n} differs" for n in names[0]
+                if not pq.read_table(a / split / n).equals(pq.read_table(b / split / n))]
     return out

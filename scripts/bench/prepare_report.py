@@ -12,6 +12,8 @@ from scripts.bench.common import REPO, load_text, machine_text
 from scripts.bench.prepare_measure import SPLITS, Measurement
 
 SECTION_TITLE = "## Feature preparation (scripts.bench.prepare)"
+SMALL_TITLE = "## Small-data prepare: in process vs Ray (scripts.bench.prepare --small)"
+SMALL_GOAL_ROWS, SMALL_GOAL_S = 10_000, 5.0
 GIB = 1024**3
 
 
@@ -27,6 +29,8 @@ def shown(command: Sequence[str]) -> str:
     parts = [rel(c) if os.path.isabs(c) and c.startswith(str(REPO)) else c for c in command]
     if parts and Path(command[0]).name.startswith("python") and not parts[0].startswith(".venv"):
         parts[0] = "python"
+    elif parts and os.path.isabs(parts[0]):  # an executable outside the checkout: its name, not this machine's path
+        parts[0] = Path(parts[0]).name
     return shlex.join(parts)
 
 
@@ -72,13 +76,16 @@ def render_section(ctx: dict[str, Any]) -> str:
     rows, m, n = ctx["rows"], ctx["machine"], len(rf_runs)
     rf_rps, pd_rps = rows / rf.wall_s, rows / pdm.wall_s
     best = "best of " + str(n) if n > 1 else "one run"
+    on_ray = ctx["rf_engine"] == "ray"
     lines = [
         SECTION_TITLE,
         "",
-        "`recforge prepare` (Ray Data on a local Ray) against a straightforward single-process pandas",
+        "`recforge prepare` (" + ("Ray Data on a local Ray" if on_ray else "its in-process engine")
+        + "; engine: " + ctx["rf_engine_reason"] + ") against a straightforward single-process pandas",
         "implementation of the same transforms (`pandas_prepare` in `scripts/bench/pandas_prepare.py`), on the same",
         "synthetic Parquet files, in one run. Each contender is a subprocess; wall time is the whole process",
-        "(interpreter start, imports and, for RecForge, starting and stopping Ray included).",
+        "(interpreter start, imports" + (" and, for RecForge, starting and stopping Ray" if on_ray else "")
+        + " included).",
         "",
         f"- Date: {ctx['date']}",
         f"- Machine: {machine_text(m)}; {load_text(m)}",
@@ -190,3 +197,79 @@ def agreement(rf_summary: dict[str, Any], pd_summary: dict[str, Any], rf_spec: d
                          "block, each value weighted by the share of its block it stands for (approximate "
                          "quantiles, as distributed fitting does; pandas sees every value).")
     return " ".join(parts), rows_ok and not vocab_diff
+
+
+def render_small_section(ctx: dict[str, Any]) -> str:
+    """The `--small` section: each engine's whole `recforge prepare` process, and the imports alone."""
+    runs: dict[str, list[Measurement]] = ctx["runs"]
+    jobs: dict[str, list[dict[str, Any]]] = ctx["jobs"]
+    m, rows = ctx["machine"], ctx["rows"]
+    n = len(runs["local"])
+    best = {name: min(range(len(rs)), key=lambda k: rs[k].wall_s) for name, rs in runs.items()}
+    fast = {name: runs[name][k] for name, k in best.items()}
+    label = {"imports": "interpreter start + imports only", "local": "`prepare.engine=local`",
+             "ray": "`prepare.engine=ray`"}
+    lines = [
+        SMALL_TITLE,
+        "",
+        "`recforge prepare` of a small data set with `prepare.engine=local` (spec fit and transform in the "
+        "`recforge` process; Ray is neither imported nor started) and with `prepare.engine=ray` (a local Ray "
+        "started for the job, the only engine before `prepare.engine` existed), on the same synthetic Parquet "
+        "files. Each run is a whole process: wall time includes the interpreter start, the imports and, for Ray, "
+        "starting and stopping it. The first row is a process that only starts the interpreter and imports the "
+        "prepare path (`import recforge.cli, feature_store.prepare`).",
+        "",
+        f"- Date: {ctx['date']}",
+        f"- Machine: {machine_text(m)}; {load_text(m)}",
+        f"- Command: `{ctx['command']}`",
+        f"- Data: `{ctx['config']}` with {rows:,} impressions; split by time into {ctx['split_rows']}",
+        f"- Runs: {n} per row, interleaved (the order reversed every other round); the table shows each row's "
+        "fastest run",
+        "",
+        f"| run | wall s ({'best of ' + str(n) if n > 1 else 'one run'}) | job s (`summary.json` `seconds`) | "
+        "CPU s | peak memory (sum of RSS) | CPU s of other processes | wall s of every run |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in ("imports", "local", "ray"):
+        r = fast[name]
+        job_s = f"{jobs[name][best[name]]['seconds']:.2f}" if name in jobs else ""
+        lines.append(f"| {label[name]} | {r.wall_s:.2f} | {job_s} | {r.cpu_s:.1f} | {gib(r.peak_rss)} | "
+                     f"{r.other_cpu_s:.1f} | {', '.join(f'{x.wall_s:.2f}' for x in runs[name])} |")
+    lines.append(f"| ray / local | {fast['ray'].wall_s / fast['local'].wall_s:.2f}x | "
+                 f"{jobs['ray'][best['ray']]['seconds'] / max(jobs['local'][best['local']]['seconds'], 1e-9):.2f}x | "
+                 f"{fast['ray'].cpu_s / max(fast['local'].cpu_s, 1e-9):.2f}x | "
+                 f"{fast['ray'].peak_rss / max(fast['local'].peak_rss, 1):.2f}x | | |")
+    lines.append("")
+    if rows <= SMALL_GOAL_ROWS:
+        ok = fast["local"].wall_s < SMALL_GOAL_S
+        lines += [f"Goal: {rows:,} event rows prepared in under {SMALL_GOAL_S:.0f} s wall on {m['usable']} cores "
+                  f"(the whole `recforge prepare` process): **{_goal(ok)}** ({fast['local'].wall_s:.2f} s with the "
+                  "local engine).", ""]
+    same = ("identical: the same spec (fingerprint "
+            f"`{jobs['local'][-1]['spec_fingerprint'][:12]}`), vocabularies, shard names and rows in every split"
+            if not ctx["differences"] else "DIFFERENT: " + "; ".join(ctx["differences"][:10]))
+    lines += [
+        f"Same output from both engines: {same}.",
+        "",
+        "Where the time goes (seconds inside the fastest run of each engine, from `prepared/summary.json` "
+        "`stage_seconds`):",
+        "",
+    ]
+    for name in ("local", "ray"):
+        summary = jobs[name][best[name]]
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in summary["stage_seconds"].items())
+        lines.append(f"- {name}: {stages}; job {summary['seconds']:.2f} s of {fast[name].wall_s:.2f} s wall"
+                     + ("; `ray_start` runs in the main thread while a worker thread reads, joins and stages the "
+                        "data" if "ray_start" in summary["stage_seconds"] else ""))
+    lines += [
+        "",
+        "The wall time beyond the job is the interpreter start and imports (the first row) and, for Ray, its "
+        "shutdown at exit. Memory is the peak of the summed VmRSS of the process and all its descendants, "
+        "sampled as in the section above.",
+        "",
+        "Commands run:",
+        "",
+        f"- generate (not timed): `{ctx['generate_cmd']}`, its `raw/` copied to the other engine's output folder",
+        *(f"- {name}: `{ctx['commands'][name]}`" for name in ("imports", "local", "ray")),
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
-"""The prepare job end to end on a real local Ray: outputs, train-only fitting, offline == online transform,
-reject accounting, materialize to a real SQLite online store, and MovieLens 100K from ../shared."""
+"""The prepare job end to end with the engine `prepare.engine: auto` picks (in process at these sizes;
+test_prepare_engines.py proves that Ray writes the same): outputs, train-only fitting, offline == online
+transform, reject accounting, materialize to a real SQLite online store, and MovieLens 100K from ../shared."""
 
 from __future__ import annotations
 
