@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
@@ -21,6 +20,7 @@ from feature_store.config import ConfigError
 from feature_store.rejects import RejectFractionExceeded
 from feature_store.spec import SpecError
 from recforge import config as config_mod
+from recforge import logs
 from serving.registry import RegistryError
 from serving.server import ServeError
 from training.index.config import IndexRecallError
@@ -129,7 +129,8 @@ REGISTRY_COMMANDS = ("register", "promote", "rollback", "registry")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recforge", description="RecForge: raw event logs to a served recommender.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, with every framework warning and log line (none filtered)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, options) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -212,11 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    logs.setup(args.verbose)
     if args.command == "query":  # a client of a running server: no config
         from serving.client import run as run_query
 

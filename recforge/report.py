@@ -53,6 +53,8 @@ def render_train(r: dict[str, Any]) -> list[str]:
         line += f"  gAUC {t['gauc']:.4f}"
     line += f"  calibration {t.get('calibration', float('nan')):.3f}"
     lines.append(line)
+    if "gauc_absent" in t:
+        lines.append(f"  gAUC absent: {t['gauc_absent']}")
     if "oracle_auc" in t:
         gap = t["oracle_auc"] - t["auc"]
         lines.append(f"  oracle AUC (true click probability) {t['oracle_auc']:.4f}  gap {gap:+.4f}")

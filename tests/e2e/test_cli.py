@@ -112,3 +112,34 @@ def test_every_command_line_option_sets_a_key_the_config_has() -> None:
     missing = [f"{o.flag} -> {o.key}" for o in options if not _has_key(RecForgeConfig, o.key.split("."))]
     assert not missing, f"options that set keys the config does not have: {missing}"
     assert not _has_key(RecForgeConfig, ["train", "accelerator"])  # the check can fail
+
+
+@pytest.mark.parametrize("command", [["config"], ["train", "ctr"]])
+def test_misspelt_model_param_exits_2_naming_line_key_and_valid_keys(command: list[str], tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    demo = ROOT / "configs" / "demo.yaml"
+    line = demo.read_text().splitlines().index("  model_params:") + 2  # the `dcnv2: {...}` entry below it
+    rc = main([*command, "--config", str(demo), "--output-dir", str(tmp_path),
+               "--set", "train.model_params.dcnv2.embedding_dimm=8"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"{demo}:{line}: train.model_params.dcnv2.embedding_dimm: unknown key" in err
+    assert "valid keys: embedding_dim, embedding_backend" in err and "cross_layers" in err
+    assert not (tmp_path / "train").exists()  # refused before any work
+
+
+def test_config_validates_the_params_of_a_model_other_than_the_chosen_one(capsys: pytest.CaptureFixture) -> None:
+    rc = main(["config", "--config", str(ROOT / "configs" / "demo.yaml"),
+               "--set", "train.model_params.deepfm.dropout=3", "--set", "train.model_params.dfm.mlp=[8]"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "train.model_params.deepfm.dropout: Input should be less than 1" in err
+    assert "train.model_params.dfm: unknown model" in err and "valid models: dcnv2, deepfm" in err
+
+
+def test_config_rejects_an_undeclared_tower_feature(capsys: pytest.CaptureFixture) -> None:
+    rc = main(["config", "--config", str(ROOT / "configs" / "demo.yaml"),
+               "--set", "retrieval.user_features=[user_idd, age_band]"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "retrieval.user_features.0: unknown feature" in err and "declared features: user_id, item_id" in err
