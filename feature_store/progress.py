@@ -2,9 +2,9 @@
 
 On a terminal a step is a rich progress line updated in place (a bar when the step knows its total, a spinner
 otherwise) that disappears when the step ends; in a log file or CI it writes a few plain log lines instead: the
-start, at most three milestones (25/50/75% of a known total) and the end with its figures. Never a stream of
-carriage-return updates: a log stays readable line by line. `RECFORGE_PROGRESS=0` (set by `--json`, tests and
-benchmarks) keeps even a terminal to the plain lines.
+start, at most three milestones (25/50/75% of a known total, once the step has run 30 s) and the end with its
+figures. Never a stream of carriage-return updates: a log stays readable line by line. `RECFORGE_PROGRESS=0` (set
+by `--json`, tests and benchmarks) keeps even a terminal to the plain lines.
 
 Lives in the lowest package so that every stage (feature_store, training, serving, recforge) reports the same way.
 """
@@ -22,6 +22,7 @@ from typing import Any
 log = logging.getLogger("recforge.progress")
 
 MILESTONES = (0.25, 0.5, 0.75)
+MILESTONE_AFTER_S = 30.0  # a step shorter than this logs start and end only
 
 
 def interactive() -> bool:
@@ -76,7 +77,7 @@ class Step:
         while (self.total and self._next_milestone < len(MILESTONES)
                and self.done >= MILESTONES[self._next_milestone] * self.total):
             self._next_milestone += 1
-            if self.done < self.total:
+            if self.done < self.total and time.perf_counter() - self.started >= MILESTONE_AFTER_S:
                 log.info("%s: %d/%d %s (%.0fs)", self.name, self.done, self.total, self.unit,
                          time.perf_counter() - self.started)
 

@@ -41,7 +41,7 @@ LOGGER_LEVELS: dict[str, int] = {
     "torch.fx._symbolic_trace": logging.ERROR,  # is_fx_tracing semantics note, on TorchRec's import
     "ray.serve": logging.WARNING,  # "Started Serve in namespace", "Application is ready"
     "ray._private.authentication.authentication_token_setup": logging.ERROR,  # local Ray's token auth note
-    "ray.data": logging.ERROR,  # "Progress bars disabled": we disable them on purpose
+    "ray.data._internal.progress": logging.ERROR,  # "Progress bars disabled": disabled on purpose (raycluster)
     "litserve": logging.WARNING,
 }
 
