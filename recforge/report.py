@@ -57,7 +57,8 @@ def render_train(r: dict[str, Any]) -> list[str]:
         lines.append(f"  gAUC absent: {t['gauc_absent']}")
     if "oracle_auc" in t:
         gap = t["oracle_auc"] - t["auc"]
-        lines.append(f"  oracle AUC (true click probability) {t['oracle_auc']:.4f}  gap {gap:+.4f}")
+        lines.append(f"  oracle AUC (true click probability) {t['oracle_auc']:.4f}  gap {gap:+.4f} (oracle - test AUC; "
+                     f"docs/metrics.md)")
     lines.append(f"  bundle: {r['bundle']}")
     ml = r["mlflow"]
     lines.append(f"  MLflow run {ml['run_id']} (experiment '{ml['experiment']}', {ml['tracking_uri']})")
