@@ -26,8 +26,9 @@ class TrainConfig(StrictModel):
 
     model: str = Field("dcnv2", description="the CTR model: lr, fm, wide_deep, deepfm, dcnv2, dlrm, din, finalmlp")
     model_params: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="per model name: its parameters (see Model parameters below); only the "
-                                          "entry of `model` is used")
+        default_factory=dict, description="per model name: its parameters (see Model parameters below). Every entry "
+                                          "is validated against its model's keys when the config loads (`recforge "
+                                          "config` too); only the entry of `model` is used")
     batch_size: int = Field(4096, gt=0, description="training batch size")
     eval_batch_size: int | None = Field(None, gt=0, description="validation/test batch size; default 4 x batch_size")
     max_epochs: int = Field(5, gt=0, description="upper bound on epochs (early stopping may end sooner)")
