@@ -11,6 +11,7 @@ Lives in the lowest package so that every stage (feature_store, training, servin
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -28,6 +29,16 @@ MILESTONE_AFTER_S = 30.0  # a step shorter than this logs start and end only
 def interactive() -> bool:
     """Update in place: stderr is a terminal and `RECFORGE_PROGRESS` is not 0."""
     return os.environ.get("RECFORGE_PROGRESS", "1") != "0" and sys.stderr.isatty()
+
+
+@functools.cache
+def console() -> Any:
+    """The one rich console on stderr that the progress lines and, on a terminal, the log records share (the CLI's
+    `rich.logging.RichHandler`): a log line printed while a progress line is live goes above it instead of
+    through it."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _figures(figures: Mapping[str, Any]) -> str:
@@ -56,13 +67,12 @@ class Step:
         self._task: Any = None
         if interactive():
             import rich.progress as rp
-            from rich.console import Console
 
             columns: list[Any] = [rp.SpinnerColumn(), rp.TextColumn("{task.description}")]
             if total:
                 columns += [rp.BarColumn(), rp.MofNCompleteColumn()]
             self._live = rp.Progress(*columns, rp.TimeElapsedColumn(), rp.TextColumn("{task.fields[figures]}"),
-                                     console=Console(stderr=True), transient=True)
+                                     console=console(), transient=True)
             self._live.start()
             self._task = self._live.add_task(name, total=total, figures="")
         else:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import warnings
 
+from feature_store import progress
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # (message regex, category, module regex) of Python warnings that say nothing to a user of the CLI
@@ -59,8 +61,18 @@ class _KnownChatter(logging.Filter):
 
 
 def setup(verbose: bool = False) -> None:
-    """Configure logging for one CLI process: INFO with the framework chatter filtered, or DEBUG with all of it."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=FORMAT, datefmt="%H:%M:%S")
+    """Configure logging for one CLI process: INFO with the framework chatter filtered, or DEBUG with all of it.
+    On a terminal the records go through the progress display's console, so that they print above a live
+    progress line; in a log file they are plain lines."""
+    level = logging.DEBUG if verbose else logging.INFO
+    if progress.interactive():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=progress.console(), show_path=False, log_time_format="%H:%M:%S")
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logging.basicConfig(level=level, handlers=[handler])
+    else:
+        logging.basicConfig(level=level, format=FORMAT, datefmt="%H:%M:%S")
     if verbose:
         return
     for message, category, module in WARNINGS:
