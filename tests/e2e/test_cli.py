@@ -49,6 +49,7 @@ def test_unknown_config_key_exits_2_naming_file_line_and_key(tmp_path: Path, cap
     assert main(["config", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert f"{cfg}:{line}: source.n_usres: unknown key" in err
+    assert "(valid keys: type, n_users, n_items, n_impressions" in err  # the keys of the synthetic source
 
 
 def test_wrong_type_from_a_flag_is_reported(capsys: pytest.CaptureFixture) -> None:
