@@ -168,7 +168,7 @@ def test_generate_prepare_train_in_a_log_stay_short_without_progress_streams_or_
     noisy = [line for line in lines if any(n in line for n in NOISE)]
     assert not noisy, "framework noise in the log:\n" + "\n".join(noisy)
     for needle in ("generate done in", "prepare: fit done in", "epoch 1/2 done in", "epoch 2/2 done in",
-                   "valid/auc", "Train dcnv2", "test AUC"):
+                   "train/loss", "valid/auc", "Train dcnv2", "test AUC"):
         assert needle in out, f"{needle!r} missing from the log:\n{out}"
 
 

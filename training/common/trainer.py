@@ -48,24 +48,31 @@ class EpochProgress(pl.Callback):
 
     def __init__(self) -> None:
         self._step: progress.Step | None = None
+        self._loss_sum: Any = None  # a tensor on the loss's device: no host sync per step
+        self._loss_steps = 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         total = trainer.num_training_batches
         name = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
         self._step = progress.Step(name, int(total) if math.isfinite(total) and total > 0 else None, "batches")
+        self._loss_sum, self._loss_steps = None, 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self._step is not None:
             self._step.advance(1)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().float()
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_steps += 1
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._step is None:
             return
         shown = {k: float(v) for k, v in trainer.progress_bar_metrics.items() if k != "v_num"}
-        history = getattr(pl_module, "history", {})
-        if history.get("train/loss"):  # the epoch's mean loss, not the last step's
-            shown["train/loss"] = float(history["train/loss"][-1])
+        if self._loss_sum is not None:  # the epoch's mean loss, not the last step's
+            shown["train/loss"] = float(self._loss_sum) / self._loss_steps
         self._step.figures.update(shown)
         self._step.close()
         self._step = None
