@@ -48,6 +48,19 @@ LOGGER_LEVELS: dict[str, int] = {
 }
 
 
+class _MinLevel(logging.Filter):
+    """Drops a logger's records below `level`. Set as a filter as well as the level because some libraries set
+    their logger's level when they are imported, after this set-up (`import ray.serve` sets `ray.serve` to INFO);
+    a logger's filters survive that."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
 class _KnownChatter(logging.Filter):
     """Records of the root logger from libraries that log through it: FBGEMM's "Successfully loaded: '*.so'" at
     import, and TorchRec's note that exporting a KeyedJaggedTensor in non-strict mode is slow (the bundle exports
@@ -79,6 +92,7 @@ def setup(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
     for name, level in LOGGER_LEVELS.items():
         logging.getLogger(name).setLevel(level)
+        logging.getLogger(name).addFilter(_MinLevel(level))
     chatter = _KnownChatter()
     for handler in logging.getLogger().handlers:
         handler.addFilter(chatter)
