@@ -53,7 +53,8 @@ class EpochProgress(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         total = trainer.num_training_batches
-        name = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+        last = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+        name = f"epoch {trainer.current_epoch + 1}" + (f"/{last}" if last else "")
         self._step = progress.Step(name, int(total) if math.isfinite(total) and total > 0 else None, "batches")
         self._loss_sum, self._loss_steps = None, 0
 
@@ -86,11 +87,12 @@ class EpochProgress(pl.Callback):
 def build_trainer(runtime: RuntimeConfig, *, precision: str, max_epochs: int, max_steps: int = -1,
                   callbacks: list[pl.Callback] | None = None, logger: Any = False, grad_clip: float | None = None,
                   checkpointing: bool = False, root_dir: Path | None = None, ray_worker: bool = False,
-                  validate_in_loop: bool = True) -> pl.Trainer:
+                  validate_in_loop: bool = True, progress_display: bool = True) -> pl.Trainer:
     """A Trainer for `runtime`.
 
     `ray_worker`: inside a Ray Train worker (Ray's DDP strategy and cluster environment on the worker's own device;
-    progress stays off, the driver reports). `validate_in_loop=False` skips Lightning's validation loop (the
+    progress stays off, the driver reports). `progress_display=False` leaves out the epochs' progress display (the
+    throughput benchmark times bare steps). `validate_in_loop=False` skips Lightning's validation loop (the
     retrieval task validates by full-corpus ranking in a callback instead).
     """
     common: dict[str, Any] = {
@@ -107,7 +109,8 @@ def build_trainer(runtime: RuntimeConfig, *, precision: str, max_epochs: int, ma
                              strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()],
                              enable_progress_bar=False, **common)
         return prepare_trainer(trainer)
-    common["callbacks"] = [*common["callbacks"], EpochProgress()]
+    if progress_display:
+        common["callbacks"] = [*common["callbacks"], EpochProgress()]
     return pl.Trainer(accelerator="gpu" if runtime.accelerator == "cuda" else runtime.accelerator,
                       devices=runtime.devices, strategy=runtime.strategy, enable_progress_bar=False,
                       default_root_dir=str(root_dir) if root_dir is not None else None, **common)
