@@ -343,7 +343,8 @@ class FeaturesConfig(StrictModel):
     label: str = Field(description="label column of the events, after the reader (e.g. `click`, `label`)")
     timestamp: str = Field("ts", description="event time column (int64 Unix seconds): orders histories, "
                                              "point-in-time joins and the time split")
-    user_key: str = Field("user_id", description="user id column (histories, profiles, retrieval)")
+    user_key: str = Field("user_id", description="user id column (histories, profiles, retrieval; the groups of gAUC "
+                                                 "where it names the user, see [metrics.md](metrics.md#gauc))")
     item_key: str = Field("item_id", description="item id column (retrieval corpus, DIN's candidate)")
     categorical: list[CategoricalFeature] = Field(default_factory=list, description="single-valued ids")
     numeric: list[NumericFeature] = Field(default_factory=list, description="scalars")
