@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import codecs
 import os
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -402,7 +404,8 @@ class FeaturesConfig(StrictModel):
                           "it (a random or files split, static entities, no profiles or sequences); otherwise "
                           "`prepare` stops with exit 2 naming the keys that need it (for a csv, tsv or parquet "
                           "source, before Ray starts)")
-    user_key: str = Field("user_id", description="user id column (histories, profiles, retrieval)")
+    user_key: str = Field("user_id", description="user id column (histories, profiles, retrieval; the groups of gAUC "
+                                                 "where it names the user, see [metrics.md](metrics.md#gauc))")
     item_key: str = Field("item_id", description="item id column (retrieval corpus, DIN's candidate)")
     categorical: list[CategoricalFeature] = Field(default_factory=list, description="single-valued ids")
     numeric: list[NumericFeature] = Field(default_factory=list, description="scalars")
@@ -652,7 +655,65 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
         node[path[-1]] = value
 
 
-def _format_errors(exc: ValidationError, source: str, lines: Mapping[tuple[str, ...], int]) -> str:
+def _unwrap(ann: Any, part: str | int | None) -> Any:
+    """The type behind an annotation: Annotated and Optional peeled, a union of models resolved by its `type` tag
+    (`part`, the next `loc` part, which pydantic puts in the location of a discriminated union's error)."""
+    while True:
+        origin = typing.get_origin(ann)
+        if origin is typing.Annotated:
+            ann = typing.get_args(ann)[0]
+        elif origin in (typing.Union, types.UnionType):
+            members = [m for m in typing.get_args(ann) if m is not type(None)]
+            models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+            tagged = [m for m in models if "type" in m.model_fields
+                      and part in typing.get_args(m.model_fields["type"].annotation)]
+            if tagged:
+                return _Tagged(tagged[0])
+            if len(members) != 1:
+                return None
+            ann = members[0]
+        else:
+            return ann
+
+
+class _Tagged:
+    """A union member chosen by its discriminator tag: the tag's own `loc` part is consumed, not a field name."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.model = model
+
+
+def _model_fields_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str] | None:
+    """The keys of the config model that holds the key at `loc` (pydantic's error location), for listing the valid
+    keys next to an unknown one; None where the path leaves the typed models."""
+    current: Any = model
+    parts = list(loc[:-1])
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        if isinstance(current, _Tagged):  # this part is the tag itself
+            current = current.model
+            i += 1
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = _unwrap(field.annotation, parts[i + 1] if i + 1 < len(parts) else None)
+        elif typing.get_origin(current) in (dict, list):  # this part is the key or index
+            current = _unwrap(typing.get_args(current)[-1], parts[i + 1] if i + 1 < len(parts) else None)
+        else:
+            return None
+        if current is None:
+            return None
+        i += 1
+    if isinstance(current, _Tagged):
+        current = current.model
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _format_errors(exc: ValidationError, source: str, lines: Mapping[tuple[str, ...], int],
+                   model: type[BaseModel] | None = None) -> str:
     msgs = []
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
@@ -666,14 +727,23 @@ def _format_errors(exc: ValidationError, source: str, lines: Mapping[tuple[str, 
         where = f"{source}:{line}" if line else source
         dotted = ".".join(path) or "<top level>"
         kind = err["type"]
-        if kind == "extra_forbidden":
-            hint = "unknown key; remove it or check its spelling against docs/config.md"
+        if kind in ("extra_forbidden", "unknown_key"):
+            valid = (err.get("ctx") or {}).get("valid")
+            if valid is None and model is not None:
+                fields = _model_fields_at(model, tuple(err["loc"]))
+                valid = ", ".join(fields) if fields else None
+            what = err["msg"] if err["msg"].startswith("unknown ") else "unknown key"
+            hint = f"{what}; remove it or check its spelling against docs/config.md"
+            if valid:
+                label = {"unknown model": "valid models",
+                         "unknown feature": "declared features"}.get(what, "valid keys")
+                hint += f" ({label}: {valid})"
         elif kind == "missing":
             hint = "required key is missing"
         else:
             got = err.get("input")
             shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
-            hint = f"{err['msg']} (got {shown})"
+            hint = f"{err['msg'].removeprefix('Value error, ')} (got {shown})"
         msgs.append(f"{where}: {dotted}: {hint}")
     return "invalid configuration:\n  " + "\n  ".join(msgs)
 
@@ -727,7 +797,7 @@ def load_config(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source, _yaml_lines(text))) from None
+        raise ConfigError(_format_errors(exc, source, _yaml_lines(text), model)) from None
 
 
 def dump_config(cfg: BaseModel, path: str | os.PathLike[str]) -> Path:

@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from feature_store import progress
 from feature_store.config import ConfigError, FeatureStoreConfig, PrepareConfig, TableSource, dump_config
 from feature_store.layout import RunLayout
 from feature_store.offline import OfflineStore, point_in_time_join
@@ -128,11 +129,9 @@ class _Timer:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        log.info("prepare: %s ...", name)
-        yield
-        self.stages[name] = round(time.perf_counter() - t0, 3)
-        log.info("prepare: %s done in %.2fs", name, self.stages[name])
+        with progress.step(f"prepare: {name}") as s:
+            yield
+        self.stages[name] = round(time.perf_counter() - s.started, 3)
 
 
 # ------------------------------------------------------------------------------------------- assembling

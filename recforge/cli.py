@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
@@ -21,6 +20,7 @@ from feature_store.config import ConfigError
 from feature_store.rejects import RejectFractionExceeded
 from feature_store.spec import SpecError
 from recforge import config as config_mod
+from recforge import logs
 from serving.registry import RegistryError
 from serving.server import ServeError
 from training.index.config import IndexRecallError
@@ -104,16 +104,23 @@ INDEX = [
 ]
 
 COMMANDS: dict[str, tuple[str, list[Option]]] = {
-    "generate": ("write the built-in synthetic data set (deterministic by seed)", COMMON + GENERATE),
-    "prepare": ("read, validate, join, split, fit the feature spec and write prepared Parquet", COMMON + PREPARE),
-    "materialize": ("write the latest entity features to the online store", COMMON + MATERIALIZE),
-    "demo": ("generate -> prepare -> materialize on the synthetic data and print a summary",
+    "generate": ("write the built-in synthetic data set to `<output_dir>/raw` (deterministic by source.seed, cached)",
+                 COMMON + GENERATE),
+    "prepare": ("read and validate the source, join entity, profile and sequence features, split, fit the feature "
+                "spec on train, write prepared Parquet, the spec, the rejects and the offline store",
+                COMMON + PREPARE),
+    "materialize": ("write the latest entity features, user profiles, segments and histories to the online store",
+                    COMMON + MATERIALIZE),
+    "demo": ("every stage in order: generate (synthetic sources only) -> prepare -> materialize -> train ctr; with "
+             "a `retrieval:` section also -> train retrieval -> index build -> register and promote the ranker and "
+             "the retriever -> serve them on 127.0.0.1, send a few requests, stop; then every stage's report",
              COMMON + PREPARE + GENERATE + MATERIALIZE),
-    "train": ("train a model on prepared features: `recforge train ctr --config X --model dcnv2`, "
-              "`recforge train retrieval --config X`", COMMON + TRAIN),
-    "index": ("`recforge index build --config X`: a FAISS index of the two-tower item embeddings, recall-checked",
+    "train": ("`train ctr`: a CTR ranker on the prepared features (train.*); `train retrieval`: the two-tower "
+              "candidate model and its baselines (retrieval.*)", COMMON + TRAIN),
+    "index": ("`index build`: a FAISS index of the two-tower item embeddings, recall-checked against exact search",
               COMMON + INDEX),
-    "config": ("validate a config and print it resolved (defaults filled in)", COMMON + PREPARE),
+    "config": ("validate a config as the stages will (every train.model_params entry against its model, the "
+               "retrieval towers' features) and print it resolved (defaults filled in)", COMMON + PREPARE),
     "serve": ("serve the champion ranker and retriever over HTTP with Ray Serve until Ctrl-C; --detach returns once "
               "healthy, --stop stops a detached server", COMMON + SERVE),
     "register": ("register a finished training run as a model version with alias challenger: "
@@ -129,7 +136,8 @@ REGISTRY_COMMANDS = ("register", "promote", "rollback", "registry")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recforge", description="RecForge: raw event logs to a served recommender.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, with every framework warning and log line (none filtered)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, options) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -215,11 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    logs.setup(args.verbose)
     if args.command == "query":  # a client of a running server: no config
         from serving.client import run as run_query
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from feature_store.config import FeatureStoreConfig, load_config
 from serving.config import AppSettings, RegistryConfig, ServingConfig, model_names
@@ -52,6 +53,46 @@ class RecForgeConfig(FeatureStoreConfig):
         return self
 
     @model_validator(mode="after")
+    def _tower_features_are_declared(self) -> RecForgeConfig:
+        """What `train retrieval` checks against the feature spec, checked against the features the spec is fitted
+        from (the spec has one feature per declared name), so `recforge config` reports it before any run."""
+        if not (self.retrieval.user_features or self.retrieval.item_features):
+            return self  # no retrieval stage in this scenario
+        declared = [f.name for group in self.features.feature_groups() for f in group]
+        errors: list[InitErrorDetails] = []
+        for key in ("user_features", "item_features"):
+            names = getattr(self.retrieval, key)
+            if not names:
+                errors.append(InitErrorDetails(
+                    type=PydanticCustomError("empty_tower", "empty: name the features of that tower (choices: "
+                                                            "{valid})", {"valid": ", ".join(declared)}),
+                    loc=("retrieval", key), input=names))
+            for i, name in enumerate(names):
+                if name not in declared:
+                    errors.append(InitErrorDetails(
+                        type=PydanticCustomError("unknown_key", "unknown feature", {"valid": ", ".join(declared)}),
+                        loc=("retrieval", key, i), input=name))
+        both = sorted(set(self.retrieval.user_features) & set(self.retrieval.item_features))
+        if both:
+            errors.append(InitErrorDetails(
+                type=PydanticCustomError("both_towers", "features {both} are in both towers; keep each in one",
+                                         {"both": both}),
+                loc=("retrieval", "item_features"), input=both))
+        if errors:
+            raise ValidationError.from_exception_data("RecForgeConfig", errors)
+        return self
+
+    @model_validator(mode="after")
+    def _gauc_for_early_stopping(self) -> RecForgeConfig:
+        reason = gauc_absent_reason(self)
+        if self.train.early_stopping.metric.endswith("/gauc") and reason is not None:
+            raise ValidationError.from_exception_data("RecForgeConfig", [InitErrorDetails(
+                type=PydanticCustomError("gauc_absent", "gAUC is not computed ({reason}); choose valid/auc or "
+                                                        "valid/logloss", {"reason": reason}),
+                loc=("train", "early_stopping", "metric"), input=self.train.early_stopping.metric)])
+        return self
+
+    @model_validator(mode="after")
     def _one_tracking_store(self) -> RecForgeConfig:
         """The registry registers both stages' runs from one MLflow store (`runs:/<id>/...` sources resolve
         within a store), so the two stages may name different experiments but not different stores."""
@@ -70,6 +111,28 @@ class RecForgeConfig(FeatureStoreConfig):
 
 def load(path: str | Path | None, overrides: Iterable[str] = ()) -> RecForgeConfig:
     return load_config(path, RecForgeConfig, overrides)
+
+
+def gauc_absent_reason(cfg: FeatureStoreConfig | RecForgeConfig) -> str | None:
+    """Why the ranker reports no gAUC, or None when it does. gAUC averages per-group AUCs, which means "how well
+    each user's items are ordered" only when the groups are users: `features.user_key` must name the user entity,
+    i.e. be the key of `entities.user`, the profiles' `user_key` (profiles enabled), or a feature of the retrieval
+    user tower. Criteo's `user_key: C1` is a hashed ad column and is none of these. `train.gauc` true/false
+    overrides the rule."""
+    key = cfg.features.user_key
+    forced = cfg.train.gauc if isinstance(cfg, RecForgeConfig) else None
+    if forced is not None:
+        return None if forced else "train.gauc is false"
+    user = cfg.entities.get("user")
+    if user is not None and user.key == key:
+        return None
+    if cfg.profiles.enabled and cfg.profiles.user_key == key:
+        return None
+    if isinstance(cfg, RecForgeConfig) and key in cfg.retrieval.user_features:
+        return None
+    return (f"features.user_key '{key}' does not name the user entity (not the key of entities.user, not the "
+            f"profiles' user_key, not a retrieval user-tower feature), so per-group AUCs would not be per-user; "
+            f"set train.gauc: true to group by it anyway")
 
 
 def tracking_uri(cfg: RecForgeConfig) -> str:

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from feature_store import progress
 from feature_store.config import ConfigError, SyntheticSource, dump_config
-from recforge.config import RecForgeConfig, app_settings, registry_settings
+from recforge.config import RecForgeConfig, app_settings, gauc_absent_reason, registry_settings
 
 
 def generate(cfg: RecForgeConfig) -> dict[str, Any]:
@@ -24,7 +25,9 @@ def generate(cfg: RecForgeConfig) -> dict[str, Any]:
                           f"'{cfg.source.type}'; use `recforge prepare` to read that source")
     t0 = time.perf_counter()
     lay = layout(cfg)
-    raw = load_synthetic(cfg.source, lay.raw)
+    with progress.step("generate") as s:
+        raw = load_synthetic(cfg.source, lay.raw)
+        s.figures.update({name: t.num_rows for name, t in raw.tables.items()})
     dump_config(cfg, lay.raw / "resolved_config.yaml")
     events = raw.tables["events"]
     clicks = events.column("click").to_numpy()
@@ -45,20 +48,25 @@ def prepare(cfg: RecForgeConfig) -> dict[str, Any]:
 def materialize(cfg: RecForgeConfig) -> dict[str, Any]:
     from feature_store.materialize import materialize_job
 
-    return materialize_job(cfg)
+    with progress.step("materialize") as s:
+        result = materialize_job(cfg)
+        s.figures.update({name: v["entities"] for name, v in result["entities"].items()})
+    return result
 
 
 def train_ctr(cfg: RecForgeConfig) -> dict[str, Any]:
-    """Train the configured ranker; adds the oracle AUC on test when the data carries the true probability."""
-    from training.ranking.models import model_config
+    """Train the configured ranker; adds the oracle AUC on test when the data carries the true probability.
+    `train.model` and every `train.model_params` entry were validated when the config was loaded (as for
+    `recforge config`)."""
     from training.ranking.run import train_ctr as run_train
 
-    try:
-        model_config(cfg.train.model, cfg.train.model_params.get(cfg.train.model, {}))
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(f"train.model / train.model_params.{cfg.train.model}: {exc}") from None
-    result = run_train(cfg.output_dir, cfg.name, cfg.train, config_doc=cfg.model_dump(mode="json"),
-                       ray_address=cfg.prepare.ray_address).to_dict()
+    absent = gauc_absent_reason(cfg)
+    train = cfg.train.model_copy(update={"gauc": absent is None})
+    doc = cfg.model_dump(mode="json")
+    doc["train"]["gauc"] = absent is None
+    result = run_train(cfg.output_dir, cfg.name, train, config_doc=doc, ray_address=cfg.prepare.ray_address).to_dict()
+    if absent is not None:
+        result["test"]["gauc_absent"] = absent
     oracle = oracle_auc(cfg)
     if oracle is not None:
         result["test"]["oracle_auc"] = oracle
@@ -87,7 +95,9 @@ def build_index(cfg: RecForgeConfig) -> dict[str, Any]:
     bundle = Path(cfg.output_dir) / "retrieval" / "bundle"
     emb = bundle / "embeddings"
     out = bundle / "index"
-    index = build_from_embeddings(emb, cfg.index, out)
+    with progress.step("index build") as s:
+        index = build_from_embeddings(emb, cfg.index, out)
+        s.figures.update({"items": len(index.item_ids), "recall": index.recall.get("recall_at_k")})
     return {"path": str(out), "n_items": len(index.item_ids), "dim": index.dim, "params": index.build_params,
             "recall": index.recall, "seconds": round(time.perf_counter() - t0, 3)}
 

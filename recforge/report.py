@@ -60,9 +60,12 @@ def render_train(r: dict[str, Any]) -> list[str]:
         line += f"  gAUC {t['gauc']:.4f}"
     line += f"  calibration {t.get('calibration', float('nan')):.3f}"
     lines.append(line)
+    if "gauc_absent" in t:
+        lines.append(f"  gAUC absent: {t['gauc_absent']}")
     if "oracle_auc" in t:
         gap = t["oracle_auc"] - t["auc"]
-        lines.append(f"  oracle AUC (true click probability) {t['oracle_auc']:.4f}  gap {gap:+.4f}")
+        lines.append(f"  oracle AUC (true click probability) {t['oracle_auc']:.4f}  gap {gap:+.4f} (oracle - test AUC; "
+                     f"docs/metrics.md)")
     lines.append(f"  bundle: {r['bundle']}")
     ml = r["mlflow"]
     lines.append(f"  MLflow run {ml['run_id']} (experiment '{ml['experiment']}', {ml['tracking_uri']})")

@@ -96,13 +96,28 @@ def start_app(settings: AppSettings, *, port: int | None = None, ray_address: st
 def stop_app(timeout: float = 60.0) -> None:
     """Remove the app and shut Serve down (the Ray this process started stays up until it exits). Returns once
     Serve's controller is gone, so a `start_app` right after starts a fresh Serve rather than reaching the old,
-    still draining one."""
+    still draining one.
+
+    Not `serve.shutdown()`: it waits on the controller's `graceful_shutdown(wait=True)` task until the controller
+    kills itself, so that task always dies with the actor, and Ray (which retries the controller's tasks forever)
+    prints "(raylet) Task ServeController.graceful_shutdown failed ... killed by `ray.kill`" on the driver's stdout
+    at every clean stop. Setting the shutdown flag without waiting, then waiting here for the actor to be gone,
+    stops Serve the same way with no task in flight."""
     import ray
-    from ray import serve
+    from ray.serve import context as serve_context
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
     with contextlib.suppress(Exception):
-        serve.shutdown()
+        client = serve_context._get_global_client(raise_if_no_controller_running=False)
+        if client is not None:
+            client.shutdown_cached_handles()
+        serve_context._disconnect()
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return
+    with contextlib.suppress(Exception):
+        ray.get(controller.graceful_shutdown.remote(wait=False), timeout=timeout)
     deadline = time.monotonic() + timeout
     while ray.is_initialized() and time.monotonic() < deadline:
         try:

@@ -137,7 +137,7 @@ def run_lightning(run: Run, prep: Prepared, train: dict[str, Tensor], args: argp
     clock = StepClock()
     trainer = build_trainer(runtime(accelerator="cpu", devices=1), precision=job_precision(), max_epochs=-1,
                             max_steps=args.warmup + args.steps, callbacks=[clock],
-                            grad_clip=OptimConfig().grad_clip, validate_in_loop=False)
+                            grad_clip=OptimConfig().grad_clip, validate_in_loop=False, progress_display=False)
     run.load.append(load1())
     trainer.fit(CTRTask(model, OptimConfig()), train_dataloaders=batches(train, args))
     (t0, c0), (t1, c1) = clock.ends[args.warmup - 1], clock.ends[-1]

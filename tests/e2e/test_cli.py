@@ -49,6 +49,7 @@ def test_unknown_config_key_exits_2_naming_file_line_and_key(tmp_path: Path, cap
     assert main(["config", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert f"{cfg}:{line}: source.n_usres: unknown key" in err
+    assert "(valid keys: type, n_users, n_items, n_impressions" in err  # the keys of the synthetic source
 
 
 def test_wrong_type_from_a_flag_is_reported(capsys: pytest.CaptureFixture) -> None:
@@ -213,3 +214,89 @@ def test_a_missing_timestamp_where_one_is_needed_exits_2_before_ray(
     err = prepare_fails(csv_config(tmp_path, str(data), split={"method": "time"}), capsys, monkeypatch)
     assert "features.timestamp: column 'ts' is not in the events" in err
     assert "split.method: time needs the event time" in err and "Set features.timestamp to" in err
+
+
+@pytest.mark.parametrize("command", [["config"], ["train", "ctr"]])
+def test_misspelt_model_param_exits_2_naming_line_key_and_valid_keys(command: list[str], tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    demo = ROOT / "configs" / "demo.yaml"
+    line = demo.read_text().splitlines().index("  model_params:") + 2  # the `dcnv2: {...}` entry below it
+    rc = main([*command, "--config", str(demo), "--output-dir", str(tmp_path),
+               "--set", "train.model_params.dcnv2.embedding_dimm=8"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"{demo}:{line}: train.model_params.dcnv2.embedding_dimm: unknown key" in err
+    assert "valid keys: embedding_dim, embedding_backend" in err and "cross_layers" in err
+    assert not (tmp_path / "train").exists()  # refused before any work
+
+
+def test_config_validates_the_params_of_a_model_other_than_the_chosen_one(capsys: pytest.CaptureFixture) -> None:
+    rc = main(["config", "--config", str(ROOT / "configs" / "demo.yaml"),
+               "--set", "train.model_params.deepfm.dropout=3", "--set", "train.model_params.dfm.mlp=[8]"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "train.model_params.deepfm.dropout: Input should be less than 1" in err
+    assert "train.model_params.dfm: unknown model" in err and "valid models: dcnv2, deepfm" in err
+
+
+def test_config_rejects_an_undeclared_tower_feature(capsys: pytest.CaptureFixture) -> None:
+    rc = main(["config", "--config", str(ROOT / "configs" / "demo.yaml"),
+               "--set", "retrieval.user_features=[user_idd, age_band]"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "retrieval.user_features.0: unknown feature" in err and "declared features: user_id, item_id" in err
+
+
+NOISE = ("Tip:", "litlogger", "GPU available", "TPU available", "Successfully loaded", "is_fx_tracing", "LeafSpec",
+         "Progress bars disabled", "logging interval", "extremely slow", "faiss.loader", "Creating initial MLflow",
+         "Token authentication", "MLFlow only allows", "graceful_shutdown", "Traceback")
+
+
+@pytest.mark.slow
+def test_generate_prepare_train_in_a_log_stay_short_without_progress_streams_or_framework_noise(
+        tmp_path: Path) -> None:
+    small = ["--output-dir", str(tmp_path / "run"), "--set", "source.n_impressions=20000", "--set",
+             "source.n_users=800", "--set", "source.n_items=200", "--set", "source.n_categories=6"]
+    out = ""
+    for args in (["generate"], ["prepare", "--num-cpus", "2"], ["train", "ctr", "--epochs", "2"]):
+        res = subprocess.run([sys.executable, "-m", "recforge.cli", *args, "--config", "configs/demo.yaml", *small],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout[-3000:]
+        out += res.stdout
+    assert "\r" not in out, "a carriage-return progress stream reached the log"
+    lines = out.splitlines()
+    assert len(lines) < 100, f"{len(lines)} lines:\n{out}"
+    noisy = [line for line in lines if any(n in line for n in NOISE)]
+    assert not noisy, "framework noise in the log:\n" + "\n".join(noisy)
+    for needle in ("generate done in", "prepare: fit done in", "epoch 1/2 done in", "epoch 2/2 done in",
+                   "train/loss", "valid/auc", "Train dcnv2", "test AUC"):
+        assert needle in out, f"{needle!r} missing from the log:\n{out}"
+
+
+def test_gauc_only_where_the_user_key_names_the_user() -> None:
+    from recforge.config import gauc_absent_reason, load
+
+    for name in ("demo", "movielens", "retail"):
+        assert gauc_absent_reason(load(ROOT / "configs" / f"{name}.yaml")) is None, name
+    reason = gauc_absent_reason(load(ROOT / "configs" / "criteo.yaml"))
+    assert reason is not None and "features.user_key 'C1'" in reason
+    assert gauc_absent_reason(load(ROOT / "configs" / "criteo.yaml", ["train.gauc=true"])) is None
+    assert gauc_absent_reason(load(ROOT / "configs" / "demo.yaml", ["train.gauc=false"])) == "train.gauc is false"
+
+
+def test_early_stopping_on_an_absent_gauc_is_a_config_error(capsys: pytest.CaptureFixture) -> None:
+    rc = main(["config", "--config", str(ROOT / "configs" / "criteo.yaml"),
+               "--set", "train.early_stopping.metric=valid/gauc"])
+    assert rc == 2
+    assert "train.early_stopping.metric: gAUC is not computed" in capsys.readouterr().err
+
+
+def test_the_train_report_says_why_gauc_is_absent() -> None:
+    from recforge.report import render
+
+    result = {"model": "dcnv2", "epochs_run": 1, "global_steps": 10, "device": "cpu", "precision": "32-true",
+              "test": {"auc": 0.7, "logloss": 0.4, "calibration": 1.01, "gauc_absent": "features.user_key 'C1' "
+                       "does not name the user entity"},
+              "bundle": "b", "mlflow": {"run_id": "r", "experiment": "e", "tracking_uri": "u"}, "seconds": 1.0}
+    text = render("train", result)
+    assert "gAUC absent: features.user_key 'C1'" in text and "gAUC 0." not in text

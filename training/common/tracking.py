@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -106,6 +107,25 @@ def open_run(tracking: TrackingConfig, *, output_dir: str | Path, scenario: str,
     return TrackedRun(uri, experiment, run_id)
 
 
+def mlflow_metric_name(name: str) -> str:
+    """`name` in the characters MLflow allows (letters, digits, `_ / . -` and space): `valid/recall@50` ->
+    `valid/recall50`, the name Lightning's MLflow logger stored before (so runs stay comparable), without its
+    warning on every epoch."""
+    return re.sub(r"[^a-zA-Z0-9_/. -]+", "", name)
+
+
+def lightning_logger(run: TrackedRun) -> Any:
+    """Lightning's `MLFlowLogger` attached to `run`, with metric names made valid for MLflow before they reach it."""
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    class _Logger(MLFlowLogger):
+        def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+            super().log_metrics({mlflow_metric_name(k): v for k, v in metrics.items()}, step)
+
+    return _Logger(experiment_name=run.experiment, tracking_uri=run.tracking_uri, run_id=run.run_id,
+                   log_model=False)
+
+
 @contextmanager
 def failed_run(run: TrackedRun) -> Iterator[None]:
     """Marks the run FAILED when the block raises (also on Ctrl-C), so no run of a dead job stays RUNNING."""
@@ -121,7 +141,7 @@ def log_epochs(run: TrackedRun, rows: list[dict[str, float]]) -> None:
     import mlflow
 
     stamp = int(time.time() * 1000)
-    metrics = [mlflow.entities.Metric(k, float(v), stamp, int(row.get("step", i)))
+    metrics = [mlflow.entities.Metric(mlflow_metric_name(k), float(v), stamp, int(row.get("step", i)))
                for i, row in enumerate(rows) for k, v in row.items()
                if k not in ("epoch", "step") and np.isfinite(v)]
     client = run.client()

@@ -2,20 +2,21 @@
 
 Both stages train in three settings: in this process (with checkpoints and an MLflow logger), inside a Ray Train
 worker (Ray's DDP strategy and environment, no logger: the driver logs), and as a plain evaluator or refit. The
-settings differ in a few arguments; everything else (no sanity validation, no model summary, the progress bar
-switch `RECFORGE_PROGRESS=0`) is decided once here.
+settings differ in a few arguments; everything else (no sanity validation, no model summary, no Lightning progress
+bar: the epochs report through `feature_store.progress` like every other long step) is decided once here.
 """
 
 from __future__ import annotations
 
 import functools
-import os
+import math
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
+from feature_store import progress
 from training.common.config import RuntimeConfig
 
 
@@ -40,19 +41,58 @@ def lightning_precision(precision: str, accelerator: str, *, cpu_bf16: bool = Tr
     return "bf16-mixed" if on_cuda or (cpu_bf16 and cpu_has_native_bf16()) else "32-true"
 
 
-def progress_bar() -> bool:
-    """Lightning's progress bar, on unless `RECFORGE_PROGRESS=0` (tests, benchmarks, logs piped to files)."""
-    return os.environ.get("RECFORGE_PROGRESS", "1") != "0"
+class EpochProgress(pl.Callback):
+    """Each training epoch as one `feature_store.progress` step: a bar over its batches on a terminal, a start and
+    an end line with the epoch's progress-bar metrics (train loss, valid AUC or recall) in a log. Replaces
+    Lightning's own bar, which writes a carriage-return update per batch into a log file."""
+
+    def __init__(self) -> None:
+        self._step: progress.Step | None = None
+        self._loss_sum: Any = None  # a tensor on the loss's device: no host sync per step
+        self._loss_steps = 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        total = trainer.num_training_batches
+        last = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+        name = f"epoch {trainer.current_epoch + 1}" + (f"/{last}" if last else "")
+        self._step = progress.Step(name, int(total) if math.isfinite(total) and total > 0 else None, "batches")
+        self._loss_sum, self._loss_steps = None, 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._step is not None:
+            self._step.advance(1)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().float()
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_steps += 1
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._step is None:
+            return
+        shown = {k: float(v) for k, v in trainer.progress_bar_metrics.items() if k != "v_num"}
+        if self._loss_sum is not None:  # the epoch's mean loss, not the last step's
+            shown["train/loss"] = float(self._loss_sum) / self._loss_steps
+        self._step.figures.update(shown)
+        self._step.close()
+        self._step = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._step is not None:
+            self._step.close()
+            self._step = None
 
 
 def build_trainer(runtime: RuntimeConfig, *, precision: str, max_epochs: int, max_steps: int = -1,
                   callbacks: list[pl.Callback] | None = None, logger: Any = False, grad_clip: float | None = None,
                   checkpointing: bool = False, root_dir: Path | None = None, ray_worker: bool = False,
-                  validate_in_loop: bool = True) -> pl.Trainer:
+                  validate_in_loop: bool = True, progress_display: bool = True) -> pl.Trainer:
     """A Trainer for `runtime`.
 
     `ray_worker`: inside a Ray Train worker (Ray's DDP strategy and cluster environment on the worker's own device;
-    progress stays off, the driver reports). `validate_in_loop=False` skips Lightning's validation loop (the
+    progress stays off, the driver reports). `progress_display=False` leaves out the epochs' progress display (the
+    throughput benchmark times bare steps). `validate_in_loop=False` skips Lightning's validation loop (the
     retrieval task validates by full-corpus ranking in a callback instead).
     """
     common: dict[str, Any] = {
@@ -69,8 +109,10 @@ def build_trainer(runtime: RuntimeConfig, *, precision: str, max_epochs: int, ma
                              strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()],
                              enable_progress_bar=False, **common)
         return prepare_trainer(trainer)
+    if progress_display:
+        common["callbacks"] = [*common["callbacks"], EpochProgress()]
     return pl.Trainer(accelerator="gpu" if runtime.accelerator == "cuda" else runtime.accelerator,
-                      devices=runtime.devices, strategy=runtime.strategy, enable_progress_bar=progress_bar(),
+                      devices=runtime.devices, strategy=runtime.strategy, enable_progress_bar=False,
                       default_root_dir=str(root_dir) if root_dir is not None else None, **common)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from feature_store.config import StrictModel
 from training.common.config import OptimConfig, RuntimeConfig, TrackingConfig
@@ -25,8 +26,9 @@ class TrainConfig(StrictModel):
 
     model: str = Field("dcnv2", description="the CTR model: lr, fm, wide_deep, deepfm, dcnv2, dlrm, din, finalmlp")
     model_params: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="per model name: its parameters (see Model parameters below); only the "
-                                          "entry of `model` is used")
+        default_factory=dict, description="per model name: its parameters (see Model parameters below). Every entry "
+                                          "is validated against its model's keys when the config loads (`recforge "
+                                          "config` too); only the entry of `model` is used")
     batch_size: int = Field(4096, gt=0, description="training batch size")
     eval_batch_size: int | None = Field(None, gt=0, description="validation/test batch size; default 4 x batch_size")
     max_epochs: int = Field(5, gt=0, description="upper bound on epochs (early stopping may end sooner)")
@@ -44,6 +46,51 @@ class TrainConfig(StrictModel):
                                              "processes (table-wise or row-wise sharded embeddings)")
     resume: bool = Field(False, description="continue from the last checkpoint of the same output directory")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="the MLflow run of the job")
+    gauc: bool | None = Field(
+        None, description="report the group AUC over `features.user_key` (docs/metrics.md#gauc). null = only when "
+                          "that column names the user: the key of `entities.user`, the profiles' `user_key` "
+                          "(profiles enabled) or a retrieval user-tower feature; otherwise gAUC is reported absent "
+                          "with the reason (e.g. Criteo's hashed ad column C1). true = always, false = never")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from training.ranking.models import MODELS  # imports torch: only once a config names a model
+
+        if name not in MODELS:
+            raise ValueError(f"unknown model; choose one of: {', '.join(sorted(MODELS))}")
+        return name
+
+    @field_validator("model_params")
+    @classmethod
+    def _params_of_every_model(cls, params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Every entry, not only the one of `model`, against its model's config class: `recforge config` catches a
+        misspelt key of a model the next run switches to. Errors keep their key path
+        (`model_params.<model>.<key>`), so the loader names the YAML line; an unknown key lists the valid ones."""
+        from training.ranking.models import MODELS
+
+        errors: list[InitErrorDetails] = []
+        for name, entry in params.items():
+            if name not in MODELS:
+                errors.append(InitErrorDetails(
+                    type=PydanticCustomError("unknown_key", "unknown model",
+                                             {"valid": ", ".join(sorted(MODELS))}),
+                    loc=(name,), input=entry))
+                continue
+            config_class = MODELS[name].config_class
+            try:
+                config_class.model_validate(entry)
+            except ValidationError as exc:
+                for e in exc.errors():
+                    if e["type"] == "extra_forbidden":
+                        kind: Any = PydanticCustomError("unknown_key", "unknown key",
+                                                        {"valid": ", ".join(config_class.model_fields)})
+                    else:
+                        kind = PydanticCustomError(e["type"], e["msg"])
+                    errors.append(InitErrorDetails(type=kind, loc=(name, *e["loc"]), input=e["input"]))
+        if errors:
+            raise ValidationError.from_exception_data("model_params", errors)
+        return params
 
     @model_validator(mode="after")
     def _one_distribution(self) -> TrainConfig:

@@ -60,7 +60,7 @@ def evaluate_model(model: CTRModel, cfg: TrainConfig, prepared: Path, precision:
     """valid/test metrics, test predictions and an example test batch of `model` on the whole splits."""
     dm = CTRDataModule(prepared, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                        seed=cfg.runtime.seed, splits=("valid", "test"))
-    task = CTRTask(model, cfg.optim)
+    task = CTRTask(model, cfg.optim, gauc=cfg.gauc is not False)
     trainer = evaluator(cfg.runtime, precision)
     trainer.validate(task, datamodule=dm, verbose=False)
     trainer.test(task, datamodule=dm, verbose=False)

@@ -26,9 +26,10 @@ class CTRTask(pl.LightningModule):
     """Loss, optimizers and metrics around `model` (an nn.Module mapping a batch dict to logits)."""
 
     def __init__(self, model: nn.Module, optim: OptimConfig | None = None, *, total_steps: int | None = None,
-                 steps_per_epoch: int | None = None) -> None:
+                 steps_per_epoch: int | None = None, gauc: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.gauc = gauc  # group AUC over the batches' GROUP column (features.user_key), when it names users
         self.optim = optim or OptimConfig()
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
@@ -89,7 +90,7 @@ class CTRTask(pl.LightningModule):
             return
         probs = torch.cat([o[0] for o in outs]).numpy()
         labels = torch.cat([o[1] for o in outs]).numpy()
-        groups = torch.cat([o[2] for o in outs]).numpy() if outs[0][2] is not None else None
+        groups = torch.cat([o[2] for o in outs]).numpy() if self.gauc and outs[0][2] is not None else None
         # every rank evaluates the whole split (see CTRDataModule), so the metrics agree without a gather
         metrics = ctr_metrics(labels, probs, groups)
         self.last_metrics[stage] = metrics

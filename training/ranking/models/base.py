@@ -17,8 +17,9 @@ from training.common.features import DENSE, FeatureLayout
 
 
 class ModelConfig(StrictModel):
-    """`train.model_params` holds one entry per model name; only the entry of `train.model` is used, validated
-    by that model's config class (an unknown key is an error naming the model and the key). Every model has the
+    """`train.model_params` holds one entry per model name; only the entry of `train.model` is used, but every
+    entry is validated by its model's config class when the config loads (an unknown key is an error naming the
+    file, line, model and key, and listing the model's keys). Every model has the
     keys of this table; the tables after it list each model's own.
 
     ```yaml

@@ -10,7 +10,7 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from feature_store.layout import StageLayout
-from training.common.tracking import TrackedRun
+from training.common.tracking import TrackedRun, lightning_logger
 from training.common.trainer import build_trainer, seed_and_threads
 from training.ranking.config import TrainConfig
 from training.ranking.datamodule import CTRDataModule
@@ -25,17 +25,14 @@ def resuming(cfg: TrainConfig, stage: StageLayout) -> bool:
 
 def fit(cfg: TrainConfig, prepared: Path, stage: StageLayout, run: TrackedRun, **_: Any) -> Fitted:
     """Train, reload the best checkpoint, evaluate it on valid and test with the same trainer."""
-    from pytorch_lightning.loggers import MLFlowLogger
-
     seed_and_threads(cfg.runtime)
     dm = CTRDataModule(prepared, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                        seed=cfg.runtime.seed, streaming=cfg.streaming, gpu_resident=cfg.gpu_resident)
     model = build_model(cfg.model, dm.prepare_spec(), cfg.model_params.get(cfg.model, {}))
     per_epoch = steps_per_epoch(prepared, cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps > 0 else per_epoch * cfg.max_epochs
-    task = CTRTask(model, cfg.optim, total_steps=total, steps_per_epoch=per_epoch)
-    logger = MLFlowLogger(experiment_name=run.experiment, tracking_uri=run.tracking_uri, run_id=run.run_id,
-                          log_model=False)
+    task = CTRTask(model, cfg.optim, total_steps=total, steps_per_epoch=per_epoch, gauc=cfg.gauc is not False)
+    logger = lightning_logger(run)
     last = stage.checkpoints / "last.ckpt"
     checkpoint = ModelCheckpoint(dirpath=stage.checkpoints, filename="best", monitor=cfg.early_stopping.metric,
                                  mode=cfg.early_stopping.mode, save_top_k=1, save_last=True)

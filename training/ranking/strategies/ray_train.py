@@ -52,7 +52,8 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     dm = CTRDataModule(config["prepared"], batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                        seed=cfg.runtime.seed, streaming=cfg.streaming, gpu_resident=cfg.gpu_resident)
     model = build_model(cfg.model, dm.prepare_spec(), cfg.model_params.get(cfg.model, {}))
-    task = CTRTask(model, cfg.optim, total_steps=config["total_steps"], steps_per_epoch=config["steps_per_epoch"])
+    task = CTRTask(model, cfg.optim, total_steps=config["total_steps"], steps_per_epoch=config["steps_per_epoch"],
+                   gauc=cfg.gauc is not False)
     epochs = EpochMetrics()
     early = EarlyStopping(monitor=cfg.early_stopping.metric, mode=cfg.early_stopping.mode,
                           patience=cfg.early_stopping.patience)
@@ -92,7 +93,7 @@ def fit(cfg: TrainConfig, prepared: Path, stage: StageLayout, run: TrackedRun, *
     best = stage.checkpoints / "best.ckpt"
     state = checkpoint_file(checkpoint, best)["state_dict"]
     model = build_model(cfg.model, CTRDataModule(prepared).prepare_spec(), cfg.model_params.get(cfg.model, {}))
-    task = CTRTask(model, cfg.optim)
+    task = CTRTask(model, cfg.optim, gauc=cfg.gauc is not False)
     task.load_state_dict(state)
     scored = evaluate_model(task.model, cfg, prepared, precision)
     worker = result.return_value or {}

@@ -211,7 +211,8 @@ def _sharded_fit(rank: int, world_size: int, device: torch.device, cfg: TrainCon
         dist.all_reduce(mean_loss)
         history["train/loss"].append(float(mean_loss) / world_size)
         probs = _sharded_predict(dmp, valid, rank, world_size, cfg.eval_batch_size or cfg.batch_size * 4, device)
-        metrics = ctr_metrics(valid[LABEL].numpy(), probs, valid[GROUP].numpy() if GROUP in valid else None)
+        groups = valid[GROUP].numpy() if GROUP in valid and cfg.gauc is not False else None
+        metrics = ctr_metrics(valid[LABEL].numpy(), probs, groups)
         history["valid/loss"].append(metrics["logloss"])
         score = sign * float(metrics.get(key, float("nan")))
         improved = score > best_score

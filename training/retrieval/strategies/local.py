@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from feature_store.layout import StageLayout
-from training.common.tracking import TrackedRun
+from training.common.tracking import TrackedRun, lightning_logger
 from training.common.trainer import build_trainer, seed_and_threads
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import RetrievalData
@@ -29,12 +29,9 @@ def _trainer(cfg: RetrievalConfig, max_epochs: int, callbacks: list[pl.Callback]
 
 def fit(cfg: RetrievalConfig, data: RetrievalData, prepared: Path, stage: StageLayout, run: TrackedRun,
         **_: Any) -> Fitted:
-    from pytorch_lightning.loggers import MLFlowLogger
-
     seed_and_threads(cfg.runtime)
     task = RetrievalTask(TwoTower(data.towers, cfg.model), cfg, data)
-    logger = MLFlowLogger(experiment_name=run.experiment, tracking_uri=run.tracking_uri, run_id=run.run_id,
-                          log_model=False)
+    logger = lightning_logger(run)
     ckpt = ModelCheckpoint(dirpath=stage.checkpoints, filename="best", monitor=monitor(cfg), mode="max",
                            save_top_k=1, save_on_train_epoch_end=True)
     early = EarlyStopping(monitor=monitor(cfg), mode="max", patience=cfg.patience, check_on_train_epoch_end=True)
