@@ -137,7 +137,8 @@ class TableSource(StrictModel):
     header: bool = Field(True, description="text only: line 1 is a header naming exactly the declared columns "
                                            "(checked: a line 1 that differs, or parses as data, is an error)")
     delimiter: str | None = Field(None, description="text only; null = `,` for csv, tab for tsv; several "
-                                                    "characters (e.g. `::`) allowed")
+                                                    "characters (e.g. `::`) allowed; `whitespace` = aligned columns "
+                                                    "(runs of spaces and tabs, leading ones ignored)")
     encoding: str = Field("utf-8", description="text only: the files' text encoding (`latin-1`, `cp1252`, any "
                                                "Python codec name); a line with bytes it cannot decode is "
                                                "rejected")

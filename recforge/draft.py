@@ -471,7 +471,9 @@ def draft_config(path: Path, *, label: str | None = None, name: str | None = Non
     if ts is not None and ts.timestamp_format:
         source["timestamp_format"] = ts.timestamp_format
     source["label"] = rule
-    features: dict[str, Any] = {"label": "label", "timestamp": ts.name if ts is not None else None}
+    # the table source renames its one timestamp column to `ts`; without one, the default `ts` names no column
+    # and the events are prepared without time (a random split needs none)
+    features: dict[str, Any] = {"label": "label", "timestamp": "ts"}
     user = next((c for c in used if c.role == "user"), None)
     item = next((c for c in used if c.role == "item"), None)
     if user is not None:

@@ -11,9 +11,10 @@ its 1-based physical line number, a stable reason and its text. How it works:
 
 Conventions: empty fields are nulls (in numeric, bool and timestamp columns so are the usual null tokens
 NA, N/A, NaN, null, None); a line whose fields are all empty is a blank line, not a data row, and is neither
-kept nor counted; CRLF line endings and a UTF-8 byte-order mark are accepted; multi-character delimiters ('::'
-in MovieLens 1M) and non-UTF-8 encodings go through a streaming transcoder. Bytes that do not decode in the
-file's encoding reject their line (`undecodable bytes (encoding utf-8)`): the transcoder marks them with a
+kept nor counted; CRLF line endings and a UTF-8 byte-order mark are accepted; `whitespace` as the delimiter
+reads aligned columns (runs of spaces and tabs separate, leading and trailing ones are ignored); multi-character
+delimiters ('::' in MovieLens 1M) and non-UTF-8 encodings go through a streaming transcoder. Bytes that do not
+decode in the file's encoding reject their line (`undecodable bytes (encoding utf-8)`): the transcoder marks them with a
 Unicode noncharacter (U+FDD0, which no text file carries) instead of U+FFFD, so a marked row is found columnar
 and no value is ever silently altered. A UTF-8 file pays for the transcoder only when pyarrow finds invalid
 UTF-8 in it.
@@ -34,6 +35,7 @@ import codecs
 import csv as py_csv
 import io
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -70,6 +72,14 @@ _ISO_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d", "%Y-%m-%
 _TRUE = pa.array(["true", "t", "1", "yes", "y"], pa.string())
 _FALSE = pa.array(["false", "f", "0", "no", "n"], pa.string())
 _SEP = "\x1f"  # what a multi-character delimiter becomes inside the transcoder
+WHITESPACE = "whitespace"  # the delimiter value for aligned columns: runs of spaces/tabs, leading ones ignored
+_RUNS = re.compile(r"[ \t]+")
+_EDGES = re.compile(r"^[ \t]+|[ \t]+(?=\r?$)", re.M)
+
+
+def joiner(delimiter: str) -> str:
+    """The text that joins a row's fields back into its `raw` (one space for aligned columns)."""
+    return " " if delimiter == WHITESPACE else delimiter
 _BAD_BYTES = "\ufdd0"  # what undecodable bytes become inside the transcoder (a noncharacter: never in text)
 _BAD_BYTES_HANDLER = "recforge.undecodable"
 _DIGITS_RE = r"^[+-]?[0-9]{19,}(\.0*)?$"  # a bad integer of this form is beyond int64: ids better read as text
@@ -364,7 +374,7 @@ def reject_where(
     if not _any(mask):
         return table
     bad_rows = table.filter(mask)
-    text = raw.filter(mask) if raw is not None else raw_text(bad_rows.drop_columns([line_column]), delimiter)
+    text = raw.filter(mask) if raw is not None else raw_text(bad_rows.drop_columns([line_column]), joiner(delimiter))
     reasons = reason if isinstance(reason, str) else _to_array(reason).filter(mask)
     rejects.add(source_name, bad_rows.column(line_column).to_numpy(), reasons, text)
     return table.filter(pc.invert(mask))
@@ -398,7 +408,12 @@ class _TranscodedFile(io.RawIOBase):
         self._eof = not raw
         text = self._pending + self._decoder.decode(raw, final=self._eof)
         self._pending = ""
-        if self._delimiter:
+        if self._delimiter == WHITESPACE:  # whole lines only: a run of blanks may straddle two chunks
+            if not self._eof:
+                cut = text.rfind("\n") + 1
+                text, self._pending = text[:cut], text[cut:]
+            text = _RUNS.sub(_SEP, _EDGES.sub("", text))
+        elif self._delimiter:
             text = text.replace(self._delimiter, _SEP)
             if not self._eof:  # hold back a tail that may be the start of a delimiter split across chunks
                 for k in range(len(self._delimiter) - 1, 0, -1):
@@ -442,6 +457,8 @@ def header_names(path: Path, encoding: str, delimiter: str, quote_char: str | bo
         first = fh.readline(1 << 20)
     name = codecs.lookup(encoding).name
     text = first.decode("utf-8-sig" if name == "utf-8" else name, errors="replace").rstrip("\r\n")
+    if delimiter == WHITESPACE:
+        return text.split()
     if len(delimiter) > 1:
         return text.split(delimiter)
     try:
@@ -471,7 +488,7 @@ def _check_header_text(path: Path, source_name: str, encoding: str, delimiter: s
             f"offset {exc.start}); if the file is text in another encoding, set source.encoding (e.g. latin-1); a "
             f"binary or compressed file cannot be read as delimited text"
         ) from None
-    control = [c for c in text if ord(c) < 32 and c not in delimiter]
+    control = [c for c in text if ord(c) < 32 and c not in (" \t" if delimiter == WHITESPACE else delimiter)]
     if control:
         raise ConfigError(
             f"{source_name}:1: the header holds control characters ({control[0]!r}): this looks like a binary or "
@@ -599,7 +616,7 @@ def _consume(
             out.reject_index.append(idx[rej])
             out.reject_reason.append(reasons.filter(reject))
             raw_fields = [c.filter(reject) for c in strings]
-            raw = pc.binary_join_element_wise(*raw_fields, delimiter)
+            raw = pc.binary_join_element_wise(*raw_fields, joiner(delimiter))
             if undecodable is not None:  # shown like any decoder shows bad bytes
                 raw = pc.replace_substring(raw, _BAD_BYTES, "\ufffd")
             out.reject_raw.append(raw)
@@ -632,7 +649,8 @@ def read_delimited(
         path: the file to read.
         columns: column name -> type, in file order (with a header naming exactly these columns, the
             header's order wins).
-        delimiter: field separator; one character, or several (e.g. '::'), which costs a transcoding pass.
+        delimiter: field separator; one character, or several (e.g. '::'), or `whitespace` (runs of blanks), which
+            cost a transcoding pass.
         header: whether line 1 is a header (then data starts on line 2).
         timestamp_format: strptime format of timestamp columns; None = Unix seconds or ISO 8601.
         required: columns whose null value rejects the row ("missing required id: <col>").
@@ -738,7 +756,7 @@ def _finish(
     skipped = np.asarray(got.skipped_lines, dtype=np.int64)
     skipped_text = pa.array(got.skipped_text, pa.string())
     if not single and len(skipped_text):
-        skipped_text = pc.replace_substring(skipped_text, _SEP, delimiter)
+        skipped_text = pc.replace_substring(skipped_text, _SEP, joiner(delimiter))
     table = (
         pa.concat_tables(got.kept).select(schema.names).cast(schema)
         if got.kept

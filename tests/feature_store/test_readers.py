@@ -652,3 +652,29 @@ def test_registry_covers_every_source_type_and_synthetic_is_dispatched(tmp_path:
     cfg = SyntheticSource(n_users=50, n_items=20, n_impressions=500, n_brands=5, n_regions=3, days=3)
     raw = read_source(cfg, tmp_path)
     assert raw.events.num_rows == 500
+
+
+def test_whitespace_delimiter_reads_aligned_columns_and_rejects_short_lines_with_their_text(in_tmp: Path) -> None:
+    text = (" customer_id  date number_of_cds  dollar_value\r\n"
+            " 00001 19970101  1   11.77\r\n"
+            " 00002\t19970112  2   12.00 \r\n"
+            " 00003 19970102\r\n"
+            "\r\n"
+            " 00004 19970102  5   77.00\r\n")
+    (in_tmp / "cd.txt").write_text(text)
+    rejects = Rejects()
+    cols = {"customer_id": "string", "date": "timestamp", "number_of_cds": "int", "dollar_value": "float"}
+    table, n = read_delimited(in_tmp / "cd.txt", cols, delimiter="whitespace", header=True,
+                              timestamp_format="%Y%m%d", rejects=rejects, source_name="cd.txt")
+    assert table.column("customer_id").to_pylist() == ["00001", "00002", "00004"]
+    assert table.column("number_of_cds").to_pylist() == [1, 2, 5]
+    assert table.column("dollar_value").to_pylist() == [11.77, 12.0, 77.0]
+    assert rejects_of(rejects) == [(4, "wrong field count", "00003 19970102")]  # fields joined by one space
+
+
+def test_whitespace_transcoder_never_splits_a_field_at_a_chunk_boundary(in_tmp: Path) -> None:
+    lines = [f"  {i}   {i * 7}\t {'x' * (i % 5)}y" for i in range(200)]
+    (in_tmp / "w.txt").write_text("\n".join(lines) + "\n")
+    with _TranscodedFile(in_tmp / "w.txt", "utf-8", "whitespace", chunk=7) as f:
+        got = f.read().decode().splitlines()
+    assert got == ["\x1f".join(line.split()) for line in lines]
