@@ -775,8 +775,10 @@ def load_config(
     model: type[M],
     overrides: Iterable[str] = (),
     data: dict[str, Any] | None = None,
+    context: Mapping[str, Any] | None = None,
 ) -> M:
-    """Load YAML `path` (or `data`), apply `KEY.PATH=VALUE` overrides, validate against `model`."""
+    """Load YAML `path` (or `data`), apply `KEY.PATH=VALUE` overrides, validate against `model` (with the pydantic
+    validation `context`, which validators of later stages may read)."""
     source = str(path) if path is not None else "<config>"
     text = ""
     if data is None:
@@ -796,7 +798,7 @@ def load_config(
             raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}")
     data = apply_overrides(data, (parse_override(o) for o in overrides))
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=dict(context) if context else None)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source, _yaml_lines(text), model)) from None
 

@@ -132,6 +132,7 @@ COMMANDS: dict[str, tuple[str, list[Option]]] = {
                  COMMON + REGISTRY),
 }
 REGISTRY_COMMANDS = ("register", "promote", "rollback", "registry")
+DATA_COMMANDS = ("generate", "prepare", "materialize")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["RECFORGE_PROGRESS"] = "0"
     try:
         no_config = args.command == "serve" and args.config is None  # `recforge serve --stop`
-        cfg = None if no_config else config_mod.load(args.config, overrides_from_args(args))
+        data_only = args.command in DATA_COMMANDS  # no model is built: the model zoo (torch) is not imported
+        cfg = None if no_config else config_mod.load(args.config, overrides_from_args(args), models=not data_only)
         if args.command == "serve":
             result = _serve(args, cfg, argv)
         elif args.command in REGISTRY_COMMANDS:

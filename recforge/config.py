@@ -109,8 +109,10 @@ class RecForgeConfig(FeatureStoreConfig):
         return self.retrieval.tracking.uri or self.train.tracking.uri
 
 
-def load(path: str | Path | None, overrides: Iterable[str] = ()) -> RecForgeConfig:
-    return load_config(path, RecForgeConfig, overrides)
+def load(path: str | Path | None, overrides: Iterable[str] = (), *, models: bool = True) -> RecForgeConfig:
+    """The scenario config. `models=False` leaves `train.model` / `train.model_params` unchecked against the model
+    zoo (which imports torch): for commands that never build a model (`training.ranking.config.checks_models`)."""
+    return load_config(path, RecForgeConfig, overrides, context=None if models else {"models": False})
 
 
 def gauc_absent_reason(cfg: FeatureStoreConfig | RecForgeConfig) -> str | None:

@@ -86,6 +86,11 @@ def setup(verbose: bool = False) -> None:
         logging.basicConfig(level=level, handlers=[handler])
     else:
         logging.basicConfig(level=level, format=FORMAT, datefmt="%H:%M:%S")
+    for name in LOGGER_LEVELS:  # what an earlier setup in this process installed (tests call main() repeatedly)
+        logger = logging.getLogger(name)
+        logger.filters[:] = [f for f in logger.filters if not isinstance(f, _MinLevel)]
+    for handler in logging.getLogger().handlers:
+        handler.filters[:] = [f for f in handler.filters if not isinstance(f, _KnownChatter)]
     if verbose:
         return
     for message, category, module in WARNINGS:

@@ -309,3 +309,4 @@ def test_retail_config_prepares_net_of_returns_and_materializes_the_last_day(tmp
     assert seg[0] is not None and seg[0]["frequency"] == 1  # its only order is on the last day
     assert profile[1] is not None and profile[1]["rfm_monetary"] == pytest.approx(0.0, abs=1e-4)
     assert profile[1]["rfm_frequency"] == 1
+

@@ -366,3 +366,17 @@ def test_two_tower_trains_through_ray_train_with_two_cpu_workers(demo_prepared: 
     n_items = result["counts"]["items"]
     assert result["test"]["two_tower"]["recall@10"] > 3 * 10 / n_items, result["test"]
     assert (Path(result["embeddings"]["dir"]) / "item_embeddings.parquet").is_file()
+
+
+def test_retrieval_on_events_prepared_without_time_says_it_needs_the_event_time(tmp_path: Path) -> None:
+    from feature_store.config import ConfigError
+    from feature_store.prepare import prepare
+    from tests.feature_store.test_prepare import timeless_csv_config
+    from training.retrieval.config import RetrievalConfig
+    from training.retrieval.data import load_retrieval_data
+
+    cfg = timeless_csv_config(tmp_path, {"method": "random", "valid_fraction": 0.2, "test_fraction": 0.2})
+    prepare(cfg)
+    retrieval = RetrievalConfig(user_features=["user_id"], item_features=["item_id"])
+    with pytest.raises(ConfigError, match=r"prepared without time .* features\.timestamp naming the event time"):
+        load_retrieval_data(tmp_path / "out" / "prepared", retrieval)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from feature_store.config import StrictModel
 from training.common.config import OptimConfig, RuntimeConfig, TrackingConfig
+
+
+def checks_models(info: ValidationInfo) -> bool:
+    """Whether `train.model` and `train.model_params` are checked against the model zoo. They are, unless the
+    validation context says `{"models": False}`: the data commands (generate, prepare, materialize) pass that,
+    because the zoo imports torch (2 s CPU, up to 9 s on a cold, busy machine) and they never build a model;
+    `recforge config`, `train` and `demo` check them all."""
+    return not (info.context and info.context.get("models") is False)
 
 
 class EarlyStopConfig(StrictModel):
@@ -54,7 +62,9 @@ class TrainConfig(StrictModel):
 
     @field_validator("model")
     @classmethod
-    def _known_model(cls, name: str) -> str:
+    def _known_model(cls, name: str, info: ValidationInfo) -> str:
+        if not checks_models(info):
+            return name
         from training.ranking.models import MODELS  # imports torch: only once a config names a model
 
         if name not in MODELS:
@@ -63,10 +73,13 @@ class TrainConfig(StrictModel):
 
     @field_validator("model_params")
     @classmethod
-    def _params_of_every_model(cls, params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _params_of_every_model(cls, params: dict[str, dict[str, Any]],
+                               info: ValidationInfo) -> dict[str, dict[str, Any]]:
         """Every entry, not only the one of `model`, against its model's config class: `recforge config` catches a
         misspelt key of a model the next run switches to. Errors keep their key path
         (`model_params.<model>.<key>`), so the loader names the YAML line; an unknown key lists the valid ones."""
+        if not checks_models(info):
+            return params
         from training.ranking.models import MODELS
 
         errors: list[InitErrorDetails] = []

@@ -30,6 +30,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from feature_store.config import ConfigError
 from feature_store.spec import ITEM_KEY, LABEL, TS_KEY, USER_KEY, FeatureSpec
 from training.common.data import shard_files, table_to_tensors
 from training.common.features import SPARSE, seq_key, seq_len_key
@@ -204,6 +205,11 @@ def load_retrieval_data(prepared: str | Path, cfg: RetrievalConfig) -> Retrieval
     cols = [*towers.columns, LABEL, USER_KEY, ITEM_KEY, TS_KEY]
     have = pq.read_schema(shard_files(prepared / "train")[0]).names
     missing = [c for c in cols if c not in have]
+    if TS_KEY in missing and all(c in have for c in cols if c != TS_KEY):
+        raise ConfigError(f"{prepared}: the events were prepared without time (no `features.timestamp` column), and "
+                          "retrieval needs it: each user's latest positives are the test queries and the corpus "
+                          "holds each item's latest features. Prepare again with features.timestamp naming the "
+                          "event time column")
     if missing:
         raise ValueError(f"{prepared}: prepared shards lack {missing}; re-run `recforge prepare` (the row keys "
                          f"__user_key/__item_key/__ts are written by this version)")
