@@ -666,7 +666,7 @@ def test_whitespace_delimiter_reads_aligned_columns_and_rejects_short_lines_with
     cols = {"customer_id": "string", "date": "timestamp", "number_of_cds": "int", "dollar_value": "float"}
     table, n = read_delimited(in_tmp / "cd.txt", cols, delimiter="whitespace", header=True,
                               timestamp_format="%Y%m%d", rejects=rejects, source_name="cd.txt")
-    assert table.column("customer_id").to_pylist() == ["00001", "00002", "00004"]
+    assert table.column("customer_id").to_pylist() == ["00001", "00002", "00004"] and n == 4  # blank line: none
     assert table.column("number_of_cds").to_pylist() == [1, 2, 5]
     assert table.column("dollar_value").to_pylist() == [11.77, 12.0, 77.0]
     assert rejects_of(rejects) == [(4, "wrong field count", "00003 19970102")]  # fields joined by one space
