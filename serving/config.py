@@ -46,6 +46,29 @@ class RegistryConfig(StrictModel):
     gate: GateConfig = Field(default_factory=GateConfig, description="the promotion gate's tolerances")
 
 
+class LimitsConfig(StrictModel):
+    """What a client may cost the service: timeouts and sizes enforced at the edge (HAProxy) and in the app, so
+    that no slow, idle or oversized request can hold the service (measured in docs/benchmarks.md, Reliability).
+
+    HAProxy buffers a request's whole body before it forwards it, so a client that sends headers and part of a body
+    holds one HAProxy connection (at most `header_timeout_s`), never a replica's request slot. The timeouts are
+    HAProxy's (the default ingress); Ray's Python proxy (`RAY_SERVE_ENABLE_HA_PROXY=0`) enforces the sizes only.
+    """
+
+    header_timeout_s: int = Field(10, gt=0, description="a request's headers and body must arrive within this "
+                                                        "(HAProxy `timeout http-request`); slower clients get 408")
+    client_timeout_s: int = Field(30, gt=0, description="a client silent this long mid-request is disconnected "
+                                                        "(HAProxy `timeout client`; Ray's default is 3600)")
+    keepalive_timeout_s: int = Field(10, gt=0, description="an idle kept-alive connection is closed after this "
+                                                           "(HAProxy `timeout http-keep-alive`)")
+    max_body_bytes: int = Field(1 << 20, gt=0, description="largest request body (413 above), checked on "
+                                                          "Content-Length at the edge and on the bytes read in the app")
+    max_id_length: int = Field(256, gt=0, description="longest string user or item id (422 above)")
+    max_context_fields: int = Field(64, gt=0, description="most keys in a request's `context` (422 above)")
+    max_context_value_length: int = Field(1024, gt=0, description="longest string, and longest list, in a context "
+                                                                  "value (422 above)")
+
+
 class ServingConfig(StrictModel):
     """The HTTP application of `recforge serve` on Ray Serve (endpoints and commands in
     [cli.md](cli.md#serving)). It serves `models:/<registry name>@<alias>` of the scenario's ranker and
@@ -55,9 +78,10 @@ class ServingConfig(StrictModel):
     between replicas (`RAY_SERVE_ENABLE_HA_PROXY=1`, `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`, set before Ray starts
     unless the environment already sets them). Set `RAY_SERVE_ENABLE_HA_PROXY=0` for Ray's Python proxy. A
     cluster uses what its nodes were started with: set the same variables there. HAProxy listens on
-    `host:port`; its read-only stats page listens on all interfaces at a free port chosen at start (Ray's
-    template binds it so; the port is in the environment variable `RAY_SERVE_HAPROXY_STATS_PORT` of the serving
-    process).
+    `host:port`; its read-only stats page and Prometheus metrics listen on `stats_host` (loopback by default) at
+    free ports chosen at start (`RAY_SERVE_HAPROXY_STATS_PORT`, `RAY_SERVE_HAPROXY_METRICS_PORT` in the serving
+    process's environment). A local Ray listens on loopback only. What is exposed and how to open it deliberately:
+    [cli.md](cli.md#security).
     """
 
     host: str = Field("127.0.0.1", description="address the HTTP proxy (and, with HAProxy, each ingress replica) "
@@ -94,6 +118,9 @@ class ServingConfig(StrictModel):
                                                            "`max_ongoing_requests`; a split ingress takes 4x)")
     admin_token: str | None = Field(None, description="token `POST /admin/reload` requires in `X-Admin-Token`; "
                                                       "null disables the endpoint")
+    stats_host: str = Field("127.0.0.1", description="address HAProxy's stats page and Prometheus metrics listen on "
+                                                     "(loopback: this machine only); 0.0.0.0 opens them to others")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="timeouts and request size limits")
 
 
 def model_names(scenario: str, cfg: RegistryConfig) -> tuple[str, str]:

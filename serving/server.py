@@ -3,9 +3,11 @@ tests call), in the foreground until Ctrl-C (`serve_forever`, `recforge serve`),
 (`start_detached` / `stop_detached`, `recforge serve --detach` / `--stop`).
 
 Ray: a local Ray on this machine unless `serving.ray_address` (or `--ray-address`) names a cluster to attach to.
-The HTTP proxy listens on `serving.host:serving.port` (127.0.0.1:8000 by default). A server started by
-`recforge serve` records its pid and URL in a small state file named after its port in the temp directory, which
-`recforge serve --stop` reads.
+The HTTP proxy listens on `serving.host:serving.port` (127.0.0.1:8000 by default), with the limits of
+`serving.limits` (feature_store.edge). A server started by `recforge serve` records its pid, the pid's start time
+and its URL in a state file named after its port in a private runtime directory (`runtime_dir`: mode 0700, owned by
+this user); `recforge serve --stop` signals that pid only while it is still the process that wrote the file (same
+start time, a recforge command line), never a process that reused the number.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -82,6 +85,7 @@ def start_app(settings: AppSettings, *, port: int | None = None, ray_address: st
         raise ServeError(f"{url} is already answering; stop that server (`recforge serve --stop --port {port}`) "
                          f"or pick another --port")
     ensure_ray(ray_address or s.ray_address)
+    _write_edge_limits(settings)
     from ray import serve
 
     from serving.app import APP_NAME, build_app
@@ -91,6 +95,20 @@ def start_app(settings: AppSettings, *, port: int | None = None, ray_address: st
     if wait:
         wait_healthy(url, timeout)
     return url
+
+
+def _write_edge_limits(settings: AppSettings) -> None:
+    """`serving.limits` and `serving.stats_host` for the HAProxy this process's Ray starts (none on a cluster)."""
+    from feature_store import edge
+    from feature_store.raycluster import edge_dir
+
+    d = edge_dir()
+    if d is None:
+        return
+    lim, s = settings.serving.limits, settings.serving
+    edge.write_limits(d, edge.EdgeLimits(header_timeout_s=lim.header_timeout_s, client_timeout_s=lim.client_timeout_s,
+                                         keepalive_timeout_s=lim.keepalive_timeout_s,
+                                         max_body_bytes=lim.max_body_bytes, stats_host=s.stats_host))
 
 
 def stop_app(timeout: float = 60.0) -> None:
@@ -128,18 +146,63 @@ def stop_app(timeout: float = 60.0) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ CLI modes
+def runtime_dir() -> Path:
+    """This user's private directory for server state: `$XDG_RUNTIME_DIR/recforge`, else `<tmp>/recforge-<uid>`;
+    created 0700, and refused when it is a link, another user's, or open to others (someone else could plant a
+    state file naming a pid for `--stop` to signal)."""
+    uid = os.getuid()
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(xdg) / "recforge" if xdg and Path(xdg).is_dir() else Path(tempfile.gettempdir()) / f"recforge-{uid}"
+    with contextlib.suppress(FileExistsError):
+        base.mkdir(mode=0o700, parents=False)
+    st = os.lstat(base)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        raise ServeError(f"{base} is not a private directory of this user (owner uid {st.st_uid}, mode "
+                         f"{stat.S_IMODE(st.st_mode):o}; it must be a directory owned by uid {uid} with mode 700): "
+                         f"remove it, or set XDG_RUNTIME_DIR to a directory only you can write")
+    return base
+
+
 def state_path(port: int) -> Path:
-    return Path(tempfile.gettempdir()) / f"recforge-serve-{port}.json"
+    return runtime_dir() / f"serve-{port}.json"
 
 
-def _pid_alive(pid: int) -> bool:
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started (psutil's create_time), None when there is no such process."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return float(psutil.Process(pid).create_time())
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _recorded_process_alive(info: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the process a state file names is still the one that wrote it: (alive, why not)."""
+    import psutil
+
+    pid = int(info["pid"])
+    started = _process_start(pid)
+    if started is None:
+        return False, "was not running (stale state file)"
+    if "pid_started" not in info or abs(started - float(info["pid_started"])) > 0.05:
+        return False, f"pid {pid} now belongs to another process (it started at another time); not signalled"
+    try:
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        cmdline = ""
+    if "recforge" not in cmdline:
+        return False, f"pid {pid} is not a recforge process ({cmdline[:80] or 'no command line'}); not signalled"
+    return True, ""
+
+
+def _write_state(path: Path, info: dict[str, Any]) -> None:
+    """The state file, 0600, written whole (a reader never sees half of it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(info))
+    tmp.replace(path)
 
 
 def serve_forever(settings: AppSettings, *, port: int | None = None,
@@ -148,8 +211,8 @@ def serve_forever(settings: AppSettings, *, port: int | None = None,
     port = port or settings.serving.port
     url = start_app(settings, port=port, ray_address=ray_address)
     state = state_path(port)
-    state.write_text(json.dumps({"pid": os.getpid(), "url": url, "config": settings.name,
-                                 "started_at": time.time()}))
+    _write_state(state, {"pid": os.getpid(), "pid_started": _process_start(os.getpid()), "url": url,
+                         "config": settings.name, "started_at": time.time()})
     print(f"recforge serve: {url} (docs {url}/docs); Ctrl-C stops it", flush=True)
 
     def _term(signum: int, frame: Any) -> None:
@@ -197,16 +260,21 @@ def stop_detached(port: int, timeout: float = 60.0) -> dict[str, Any]:
     if not state.is_file():
         raise ServeError(f"no recforge server recorded for port {port} ({state} is absent); "
                          f"pass the --port it was started with")
-    info = json.loads(state.read_text())
-    pid = int(info["pid"])
-    if not _pid_alive(pid):
+    try:
+        info = json.loads(state.read_text())
+        pid = int(info["pid"])
+    except (ValueError, KeyError, TypeError) as exc:
         state.unlink()
-        return {"url": info.get("url"), "pid": pid, "stopped": False, "note": "was not running (stale state file)"}
+        raise ServeError(f"{state} was not a server state file ({exc}); removed it, nothing was signalled") from None
+    alive, why = _recorded_process_alive(info)
+    if not alive:
+        state.unlink()
+        return {"url": info.get("url"), "pid": pid, "stopped": False, "note": why}
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
+    while _process_start(pid) is not None and time.monotonic() < deadline:
         time.sleep(0.25)
-    if _pid_alive(pid):
+    if _process_start(pid) is not None:
         raise ServeError(f"server pid {pid} did not exit within {timeout:.0f}s of SIGTERM; stop it by hand")
     with contextlib.suppress(FileNotFoundError):
         state.unlink()
