@@ -84,7 +84,8 @@ def harden(config: str, limits: EdgeLimits) -> str:
             section = stripped
         if section == "defaults" and (stripped.startswith(managed) or stripped.startswith(marker)):
             continue
-        if section == HTTP_FRONTEND and stripped.startswith(marker):
+        if section == HTTP_FRONTEND and (stripped.startswith(marker) or (
+                stripped.startswith("http-request return status 413") and "serving.limits" in stripped)):
             continue
         if section in STATS_SECTIONS:
             bind = re.fullmatch(r"bind\s+(\S*?):(\d+)(\s.*)?", stripped)

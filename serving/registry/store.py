@@ -8,8 +8,8 @@ that tell a user what to do when a run or version is missing should read the sam
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import os
+import pwd
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,14 +41,20 @@ def mlflow_client(settings: RegistrySettings) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
-def acting_user(user: str | None) -> str:
-    """Who acts: the argument, else $RECFORGE_USER, else the login name (decisions record a person)."""
-    if user or os.environ.get("RECFORGE_USER"):
-        return str(user or os.environ["RECFORGE_USER"])
+def os_user() -> str:
+    """The login name of the account this process runs as (from the OS, not from anything the caller sets)."""
     try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name (some containers): say so rather than fail
-        return "unknown"
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (some containers): record the uid itself
+        return f"uid {os.geteuid()}"
+
+
+def acting_user(claim: str | None) -> str:
+    """Who acts, as decisions record it: the OS account running the command; a name the caller gives (`--user`,
+    else $RECFORGE_USER) is shown beside it as a claim only, since anyone can set it: `alice (claims ci-bot)`."""
+    who = os_user()
+    claim = (claim or os.environ.get("RECFORGE_USER") or "").strip()
+    return f"{who} (claims {claim})" if claim and claim != who else who
 
 
 def now() -> tuple[str, str]:

@@ -25,6 +25,7 @@ from recforge.cli import main
 from recforge.config import RecForgeConfig, load, registry_settings
 from serving import registry
 from serving.registry import RegistryError
+from serving.registry.store import os_user
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -163,9 +164,10 @@ def test_force_needs_a_reason_and_records_who_and_why(story: dict[str, Any]) -> 
     assert story["aliases_forced"] == {"champion": 3, "previous": 2}
     tags = story["versions"][3].tags
     assert tags["recforge.decision"] == "forced"
-    assert tags["recforge.decision.user"] == "alice"
+    me = os_user()  # the OS account records the decision; a given name is a claim beside it
+    assert tags["recforge.decision.user"] == f"{me} (claims alice)"
     assert tags["recforge.decision.reason"] == "campaign hotfix, checked by hand"
-    assert story["versions"][2].tags["recforge.decision.user"] == "ci-reviewer"  # $RECFORGE_USER
+    assert story["versions"][2].tags["recforge.decision.user"] == f"{me} (claims ci-reviewer)"  # $RECFORGE_USER
 
 
 def test_every_attempt_writes_a_review_with_both_metrics_deltas_lineage_and_decision(
