@@ -234,3 +234,47 @@ def test_everything_started_listens_on_loopback_only(app: str) -> None:
     assert any(b["process"] == "haproxy" for b in bound), bound  # the edge under test is running
     exposed = [b for b in bound if b["address"] not in LOOPBACK]
     assert not exposed, exposed
+
+
+# ------------------------------------------------------------------------------------------------ recforge serve
+def test_recforge_serve_detached_listens_on_loopback_and_stops_through_its_private_state_file(
+        scenario: Scenario, app: str, tmp_path: Path) -> None:
+    """The real command: `recforge serve --detach` (its own local Ray), every socket of its process tree on
+    loopback, then `recforge serve --stop` through the state file in the private runtime directory."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from feature_store.raycluster import free_port
+    from tests.conftest import ROOT
+    from tests.serving.test_app import SMALL
+
+    port = free_port()
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "RECFORGE_PROGRESS": "0"}
+    for k in [k for k in env if k.startswith("RAY_")]:  # the child starts its own Ray with its own HAProxy files
+        del env[k]
+    sets = [a for o in [*SMALL, f"output_dir={scenario.cfg.output_dir}", *LIMITS] for a in ("--set", o)]
+    base = [sys.executable, "-m", "recforge.cli", "serve", "-c", str(ROOT / "configs" / "demo.yaml"), *sets,
+            "--port", str(port)]
+    started = subprocess.run([*base, "--detach", "--json"], env=env, capture_output=True, text=True, timeout=400)
+    assert started.returncode == 0, started.stdout + started.stderr
+    pid = int(json.loads(started.stdout)["pid"])
+    try:
+        state = tmp_path / "recforge" / f"serve-{port}.json"
+        assert state.is_file() and oct(state.stat().st_mode & 0o777) == oct(0o600)
+        assert oct((tmp_path / "recforge").stat().st_mode & 0o777) == oct(0o700)
+        root = psutil.Process(pid)
+        tree = {p.pid for p in [root, *root.children(recursive=True)]}
+        bound = [(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections(kind="inet")
+                 if c.pid in tree and c.laddr and (c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM)]
+        assert ("127.0.0.1", port) in [(ip, p) for ip, p, _ in bound], bound
+        exposed = [b for b in bound if b[0] not in LOOPBACK]
+        assert not exposed, exposed
+    finally:
+        stopped = subprocess.run([sys.executable, "-m", "recforge.cli", "serve", "--stop", "--port", str(port),
+                                  "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert json.loads(stopped.stdout)["stopped"] is True
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not state.exists()
