@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,15 @@ def dataset(name: str) -> Path:
         pytest.skip(f"real data set '{name}' not found at ../shared/datasets/{name} (only in the project's "
                     f"development checkout); this test needs it")
     return path
+
+
+def record_figures(name: str, figures: dict[str, Any]) -> None:
+    """Keep a test's measured figures as <RECFORGE_RELIABILITY_OUT>/<name>.json when that variable is set
+    (scripts.bench.reliability runs the reliability tests with it and renders docs/benchmarks.md from them)."""
+    out = os.environ.get("RECFORGE_RELIABILITY_OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / f"{name}.json").write_text(json.dumps(figures, indent=2))
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.conftest import record_figures
 from tests.serving.test_app import Scenario, build_scenario, call, known_user, start
 
 pytestmark = pytest.mark.slow
@@ -34,14 +35,6 @@ pytestmark = pytest.mark.slow
 LIMITS = ["serving.limits.header_timeout_s=3", "serving.limits.client_timeout_s=5",
           "serving.limits.max_body_bytes=65536"]
 HALF_OPEN = 300
-
-
-def record(name: str, figures: dict[str, Any]) -> None:
-    """Keep `figures` as <RECFORGE_RELIABILITY_OUT>/<name>.json when that variable is set."""
-    out = os.environ.get("RECFORGE_RELIABILITY_OUT")
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / f"{name}.json").write_text(json.dumps(figures, indent=2))
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +106,7 @@ def test_half_open_connections_neither_block_nor_slow_normal_requests(scenario: 
                "p50_during_ms": round(float(np.median(during)), 2), "p99_during_ms": round(p99_during, 2),
                "held_s": round(held_for, 2), "closed_by_edge": closed, "all_closed_after_s": round(closed_after, 2),
                "header_timeout_s": 3}
-    record("slow_clients", figures)
+    record_figures("slow_clients", figures)
     assert closed == HALF_OPEN, figures
     # the usual latency: p99 during the flood within 3x the p99 before it (plus 50 ms of scheduling noise on a
     # 2-core machine); before the edge limits, 140 such connections made a normal request time out after 20 s
@@ -203,7 +196,7 @@ def test_no_generated_request_gets_a_5xx(app: str) -> None:
     figures = {"requests": sum(statuses.values()), "server_errors": sum(n for s, n in statuses.items() if s >= 500),
                "statuses": {str(k): v for k, v in sorted(statuses.items())},
                "examples_per_operation_and_mode": examples, "seconds": round(time.perf_counter() - t0, 1)}
-    record("fuzz", figures)
+    record_figures("fuzz", figures)
     assert not failures, "\n".join(failures[:10])
     assert figures["requests"] >= examples, figures
 
@@ -230,7 +223,7 @@ def test_everything_started_listens_on_loopback_only(app: str) -> None:
                 name = "?"
             bound.append({"process": name, "address": c.laddr.ip, "port": c.laddr.port,
                           "proto": "udp" if c.type == socket.SOCK_DGRAM else "tcp"})
-    record("listeners", {"sockets": sorted(bound, key=lambda b: (b["process"], b["port"]))})
+    record_figures("listeners", {"sockets": sorted(bound, key=lambda b: (b["process"], b["port"]))})
     assert any(b["process"] == "haproxy" for b in bound), bound  # the edge under test is running
     exposed = [b for b in bound if b["address"] not in LOOPBACK]
     assert not exposed, exposed
