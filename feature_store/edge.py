@@ -10,7 +10,9 @@ before Ray starts) that rewrites each configuration Ray writes (`harden`) and th
 (exec, same pid, so Ray's process handling and graceful reloads are unchanged). What it sets:
 
 - `timeout http-request` (headers and, with `option http-buffer-request`, the body: HAProxy waits for the whole
-  body before it forwards a request, so a slow client occupies one HAProxy connection, never a replica);
+  body before it forwards a request, so a slow client occupies one HAProxy connection, never a replica); its
+  buffer (`tune.bufsize`, 16 KiB in Ray's template) is raised to hold the largest body allowed plus headers, so
+  "whole" holds for every accepted request (a held request costs that much memory: 272 KiB by default);
 - `timeout client` (client inactivity) and `timeout http-keep-alive` (an idle kept-alive connection);
 - a 413 for a declared body above `max_body_bytes` (a chunked body is counted by the app itself);
 - the stats page and metrics exporter on `stats_host` (loopback unless configured otherwise).
@@ -36,6 +38,7 @@ LAUNCHER = "haproxy"
 WILDCARD_HOSTS = ("", "*", "0.0.0.0", "::", "[::]")
 STATS_SECTIONS = ("frontend prometheus", "listen stats")
 HTTP_FRONTEND = "frontend http_frontend"
+HEADER_ROOM = 16 << 10  # bytes of a buffer left for request headers beside the largest body
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class EdgeLimits:
     header_timeout_s: int = 10
     client_timeout_s: int = 30
     keepalive_timeout_s: int = 10
-    max_body_bytes: int = 1 << 20
+    max_body_bytes: int = 256 << 10
     stats_host: str = "127.0.0.1"
 
 
@@ -87,6 +90,10 @@ def harden(config: str, limits: EdgeLimits) -> str:
         if section == HTTP_FRONTEND and (stripped.startswith(marker) or (
                 stripped.startswith("http-request return status 413") and "serving.limits" in stripped)):
             continue
+        if section == "global" and stripped.startswith("tune.bufsize "):
+            # a request (headers + a body up to the limit) must fit HAProxy's buffer for it to be held whole
+            size = max(int(stripped.split()[1]), limits.max_body_bytes + HEADER_ROOM)
+            line = f"    tune.bufsize {size}"
         if section in STATS_SECTIONS:
             bind = re.fullmatch(r"bind\s+(\S*?):(\d+)(\s.*)?", stripped)
             if bind and bind.group(1) in WILDCARD_HOSTS:

@@ -21,9 +21,10 @@ Endpoints (OpenAPI docs at /docs):
 Bad bodies get 422 naming the field (`k` above `serving.max_k`, empty or too long `item_ids`, wrong types,
 unknown context fields, and whatever the models cannot take: integers outside int64, invalid Unicode, NaN and
 infinities, oversized ids or context); a body above `serving.limits.max_body_bytes` gets 413. Error bodies never
-echo the input back (a lone surrogate could not even be written as JSON). Scores sent are always finite. Every answer says which model versions produced it and how long each stage took
-(`timings_ms` and a `Server-Timing` header: features = online-store reads, retrieval, ranking, calls = the rest
-of the time inside Serve calls (routing, queueing, batching), total = the ingress's wall time).
+echo the input back (a lone surrogate could not even be written as JSON). Scores sent are always finite.
+Every answer says which model versions produced it and how long each stage took (`timings_ms` and a
+`Server-Timing` header: features = online-store reads, retrieval, ranking, calls = the rest of the time inside
+Serve calls (routing, queueing, batching), total = the ingress's wall time).
 
 Reliability: split: a model call that fails because its replica died (Ray Serve does not retry a request already
 sent to a replica) is retried by the ingress up to `RETRIES` times; Serve routes the retry to a live or restarted

@@ -61,8 +61,10 @@ class LimitsConfig(StrictModel):
                                                         "(HAProxy `timeout client`; Ray's default is 3600)")
     keepalive_timeout_s: int = Field(10, gt=0, description="an idle kept-alive connection is closed after this "
                                                            "(HAProxy `timeout http-keep-alive`)")
-    max_body_bytes: int = Field(1 << 20, gt=0, description="largest request body (413 above), checked on "
-                                                          "Content-Length at the edge and on the bytes read in the app")
+    max_body_bytes: int = Field(256 << 10, gt=0, description="largest request body (413 above), checked on "
+                                                            "Content-Length at the edge and on the bytes read in the "
+                                                            "app; HAProxy holds a request this large whole before "
+                                                            "forwarding it (1,000 ids of 256 characters fit)")
     max_id_length: int = Field(256, gt=0, description="longest string user or item id (422 above)")
     max_context_fields: int = Field(64, gt=0, description="most keys in a request's `context` (422 above)")
     max_context_value_length: int = Field(1024, gt=0, description="longest string, and longest list, in a context "

@@ -19,6 +19,7 @@ from serving import server
 
 RAY_CONFIG = """global
     log /tmp/x/access-log.sock local0 info
+    tune.bufsize 16384
     stats socket /tmp/x/admin.sock mode 666 level admin expose-fd listeners
 defaults
     mode http
@@ -47,7 +48,7 @@ def test_harden_sets_timeouts_body_limit_and_loopback_stats() -> None:
     assert "timeout client 3600s" not in lines
     for expected in ("timeout client 20s", "timeout http-request 7s", "timeout http-keep-alive 4s",
                      "option http-buffer-request", "bind 127.0.0.1:9101", "bind 127.0.0.1:8404",
-                     "bind 127.0.0.1:8000", "timeout server 60s"):
+                     "bind 127.0.0.1:8000", "timeout server 60s", f"tune.bufsize {1000 + edge.HEADER_ROOM}"):
         assert expected in lines, (expected, out)
     deny = [line for line in lines if line.startswith("http-request return status 413")]
     assert len(deny) == 1 and "gt 1000" in deny[0]

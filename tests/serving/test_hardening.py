@@ -74,13 +74,18 @@ def test_half_open_connections_neither_block_nor_slow_normal_requests(scenario: 
     before = timed_predicts(app, body, 60)
     host, port = host_port(app)
     held: list[socket.socket] = []
-    head = (b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n"
-            b'{"user_id": 1, "item_ids": [')  # a body that never finishes
+    def head(length: int, sent: bytes) -> bytes:  # a body that never finishes
+        return (b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % length) + sent
+
+    small = head(4096, b'{"user_id": 1, "item_ids": [')
+    # past Ray's default 16 KiB HAProxy buffer, within the 64 KiB limit of this app: still held whole at the edge
+    large = head(60_000, b'{"user_id": 1, "item_ids": [' + b"1, " * 7000)
     opened = time.monotonic()
     try:
-        for _ in range(HALF_OPEN):
+        for i in range(HALF_OPEN):
             s = socket.create_connection((host, port), timeout=10)
-            s.sendall(head)
+            s.sendall(small if i % 2 else large)
             held.append(s)
         during = timed_predicts(app, body, 60)
         held_for = time.monotonic() - opened
