@@ -25,6 +25,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from feature_store.secrets import SecretUrl
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -544,7 +546,9 @@ class RedisOnlineStoreConfig(StrictModel):
     """A Redis server, shared by serving replicas on several machines."""
 
     type: Literal["redis"] = Field(description="selects Redis")
-    url: str = Field("redis://127.0.0.1:6379/0", description="server URL")
+    url: SecretUrl = Field("redis://127.0.0.1:6379/0", description="server URL; secret: its credentials "
+                                                             "(`redis://:password@host`) are redacted in every "
+                                                             "output")
     namespace: str = Field("recforge", description="prefix of every key the store owns (several scenarios can "
                                                    "share one server)")
 
@@ -804,10 +808,20 @@ def load_config(
 
 
 def dump_config(cfg: BaseModel, path: str | os.PathLike[str]) -> Path:
-    """Write the resolved config (defaults filled in) as YAML next to an output."""
+    """Write the resolved config (defaults filled in) as YAML next to an output: secrets redacted (their types
+    serialise so, feature_store.secrets) and the file readable by its owner only (mode 0600, from its creation:
+    never a moment world-readable), since a config is where people put what they should not."""
+    return write_private(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def write_private(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` to a file only its owner can read (0600 from its creation; an existing file is made so)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: set it
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
     return out
 
 

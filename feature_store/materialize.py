@@ -26,6 +26,7 @@ from feature_store.config import FeatureStoreConfig, SQLiteOnlineStoreConfig
 from feature_store.offline import OfflineStore
 from feature_store.online import OnlineStore, materialize, open_online_store
 from feature_store.prepare import HISTORY_TABLE, layout, load_profiles
+from feature_store.secrets import redact_url
 
 PROFILE_VIEW = "user_profile"
 SEGMENT_VIEW = "user_segment"
@@ -42,7 +43,7 @@ def describe_store(cfg: FeatureStoreConfig) -> str:
     oc = cfg.online_store
     if isinstance(oc, SQLiteOnlineStoreConfig):
         return f"sqlite:{oc.path or Path(cfg.output_dir) / 'online.db'}"
-    return f"redis:{oc.url} (namespace {oc.namespace})"
+    return f"redis:{redact_url(oc.url)} (namespace {oc.namespace})"
 
 
 def _end_of_log(offline: OfflineStore, ts: str) -> int | None:

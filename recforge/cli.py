@@ -18,6 +18,7 @@ from typing import Any
 
 from feature_store.config import ConfigError
 from feature_store.rejects import RejectFractionExceeded
+from feature_store.secrets import scrub
 from feature_store.spec import SpecError
 from recforge import config as config_mod
 from recforge import logs
@@ -225,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.setup(args.verbose)
+    sys.excepthook = _scrubbed_excepthook
     if args.command == "query":  # a client of a running server: no config
         from serving.client import run as run_query
 
@@ -247,30 +249,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = _run(args.command, cfg, getattr(args, "kind", None))
     except (ConfigError, RejectFractionExceeded, FileNotFoundError, SpecError, ConnectionError,
             RegistryError, ServeError) as exc:
-        print(f"recforge {args.command}: error: {exc}", file=sys.stderr)
+        print(scrub(f"recforge {args.command}: error: {exc}"), file=sys.stderr)
         return 2
     except IndexRecallError as exc:  # a built index below the recall floor: nothing was written
-        print(f"recforge {args.command}: error: {exc}", file=sys.stderr)
+        print(scrub(f"recforge {args.command}: error: {exc}"), file=sys.stderr)
         return 3
     except Exception as exc:
         if type(exc).__module__.startswith("redis"):  # server unreachable, auth, ...
-            print(f"recforge {args.command}: error: online store: {exc}", file=sys.stderr)
+            print(scrub(f"recforge {args.command}: error: online store: {exc}"), file=sys.stderr)
             return 2
         raise
     if args.command == "promote" and not result["promoted"]:  # refused by the gate: the figures go to stderr
         from recforge.report import render
 
-        print(render("promote", result), file=sys.stderr)
+        print(scrub(render("promote", result)), file=sys.stderr)
         if args.json:
-            print(json.dumps(result, indent=2, default=str))
+            print(scrub(json.dumps(result, indent=2, default=str)))
         return 4
     if args.json:
-        print(json.dumps(result, indent=2, default=str))
+        print(scrub(json.dumps(result, indent=2, default=str)))
     else:
         from recforge.report import render
 
-        print(render(args.command if getattr(args, "kind", None) != "retrieval" else "train_retrieval", result))
+        print(scrub(render(args.command if getattr(args, "kind", None) != "retrieval" else "train_retrieval", result)))
     return 0
+
+
+def _scrubbed_excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """An unexpected error's traceback, with the config's secrets and any URL's credentials masked."""
+    import traceback
+
+    sys.stderr.write(scrub("".join(traceback.format_exception(kind, exc, tb))))
 
 
 def _run(command: str, cfg: config_mod.RecForgeConfig, kind: str | None = None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from feature_store import secrets
 from feature_store.config import FeatureStoreConfig, load_config
 from serving.config import AppSettings, RegistryConfig, ServingConfig, model_names
 from serving.registry.settings import RegistrySettings
@@ -112,7 +113,9 @@ class RecForgeConfig(FeatureStoreConfig):
 def load(path: str | Path | None, overrides: Iterable[str] = (), *, models: bool = True) -> RecForgeConfig:
     """The scenario config. `models=False` leaves `train.model` / `train.model_params` unchecked against the model
     zoo (which imports torch): for commands that never build a model (`training.ranking.config.checks_models`)."""
-    return load_config(path, RecForgeConfig, overrides, context=None if models else {"models": False})
+    cfg = load_config(path, RecForgeConfig, overrides, context=None if models else {"models": False})
+    secrets.register(cfg)  # logs and error messages of this process mask its secret values
+    return cfg
 
 
 def gauc_absent_reason(cfg: FeatureStoreConfig | RecForgeConfig) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from feature_store import progress
+from feature_store import progress, secrets
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -73,6 +73,22 @@ class _KnownChatter(logging.Filter):
         return not ("/torchrec/" in path and record.getMessage().startswith("Trying to non-strict torch.export KJT"))
 
 
+class _Scrub(logging.Filter):
+    """Masks the loaded config's secret values and any URL's credentials in every record (feature_store.secrets);
+    installed with or without `-v`. The record's message is formatted once here and its arguments dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = secrets.scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = secrets.scrub(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = secrets.scrub(record.exc_text)
+        return True
+
+
 def setup(verbose: bool = False) -> None:
     """Configure logging for one CLI process: INFO with the framework chatter filtered, or DEBUG with all of it.
     On a terminal the records go through the progress display's console, so that they print above a live
@@ -90,7 +106,8 @@ def setup(verbose: bool = False) -> None:
         logger = logging.getLogger(name)
         logger.filters[:] = [f for f in logger.filters if not isinstance(f, _MinLevel)]
     for handler in logging.getLogger().handlers:
-        handler.filters[:] = [f for f in handler.filters if not isinstance(f, _KnownChatter)]
+        handler.filters[:] = [f for f in handler.filters if not isinstance(f, _KnownChatter | _Scrub)]
+        handler.addFilter(_Scrub())
     if verbose:
         return
     for message, category, module in WARNINGS:

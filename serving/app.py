@@ -483,7 +483,7 @@ def build_app(app: AppSettings) -> Any:
     uri = app.tracking_uri
     ranker_name, retriever_name = app.ranker_model, app.retriever_model
     replica = ReplicaSettings(threads=max(1, int(s.cpus_per_replica)), device="cuda" if s.num_gpus > 0 else "cpu")
-    store = StoreSettings(app.online_store.model_dump(mode="json"), str(Path(app.output_dir) / "online.db"),
+    store = StoreSettings(app.online_store.model_dump(), str(Path(app.output_dir) / "online.db"),
                           settings.user_key, settings.item_key, settings.seen_columns)
     ranker_args = (ModelSource("ranker", ranker_name, s.alias, uri, s.poll_seconds), replica, store,
                    RankerBatching(s.ranker_batch_size, s.ranker_batch_wait_ms / 1e3))

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from feature_store.config import FeaturesConfig, OnlineStoreConfig, StrictModel
+from feature_store.secrets import SecretText
 
 
 class GateConfig(StrictModel):
@@ -118,8 +119,9 @@ class ServingConfig(StrictModel):
     ranker_batch_wait_ms: float = Field(1.0, ge=0, description="how long a ranker batch waits to fill")
     max_ongoing_requests: int = Field(64, gt=0, description="requests one replica works on at once (Ray Serve "
                                                            "`max_ongoing_requests`; a split ingress takes 4x)")
-    admin_token: str | None = Field(None, description="token `POST /admin/reload` requires in `X-Admin-Token`; "
-                                                      "null disables the endpoint")
+    admin_token: SecretText | None = Field(None, description="token `POST /admin/reload` requires in "
+                                                             "`X-Admin-Token`; null disables the endpoint; secret: "
+                                                             "redacted in every output")
     stats_host: str = Field("127.0.0.1", description="address HAProxy's stats page and Prometheus metrics listen on "
                                                      "(loopback: this machine only); 0.0.0.0 opens them to others")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="timeouts and request size limits")

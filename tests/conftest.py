@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +45,39 @@ def ray_local() -> Iterator[object]:
     ray = ensure_ray(None, num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@contextmanager
+def redis_server(workdir: Path, password: str | None = None) -> Iterator[str]:
+    """A throw-away redis-server on a free 127.0.0.1 port (no persistence, `requirepass` when `password` is
+    given); yields its URL (with the password in it). Skips the test where it cannot start."""
+    redis = pytest.importorskip("redis", reason="the redis Python client is not installed")
+    from feature_store.raycluster import free_port
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not on PATH (make install puts it there with apt): Redis not tested")
+    port = free_port()
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "", "--appendonly", "no"]
+    if password:
+        args += ["--requirepass", password]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                pytest.skip(f"redis-server ({exe}) did not start on 127.0.0.1:{port}: Redis not tested")
+            time.sleep(0.05)
+    client.close()
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -36,6 +36,7 @@ from feature_store.online.base import (
     normalize_ids,
     unknown_entity,
 )
+from feature_store.secrets import redact_url, scrub
 
 PIPELINE_ROWS = 5_000
 SCAN_COUNT = 2_000
@@ -68,14 +69,15 @@ class RedisOnlineStore(OnlineStore):
             self._r.ping()
         except (redis.RedisError, ValueError) as exc:
             raise ConnectionError(
-                f"online store: cannot reach Redis at online_store.url={url!r} ({exc}); start the server or "
+                f"online store: cannot reach Redis at online_store.url={redact_url(url)!r} "
+                f"({scrub(str(exc))}); start the server or "
                 "fix the URL (redis://HOST:PORT/DB)"
             ) from exc
         self._entities_key = f"{namespace}:entities"
         self._pending_key = f"{namespace}:pending"
 
     def __repr__(self) -> str:
-        return f"RedisOnlineStore({self.url!r}, namespace={self.namespace!r})"
+        return f"RedisOnlineStore({redact_url(self.url)!r}, namespace={self.namespace!r})"
 
     def _row_prefix(self, token: str) -> str:
         return f"{self.namespace}:r:{token}:"

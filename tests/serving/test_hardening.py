@@ -276,3 +276,12 @@ def test_recforge_serve_detached_listens_on_loopback_and_stops_through_its_priva
     assert json.loads(stopped.stdout)["stopped"] is True
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not state.exists()
+
+
+def test_no_endpoint_shows_the_admin_token(app: str) -> None:
+    """The app's admin token (`serving.admin_token=s3cret` in the test config) in no answer: health, models, the
+    OpenAPI schema, a 422, a 401 and a 404."""
+    answers = [call(app, p)[1] for p in ("/healthz", "/models", "/openapi.json", "/no-such-path")]
+    answers.append(call(app, "/predict", {"user_id": "s3cret"})[1])
+    answers.append(call(app, "/admin/reload", {}, headers={"X-Admin-Token": "wrong"})[1])
+    assert "s3cret" not in json.dumps(answers).replace('"user_id": "s3cret"', "")

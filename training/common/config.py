@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from feature_store.config import StrictModel
+from feature_store.secrets import SecretUrl
 
 
 class RuntimeConfig(StrictModel):
@@ -74,7 +75,9 @@ class RetrievalOptimConfig(OptimConfig):
 class TrackingConfig(StrictModel):
     """Where a stage's runs are tracked in MLflow."""
 
-    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db (the "
-                                              "registry reads both stages' runs from it)")
+    uri: SecretUrl | None = Field(None, description="MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db "
+                                                    "(the registry reads both stages' runs from it); secret: "
+                                                    "credentials in it (`https://user:password@host`) are redacted "
+                                                    "in every output")
     experiment: str | None = Field(None, description="MLflow experiment name; default: the scenario name")
     log_model: bool = Field(True, description="log the model bundle as a run artifact (registration needs it)")

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from feature_store.config import write_private
 from feature_store.layout import StageLayout
+from feature_store.secrets import redact_doc
 from feature_store.spec import FeatureSpec
 from training.common.tracking import LINEAGE_DATA, LINEAGE_SPEC, TrackedRun, hash_prepared, log_params
 
@@ -96,7 +98,8 @@ def finish(trained: Trained, *, stage: Stage, layout: StageLayout, prepared: Pat
         client.log_batch(run.run_id, metrics=finite[i: i + 500])
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        (t / "resolved_config.yaml").write_text(yaml.safe_dump(dict(config_doc), sort_keys=False))
+        # private like every resolved config (MLflow's local artifact store copies the file with its mode)
+        write_private(t / "resolved_config.yaml", yaml.safe_dump(redact_doc(dict(config_doc)), sort_keys=False))
         (t / "test_metrics.json").write_text(json.dumps(trained.test, indent=2, default=float))
         if figures is not None:
             (t / "plots").mkdir()

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from feature_store.layout import RunLayout, StageLayout
+from feature_store.secrets import redact_doc, redact_url
 from training.common.config import TrackingConfig
 
 LINEAGE_DATA = "recforge.data_hash"
@@ -77,7 +78,9 @@ class TrackedRun:
     run_id: str
 
     def as_dict(self) -> dict[str, str]:
-        return {"tracking_uri": self.tracking_uri, "experiment": self.experiment, "run_id": self.run_id}
+        """What results and reports show: the URI without its credentials (feature_store.secrets)."""
+        return {"tracking_uri": redact_url(self.tracking_uri) or "", "experiment": self.experiment,
+                "run_id": self.run_id}
 
     def client(self) -> Any:
         import mlflow
@@ -150,11 +153,14 @@ def log_epochs(run: TrackedRun, rows: list[dict[str, float]]) -> None:
 
 
 def log_params(run: TrackedRun, config: Mapping[str, Any]) -> None:
-    """The resolved config as flattened params (skipping the ones a resumed run already has)."""
+    """The resolved config as flattened params (skipping the ones a resumed run already has). `config` is a JSON
+    dump (secret fields already redacted by their types); known secret values are masked again here, for a
+    caller that passed a plain mapping."""
     import mlflow
 
     client = run.client()
     existing = set(client.get_run(run.run_id).data.params)
-    batch = [mlflow.entities.Param(k[:250], v[:6000]) for k, v in flatten(config).items() if k[:250] not in existing]
+    batch = [mlflow.entities.Param(k[:250], v[:6000]) for k, v in flatten(redact_doc(config)).items()
+             if k[:250] not in existing]
     for i in range(0, len(batch), 100):
         client.log_batch(run.run_id, params=batch[i: i + 100])
