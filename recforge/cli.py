@@ -131,6 +131,8 @@ COMMANDS: dict[str, tuple[str, list[Option]]] = {
     "rollback": ("make a model's `previous` version the champion again", COMMON + REGISTRY),
     "registry": ("`recforge registry list --config X`: models, versions, aliases, metrics and decisions",
                  COMMON + REGISTRY),
+    "runs": ("`recforge runs list --config X`: the scenario's training runs with status, start and duration; a run "
+             "left RUNNING by a process that is gone is marked KILLED", COMMON),
 }
 REGISTRY_COMMANDS = ("register", "promote", "rollback", "registry")
 DATA_COMMANDS = ("generate", "prepare", "materialize")
@@ -154,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="what to train: ctr (a ranker) or retrieval (the two-tower candidate model)")
         if name == "index":
             p.add_argument("action", choices=["build"], help="build: embeddings -> index, with the recall guard")
+        if name == "runs":
+            p.add_argument("action", choices=["list"], help="list: every run of the scenario's experiments")
         if name in REGISTRY_COMMANDS:
             _registry_arguments(name, p)
         if name == "serve":
@@ -299,6 +303,8 @@ def _run(command: str, cfg: config_mod.RecForgeConfig, kind: str | None = None) 
         return pipeline.build_index(cfg)
     if command == "demo":
         return pipeline.demo(cfg)
+    if command == "runs":
+        return pipeline.runs(cfg)
     raise AssertionError(command)
 
 

@@ -113,6 +113,18 @@ def oracle_auc(cfg: RecForgeConfig) -> float | None:
     return auc(test.column("label").to_numpy(), test.column("p_click").to_numpy())
 
 
+def runs(cfg: RecForgeConfig) -> dict[str, Any]:
+    """`recforge runs list`: the scenario's training runs (both stages), runs of dead processes marked KILLED."""
+    from recforge.config import tracking_uri
+    from training.common.tracking import list_runs
+
+    uri = tracking_uri(cfg)
+    experiments = [cfg.train.tracking.experiment or cfg.name, cfg.retrieval.tracking.experiment or cfg.name]
+    found, killed = list_runs(uri, experiments)
+    return {"tracking_uri": uri, "experiments": list(dict.fromkeys(experiments)), "runs": found,
+            "killed_now": killed}
+
+
 def demo(cfg: RecForgeConfig) -> dict[str, Any]:
     """generate (synthetic sources) -> prepare -> materialize -> train the ranker -> train the two-tower
     retrieval model and build its index -> register both and promote them through the gate -> serve them and

@@ -69,7 +69,24 @@ def render_train(r: dict[str, Any]) -> list[str]:
     lines.append(f"  bundle: {r['bundle']}")
     ml = r["mlflow"]
     lines.append(f"  MLflow run {ml['run_id']} (experiment '{ml['experiment']}', {ml['tracking_uri']})")
+    point = r.get("resumed_from")
+    if point:
+        where = f"epoch {point['epoch']}, step {point['step']:,}" if point.get("step") is not None else "latest"
+        lines.append(f"  resumed from {point['checkpoint']} ({where})")
     lines.append(f"  time: {r['seconds']:.1f}s")
+    return lines
+
+
+def render_runs(r: dict[str, Any]) -> list[str]:
+    lines = [f"Runs of {', '.join(r['experiments'])} ({r['tracking_uri']})"]
+    if r["killed_now"]:
+        lines.append(f"  marked KILLED now (their process is gone): {', '.join(r['killed_now'])}")
+    if not r["runs"]:
+        lines.append("  (no runs yet: `recforge train ctr --config X` makes one)")
+    for run in r["runs"]:
+        note = f"  {run['note']}" if run["note"] else ""
+        lines.append(f"  {run['run_id']}  {run['name'] or '-':<10} {run['status']:<9} {run['start']}  "
+                     f"{run['seconds']:>8.1f}s{note}")
     return lines
 
 
@@ -226,6 +243,8 @@ def render(command: str, result: dict[str, Any]) -> str:
         return "\n".join(render_rollback(result))
     if command == "registry":
         return "\n".join(render_registry(result))
+    if command == "runs":
+        return "\n".join(render_runs(result))
     if command == "serve":
         return "\n".join(render_serve(result))
     if command == "demo":

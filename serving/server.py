@@ -246,12 +246,26 @@ def start_detached(argv: Sequence[str], port: int, host: str, log_path: Path,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         body = wait_healthy(url, timeout, alive=lambda: proc.poll() is None)
+        _wait_state(port, proc)
     except ServeError as exc:
         if proc.poll() is None:
             proc.terminate()
         tail = log_path.read_text(errors="replace")[-2000:]
         raise ServeError(f"{exc}; server log {log_path}:\n{tail}") from None
     return {"url": url, "pid": proc.pid, "log": str(log_path), "models": body.get("models", {})}
+
+
+def _wait_state(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Waits for the child's state file: it is written just after /healthz first answers, and `--detach` returns
+    only once `--stop` can find the server."""
+    path = state_path(port)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
+            if int(json.loads(path.read_text())["pid"]) == proc.pid:
+                return
+        time.sleep(0.1)
+    raise ServeError(f"the server answered but did not record itself in {path} within {timeout:.0f}s")
 
 
 def stop_detached(port: int, timeout: float = 60.0) -> dict[str, Any]:

@@ -81,7 +81,7 @@ def train_run(work: Path, prepared_root: Path, tag: str, name: str, train_doc: d
     result = train_ctr(out, name, cfg, tracking_uri=uri).to_dict()
     seconds = time.perf_counter() - t0
     best = result["best_checkpoint"]
-    best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) + 1 if best else None
+    best_epoch = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"]) + 1 if best else None
     client = MlflowClient(uri)
     per_epoch: dict[str, list[float]] = {}
     for metric in ("auc", "logloss", "gauc"):

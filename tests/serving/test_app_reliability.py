@@ -143,7 +143,7 @@ def test_a_broken_version_keeps_the_old_one_serving_and_shows_the_error(scenario
         after = time.time()
         time.sleep(1.5)
     assert error is not None and error["version"] == broken
-    assert error["error"].startswith("UnpicklingError")  # the corrupted state_dict.pt, named by its error
+    assert error["error"].startswith("UnsafeWeightsError") and "state_dict.pt" in error["error"]  # named, with the fix
     assert load.errors == []
     assert set(load.versions(after)) == {good}
     assert call(url, "/models")[1]["ranker"]["version"] == good

@@ -124,11 +124,17 @@ class InMemoryBatches:
 
     With `device` set (e.g. cuda) the tensors are moved there once (GPU-resident mode) and batches are sliced on
     the device; otherwise they stay on the host, pinned when `pin_memory` so copies can be non-blocking.
+
+    Resumable mid-epoch (Lightning's `state_dict` / `load_state_dict` loader protocol): with `progress_fn` (the
+    trainer's count of this epoch's processed batches) a checkpoint records where the epoch was, and a resumed job
+    continues the same epoch's permutation at the next batch instead of starting it over (which would train on its
+    first batches twice and never on its last ones).
     """
 
     def __init__(self, tensors: Batch, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False,
                  device: torch.device | str | None = None, pin_memory: bool = False,
-                 epoch_fn: Callable[[], int] | None = None, rank: int = 0, world_size: int = 1) -> None:
+                 epoch_fn: Callable[[], int] | None = None, rank: int = 0, world_size: int = 1,
+                 progress_fn: Callable[[], int] | None = None) -> None:
         if device is not None:
             tensors = {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
         elif pin_memory and torch.cuda.is_available():
@@ -140,6 +146,8 @@ class InMemoryBatches:
         self.drop_last = drop_last
         self.epoch = 0
         self.epoch_fn = epoch_fn  # the trainer's epoch, so a resumed run replays the same permutation
+        self.progress_fn = progress_fn
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained) of a restored checkpoint
         self.rank, self.world_size = rank, world_size
         total = num_rows(tensors)
         # data parallel: every rank takes an equal share of each epoch's permutation (the remainder is skipped)
@@ -149,6 +157,15 @@ class InMemoryBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def state_dict(self) -> dict[str, int]:
+        """Where the epoch is, for a checkpoint (empty without `progress_fn`: not resumable mid-epoch)."""
+        if self.progress_fn is None or self.epoch_fn is None:
+            return {}
+        return {"epoch": int(self.epoch_fn()), "batches_done": int(self.progress_fn())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches_done"])) if state else None
+
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
         return full + (0 if self.drop_last or rest == 0 else 1)
@@ -156,6 +173,11 @@ class InMemoryBatches:
     def __iter__(self) -> Iterator[Batch]:
         dev = next(iter(self.tensors.values())).device
         epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        start = 0
+        if self._resume is not None:
+            if self._resume[0] == epoch:
+                start = min(self._resume[1], len(self))
+            self._resume = None
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.total, generator=g).to(dev)
@@ -165,7 +187,7 @@ class InMemoryBatches:
             base = order if order is not None else torch.arange(self.total, device=dev)
             order = base[self.rank: self.n * self.world_size: self.world_size]
         self.epoch = epoch + 1
-        for b in range(len(self)):
+        for b in range(start, len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.n)
             if order is None:
                 yield {k: v[lo:hi] for k, v in self.tensors.items()}

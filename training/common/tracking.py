@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -90,24 +92,117 @@ class TrackedRun:
 
 def open_run(tracking: TrackingConfig, *, output_dir: str | Path, scenario: str, stage: StageLayout, run_name: str,
              uri: str | None = None, resuming: bool = False, tags: Mapping[str, str] | None = None) -> TrackedRun:
-    """The MLflow run of this job: reopened when `resuming` and the stage folder recorded one, created otherwise.
+    """The MLflow run of this job: reopened when `resuming` and the stage folder recorded one (also when the job
+    was killed before its first checkpoint), created otherwise.
 
     `uri` (the CLI's --tracking-uri) wins over `tracking.uri`, which wins over the default store. The run id is kept
-    in the stage folder so that a resumed job continues the same run."""
+    in the stage folder so that a resumed job continues the same run. The run is tagged with the process that runs
+    it (host, pid, the pid's start time), and runs of the experiment left RUNNING by a process that is gone are
+    marked KILLED first (`mark_dead_runs`)."""
     uri = uri or tracking.uri or default_tracking_uri(output_dir)
     experiment = tracking.experiment or scenario
     experiment_id = ensure_experiment(uri, experiment, output_dir)
     import mlflow
 
     client = mlflow.MlflowClient(uri)
+    mark_dead_runs(client, [experiment_id])
     stage.root.mkdir(parents=True, exist_ok=True)
-    if resuming and stage.run_id_file.is_file():
-        run_id = stage.run_id_file.read_text().strip()
+    run_id = stage.run_id_file.read_text().strip() if resuming and stage.run_id_file.is_file() else None
+    if run_id is not None and _run_exists(client, run_id):
         client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "recforge.resumed", str(int(client.get_run(run_id).data.tags.get(
+            "recforge.resumed", "0")) + 1))
+        for key, value in {**dict(tags or {}), **process_tags()}.items():
+            client.set_tag(run_id, key, value)
     else:
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+        run_id = client.create_run(experiment_id, run_name=run_name,
+                                   tags={**dict(tags or {}), **process_tags()}).info.run_id
     stage.run_id_file.write_text(run_id)
     return TrackedRun(uri, experiment, run_id)
+
+
+# ------------------------------------------------------------------------------------------------ dead runs
+TAG_HOST, TAG_PID, TAG_PID_STARTED = "recforge.host", "recforge.pid", "recforge.pid_started"
+TAG_KILLED = "recforge.killed"
+
+
+def process_tags() -> dict[str, str]:
+    """Who runs a job: this host, this pid and when the pid started (so a reused pid is not taken for it)."""
+    import psutil
+
+    return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()),
+            TAG_PID_STARTED: f"{psutil.Process().create_time():.3f}"}
+
+
+def _run_exists(client: Any, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def run_process_state(tags: Mapping[str, str]) -> str:
+    """Whether the process a RUNNING run names still runs it: "alive", "gone" (same host, no such process, or the
+    pid now belongs to a process started at another time), or "unknown" (another host, or a run not tagged)."""
+    import psutil
+
+    if tags.get(TAG_HOST) != socket.gethostname() or TAG_PID not in tags:
+        return "unknown"
+    try:
+        started = psutil.Process(int(tags[TAG_PID])).create_time()
+    except (psutil.NoSuchProcess, ValueError):
+        return "gone"
+    recorded = tags.get(TAG_PID_STARTED)
+    return "alive" if recorded is None or abs(started - float(recorded)) < 0.01 else "gone"
+
+
+def mark_dead_runs(client: Any, experiment_ids: list[str]) -> list[str]:
+    """Mark KILLED every RUNNING run of `experiment_ids` whose process is gone (`run_process_state`), with a tag
+    saying so: a job killed with SIGKILL (or by the OOM killer, or a power cut) cannot mark its own run. Returns
+    the run ids marked."""
+    marked = []
+    for run in client.search_runs(experiment_ids, filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if run_process_state(tags) != "gone":
+            continue
+        found = time.strftime("%Y-%m-%d %H:%M:%S")
+        client.set_tag(run.info.run_id, TAG_KILLED, f"process {tags.get(TAG_PID)} on {tags.get(TAG_HOST)} ended "
+                                                    f"without finishing the run (found {found})")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        marked.append(run.info.run_id)
+    return marked
+
+
+def list_runs(tracking_uri: str, experiments: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The runs of `experiments` (newest first), after marking dead ones KILLED: id, name, status, start, seconds,
+    and a note on the process (killed, running elsewhere); and the ids this call marked KILLED."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    ids = [e.experiment_id for e in (client.get_experiment_by_name(n) for n in dict.fromkeys(experiments))
+           if e is not None]
+    if not ids:
+        return [], []
+    killed = mark_dead_runs(client, ids)
+    out = []
+    for run in client.search_runs(ids, order_by=["attributes.start_time DESC"], max_results=1000):
+        info, tags = run.info, run.data.tags
+        end = info.end_time or int(time.time() * 1000)
+        note = tags.get(TAG_KILLED, "") if info.status == "KILLED" else ""
+        if info.status == "RUNNING":
+            state = run_process_state(tags)
+            note = {"alive": f"pid {tags.get(TAG_PID)} running", "unknown": f"on host {tags.get(TAG_HOST, '?')}: "
+                    "cannot tell whether it still runs"}.get(state, note)
+        if tags.get("recforge.resumed"):
+            note = (note + "; " if note else "") + f"resumed {tags['recforge.resumed']}x"
+        out.append({"run_id": info.run_id, "name": info.run_name, "experiment": client.get_experiment(
+                        info.experiment_id).name, "status": info.status,
+                    "start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.start_time / 1000)),
+                    "seconds": round((end - info.start_time) / 1000, 1), "note": note})
+    return out, killed
 
 
 def mlflow_metric_name(name: str) -> str:

@@ -22,6 +22,7 @@ import torch
 from feature_store.spec import FeatureSpec
 from training.common.data import table_to_tensors
 from training.common.features import LABEL, FeatureLayout
+from training.common.weights import load_weights
 from training.ranking.models import CTRModel, build_model, model_config
 
 BUNDLE_FORMAT = "recforge.ranker"
@@ -88,5 +89,5 @@ def load_bundle(directory: str | Path, *, map_location: str = "cpu") -> Ranker:
     layout = FeatureLayout.from_spec(spec)
     cfg = model_config(info["model"], info["model_config"])
     model = build_model(info["model"], layout, cfg)
-    model.load_state_dict(torch.load(d / "state_dict.pt", map_location=map_location))
+    model.load_state_dict(load_weights(d / "state_dict.pt", map_location))
     return Ranker(model.eval(), spec, layout, info)

@@ -52,7 +52,13 @@ class TrainConfig(StrictModel):
         None, description="keep the train split in GPU memory; null = when it needs under 40% of the free memory")
     sharded: bool = Field(False, description="TorchRec planner + DistributedModelParallel over `runtime.devices` "
                                              "processes (table-wise or row-wise sharded embeddings)")
-    resume: bool = Field(False, description="continue from the last checkpoint of the same output directory")
+    resume: bool = Field(False, description="continue from the last checkpoint of the same output directory, in "
+                                            "the same MLflow run; says what it resumed from, or that there was "
+                                            "nothing to resume")
+    checkpoint_every_n_steps: int = Field(
+        1000, ge=0, description="also write the resumable `last.ckpt` every N optimiser steps, not only at epoch "
+                                "end, so a killed job loses at most N steps (0: epoch end only); in-process "
+                                "training (Ray Train jobs checkpoint per epoch)")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="the MLflow run of the job")
     gauc: bool | None = Field(
         None, description="report the group AUC over `features.user_key` (docs/metrics.md#gauc). null = only when "

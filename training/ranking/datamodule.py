@@ -74,6 +74,11 @@ class CTRDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return int(trainer.current_epoch) if trainer is not None else 0
 
+    def _batches_done(self) -> int:
+        """Training batches processed in the current epoch (what a mid-epoch checkpoint resumes after)."""
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer is not None else 0
+
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
         if trainer is None:
@@ -93,7 +98,7 @@ class CTRDataModule(pl.LightningDataModule):
         return InMemoryBatches(self.tensors[split], self.batch_size if train else self.eval_batch_size,
                                shuffle=train, seed=self.seed, device=self._device(),
                                pin_memory=torch.cuda.is_available(), epoch_fn=epoch_fn, rank=rank,
-                               world_size=world)
+                               world_size=world, progress_fn=self._batches_done if train else None)
 
     def train_dataloader(self) -> Any:
         return self._batches("train", train=True)

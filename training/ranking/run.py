@@ -45,6 +45,22 @@ def budget_warning(train_rows: int, per_epoch: int, cfg: TrainConfig) -> str | N
             "config)")
 
 
+def resume_report(cfg: TrainConfig, stage: Any, strategy: Any) -> dict[str, Any] | None:
+    """With `train.resume`, say what the job continues from (the checkpoint, its epoch and step) or that there is
+    nothing to resume; the job's result carries it as `resumed_from`. A job killed before its first checkpoint
+    starts over, in the same MLflow run."""
+    if not cfg.resume:
+        return None
+    point = strategy.resume_point(cfg, stage)
+    if point is None:
+        log.info("nothing to resume in %s: starting fresh (in the same MLflow run if one was recorded)",
+                 stage.checkpoints)
+    else:
+        where = f"epoch {point['epoch']}, step {point['step']}" if point["step"] is not None else "its latest epoch"
+        log.info("resuming from %s (%s)", point["checkpoint"], where)
+    return point
+
+
 def strategy_of(cfg: TrainConfig) -> Any:
     """The strategy module that trains `cfg`."""
     if cfg.sharded:
@@ -65,15 +81,18 @@ def train_ctr(output_dir: str | Path, name: str, cfg: TrainConfig, *, config_doc
         log.warning(warning)
     strategy = strategy_of(cfg)
     mode = {local: "local", ray_train: "ray_train", sharded: "torchrec_sharded"}[strategy]
+    resumed_from = resume_report(cfg, stage, strategy)
     run = open_run(cfg.tracking, output_dir=output_dir, scenario=name, stage=stage, run_name=cfg.model,
-                   uri=tracking_uri, resuming=strategy.resuming(cfg, stage),
-                   tags={"recforge.mode": mode, "recforge.ray_workers": str(cfg.runtime.ray_workers)})
+                   uri=tracking_uri, resuming=cfg.resume,
+                   tags={"recforge.mode": mode, "recforge.ray_workers": str(cfg.runtime.ray_workers),
+                         **({"recforge.resumed_from_step": str(resumed_from["step"])}
+                            if resumed_from and resumed_from["step"] is not None else {})})
     with failed_run(run):
         fitted: Fitted = strategy.fit(cfg, prepared, stage, run, ray_address=ray_address)
         trained = Trained(model=cfg.model, epochs_run=fitted.epochs_run, global_steps=fitted.global_steps,
                           valid=fitted.valid, test=fitted.test, device=fitted.device, precision=fitted.precision,
                           history=fitted.history, distributed=fitted.distributed,
-                          details={"best_checkpoint": fitted.best_checkpoint})
+                          details={"best_checkpoint": fitted.best_checkpoint, "resumed_from": resumed_from})
         if not fitted.global_zero:  # a DDP rank other than 0: rank 0 logs and writes
             return trained.result(stage="ranking", bundle=stage.bundle, run=run, lineage={}, started=started)
         save_bundle(stage.bundle, model_name=cfg.model, model=fitted.model, spec_dir=layout.spec,

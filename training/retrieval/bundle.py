@@ -27,6 +27,7 @@ import torch
 
 from feature_store.spec import FeatureSpec
 from training.common.data import table_to_tensors
+from training.common.weights import load_weights
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import RetrievalData, load_retrieval_data
 from training.retrieval.layout import TowerLayout, tower_layout
@@ -193,7 +194,7 @@ def load_retriever(directory: str | Path, *, index_dir: str | Path | None = None
     cfg = RetrievalConfig.model_validate(info["retrieval"])
     spec = FeatureSpec.load(d / "spec")
     model = TwoTower(tower_layout(spec, cfg), cfg.model)
-    model.load_state_dict(torch.load(d / "two_tower.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(load_weights(d / "two_tower.pt"))
     items = pq.read_table(d / EMBEDDINGS / "item_embeddings.parquet")
     ids = items.column("item_id").to_numpy(zero_copy_only=False)
     vectors = np.stack(items.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32) \

@@ -23,6 +23,15 @@ def resuming(cfg: TrainConfig, stage: StageLayout) -> bool:
     return cfg.resume and (stage.checkpoints / "last.ckpt").is_file()
 
 
+def resume_point(cfg: TrainConfig, stage: StageLayout) -> dict[str, Any] | None:
+    """What `train.resume` continues from: the last checkpoint, its epoch and optimiser step (None: nothing)."""
+    if not resuming(cfg, stage):
+        return None
+    last = stage.checkpoints / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    return {"checkpoint": str(last), "epoch": int(state["epoch"]), "step": int(state["global_step"])}
+
+
 def fit(cfg: TrainConfig, prepared: Path, stage: StageLayout, run: TrackedRun, **_: Any) -> Fitted:
     """Train, reload the best checkpoint, evaluate it on valid and test with the same trainer."""
     seed_and_threads(cfg.runtime)
@@ -36,11 +45,15 @@ def fit(cfg: TrainConfig, prepared: Path, stage: StageLayout, run: TrackedRun, *
     last = stage.checkpoints / "last.ckpt"
     checkpoint = ModelCheckpoint(dirpath=stage.checkpoints, filename="best", monitor=cfg.early_stopping.metric,
                                  mode=cfg.early_stopping.mode, save_top_k=1, save_last=True)
+    callbacks: list[Any] = [checkpoint]
+    if cfg.checkpoint_every_n_steps > 0:  # the resumable last.ckpt mid-epoch too (best stays per epoch)
+        callbacks.append(ModelCheckpoint(dirpath=stage.checkpoints, save_top_k=0, save_last=True,
+                                         every_n_train_steps=cfg.checkpoint_every_n_steps))
     early = EarlyStopping(monitor=cfg.early_stopping.metric, mode=cfg.early_stopping.mode,
                           patience=cfg.early_stopping.patience)
     precision = precision_of(cfg)
     trainer = build_trainer(cfg.runtime, precision=precision, max_epochs=cfg.max_epochs, max_steps=cfg.max_steps,
-                            callbacks=[checkpoint, early], logger=logger, grad_clip=cfg.optim.grad_clip,
+                            callbacks=[*callbacks, early], logger=logger, grad_clip=cfg.optim.grad_clip,
                             checkpointing=True, root_dir=stage.root)
     trainer.fit(task, datamodule=dm, ckpt_path=str(last) if resuming(cfg, stage) else None)
     best_path = checkpoint.best_model_path or str(last)

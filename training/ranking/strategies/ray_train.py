@@ -74,6 +74,12 @@ def resuming(cfg: TrainConfig, stage: StageLayout) -> bool:
     return cfg.resume and (stage.ray_storage / RUN_NAME).is_dir()
 
 
+def resume_point(cfg: TrainConfig, stage: StageLayout) -> dict[str, Any] | None:
+    """What `train.resume` continues from: Ray Train's run folder (its latest epoch checkpoint), None: nothing."""
+    return {"checkpoint": str(stage.ray_storage / RUN_NAME), "epoch": None, "step": None} \
+        if resuming(cfg, stage) else None
+
+
 def fit(cfg: TrainConfig, prepared: Path, stage: StageLayout, run: TrackedRun, *, ray_address: str | None = None,
         **_: Any) -> Fitted:
     """Train on the Ray cluster, then evaluate the best reported checkpoint here."""

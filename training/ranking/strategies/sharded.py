@@ -51,6 +51,10 @@ def resuming(cfg: TrainConfig, stage: StageLayout) -> bool:
     return False
 
 
+def resume_point(cfg: TrainConfig, stage: StageLayout) -> dict[str, Any] | None:
+    return None  # sharded jobs refuse train.resume (fit says why)
+
+
 def check(cfg: TrainConfig, prepared: Path, world_size: int) -> None:
     """Everything that would fail in every rank, checked once before any process starts."""
     if world_size < 1:
