@@ -147,3 +147,9 @@ def test_the_demo_path_leaks_no_planted_secret(tmp_path: Path) -> None:
     assert not files_holding(out, values)
     resolved = list(out.rglob("resolved_config.yaml"))
     assert resolved and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in resolved), resolved
+
+
+def test_the_security_docs_name_every_secret_field() -> None:
+    section = (ROOT / "docs" / "cli.md").read_text().split("## Security", 1)[1]
+    missing = [name for name, _ in secret_fields(RecForgeConfig) if f"`{name}`" not in section]
+    assert not missing, f"docs/cli.md#security does not list {missing}"
