@@ -556,6 +556,94 @@ class RedisOnlineStoreConfig(StrictModel):
 OnlineStoreConfig = Annotated[SQLiteOnlineStoreConfig | RedisOnlineStoreConfig, Field(discriminator="type")]
 
 
+# ------------------------------------------------------------------------------------------------- events
+
+
+class SQLiteBusConfig(StrictModel):
+    """The embedded event bus: a durable log in one SQLite file (WAL mode), for one machine."""
+
+    type: Literal["sqlite"] = Field("sqlite", description="selects the SQLite log")
+    path: str | None = Field(None, description="database file; null = `<output_dir>/events/bus.db`")
+
+
+class RedisBusConfig(StrictModel):
+    """Redis Streams: consumer groups, acknowledgements and reclaim of a dead consumer's entries."""
+
+    type: Literal["redis"] = Field(description="selects Redis Streams")
+    url: SecretUrl | None = Field(None, description="server URL; null = `online_store.url` (the online store's "
+                                                    "Redis); secret: its credentials are redacted in every output")
+    namespace: str | None = Field(None, description="prefix of the bus's keys; null = `online_store.namespace` "
+                                                    "(else `recforge`)")
+
+
+BusConfig = Annotated[SQLiteBusConfig | RedisBusConfig, Field(discriminator="type")]
+
+
+class StreamConfig(StrictModel):
+    """How the stream processor (`recforge stream run`) applies events to the online features."""
+
+    max_batch_events: int = Field(20_000, gt=0, description="most events applied in one transaction (a larger "
+                                                            "batch costs fewer store round trips per event)")
+    poll_ms: int = Field(10, gt=0, description="how long a read waits for new events before it returns empty")
+    reclaim_idle_s: float = Field(30.0, gt=0, description="entries a consumer took but did not acknowledge for "
+                                                          "this long are taken over (that consumer died)")
+    popularity_half_life_hours: float = Field(24.0, gt=0, description="half-life of the trending score of "
+                                                                      "`item_popularity`")
+    serve: bool = Field(False, description="`recforge serve` also runs the processor (a Ray actor beside the app)")
+
+
+class EventsConfig(StrictModel):
+    """The event contract of a scenario, the bus that carries events and how they are applied.
+
+    An event is what a user did with an item: `event_id` (the idempotency key), `ts`, `user_id`, `item_id`,
+    `type` (one of `types`), optional `value` (revenue), `context` and `exposure_id` (docs/cli.md#events).
+    """
+
+    types: list[str] = Field(["impression", "click", "add_to_cart", "purchase"], min_length=1,
+                             description="the event types this scenario accepts")
+    positive_types: list[str] = Field(["click", "add_to_cart", "purchase"], description="types that count as a "
+                                      "positive interaction (label 1): they enter behaviour histories")
+    purchase_types: list[str] = Field(["purchase"], description="types that are purchases: they update RFM "
+                                      "(count, the sum of `value`, last purchase time)")
+    id_type: Literal["int", "string"] = Field("int", description="the kind of `user_id` and `item_id`: the "
+                                              "scenario's keys (int: an id must be an integer, also when sent "
+                                              "as text)")
+    max_batch_events: int = Field(1000, gt=0, description="most events in one `POST /events` request (413 above)")
+    max_id_length: int = Field(256, gt=0, description="longest string id (`event_id`, `exposure_id`, string "
+                                                      "user and item ids)")
+    max_context_fields: int = Field(64, gt=0, description="most keys in an event's `context`")
+    max_value_length: int = Field(1024, gt=0, description="longest string value in an event's `context`")
+    max_clock_skew_s: float = Field(300.0, ge=0, description="an event whose `ts` is more than this far in the "
+                                                             "future of the receiving clock is rejected")
+    allowed_lateness_s: float = Field(3600.0, ge=0, description="events up to this much older than the newest "
+                                                                "event applied are applied in event-time order; "
+                                                                "older ones are counted as too late and left to "
+                                                                "the next batch job (they are in the offline log)")
+    dedupe_window_s: float = Field(7 * 86400.0, gt=0, description="how long an applied `event_id` is "
+                                                                 "remembered (in event time; at least "
+                                                                 "`allowed_lateness_s`, so that every event "
+                                                                 "the processor may still apply is checked)")
+    bus: BusConfig | None = Field(None, description="the bus; null = Redis Streams on the online store's server "
+                                                    "when `online_store.type` is redis, else the SQLite log")
+    log_path: str | None = Field(None, description="the offline event log (Parquet, one folder per UTC day); "
+                                                   "null = `<output_dir>/events/log`")
+    stream: StreamConfig = Field(default_factory=StreamConfig, description="the stream processor")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EventsConfig:
+        for name in ("positive_types", "purchase_types"):
+            unknown = [t for t in getattr(self, name) if t not in self.types]
+            if unknown:
+                raise ValueError(f"events.{name} names {unknown}, which are not in events.types {self.types}")
+        if len(set(self.types)) != len(self.types):
+            raise ValueError(f"events.types lists a type twice: {self.types}")
+        if self.dedupe_window_s < self.allowed_lateness_s:
+            raise ValueError(f"events.dedupe_window_s ({self.dedupe_window_s:g}) must be at least "
+                             f"events.allowed_lateness_s ({self.allowed_lateness_s:g}): an event the processor may "
+                             "still apply must still be checked against the ids it applied")
+        return self
+
+
 # `prepare.local_max_rows`' default, from timing whole `recforge prepare` processes of configs/demo.yaml on 2 cores
 # (scripts.bench.prepare --small --rows N; docs/architecture.md#ray): the local engine took 2.3 s against Ray's
 # 28 s at 10,000 rows, 9.1 s against 20.5 s at 2,000,000 (and half the memory), 27 s against 34 s at 5,000,000,
@@ -867,6 +955,8 @@ class FeatureStoreConfig(StrictModel):
         description="where `materialize` writes the online features.\n\n"
                     "`type` selects the backend; it is required whenever the section is given. Omitting the "
                     "section means SQLite at `<output_dir>/online.db`.")
+    events: EventsConfig = Field(default_factory=EventsConfig,
+                                 description="the event contract, its bus and the stream processor")
 
     @model_validator(mode="after")
     def _files_split_source(self) -> FeatureStoreConfig:

@@ -47,37 +47,60 @@ def ray_local() -> Iterator[object]:
     ray.shutdown()
 
 
-@contextmanager
-def redis_server(workdir: Path, password: str | None = None) -> Iterator[str]:
-    """A throw-away redis-server on a free 127.0.0.1 port (no persistence, `requirepass` when `password` is
-    given); yields its URL (with the password in it). Skips the test where it cannot start."""
-    redis = pytest.importorskip("redis", reason="the redis Python client is not installed")
-    from feature_store.raycluster import free_port
+class RedisProcess:
+    """A throw-away redis-server on a 127.0.0.1 port, in `workdir`: `persistent` keeps an append-only file there
+    (fsync always), so a `stop` and `start` on the same port keeps the data (a server that went away and came
+    back). Skips the test where it cannot start."""
 
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not on PATH (make install puts it there with apt): Redis not tested")
-    port = free_port()
-    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "", "--appendonly", "no"]
-    if password:
-        args += ["--requirepass", password]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                pytest.skip(f"redis-server ({exe}) did not start on 127.0.0.1:{port}: Redis not tested")
-            time.sleep(0.05)
-    client.close()
+    def __init__(self, workdir: Path, password: str | None = None, persistent: bool = False) -> None:
+        pytest.importorskip("redis", reason="the redis Python client is not installed")
+        from feature_store.raycluster import free_port
+
+        self.exe = shutil.which("redis-server")
+        if self.exe is None:
+            pytest.skip("redis-server is not on PATH (make install puts it there with apt): Redis not tested")
+        self.workdir, self.password, self.persistent = workdir, password, persistent
+        self.port = free_port()
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        import redis
+
+        args = [str(self.exe), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+                "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                client.ping()
+                break
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    pytest.skip(f"redis-server ({self.exe}) did not start on 127.0.0.1:{self.port}: Redis not "
+                                "tested")
+                time.sleep(0.05)
+        client.close()
+        return self.url
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@contextmanager
+def redis_server(workdir: Path, password: str | None = None, persistent: bool = False) -> Iterator[str]:
+    """A throw-away redis-server on a free 127.0.0.1 port (no persistence unless asked, `requirepass` when
+    `password` is given); yields its URL (with the password in it). Skips the test where it cannot start."""
+    server = RedisProcess(workdir, password, persistent)
     try:
-        yield url
+        yield server.start()
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
