@@ -106,22 +106,17 @@ def materialize_job(cfg: FeatureStoreConfig, *, as_of: int | None = None) -> dic
 def _materialize_histories(
     cfg: FeatureStoreConfig, store: OnlineStore, interactions: pa.Table, as_of: int | None
 ) -> dict[str, Any]:
-    from feature_store.sequences import latest_histories
+    """The `user_history` view from the prepared interactions, with the function the stream processor uses
+    (feature_store.events.features.history_view): each item's time is kept beside it."""
+    from feature_store.events.features import LABEL, StreamFeatures, history_view
 
     f = cfg.features
-    cats = {c.name: c for c in f.categorical}
-    merged: pa.Table | None = None
-    for seq in f.sequence:
-        hist = latest_histories(interactions, user=f.user_key, item=cats[seq.source].source_column, ts=f.timestamp,
-                                max_len=seq.max_len, positive=f.label if seq.positive_only else None, as_of=as_of)
-        hist = hist.rename_columns([f.user_key, seq.name, f"{seq.name}_ts"])
-        merged = hist if merged is None else merged.join(hist, f.user_key, join_type="full outer")
-    assert merged is not None
-    ts_cols = [f"{s.name}_ts" for s in f.sequence]
-    newest = merged.column(ts_cols[0])
-    for c in ts_cols[1:]:
-        newest = pc.max_element_wise(newest, merged.column(c))
-    merged = merged.append_column("ts", newest)
-    feats = [s.name for s in f.sequence]
-    rep = materialize(store, HISTORY_VIEW, merged, key=f.user_key, ts_column="ts", features=feats)
+    sf = StreamFeatures.from_config(cfg)
+    columns = sorted({f.user_key, *(s.column for s in sf.sequences)})
+    rows = interactions.select(columns).append_column("ts", interactions.column(f.timestamp)).append_column(
+        LABEL, interactions.column(f.label))
+    view = history_view(rows, sf, as_of=as_of)
+    assert view is not None
+    feats = [c for c in view.column_names if c != f.user_key]
+    rep = materialize(store, HISTORY_VIEW, view, key=f.user_key, ts_column="ts", features=feats)
     return {"entities": rep.entities_written, "features": feats}

@@ -191,12 +191,15 @@ def latest_histories(
     max_len: int,
     positive: str | None = None,
     as_of: int | None = None,
+    times: bool = False,
 ) -> pa.Table:
     """One row per user with history up to `as_of` (all rows when None): the last `max_len` items.
 
     This is the history a request after `as_of` sees (events at exactly `as_of` included). Columns: `user`,
-    `history` (list, most recent last), `ts` (time of the newest item). Users without any history item are
-    left out; rows come in order of the user's first appearance.
+    `history` (list, most recent last), `ts` (time of the newest item), and with `times` also `history_ts` (each
+    item's time: what the stream processor needs to merge a late event into a stored history). Users without
+    any history item are left out; rows come in order of the user's first appearance; events at the same time
+    keep their row order.
     """
     if max_len <= 0:
         raise ValueError(f"max_len must be positive, got {max_len}")
@@ -206,10 +209,11 @@ def latest_histories(
     last = np.flatnonzero(np.r_[sorted_codes[1:] != sorted_codes[:-1], True]) if len(rows) else rows
     first = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]) if len(rows) else rows
     length = np.minimum(last - first + 1, max_len)
-    return pa.table(
-        {
-            user: dictionary.take(pa.array(sorted_codes[last], pa.int64())),
-            "history": _gather(items, rows, last + 1 - length, length),
-            ts: pa.array(t[rows[last]], pa.int64()),
-        }
-    )
+    columns = {
+        user: dictionary.take(pa.array(sorted_codes[last], pa.int64())),
+        "history": _gather(items, rows, last + 1 - length, length),
+        ts: pa.array(t[rows[last]], pa.int64()),
+    }
+    if times:
+        columns["history_ts"] = _gather(pa.array(t, pa.int64()), rows, last + 1 - length, length)
+    return pa.table(columns)

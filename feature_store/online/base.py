@@ -138,6 +138,26 @@ class PreparedWrite:
             yield keys, ts, feats
 
 
+class VersionChanged(RuntimeError):
+    """A view was rewritten as a whole (materialize) between a stream's read and its commit: read again."""
+
+
+@dataclass
+class StreamCommit:
+    """What one stream batch changes, committed atomically by `OnlineStore.commit_stream`.
+
+    `upserts`: rows to write into each view's current version (validated with `prepare_write`), keyed by view,
+    with the version the rows were computed from; `new_rows`: how many of those keys the view did not hold yet;
+    `applied_ids` / `applied_ts`: event ids now applied (remembered for dedupe, pruned by event time);
+    `state`: the processor's own state (watermark, counters), stored under the stream's name."""
+
+    upserts: dict[str, tuple[PreparedWrite, int]]
+    new_rows: dict[str, int]
+    applied_ids: list[str]
+    applied_ts: list[int]
+    state: dict[str, Any]
+
+
 # ------------------------------------------------------------------------------------------------ codec
 
 
@@ -387,6 +407,23 @@ class OnlineStore(ABC):
     def close(self) -> None:
         """Release connections; the data stays."""
 
+    @abstractmethod
+    def _commit_stream(self, stream: str, commit: StreamCommit) -> None:
+        """Apply `commit` in one transaction; raise VersionChanged (nothing applied) when a view's version is
+        not the one given."""
+
+    @abstractmethod
+    def applied(self, stream: str, ids: Sequence[str]) -> np.ndarray:
+        """Which of `ids` (event ids) `stream` has applied and still remembers: bool per id."""
+
+    @abstractmethod
+    def stream_state(self, stream: str) -> dict[str, Any] | None:
+        """The state `stream` committed last, None before its first commit."""
+
+    @abstractmethod
+    def prune_applied(self, stream: str, before_ts: int) -> int:
+        """Forget applied ids of events older than `before_ts` (event time); returns how many."""
+
     # -- public API -----------------------------------------------------------------------------------
     def write(
         self, entity: str, table: pa.Table, *, key: str, ts_column: str, ttl_seconds: float | None
@@ -405,6 +442,31 @@ class OnlineStore(ABC):
         prepared = prepare_write(entity, table, key=key, ts_column=ts_column, ttl_seconds=ttl_seconds)
         self._write_prepared(prepared)
         return prepared.info.rows
+
+    def ensure_view(self, entity: str, empty: pa.Table, *, key: str, ts_column: str,
+                    ttl_seconds: float | None = None) -> EntityInfo:
+        """The view's info, first writing it empty (with `empty`'s schema) when it does not exist yet."""
+        info = self.entities().get(entity)
+        if info is None:
+            self.write(entity, empty.slice(0, 0), key=key, ts_column=ts_column, ttl_seconds=ttl_seconds)
+            info = self.entities()[entity]
+        return info
+
+    def commit_stream(self, stream: str, commit: StreamCommit) -> None:
+        """Upsert rows into views, remember the applied event ids and store the stream's state, all or nothing
+        (see StreamCommit). Raises VersionChanged when a view was rewritten meanwhile, ValueError when the rows'
+        features are not the view's."""
+        current = self.entities()
+        for entity, (prepared, _) in commit.upserts.items():
+            info = current.get(entity)
+            if info is None:
+                raise unknown_entity(entity, list(current))
+            if prepared.info.features != info.features or prepared.info.key_type != info.key_type:
+                raise ValueError(
+                    f"online view '{entity}' holds features {info.features} ({info.key_type} keys) but the stream "
+                    f"computed {prepared.info.features} ({prepared.info.key_type} keys): the view was written by "
+                    "another configuration; run `recforge materialize` with this one")
+        self._commit_stream(stream, commit)
 
     def read(
         self,

@@ -33,6 +33,8 @@ from feature_store.online.base import (
     Fetched,
     OnlineStore,
     PreparedWrite,
+    StreamCommit,
+    VersionChanged,
     normalize_ids,
     unknown_entity,
 )
@@ -75,6 +77,8 @@ class RedisOnlineStore(OnlineStore):
             ) from exc
         self._entities_key = f"{namespace}:entities"
         self._pending_key = f"{namespace}:pending"
+        self._added_key = f"{namespace}:added"  # entity -> rows a stream added since its last whole write
+        self._watch_error = redis.WatchError
 
     def __repr__(self) -> str:
         return f"RedisOnlineStore({redact_url(self.url)!r}, namespace={self.namespace!r})"
@@ -138,6 +142,7 @@ class RedisOnlineStore(OnlineStore):
             flip = self._r.pipeline(transaction=True)
             flip.hset(self._entities_key, entity, pointer)
             flip.hdel(self._pending_key, token)
+            flip.hdel(self._added_key, entity)
             flip.execute()
         except BaseException:
             try:  # best effort; if this fails too, the entity's next write removes the rows
@@ -148,6 +153,58 @@ class RedisOnlineStore(OnlineStore):
             raise
         if old:
             self._unlink_version(json.loads(old)["token"])
+
+    # ------------------------------------------------------------------------------------------- stream
+    def _stream_key(self, stream: str, what: str) -> str:
+        return f"{self.namespace}:stream:{stream}:{what}"
+
+    def _commit_stream(self, stream: str, commit: StreamCommit) -> None:
+        """One MULTI/EXEC under WATCH of the entity pointers: a whole write (flip) meanwhile aborts it."""
+        with self._r.pipeline(transaction=True) as pipe:
+            pipe.watch(self._entities_key)
+            tokens = {}
+            for entity, (_, version) in commit.upserts.items():
+                raw = pipe.hget(self._entities_key, entity)
+                if raw is None:
+                    raise unknown_entity(entity, self._r.hkeys(self._entities_key))
+                data = json.loads(raw)
+                if int(data["version"]) != version:
+                    raise VersionChanged(f"online view '{entity}' is at version {data['version']}, the stream "
+                                         f"read version {version}")
+                tokens[entity] = data["token"]
+            pipe.multi()
+            for entity, (prepared, _) in commit.upserts.items():
+                prefix = self._row_prefix(tokens[entity])
+                fields = [str(i) for i in range(len(prepared.feature_columns))]
+                for keys, _ts, feats in prepared.batches():
+                    ts_texts = feats[prepared.ts_index]
+                    for k, t, *values in zip(keys, ts_texts, *feats):
+                        pairs = [x for fv in zip(fields, values) if fv[1] is not None for x in fv]
+                        pipe.delete(prefix + k)  # a null value now must not leave the old one behind
+                        pipe.execute_command("HSET", prefix + k, "t", "null" if t is None else t, *pairs)
+                if commit.new_rows.get(entity):
+                    pipe.hincrby(self._added_key, entity, commit.new_rows[entity])
+            if commit.applied_ids:
+                pipe.zadd(self._stream_key(stream, "applied"), dict(zip(commit.applied_ids, commit.applied_ts)))
+            pipe.set(self._stream_key(stream, "state"), json.dumps(commit.state))
+            try:
+                pipe.execute()
+            except self._watch_error:
+                raise VersionChanged("an online view was rewritten during the stream's commit") from None
+
+    def applied(self, stream: str, ids: Sequence[str]) -> np.ndarray:
+        ids = list(ids)
+        if not ids:
+            return np.zeros(0, dtype=bool)
+        scores = self._r.execute_command("ZMSCORE", self._stream_key(stream, "applied"), *ids)
+        return np.fromiter((x is not None for x in scores), dtype=bool, count=len(ids))
+
+    def stream_state(self, stream: str) -> dict[str, Any] | None:
+        raw = self._r.get(self._stream_key(stream, "state"))
+        return None if raw is None else json.loads(raw)
+
+    def prune_applied(self, stream: str, before_ts: int) -> int:
+        return int(self._r.zremrangebyscore(self._stream_key(stream, "applied"), "-inf", f"({before_ts}"))
 
     # -------------------------------------------------------------------------------------------- reads
     def _pointer(self, entity: str) -> tuple[EntityInfo, str, str]:
@@ -184,9 +241,11 @@ class RedisOnlineStore(OnlineStore):
 
     def entities(self) -> dict[str, EntityInfo]:
         out = {}
+        added = self._r.hgetall(self._added_key)
         for name, raw in sorted(self._r.hgetall(self._entities_key).items()):
             data = json.loads(raw)
             data.pop("token")
+            data["rows"] += int(added.get(name, 0))
             out[name] = EntityInfo(**data)
         return out
 

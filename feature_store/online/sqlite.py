@@ -13,6 +13,7 @@ Reads run in one read transaction (a WAL snapshot): pointer and rows come from t
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -31,11 +32,15 @@ from feature_store.online.base import (
     Fetched,
     OnlineStore,
     PreparedWrite,
+    StreamCommit,
+    VersionChanged,
     normalize_ids,
     unknown_entity,
 )
 
 META_TABLE = "recforge_online_entities"
+APPLIED_TABLE = "recforge_stream_applied"  # (stream, event id, event ts): the dedupe window
+STATE_TABLE = "recforge_stream_state"  # (stream, JSON state)
 READ_CHUNK = 500  # keys per `IN (...)`: far below SQLite's bound-parameter limit
 
 
@@ -64,6 +69,10 @@ class SQLiteOnlineStore(OnlineStore):
                 f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
                 "(name TEXT PRIMARY KEY, table_name TEXT NOT NULL, info TEXT NOT NULL)"
             )
+            self._con.execute(f"CREATE TABLE IF NOT EXISTS {APPLIED_TABLE} (stream TEXT NOT NULL, id TEXT NOT NULL, "
+                              "ts INTEGER NOT NULL, PRIMARY KEY (stream, id)) WITHOUT ROWID")
+            self._con.execute(f"CREATE INDEX IF NOT EXISTS {APPLIED_TABLE}_ts ON {APPLIED_TABLE} (stream, ts)")
+            self._con.execute(f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (name TEXT PRIMARY KEY, state TEXT NOT NULL)")
         except sqlite3.DatabaseError as exc:
             raise sqlite3.DatabaseError(
                 f"online store '{self.path}': cannot open it as SQLite ({exc}); point online_store.path at "
@@ -103,6 +112,59 @@ class SQLiteOnlineStore(OnlineStore):
                 if con.in_transaction:
                     con.execute("ROLLBACK")
                 raise
+
+    # ------------------------------------------------------------------------------------------- stream
+    def _commit_stream(self, stream: str, commit: StreamCommit) -> None:
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                for entity, (prepared, version) in commit.upserts.items():
+                    row = con.execute(f"SELECT table_name, info FROM {META_TABLE} WHERE name = ?",
+                                      (entity,)).fetchone()
+                    if row is None:
+                        raise unknown_entity(entity, [r[0] for r in con.execute(f"SELECT name FROM {META_TABLE}")])
+                    info = EntityInfo.from_json(row[1])
+                    if info.version != version:
+                        raise VersionChanged(f"online view '{entity}' is at version {info.version}, the stream "
+                                             f"read version {version}")
+                    n_feat = len(prepared.feature_columns)
+                    insert = f"INSERT OR REPLACE INTO {row[0]} VALUES (?, ?{', ?' * n_feat})"
+                    for keys, ts, feats in prepared.batches():
+                        con.executemany(insert, zip(keys, ts, *feats))
+                    added = commit.new_rows.get(entity, 0)
+                    if added:
+                        con.execute(f"UPDATE {META_TABLE} SET info = ? WHERE name = ?",
+                                    (replace(info, rows=info.rows + added).to_json(), entity))
+                con.executemany(f"INSERT OR IGNORE INTO {APPLIED_TABLE} VALUES (?, ?, ?)",
+                                zip([stream] * len(commit.applied_ids), commit.applied_ids, commit.applied_ts))
+                con.execute(f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?)", (stream, json.dumps(commit.state)))
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+
+    def applied(self, stream: str, ids: Sequence[str]) -> np.ndarray:
+        ids = list(ids)
+        found: set[str] = set()
+        with self._lock:
+            for start in range(0, len(ids), READ_CHUNK):
+                chunk = ids[start : start + READ_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                found.update(r[0] for r in self._con.execute(
+                    f"SELECT id FROM {APPLIED_TABLE} WHERE stream = ? AND id IN ({marks})", [stream, *chunk]))
+        return np.fromiter((i in found for i in ids), dtype=bool, count=len(ids))
+
+    def stream_state(self, stream: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._con.execute(f"SELECT state FROM {STATE_TABLE} WHERE name = ?", (stream,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def prune_applied(self, stream: str, before_ts: int) -> int:
+        with self._lock:
+            cur = self._con.execute(f"DELETE FROM {APPLIED_TABLE} WHERE stream = ? AND ts < ?", (stream, before_ts))
+        return int(cur.rowcount or 0)
 
     # -------------------------------------------------------------------------------------------- reads
     def _fetch(self, entity: str, ids: Sequence[Any], names: Sequence[str] | None) -> Fetched:
