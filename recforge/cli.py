@@ -133,6 +133,11 @@ COMMANDS: dict[str, tuple[str, list[Option]]] = {
                  COMMON + REGISTRY),
     "runs": ("`recforge runs list --config X`: the scenario's training runs with status, start and duration; a run "
              "left RUNNING by a process that is gone is marked KILLED", COMMON),
+    "events": ("`events push FILE`: send a CSV / JSONL / Parquet file of events through the ingestion path (replay, "
+               "backfill); `events rejected`: the dead-letter log (counts per reason, the latest rejected events); "
+               "`events status`: the bus's lag and the stream's counters", COMMON),
+    "stream": ("`stream run`: apply the bus's events to the online features and write the offline event log, until "
+               "Ctrl-C (or --seconds, --until-idle)", COMMON),
 }
 REGISTRY_COMMANDS = ("register", "promote", "rollback", "registry")
 DATA_COMMANDS = ("generate", "prepare", "materialize")
@@ -158,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("action", choices=["build"], help="build: embeddings -> index, with the recall guard")
         if name == "runs":
             p.add_argument("action", choices=["list"], help="list: every run of the scenario's experiments")
+        if name == "events":
+            p.add_argument("action", choices=["push", "rejected", "status"],
+                           help="push FILE, rejected (the dead-letter log) or status")
+            p.add_argument("file", nargs="?", default=None, help="push: the .jsonl, .csv, .tsv or .parquet file")
+            p.add_argument("--limit", type=int, default=20, help="rejected: how many of the latest to show")
+        if name == "stream":
+            p.add_argument("action", choices=["run"], help="run: the stream processor and the offline log writer")
+            p.add_argument("--seconds", type=float, default=None, help="stop after this long")
+            p.add_argument("--until-idle", action="store_true", help="stop once every event on the bus is applied "
+                                                                     "and logged")
         if name in REGISTRY_COMMANDS:
             _registry_arguments(name, p)
         if name == "serve":
@@ -250,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command in REGISTRY_COMMANDS:
             result = _run_registry(args, cfg)
         else:
-            result = _run(args.command, cfg, getattr(args, "kind", None))
+            result = _run(args.command, cfg, getattr(args, "kind", None), args)
     except (ConfigError, RejectFractionExceeded, FileNotFoundError, SpecError, ConnectionError,
             RegistryError, ServeError) as exc:
         print(scrub(f"recforge {args.command}: error: {exc}"), file=sys.stderr)
@@ -286,7 +301,8 @@ def _scrubbed_excepthook(kind: type[BaseException], exc: BaseException, tb: Any)
     sys.stderr.write(scrub("".join(traceback.format_exception(kind, exc, tb))))
 
 
-def _run(command: str, cfg: config_mod.RecForgeConfig, kind: str | None = None) -> dict[str, Any]:
+def _run(command: str, cfg: config_mod.RecForgeConfig, kind: str | None = None,
+         args: argparse.Namespace | None = None) -> dict[str, Any]:
     from recforge import pipeline
 
     if command == "config":
@@ -305,6 +321,14 @@ def _run(command: str, cfg: config_mod.RecForgeConfig, kind: str | None = None) 
         return pipeline.demo(cfg)
     if command == "runs":
         return pipeline.runs(cfg)
+    if command == "events":
+        assert args is not None
+        if args.action == "push" and not args.file:
+            raise ConfigError("`recforge events push` needs the FILE to push (a .jsonl, .csv, .tsv or .parquet file)")
+        return pipeline.events(cfg, args.action, file=args.file, limit=args.limit)
+    if command == "stream":
+        assert args is not None
+        return pipeline.stream(cfg, seconds=args.seconds, until_idle=args.until_idle)
     raise AssertionError(command)
 
 

@@ -125,6 +125,40 @@ def runs(cfg: RecForgeConfig) -> dict[str, Any]:
             "killed_now": killed}
 
 
+def events(cfg: RecForgeConfig, action: str, *, file: str | None = None, limit: int = 20) -> dict[str, Any]:
+    """`recforge events push|rejected|status`."""
+    from feature_store.events.bus import open_bus
+    from feature_store.events.ingest import OfflineLog, push
+    from feature_store.events.processor import GROUP
+
+    with open_bus(cfg) as bus:
+        where = getattr(bus, "describe", lambda: bus.name)()
+        if action == "push":
+            assert file is not None
+            with progress.step(f"push {Path(file).name}", unit="events") as prog:
+                out = push(cfg, bus, Path(file), progress=prog.advance)
+                prog.figures.update(accepted=out["accepted"], rejected=out["rejected_count"])
+            return {"action": "push", "bus": where, **out}
+        if action == "rejected":
+            return {"action": "rejected", "bus": where, "counts": bus.rejected_counts(),
+                    "latest": bus.rejected(limit=limit)}
+        from feature_store.materialize import open_store
+
+        bus.ensure_group(GROUP)
+        bus.ensure_group(OfflineLog.GROUP)
+        with open_store(cfg) as store:
+            state = store.stream_state(GROUP)
+        return {"action": "status", "bus": where, "lag": {GROUP: bus.lag(GROUP), "offline": bus.lag(OfflineLog.GROUP)},
+                "stream": state, "rejected": sum(bus.rejected_counts().values())}
+
+
+def stream(cfg: RecForgeConfig, *, seconds: float | None = None, until_idle: bool = False) -> dict[str, Any]:
+    """`recforge stream run`."""
+    from feature_store.events.runner import run_stream
+
+    return run_stream(cfg, seconds=seconds, until_idle=until_idle)
+
+
 def demo(cfg: RecForgeConfig) -> dict[str, Any]:
     """generate (synthetic sources) -> prepare -> materialize -> train the ranker -> train the two-tower
     retrieval model and build its index -> register both and promote them through the gate -> serve them and

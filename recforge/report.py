@@ -90,6 +90,40 @@ def render_runs(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_events(r: dict[str, Any]) -> list[str]:
+    if r["action"] == "push":
+        lines = [f"Pushed {r['file']} -> {r['bus']}: {r['received']:,} events, {r['accepted']:,} accepted, "
+                 f"{r['rejected_count']:,} rejected ({r['seconds']:.1f}s)"]
+        lines += [f"  rejected {x['reason']}" for x in r["rejected"]]
+        if r["rejected_count"] > len(r["rejected"]):
+            lines.append(f"  ... {r['rejected_count'] - len(r['rejected']):,} more: `recforge events rejected`")
+        return lines
+    if r["action"] == "rejected":
+        lines = [f"Rejected events ({r['bus']}): {sum(r['counts'].values()):,}"]
+        lines += [f"  {n:>8,}  {kind}" for kind, n in r["counts"].items()]
+        if r["latest"]:
+            lines.append("  latest:")
+            lines += [f"    {x['event_id'] or '-'}: {x['reason']}" for x in r["latest"]]
+        return lines
+    s = r["stream"] or {}
+    lag = r["lag"]
+    return [f"Events ({r['bus']}): online group {lag['online']['unread']:,} unread / {lag['online']['pending']:,} "
+            f"pending, offline log {lag['offline']['unread']:,} unread / {lag['offline']['pending']:,} pending",
+            f"  applied {s.get('applied', 0):,}, repeated {s.get('duplicates', 0):,}, too late "
+            f"{s.get('too_late', 0):,}; watermark {s.get('watermark')}; rejected at ingestion {r['rejected']:,}"]
+
+
+def render_stream(r: dict[str, Any]) -> list[str]:
+    f = r["freshness_ms"]
+    fresh = f"; freshness p50 {f['p50']} ms, p99 {f['p99']} ms" if f["p50"] is not None else ""
+    return [f"Stream {r['bus']} -> {r['store']}: {r['applied']:,} events applied in {r['seconds']:.1f}s "
+            f"({r['events_per_second'] or 0:,.0f}/s){fresh}",
+            f"  repeated {r['duplicates']:,}, too late {r['too_late']:,}, entries {r['entries']:,} "
+            f"(redelivered {r['redelivered']:,}), written to the offline log {r['logged']:,}",
+            f"  totals: applied {r['state']['applied']:,}, watermark {r['state']['watermark']}; "
+            f"left on the bus: {r['lag']['unread']:,} unread, {r['lag']['pending']:,} pending"]
+
+
 def render_retrieval(r: dict[str, Any]) -> list[str]:
     c = r["counts"]
     lines = [f"Train two-tower retrieval ({r['epochs_run']} epochs, best {r['best_epoch'] + 1}; {c['users']:,} users, "
@@ -245,6 +279,10 @@ def render(command: str, result: dict[str, Any]) -> str:
         return "\n".join(render_registry(result))
     if command == "runs":
         return "\n".join(render_runs(result))
+    if command == "events":
+        return "\n".join(render_events(result))
+    if command == "stream":
+        return "\n".join(render_stream(result))
     if command == "serve":
         return "\n".join(render_serve(result))
     if command == "demo":

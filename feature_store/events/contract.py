@@ -100,6 +100,14 @@ def event_schema(id_type: str) -> pa.Schema:
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """An input that could not even be parsed as an event (a line that is not JSON): rejected with `reason`."""
+
+    reason: str
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class Rejected:
     """One event that was not accepted: its position in the batch, its id when readable, and why."""
 
@@ -174,7 +182,8 @@ def _field_errors(raws: Sequence[Any]) -> dict[int, str]:
 def check_events(raws: Sequence[Any], cfg: EventsConfig, *, now: float | None = None) -> Checked:
     """Check a batch of raw events (dicts as parsed from JSON or read from a file) against the contract."""
     now = time.time() if now is None else now
-    errors = _field_errors(raws)
+    unreadable = {i: r.reason for i, r in enumerate(raws) if isinstance(r, Unreadable)}
+    errors = {**_field_errors([{} if isinstance(r, Unreadable) else r for r in raws]), **unreadable}
     valid_idx = [i for i in range(len(raws)) if i not in errors]
     events: list[Event] = EVENTS.validate_python([raws[i] for i in valid_idx]) if valid_idx else []
     reasons: dict[int, str] = dict(errors)
@@ -200,7 +209,8 @@ def check_events(raws: Sequence[Any], cfg: EventsConfig, *, now: float | None = 
     table, dup_positions = _drop_repeats(table)
     for pos in dup_positions:
         reasons[kept[pos]] = "event_id: repeated in this batch (the first one is kept)"
-    rejected = [Rejected(i, _raw_id(raws[i]) if i >= 0 else None, reasons[i], raws[i] if i >= 0 else None)
+    rejected = [Rejected(i, _raw_id(raws[i]) if i >= 0 else None, reasons[i],
+                         (raws[i].text if isinstance(raws[i], Unreadable) else raws[i]) if i >= 0 else None)
                 for i in sorted(reasons)]
     return Checked(table, rejected)
 
