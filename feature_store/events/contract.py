@@ -270,15 +270,21 @@ def _to_table(rows: dict[str, list[Any]], id_type: str, now: float) -> pa.Table:
     return pa.table(cols, schema=schema)
 
 
+def first_occurrence(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """True where an id appears for the first time in `ids` (in order)."""
+    arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    pos = pc.index_in(arr, value_set=pc.unique(arr)).to_numpy(zero_copy_only=False)
+    _, first = np.unique(pos, return_index=True)
+    out = np.zeros(len(arr), dtype=bool)
+    out[first] = True
+    return out
+
+
 def _drop_repeats(table: pa.Table) -> tuple[pa.Table, list[int]]:
     """The table without rows whose event_id appeared earlier in it, and the positions dropped."""
     if table.num_rows < 2:
         return table, []
-    ids = table.column("event_id").combine_chunks()
-    first = pc.index_in(ids, value_set=pc.unique(ids)).to_numpy()  # position of each id in the unique list
-    _, first_pos = np.unique(first, return_index=True)
-    keep = np.zeros(table.num_rows, dtype=bool)
-    keep[first_pos] = True
+    keep = first_occurrence(table.column("event_id"))
     dropped = np.flatnonzero(~keep).tolist()
     return (table.filter(pa.array(keep)), dropped) if dropped else (table, [])
 

@@ -123,57 +123,66 @@ def _stored_rows(stored: pa.Table, seq: Sequence, sf: StreamFeatures, schema: pa
 # ---------------------------------------------------------------------------------------------- activity
 
 
-def _type_counts(rows: pa.Table, key: str, types: tuple[str, ...]) -> dict[str, pa.Array]:
-    """Per key (in the order of `pc.unique(rows[key])`): the count of each type, as int64 arrays."""
-    keys = rows.column(key)
+NO_TIME = np.iinfo(np.int64).min  # "no such event" in an int64 maximum
+
+
+def _groups(keys: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """(the distinct keys in order of appearance, each row's position among them)."""
     uniq = pc.unique(keys)
-    idx = pc.index_in(keys, value_set=uniq).to_numpy(zero_copy_only=False)
-    out = {}
-    for t in types:
-        mask = pc.equal(rows.column("type"), t).to_numpy(zero_copy_only=False)
-        out[f"n_{t}"] = pa.array(np.bincount(idx[mask], minlength=len(uniq)).astype(np.int64))
-    return {key: uniq, **out}  # type: ignore[dict-item]
+    return uniq, pc.index_in(keys, value_set=uniq).to_numpy(zero_copy_only=False)
+
+
+def _group_sum(idx: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(idx, weights=values, minlength=n)
+
+
+def _group_max(idx: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, NO_TIME, np.int64)
+    np.maximum.at(out, idx, values)
+    return out
+
+
+def _type_counts(rows: pa.Table, idx: np.ndarray, n: int, types: tuple[str, ...]) -> dict[str, pa.Array]:
+    """`n_<type>`: per group, the count of each event type, as int64 arrays."""
+    return {f"n_{t}": pa.array(np.bincount(idx[pc.equal(rows.column("type"), t).to_numpy(zero_copy_only=False)],
+                                           minlength=n).astype(np.int64)) for t in types}
+
+
+def _combined(a: pa.Table, b: pa.Table, key: str, counts: list[str]) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
+    """Stored rows `a` and fresh rows `b` of one view as one table, its group positions, and the key column and
+    summed count columns of the combined view."""
+    both = pa.concat_tables([a.select(b.column_names).cast(b.schema), b])
+    uniq, idx = _groups(both.column(key))
+    out: dict[str, Any] = {key: uniq}
+    for c in counts:
+        out[c] = pa.array(_group_sum(idx, both.column(c).to_numpy(), len(uniq)).astype(np.int64))
+    return both, idx, out
 
 
 def activity_view(rows: pa.Table, sf: StreamFeatures) -> pa.Table:
     """[user key, n_<type>..., purchases, revenue, last_purchase_ts, ts], one row per user with events."""
-    cols = _type_counts(rows, sf.user_key, sf.types)
-    uniq = cols[sf.user_key]
+    uniq, idx = _groups(rows.column(sf.user_key))
     n = len(uniq)
-    idx = pc.index_in(rows.column(sf.user_key), value_set=uniq).to_numpy(zero_copy_only=False)
     ts = rows.column("ts").to_numpy()
     bought = pc.is_in(rows.column("type"), value_set=pa.array(list(sf.purchase_types), pa.string())).to_numpy(
         zero_copy_only=False)
     value = pc.fill_null(rows.column("value"), 0.0).to_numpy()
     purchases = np.bincount(idx[bought], minlength=n).astype(np.int64)
-    revenue = np.zeros(n, np.float64)
-    np.add.at(revenue, idx[bought], value[bought])
-    last_buy = np.full(n, np.iinfo(np.int64).min, np.int64)
-    np.maximum.at(last_buy, idx[bought], ts[bought])
-    newest = np.full(n, np.iinfo(np.int64).min, np.int64)
-    np.maximum.at(newest, idx, ts)
-    return pa.table({**cols, "purchases": pa.array(purchases), "revenue": pa.array(revenue),
-                     "last_purchase_ts": pa.array(last_buy, mask=purchases == 0), "ts": pa.array(newest)})
+    last_buy = _group_max(idx[bought], ts[bought], n)
+    return pa.table({sf.user_key: uniq, **_type_counts(rows, idx, n, sf.types), "purchases": pa.array(purchases),
+                     "revenue": pa.array(_group_sum(idx[bought], value[bought], n)),
+                     "last_purchase_ts": pa.array(last_buy, mask=purchases == 0),
+                     "ts": pa.array(_group_max(idx, ts, n))})
 
 
 def combine_activity(a: pa.Table, b: pa.Table, sf: StreamFeatures) -> pa.Table:
     """The activity of a's and b's events together (a: stored rows, b: new events' activity)."""
-    both = pa.concat_tables([a.select(b.column_names).cast(b.schema), b])
-    key = both.column(sf.user_key)
-    uniq = pc.unique(key)
-    idx = pc.index_in(key, value_set=uniq).to_numpy(zero_copy_only=False)
-    n = len(uniq)
-    out: dict[str, pa.Array] = {sf.user_key: uniq}
-    for c in [*sf.type_columns(), "purchases"]:
-        out[c] = pa.array(np.bincount(idx, weights=both.column(c).to_numpy(), minlength=n).astype(np.int64))
-    revenue = np.zeros(n, np.float64)
-    np.add.at(revenue, idx, both.column("revenue").to_numpy())
-    out["revenue"] = pa.array(revenue)
+    both, idx, out = _combined(a, b, sf.user_key, [*sf.type_columns(), "purchases"])
+    n = len(out[sf.user_key])
+    out["revenue"] = pa.array(_group_sum(idx, both.column("revenue").to_numpy(), n))
     for c in ("last_purchase_ts", "ts"):
-        v = pc.fill_null(both.column(c), np.iinfo(np.int64).min).to_numpy()
-        m = np.full(n, np.iinfo(np.int64).min, np.int64)
-        np.maximum.at(m, idx, v)
-        out[c] = pa.array(m, mask=m == np.iinfo(np.int64).min)
+        m = _group_max(idx, pc.fill_null(both.column(c), NO_TIME).to_numpy(), n)
+        out[c] = pa.array(m, mask=m == NO_TIME)
     return pa.table(out)
 
 
@@ -182,35 +191,22 @@ def combine_activity(a: pa.Table, b: pa.Table, sf: StreamFeatures) -> pa.Table:
 
 def popularity_view(rows: pa.Table, sf: StreamFeatures) -> pa.Table:
     """[item key, n_<type>..., trend, ts], one row per item with events."""
-    cols = _type_counts(rows, sf.item_key, sf.types)
-    uniq = cols[sf.item_key]
+    uniq, idx = _groups(rows.column(sf.item_key))
     n = len(uniq)
-    idx = pc.index_in(rows.column(sf.item_key), value_set=uniq).to_numpy(zero_copy_only=False)
     ts = rows.column("ts").to_numpy()
-    newest = np.full(n, np.iinfo(np.int64).min, np.int64)
-    np.maximum.at(newest, idx, ts)
+    newest = _group_max(idx, ts, n)
     positive = rows.column(LABEL).to_numpy(zero_copy_only=False) > 0
-    weight = np.exp2(-(newest[idx] - ts) / sf.half_life_s) * positive
-    trend = np.zeros(n, np.float64)
-    np.add.at(trend, idx, weight)
-    return pa.table({**cols, "trend": pa.array(trend), "ts": pa.array(newest)})
+    trend = _group_sum(idx, np.exp2(-(newest[idx] - ts) / sf.half_life_s) * positive, n)
+    return pa.table({sf.item_key: uniq, **_type_counts(rows, idx, n, sf.types), "trend": pa.array(trend),
+                     "ts": pa.array(newest)})
 
 
 def combine_popularity(a: pa.Table, b: pa.Table, sf: StreamFeatures) -> pa.Table:
     """The popularity of a's and b's events together: counts add, trends decay to the newer `ts` and add."""
-    both = pa.concat_tables([a.select(b.column_names).cast(b.schema), b])
-    key = both.column(sf.item_key)
-    uniq = pc.unique(key)
-    idx = pc.index_in(key, value_set=uniq).to_numpy(zero_copy_only=False)
-    n = len(uniq)
-    out: dict[str, pa.Array] = {sf.item_key: uniq}
-    for c in sf.type_columns():
-        out[c] = pa.array(np.bincount(idx, weights=both.column(c).to_numpy(), minlength=n).astype(np.int64))
+    both, idx, out = _combined(a, b, sf.item_key, sf.type_columns())
     ts = both.column("ts").to_numpy()
-    newest = np.full(n, np.iinfo(np.int64).min, np.int64)
-    np.maximum.at(newest, idx, ts)
-    trend = np.zeros(n, np.float64)
-    np.add.at(trend, idx, both.column("trend").to_numpy() * np.exp2(-(newest[idx] - ts) / sf.half_life_s))
-    out["trend"] = pa.array(trend)
+    newest = _group_max(idx, ts, len(out[sf.item_key]))
+    decayed = both.column("trend").to_numpy() * np.exp2(-(newest[idx] - ts) / sf.half_life_s)
+    out["trend"] = pa.array(_group_sum(idx, decayed, len(newest)))
     out["ts"] = pa.array(newest)
     return pa.table(out)

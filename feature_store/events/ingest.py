@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from feature_store.config import FeatureStoreConfig
 from feature_store.events.bus import Entry, EventBus, log_dir
-from feature_store.events.contract import Unreadable, check_events, concat
+from feature_store.events.contract import Unreadable, check_events, concat, first_occurrence
 
 PUSH_CHUNK = 10_000  # events per bus entry when pushing a file
 
@@ -194,7 +193,4 @@ def read_log(root: Path, id_type: str) -> pa.Table:
     if not files:
         return concat([], id_type)
     table = concat([pq.read_table(f) for f in files], id_type)
-    ids = table.column("event_id").combine_chunks()
-    pos = pc.index_in(ids, value_set=pc.unique(ids)).to_numpy(zero_copy_only=False)
-    _, first = np.unique(pos, return_index=True)
-    return table.take(pa.array(np.sort(first)))
+    return table.filter(pa.array(first_occurrence(table.column("event_id"))))

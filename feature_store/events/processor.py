@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from feature_store.config import FeatureStoreConfig
 from feature_store.events.bus import Entry, EventBus
-from feature_store.events.contract import concat
+from feature_store.events.contract import concat, first_occurrence
 from feature_store.events.features import (
     ACTIVITY_VIEW,
     HISTORY_VIEW,
@@ -173,7 +173,7 @@ class StreamProcessor:
         if not fresh:
             return
         ids = events.column("event_id")
-        first = _first_occurrence(ids)
+        first = first_occurrence(ids)
         seen = self.store.applied(GROUP, ids.to_pylist())
         dup = seen | ~first
         late = _too_late(events.column("ts").to_numpy(), ~dup, state.watermark,
@@ -210,24 +210,28 @@ class StreamProcessor:
         new_rows: dict[str, int] = {}
         users = pc.unique(rows.column(sf.user_key))
         items = pc.unique(rows.column(sf.item_key))
+        current = self.store.entities()  # one listing per step; a view is created only when it is missing
+
+        def view_info(name: str, empty: pa.Table, key: str) -> Any:
+            return current.get(name) or self.store.ensure_view(name, empty, key=key, ts_column="ts")
 
         if sf.sequences:
             empty = history_view(rows.slice(0, 0), sf)
             assert empty is not None
-            info = self.store.ensure_view(HISTORY_VIEW, empty, key=sf.user_key, ts_column="ts")
+            info = view_info(HISTORY_VIEW, empty, sf.user_key)
             stored, found = self._stored(HISTORY_VIEW, users, empty.schema)
             view = history_view(rows, sf, stored=stored)
             assert view is not None
             self._add(upserts, new_rows, HISTORY_VIEW, view, sf.user_key, info.version, view.num_rows - found)
 
         fresh = activity_view(rows, sf)
-        info = self.store.ensure_view(ACTIVITY_VIEW, fresh.slice(0, 0), key=sf.user_key, ts_column="ts")
+        info = view_info(ACTIVITY_VIEW, fresh.slice(0, 0), sf.user_key)
         stored, found = self._stored(ACTIVITY_VIEW, users, fresh.schema)
         view = combine_activity(stored, fresh, sf) if found else fresh
         self._add(upserts, new_rows, ACTIVITY_VIEW, view, sf.user_key, info.version, view.num_rows - found)
 
         fresh = popularity_view(rows, sf)
-        info = self.store.ensure_view(POPULARITY_VIEW, fresh.slice(0, 0), key=sf.item_key, ts_column="ts")
+        info = view_info(POPULARITY_VIEW, fresh.slice(0, 0), sf.item_key)
         stored, found = self._stored(POPULARITY_VIEW, items, fresh.schema)
         view = combine_popularity(stored, fresh, sf) if found else fresh
         self._add(upserts, new_rows, POPULARITY_VIEW, view, sf.item_key, info.version, len(items) - found)
@@ -266,16 +270,6 @@ class StreamProcessor:
 
     def state(self) -> StreamState:
         return StreamState.load(self.store.stream_state(GROUP))
-
-
-def _first_occurrence(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """True where an id appears for the first time in `ids`."""
-    arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    pos = pc.index_in(arr, value_set=pc.unique(arr)).to_numpy(zero_copy_only=False)
-    _, first = np.unique(pos, return_index=True)
-    out = np.zeros(len(arr), dtype=bool)
-    out[first] = True
-    return out
 
 
 def _too_late(ts: np.ndarray, candidate: np.ndarray, watermark: int | None, lateness: float) -> np.ndarray:
