@@ -15,35 +15,21 @@ return of the profiles, whichever is later.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from feature_store.config import FeatureStoreConfig, SQLiteOnlineStoreConfig
+from feature_store.config import FeatureStoreConfig
 from feature_store.offline import OfflineStore
-from feature_store.online import OnlineStore, materialize, open_online_store
+from feature_store.online import OnlineStore, describe_store, materialize, open_store
 from feature_store.prepare import HISTORY_TABLE, layout, load_profiles
-from feature_store.secrets import redact_url
 
 PROFILE_VIEW = "user_profile"
 SEGMENT_VIEW = "user_segment"
 HISTORY_VIEW = "user_history"
 STATIC_TS = "_valid_from"
-
-
-def open_store(cfg: FeatureStoreConfig) -> OnlineStore:
-    """The scenario's online store (SQLite at <output_dir>/online.db unless configured otherwise)."""
-    return open_online_store(cfg.online_store, Path(cfg.output_dir) / "online.db")
-
-
-def describe_store(cfg: FeatureStoreConfig) -> str:
-    oc = cfg.online_store
-    if isinstance(oc, SQLiteOnlineStoreConfig):
-        return f"sqlite:{oc.path or Path(cfg.output_dir) / 'online.db'}"
-    return f"redis:{redact_url(oc.url)} (namespace {oc.namespace})"
 
 
 def _end_of_log(offline: OfflineStore, ts: str) -> int | None:

@@ -127,9 +127,9 @@ def runs(cfg: RecForgeConfig) -> dict[str, Any]:
 
 def events(cfg: RecForgeConfig, action: str, *, file: str | None = None, limit: int = 20) -> dict[str, Any]:
     """`recforge events push|rejected|status`."""
-    from feature_store.events.bus import open_bus
     from feature_store.events.ingest import OfflineLog, push
     from feature_store.events.processor import GROUP
+    from feature_store.events.scenario import open_bus
 
     with open_bus(cfg) as bus:
         where = getattr(bus, "describe", lambda: bus.name)()

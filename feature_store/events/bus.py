@@ -21,14 +21,11 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
-
-from feature_store.config import FeatureStoreConfig, RedisBusConfig, RedisOnlineStoreConfig, SQLiteBusConfig
 
 MAX_REJECTED_EVENT_CHARS = 4096  # a rejected event is kept up to this much of its JSON text
 
@@ -131,36 +128,3 @@ class EventBus(ABC):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-
-def bus_config(cfg: FeatureStoreConfig) -> SQLiteBusConfig | RedisBusConfig:
-    """The scenario's bus: `events.bus`, else Redis Streams where the online store is Redis, else SQLite."""
-    if cfg.events.bus is not None:
-        return cfg.events.bus
-    if isinstance(cfg.online_store, RedisOnlineStoreConfig):
-        return RedisBusConfig(type="redis")
-    return SQLiteBusConfig()
-
-
-def open_bus(cfg: FeatureStoreConfig) -> EventBus:
-    """The scenario's event bus (see `bus_config`)."""
-    bc = bus_config(cfg)
-    if isinstance(bc, RedisBusConfig):
-        from feature_store.events.redis_bus import RedisStreamBus
-
-        store = cfg.online_store if isinstance(cfg.online_store, RedisOnlineStoreConfig) else None
-        url = bc.url or (store.url if store else "redis://127.0.0.1:6379/0")
-        namespace = bc.namespace or (store.namespace if store else "recforge")
-        return RedisStreamBus(url, namespace)
-    from feature_store.events.sqlite_bus import SQLiteBus
-
-    return SQLiteBus(Path(bc.path) if bc.path else events_dir(cfg) / "bus.db")
-
-
-def events_dir(cfg: FeatureStoreConfig) -> Path:
-    return Path(cfg.output_dir) / "events"
-
-
-def log_dir(cfg: FeatureStoreConfig) -> Path:
-    """The offline event log: Parquet files in one folder per UTC day."""
-    return Path(cfg.events.log_path) if cfg.events.log_path else events_dir(cfg) / "log"

@@ -28,8 +28,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from feature_store.config import FeatureStoreConfig
-from feature_store.events.bus import Entry, EventBus, log_dir
+from feature_store.events.bus import Entry, EventBus
 from feature_store.events.contract import Unreadable, check_events, concat, first_occurrence
+from feature_store.events.scenario import log_dir
 
 PUSH_CHUNK = 10_000  # events per bus entry when pushing a file
 

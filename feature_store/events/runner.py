@@ -17,10 +17,10 @@ import numpy as np
 
 from feature_store import progress
 from feature_store.config import FeatureStoreConfig
-from feature_store.events.bus import open_bus
 from feature_store.events.ingest import OfflineLog
 from feature_store.events.processor import GROUP, StreamProcessor
-from feature_store.materialize import describe_store, open_store
+from feature_store.events.scenario import open_bus
+from feature_store.online import describe_store, open_store
 
 
 def run_stream(cfg: FeatureStoreConfig, *, seconds: float | None = None, until_idle: bool = False,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from feature_store.config import RedisOnlineStoreConfig, SQLiteOnlineStoreConfig
+from feature_store.config import FeatureStoreConfig, RedisOnlineStoreConfig, SQLiteOnlineStoreConfig
 from feature_store.online.base import EntityInfo, OnlineFeatures, OnlineStore
 from feature_store.online.materialize import MaterializeReport, latest_per_key, materialize
 from feature_store.online.redis import RedisOnlineStore
 from feature_store.online.sqlite import SQLiteOnlineStore
+from feature_store.secrets import redact_url
 
 __all__ = [
     "EntityInfo",
@@ -22,9 +23,11 @@ __all__ = [
     "OnlineStore",
     "RedisOnlineStore",
     "SQLiteOnlineStore",
+    "describe_store",
     "latest_per_key",
     "materialize",
     "open_online_store",
+    "open_store",
 ]
 
 
@@ -40,3 +43,16 @@ def open_online_store(
         f"online_store: unsupported config {type(cfg).__name__}; use type 'sqlite' or 'redis' "
         "(SQLiteOnlineStoreConfig / RedisOnlineStoreConfig)"
     )
+
+
+def open_store(cfg: FeatureStoreConfig) -> OnlineStore:
+    """The scenario's online store (SQLite at <output_dir>/online.db unless configured otherwise)."""
+    return open_online_store(cfg.online_store, Path(cfg.output_dir) / "online.db")
+
+
+def describe_store(cfg: FeatureStoreConfig) -> str:
+    """The scenario's online store for reports, with any password masked."""
+    oc = cfg.online_store
+    if isinstance(oc, SQLiteOnlineStoreConfig):
+        return f"sqlite:{oc.path or Path(cfg.output_dir) / 'online.db'}"
+    return f"redis:{redact_url(oc.url)} (namespace {oc.namespace})"

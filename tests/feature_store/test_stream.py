@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from feature_store.config import FeatureStoreConfig
-from feature_store.events.bus import EventBus, open_bus
+from feature_store.events.bus import EventBus
 from feature_store.events.contract import check_events
 from feature_store.events.features import (
     ACTIVITY_VIEW,
@@ -29,6 +29,7 @@ from feature_store.events.features import (
     popularity_view,
 )
 from feature_store.events.processor import StreamProcessor
+from feature_store.events.scenario import open_bus
 from feature_store.materialize import open_store
 from feature_store.online.base import OnlineStore
 from tests.conftest import ROOT, redis_server
@@ -195,7 +196,7 @@ def test_a_view_rewritten_between_read_and_commit_is_recomputed_not_overwritten(
 KILLED_PROCESSOR = """
 import json, os, signal, sys
 from feature_store.config import FeatureStoreConfig
-from feature_store.events.bus import open_bus
+from feature_store.events.scenario import open_bus
 from feature_store.events.processor import StreamProcessor
 from feature_store.materialize import open_store
 
