@@ -184,4 +184,5 @@ def app_settings(cfg: RecForgeConfig) -> AppSettings:
         features=cfg.features,
         online_store=cfg.online_store,
         has_retriever=bool(cfg.retrieval.user_features and cfg.retrieval.item_features),
+        feature_store=feature_store_config(cfg),
     )

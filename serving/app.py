@@ -36,7 +36,10 @@ import asyncio
 import hmac
 import json
 import os
+import sqlite3
+import threading
 import time
+import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -46,19 +49,21 @@ import numpy as np
 from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
-    StrictFloat,
     StrictInt,
-    StrictStr,
 )
 from ray import serve
 from ray.exceptions import RayActorError
 
+from feature_store.config import FeatureStoreConfig
+from feature_store.events.bus import EventBus
+from feature_store.events.ingest import IngestReport, ingest
+from feature_store.events.scenario import open_bus
+from feature_store.secrets import scrub
+from feature_store.values import Int64, Number, printable, text
 from serving.config import AppSettings
 from serving.deployments import (
     Candidates,
@@ -75,35 +80,7 @@ from serving.deployments import (
 APP_NAME = "recforge"
 RETRIES = 3
 RETRY_BACKOFF_S = (0.05, 0.25, 1.0)
-
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-
-
-def _valid_unicode(s: str) -> str:
-    """Strings must be encodable (JSON allows a lone UTF-16 surrogate escape such as "\\ud800"; no store or
-    model can hold it, and it cannot be written back as UTF-8)."""
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("invalid Unicode: a lone surrogate (\\ud800-\\udfff) that no text encoding can hold") from None
-    return s
-
-
-def _within_int64(v: Any) -> Any:
-    """Integers outside int64 are refused before a union could take them as floats (2**63 is a valid float)."""
-    if isinstance(v, int) and not isinstance(v, bool) and not INT64_MIN <= v <= INT64_MAX:
-        raise ValueError(f"integer outside int64 ({INT64_MIN} .. {INT64_MAX})")
-    return v
-
-
-Int64 = Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
-Finite = Annotated[StrictFloat, Field(allow_inf_nan=False)]
-
-
-def text(max_length: int) -> Any:
-    """A string of at most `max_length` characters that is valid Unicode."""
-    return Annotated[StrictStr, Field(max_length=max_length), AfterValidator(_valid_unicode)]
-
+BUS_RETRY_S = 5.0  # how long POST /events waits for an unreachable bus before its 503 (clients time out later)
 
 @dataclass(frozen=True)
 class ApiSettings:
@@ -121,6 +98,8 @@ class ApiSettings:
     item_key: str
     seen_columns: tuple[str, ...]
     has_retriever: bool
+    events_token: str | None
+    feature_store: FeatureStoreConfig
 
 
 # ------------------------------------------------------------------------------------------------ API models
@@ -138,6 +117,8 @@ class RecommendedItem(BaseModel):
 
 class RecommendResponse(BaseModel):
     user_id: Any
+    exposure_id: str = Field(description="this answer's id: send it as an event's `exposure_id` to tie what the "
+                                         "user did to what was shown")
     items: list[RecommendedItem]
     fallback: str | None = Field(description='"popular" when the user is unknown to the online store')
     models: dict[str, ModelVersion]
@@ -159,6 +140,28 @@ class PredictResponse(BaseModel):
     timings_ms: dict[str, float]
 
 
+class RejectedEvent(BaseModel):
+    index: int = Field(description="position of the event in the request's `events`")
+    event_id: str | None = Field(description="its event_id, when it had a readable one")
+    reason: str = Field(description="the field and what is wrong with it")
+
+
+class EventsResponse(BaseModel):
+    received: int
+    accepted: int = Field(description="events published to the bus (the stream processor applies them)")
+    rejected: list[RejectedEvent] = Field(description="every event not accepted, with its reason (also kept in "
+                                                      "the dead-letter log: `recforge events rejected`)")
+
+
+class EventsRequest(BaseModel):
+    """A batch of events. Each event is checked on its own against the contract (docs/cli.md#events): a bad one is
+    rejected with its reason and the others are accepted, so the items are not validated as a whole here."""
+
+    model_config = ConfigDict(extra="forbid")
+    events: list[Any] = Field(description="events: {event_id, ts, user_id, item_id, type, value?, context?, "
+                                          "exposure_id?}; at most `events.max_batch_events` (413 above)")
+
+
 def request_models(s: ApiSettings) -> tuple[type[BaseModel], type[BaseModel]]:
     """The request bodies, with this deployment's limits (k <= max_k, 1..max_items item ids, ids within int64 or
     at most max_id_length characters, a bounded context). Whatever the models cannot take is refused here with a
@@ -166,7 +169,6 @@ def request_models(s: ApiSettings) -> tuple[type[BaseModel], type[BaseModel]]:
     that JSON cannot carry)."""
     Id = Int64 | text(s.max_id_length)
     n = s.max_context_value_length
-    Number = Annotated[Int64 | Finite, BeforeValidator(_within_int64)]
     Scalar = text(n) | Number | StrictBool
     ContextValue = Scalar | Annotated[list[text(n) | Number], Field(max_length=n)] | None
     Context = Annotated[dict[text(128), ContextValue], Field(max_length=s.max_context_fields)]
@@ -202,15 +204,15 @@ def install_error_handlers(api: FastAPI, max_body_bytes: int) -> None:
     from feature_store.edge import too_large_body
 
     async def validation(_: Any, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": [{"loc": [p if isinstance(p, int) else _printable(str(p))
+        return JSONResponse({"detail": [{"loc": [p if isinstance(p, int) else printable(str(p))
                                                  for p in e.get("loc", ()) if _field_part(p)],
-                                         "msg": _printable(str(e.get("msg", ""))), "type": e.get("type", "")}
+                                         "msg": printable(str(e.get("msg", ""))), "type": e.get("type", "")}
                                         for e in exc.errors()]}, status_code=422)
 
     async def http_error(_: Any, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 413:
             return JSONResponse(json.loads(too_large_body(max_body_bytes)), status_code=413)
-        return JSONResponse({"detail": _printable(str(exc.detail))}, status_code=exc.status_code,
+        return JSONResponse({"detail": printable(str(exc.detail))}, status_code=exc.status_code,
                             headers=exc.headers)
 
     api.add_exception_handler(RequestValidationError, validation)  # type: ignore[arg-type]
@@ -225,11 +227,6 @@ def _field_part(part: Any) -> bool:
     p = str(part)
     return not (p.startswith(("constrained-", "function-")) or "[" in p or p in ("int", "str", "float", "bool",
                                                                                     "list", "dict"))
-
-
-def _printable(s: str) -> str:
-    """`s` with anything UTF-8 cannot carry replaced (a key or value the client sent may appear in a message)."""
-    return s.encode("utf-8", "replace").decode("utf-8")
 
 
 def field_error(status: int, loc: list[Any], msg: str) -> JSONResponse:
@@ -297,6 +294,8 @@ class Ingress:
         self.retriever = retriever.build() if isinstance(retriever, InProcess) else retriever
         self.s = settings
         self.retries = 0  # model calls retried after a replica died
+        self._bus: EventBus | None = None  # opened by the first POST /events
+        self._bus_lock = threading.Lock()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self)
@@ -355,6 +354,7 @@ class Ingress:
                               "retrieval": cands.ms["retrieval"], "ranking": scored.ms["ranking"]})
         return _answer({
             "user_id": user_id,
+            "exposure_id": uuid.uuid4().hex,
             "items": [{"item_id": i, "score": p, "retrieval_score": r if r is None or np.isfinite(r) else None}
                       for i, p, r in zip(ids[top].tolist(), probs[top].tolist(), retrieval[top].tolist())],
             "fallback": cands.fallback,
@@ -387,6 +387,32 @@ class Ingress:
             "models": {"ranker": scored.model.to_json()},
             "timings_ms": timings,
         }, timings)
+
+    async def events(self, raws: list[Any], token: str | None) -> JSONResponse:
+        """Check a batch, publish the accepted events to the bus as one entry, keep the rejected ones (see
+        feature_store.events.ingest). A bus that cannot be reached is a 503 and nothing of the batch is accepted;
+        sending it again is safe (an event_id is applied once)."""
+        want = self.s.events_token
+        if want is not None and (token is None or not hmac.compare_digest(token.encode("utf-8"), want.encode("utf-8"))):
+            return JSONResponse({"detail": "missing or wrong X-Events-Token header"}, status_code=401)
+        limit = self.s.feature_store.events.max_batch_events
+        if len(raws) > limit:
+            return JSONResponse({"detail": f"{len(raws)} events in one request; events.max_batch_events is {limit}: "
+                                           f"send them in batches of at most {limit}"}, status_code=413)
+        try:
+            report = await asyncio.to_thread(self._ingest, raws)
+        except (ConnectionError, OSError, sqlite3.Error) as exc:
+            self._bus = None
+            return _unavailable(f"event bus unavailable ({scrub(str(exc))}); nothing of this request was accepted: "
+                                "send it again (each event_id is applied once)")
+        return JSONResponse({"received": report.received, "accepted": report.accepted, "rejected": report.rejected})
+
+    def _ingest(self, raws: list[Any]) -> IngestReport:
+        with self._bus_lock:
+            if self._bus is None:
+                self._bus = open_bus(self.s.feature_store, retry_s=BUS_RETRY_S)
+            bus = self._bus
+        return ingest(raws, self.s.feature_store, bus)
 
     def _model_handles(self) -> dict[str, Any]:
         return {"ranker": self.ranker, **({"retriever": self.retriever} if self.retriever is not None else {})}
@@ -440,6 +466,18 @@ def build_api(ingress: Ingress) -> FastAPI:
         """Click probability of each item for a user."""
         return await ingress.predict(body.user_id, body.item_ids, body.context)
 
+    @api.post("/events", response_model=EventsResponse,
+              responses={401: {"description": "serving.events_token is set and X-Events-Token does not match it"},
+                         413: {"description": "more events than events.max_batch_events, or a body above "
+                                            "serving.limits.max_body_bytes"},
+                         422: {"description": "the body is not {\"events\": [...]}"},
+                         503: {"description": "the event bus cannot be reached; nothing was accepted"}})
+    async def events(body: EventsRequest, x_events_token: str | None = Header(None)) -> Any:
+        """Ingest a batch of user events: each is checked on its own; the accepted ones go to the event bus (the
+        stream processor applies them to the online features), the rejected ones are listed with their reasons
+        and kept in the dead-letter log."""
+        return await ingress.events(body.events, x_events_token)
+
     @api.get("/healthz")
     async def healthz() -> JSONResponse:
         """200 when every model has a version loaded, else 503 naming what is missing."""
@@ -470,7 +508,8 @@ def api_settings(app: AppSettings) -> ApiSettings:
                        max_context_fields=lim.max_context_fields,
                        max_context_value_length=lim.max_context_value_length, max_body_bytes=lim.max_body_bytes,
                        candidates=s.candidates, admin_token=s.admin_token,
-                       user_key=f.user_key, item_key=f.item_key, seen_columns=seen, has_retriever=app.has_retriever)
+                       user_key=f.user_key, item_key=f.item_key, seen_columns=seen, has_retriever=app.has_retriever,
+                       events_token=s.events_token, feature_store=app.feature_store)
 
 
 def build_app(app: AppSettings) -> Any:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from feature_store.config import FeaturesConfig, OnlineStoreConfig, StrictModel
+from feature_store.config import FeaturesConfig, FeatureStoreConfig, OnlineStoreConfig, StrictModel
 from feature_store.secrets import SecretText
 
 
@@ -122,6 +122,9 @@ class ServingConfig(StrictModel):
     admin_token: SecretText | None = Field(None, description="token `POST /admin/reload` requires in "
                                                              "`X-Admin-Token`; null disables the endpoint; secret: "
                                                              "redacted in every output")
+    events_token: SecretText | None = Field(None, description="token `POST /events` requires in `X-Events-Token`; "
+                                                              "null: the endpoint is as open as /recommend; secret: "
+                                                              "redacted in every output")
     stats_host: str = Field("127.0.0.1", description="address HAProxy's stats page and Prometheus metrics listen on "
                                                      "(loopback: this machine only); 0.0.0.0 opens them to others")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="timeouts and request size limits")
@@ -147,6 +150,8 @@ class AppSettings:
         online_store: the `online_store:` section.
         has_retriever: whether the scenario has a retrieval model (both towers configured); without one the app
             answers /predict only.
+        feature_store: the feature-store sections (`POST /events` checks events against `events:` and publishes
+            them to the scenario's bus; `events.stream.serve` runs the stream processor beside the app).
     """
 
     name: str
@@ -158,3 +163,4 @@ class AppSettings:
     features: FeaturesConfig
     online_store: OnlineStoreConfig
     has_retriever: bool
+    feature_store: FeatureStoreConfig

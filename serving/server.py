@@ -92,6 +92,10 @@ def start_app(settings: AppSettings, *, port: int | None = None, ray_address: st
 
     serve.start(http_options={"host": s.host, "port": port})
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    if settings.feature_store.events.stream.serve:
+        from serving.stream import start_stream
+
+        start_stream(settings.name, settings.feature_store)
     if wait:
         wait_healthy(url, timeout)
     return url
@@ -124,6 +128,11 @@ def stop_app(timeout: float = 60.0) -> None:
     import ray
     from ray.serve import context as serve_context
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    from serving.stream import stop_streams
+
+    if ray.is_initialized():
+        stop_streams()
 
     with contextlib.suppress(Exception):
         client = serve_context._get_global_client(raise_if_no_controller_running=False)

@@ -30,17 +30,15 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
-    StrictStr,
     TypeAdapter,
     ValidationError,
     field_validator,
 )
 
 from feature_store.config import EventsConfig
+from feature_store.values import INT64_MAX, INT64_MIN, Text, printable
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
+Scalar = StrictBool | StrictInt | StrictFloat | Text | None
 
 
 class Event(BaseModel):
@@ -48,15 +46,15 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    event_id: StrictStr | StrictInt = Field(description="idempotency key: an event sent twice is applied once")
-    ts: StrictInt | StrictFloat | StrictStr = Field(
+    event_id: Text | StrictInt = Field(description="idempotency key: an event sent twice is applied once")
+    ts: StrictInt | StrictFloat | Text = Field(
         description="when it happened: Unix seconds (UTC), or ISO 8601 text with a UTC offset")
-    user_id: StrictInt | StrictStr = Field(description="the user (the scenario's user key)")
-    item_id: StrictInt | StrictStr = Field(description="the item (the scenario's item key)")
-    type: StrictStr = Field(description="one of the scenario's `events.types` (impression, click, purchase, ...)")
+    user_id: StrictInt | Text = Field(description="the user (the scenario's user key)")
+    item_id: StrictInt | Text = Field(description="the item (the scenario's item key)")
+    type: Text = Field(description="one of the scenario's `events.types` (impression, click, purchase, ...)")
     value: StrictInt | StrictFloat | None = Field(None, description="revenue of a purchase (finite), else optional")
-    context: dict[str, Scalar] | None = Field(None, description="request-time columns (channel, device, ...)")
-    exposure_id: StrictStr | None = Field(None, description="the served answer this event follows, when known")
+    context: dict[Text, Scalar] | None = Field(None, description="request-time columns (channel, device, ...)")
+    exposure_id: Text | None = Field(None, description="the served answer this event follows, when known")
 
     @field_validator("ts")
     @classmethod
@@ -69,14 +67,14 @@ class Event(BaseModel):
             if parsed.tzinfo is None:
                 raise ValueError("ISO 8601 text needs a UTC offset (Z or +00:00): a local time is ambiguous")
             return parsed.timestamp()
-        if not math.isfinite(v) or not 0 <= v < 2**40:
+        if not 0 <= v < 2**40:  # also false for NaN; compared as given, so a huge int cannot overflow a float
             raise ValueError("must be finite Unix seconds after 1970")
         return float(v)
 
     @field_validator("value")
     @classmethod
     def _finite(cls, v: float | None) -> float | None:
-        if v is not None and not math.isfinite(v):
+        if v is not None and not -1e300 < v < 1e300:  # also false for NaN and infinities; no int-to-float overflow
             raise ValueError("must be a finite number")
         return v
 
@@ -85,7 +83,7 @@ class Event(BaseModel):
     def _finite_context(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         for key, x in (v or {}).items():
             if isinstance(x, float) and not math.isfinite(x):
-                raise ValueError(f"'{key}' must be a finite number")
+                raise ValueError(f"'{key[:64]}' must be a finite number")
         return v
 
 
@@ -162,7 +160,7 @@ def _raw_id(raw: Any) -> str | None:
     if isinstance(raw, dict):
         v = raw.get("event_id")
         if isinstance(v, str | int) and not isinstance(v, bool):
-            return str(v)[:256]
+            return printable(str(v)[:256])
     return None
 
 
@@ -209,7 +207,7 @@ def check_events(raws: Sequence[Any], cfg: EventsConfig, *, now: float | None = 
     table, dup_positions = _drop_repeats(table)
     for pos in dup_positions:
         reasons[kept[pos]] = "event_id: repeated in this batch (the first one is kept)"
-    rejected = [Rejected(i, _raw_id(raws[i]) if i >= 0 else None, reasons[i],
+    rejected = [Rejected(i, _raw_id(raws[i]) if i >= 0 else None, printable(reasons[i]),
                          (raws[i].text if isinstance(raws[i], Unreadable) else raws[i]) if i >= 0 else None)
                 for i in sorted(reasons)]
     return Checked(table, rejected)

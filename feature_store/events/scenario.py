@@ -22,14 +22,14 @@ def bus_config(cfg: FeatureStoreConfig) -> SQLiteBusConfig | RedisBusConfig:
     return SQLiteBusConfig()
 
 
-def open_bus(cfg: FeatureStoreConfig) -> EventBus:
-    """The scenario's event bus (see `bus_config`)."""
+def open_bus(cfg: FeatureStoreConfig, *, retry_s: float = 30.0) -> EventBus:
+    """The scenario's event bus (see `bus_config`); a Redis bus retries an unreachable server for `retry_s`."""
     bc = bus_config(cfg)
     if isinstance(bc, RedisBusConfig):
         store = cfg.online_store if isinstance(cfg.online_store, RedisOnlineStoreConfig) else None
         url = bc.url or (store.url if store else "redis://127.0.0.1:6379/0")
         namespace = bc.namespace or (store.namespace if store else "recforge")
-        return RedisStreamBus(url, namespace)
+        return RedisStreamBus(url, namespace, retry_s=retry_s)
     return SQLiteBus(Path(bc.path) if bc.path else events_dir(cfg) / "bus.db")
 
 

@@ -43,7 +43,8 @@ def test_a_url_shows_its_host_but_not_its_credentials(url: str, shown: str) -> N
 
 def test_the_secret_fields_are_declared_once_by_type() -> None:
     assert dict(secret_fields(RecForgeConfig)) == {"online_store.url": "url", "train.tracking.uri": "url",
-                                                   "retrieval.tracking.uri": "url", "serving.admin_token": "text"}
+                                                   "retrieval.tracking.uri": "url", "serving.admin_token": "text",
+                                                   "serving.events_token": "text", "events.bus.url": "url"}
 
 
 def planted(tmp_path: Path) -> RecForgeConfig:
