@@ -833,6 +833,12 @@ def _format_errors(exc: ValidationError, source: str, lines: Mapping[tuple[str, 
                 hint += f" ({label}: {valid})"
         elif kind == "missing":
             hint = "required key is missing"
+        elif kind in ("union_tag_not_found", "union_tag_invalid"):
+            tags = (err.get("ctx") or {}).get("expected_tags", "")
+            got = (err.get("ctx") or {}).get("tag")
+            dotted += ".type"
+            hint = (f"unknown type {got!r}" if got is not None else "required key is missing") + \
+                (f"; use one of {tags}" if tags else "")
         else:
             got = err.get("input")
             shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__

@@ -26,6 +26,7 @@ RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 PREFIX = "recforge-stream-"
+_handles: dict[str, Any] = {}
 
 
 def actor_name(scenario: str) -> str:
@@ -78,6 +79,7 @@ def start_stream(scenario: str, cfg: FeatureStoreConfig) -> Any:
         name=actor_name(scenario), namespace=NAMESPACE, get_if_exists=True, max_restarts=-1)
     handle = actor.remote(cfg)
     ray.get(handle.status.remote())  # constructed: the loop runs
+    _handles[scenario] = handle  # a named actor still goes when its last handle does; it lives while this process
     return handle
 
 
@@ -99,6 +101,7 @@ def stop_streams(timeout: float = 30.0) -> list[dict[str, Any]]:
         except Exception as exc:
             log.warning("stream processor %s did not stop cleanly (%s)", name, scrub(str(exc)))
         ray.kill(handle, no_restart=True)
+        _handles.pop(name.removeprefix(PREFIX), None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # gone, so that a start right after makes a new one
             try:

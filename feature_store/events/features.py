@@ -133,7 +133,8 @@ def _groups(keys: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
 
 
 def _group_sum(idx: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    return np.bincount(idx, weights=values, minlength=n)
+    """Per group, the float64 sum of `values` (np.bincount gives int64 zeros when no row is weighted)."""
+    return np.bincount(idx, weights=values, minlength=n).astype(np.float64, copy=False)
 
 
 def _group_max(idx: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

@@ -149,6 +149,23 @@ def test_a_repeated_event_is_applied_once_and_counted_with_its_reason(cfg: Featu
     assert got["counters"]["applied"] == 60 and got["counters"]["duplicates"] == 10
 
 
+def test_a_first_batch_without_purchases_keeps_the_views_types_for_later_purchases(
+        cfg: FeatureStoreConfig) -> None:
+    """Sums are float64 even when no event of a batch has a value (np.bincount would give int64 zeros), so the
+    view written by the first batch takes the later ones."""
+    raws = [{"event_id": "v1", "ts": T0, "user_id": 1, "item_id": 10, "type": "click"},
+            {"event_id": "v2", "ts": T0 + 1, "user_id": 1, "item_id": 11, "type": "purchase", "value": 19.5}]
+    with open_store(cfg) as store, open_bus(cfg) as bus:
+        publish(bus, cfg, raws[:1])
+        proc = StreamProcessor(cfg, store, bus, consumer="t")
+        drain(proc)
+        publish(bus, cfg, raws[1:])
+        drain(proc)
+        got = snapshot(store, cfg)
+    assert got[ACTIVITY_VIEW][1]["revenue"] == 19.5 and got[ACTIVITY_VIEW][1]["purchases"] == 1
+    assert got["counters"]["applied"] == 2
+
+
 def test_late_events_within_the_allowed_lateness_land_in_event_time_order_older_ones_are_counted(
         cfg: FeatureStoreConfig) -> None:
     base = T0 + 10_000

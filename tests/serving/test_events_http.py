@@ -34,7 +34,7 @@ def served(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
     events = tmp_path_factory.mktemp("events")
     cfg, url = start(scenario, "events.stream.serve=true", "events.max_batch_events=50",
-                     f"events.bus.path={events / 'bus.db'}", f"events.log_path={events / 'log'}",
+                     "events.bus.type=sqlite", f"events.bus.path={events / 'bus.db'}", f"events.log_path={events / 'log'}",
                      f"serving.events_token={TOKEN}")
     yield cfg, url
     stop_app()
@@ -128,7 +128,8 @@ def test_a_purchase_posted_to_events_changes_that_users_next_recommendations(
             break
         time.sleep(0.05)
     seen_after = time.perf_counter() - t0
-    assert bought not in [it["item_id"] for it in after["items"]], "the purchase never reached /recommend"
+    assert bought not in [it["item_id"] for it in after["items"]], \
+        f"the purchase never reached /recommend: processor {processor_status(cfg)}, history {history(cfg, user)}"
     assert history(cfg, user)[-1] == bought  # the newest item of the user's history
     assert seen_after < 5.0, f"took {seen_after:.2f} s"
     # the same event again (a client retry) is applied once: the item stays in the history once
@@ -136,6 +137,14 @@ def test_a_purchase_posted_to_events_changes_that_users_next_recommendations(
                        "item_id": bought, "type": "purchase", "value": 19.9}])
     time.sleep(1.0)
     assert history(cfg, user).count(bought) == 1
+
+
+def processor_status(cfg: RecForgeConfig) -> dict[str, Any]:
+    import ray
+
+    from serving.stream import NAMESPACE, actor_name
+
+    return ray.get(ray.get_actor(actor_name(cfg.name), namespace=NAMESPACE).status.remote())
 
 
 def test_the_processor_actor_runs_beside_the_app(served: tuple[RecForgeConfig, str]) -> None:
