@@ -268,8 +268,28 @@ class TransactionsSource(StrictModel):
         return data
 
 
+class EventsSource(StrictModel):
+    """The scenario's own event log: every event `POST /events` and `recforge events push` accepted, as the
+    stream's offline log writer keeps it (Parquet, one folder per UTC day), each `event_id` once. Trains the
+    models on what users did with what they were shown, and lets `recforge materialize` rebuild the views the
+    stream keeps (`user_history`, `user_activity`, `item_popularity`) with the functions the stream uses.
+
+    Tables: `events` (event_id, user_id, item_id, ts, type, value, exposure_id; `label` = 1.0 for
+    `events.positive_types`, else 0.0; one column per `context` key, typed from the values, a key that clashes
+    with one of these named `context_<key>`); `purchases` (the events of `events.purchase_types`: user_id,
+    item_id, ts, revenue = `value` or 0, event_id), the input of `profiles`. Each event is one row: an impression
+    and the click that followed it are two rows (label 0 and 1), as they are two events.
+    """
+
+    type: Literal["events"] = Field(description="selects the scenario's event log")
+    path: str | None = Field(None, description="the log folder; null = `events.log_path`, else "
+                                               "<output_dir>/events/log")
+    types: list[str] | None = Field(None, description="the event types that become rows of `events` (e.g. "
+                                                      "impression and click for a CTR model); null = all")
+
+
 Source = Annotated[
-    SyntheticSource | TableSource | MovieLensSource | CriteoSource | TransactionsSource,
+    SyntheticSource | TableSource | MovieLensSource | CriteoSource | TransactionsSource | EventsSource,
     Field(discriminator="type"),
 ]
 
@@ -590,6 +610,9 @@ class StreamConfig(StrictModel):
     popularity_half_life_hours: float = Field(24.0, gt=0, description="half-life of the trending score of "
                                                                       "`item_popularity`")
     serve: bool = Field(False, description="`recforge serve` also runs the processor (a Ray actor beside the app)")
+    tag_column: str | None = Field(None, description="an item attribute held by an item entity (e.g. `category`): "
+                                                     "the `user_tags` view counts each user's positive events per "
+                                                     "value of it (behaviour tags); null: no tag view")
 
 
 class EventsConfig(StrictModel):
@@ -847,7 +870,8 @@ def _format_errors(exc: ValidationError, source: str, lines: Mapping[tuple[str, 
     return "invalid configuration:\n  " + "\n  ".join(msgs)
 
 
-_DISCRIMINATOR_TAGS = {"synthetic", "csv", "tsv", "parquet", "movielens", "criteo", "transactions", "sqlite", "redis"}
+_DISCRIMINATOR_TAGS = {"synthetic", "csv", "tsv", "parquet", "movielens", "criteo", "transactions", "events", "sqlite",
+                       "redis"}
 
 
 def _config_text(p: Path, source: str) -> str:
@@ -969,4 +993,14 @@ class FeatureStoreConfig(StrictModel):
         if self.split.method == "files" and self.source.type not in ("csv", "tsv", "parquet"):
             raise ValueError(f"split.method 'files' reads one file per split and needs a csv, tsv or parquet "
                              f"source; source.type is '{self.source.type}': use split.method random or time")
+        tag = self.events.stream.tag_column
+        if tag is not None and not any(e.key == self.features.item_key and tag in e.features
+                                       for e in self.entities.values()):
+            raise ValueError(f"events.stream.tag_column '{tag}' is not a feature of an entity keyed by "
+                             f"'{self.features.item_key}' (the processor looks each item's value up there); add it "
+                             "to that entity's features or set tag_column to one of them")
+        if isinstance(self.source, EventsSource) and self.source.types is not None:
+            unknown = sorted(set(self.source.types) - set(self.events.types))
+            if unknown:
+                raise ValueError(f"source.types names {unknown}, which are not in events.types {self.events.types}")
         return self

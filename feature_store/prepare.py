@@ -500,9 +500,9 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
 
                 src = read_table_files(cfg.source, split_files(cfg), lay.raw)
             elif raw is None:
-                from feature_store.readers import read_source
+                from feature_store.readers import read_scenario_source
 
-                src = read_source(cfg.source, lay.raw)
+                src = read_scenario_source(cfg, lay.raw)
             else:
                 src = raw
             src.rejects.write(lay.rejects)

@@ -32,6 +32,7 @@ from feature_store.sequences import latest_histories
 HISTORY_VIEW = "user_history"
 ACTIVITY_VIEW = "user_activity"
 POPULARITY_VIEW = "item_popularity"
+TAGS_VIEW = "user_tags"
 LABEL = "_positive"
 
 
@@ -54,14 +55,20 @@ class StreamFeatures:
     purchase_types: tuple[str, ...]
     sequences: tuple[Sequence, ...]
     half_life_s: float
+    tag_column: str | None = None
+    attribute_views: tuple[tuple[str, str], ...] = ()  # (item attribute, the item entity view holding it)
 
     @classmethod
     def from_config(cls, cfg: FeatureStoreConfig) -> StreamFeatures:
         f, e = cfg.features, cfg.events
         cats = {c.name: c.column or c.name for c in f.categorical}
         seqs = tuple(Sequence(s.name, cats.get(s.source, s.source), s.max_len, s.positive_only) for s in f.sequence)
+        tag = e.stream.tag_column
+        wanted = {q.column for q in seqs if q.column != f.item_key} | ({tag} if tag else set())
+        views = {c: name for name, ent in cfg.entities.items() if ent.key == f.item_key
+                 for c in ent.features if c in wanted}
         return cls(f.user_key, f.item_key, tuple(e.types), tuple(e.positive_types), tuple(e.purchase_types), seqs,
-                   e.stream.popularity_half_life_hours * 3600.0)
+                   e.stream.popularity_half_life_hours * 3600.0, tag, tuple(sorted(views.items())))
 
     def type_columns(self) -> list[str]:
         return [f"n_{t}" for t in self.types]
@@ -73,6 +80,16 @@ def interactions(events: pa.Table, sf: StreamFeatures) -> pa.Table:
         [sf.user_key, sf.item_key, "ts", "type", "value"])
     positive = pc.is_in(t.column("type"), value_set=pa.array(list(sf.positive_types), pa.string()))
     return t.append_column(LABEL, pc.cast(positive, pa.int8()))
+
+
+def with_attributes(rows: pa.Table, attributes: pa.Table, sf: StreamFeatures) -> pa.Table:
+    """`rows` with the item attributes the views need (`attributes`: item key + one column each, one row per
+    item); an item without a row gets nulls."""
+    pos = pc.index_in(rows.column(sf.item_key), value_set=attributes.column(sf.item_key).combine_chunks())
+    for name in attributes.column_names:
+        if name != sf.item_key and name not in rows.column_names:
+            rows = rows.append_column(name, attributes.column(name).combine_chunks().take(pos))
+    return rows
 
 
 # --------------------------------------------------------------------------------------------- histories
@@ -118,6 +135,41 @@ def _stored_rows(stored: pa.Table, seq: Sequence, sf: StreamFeatures, schema: pa
     return pa.table({sf.user_key: users, seq.column: flat,
                      "ts": pc.list_flatten(stored.column(f"{seq.name}_ts").combine_chunks()),
                      LABEL: pa.array(np.ones(len(flat), np.int8))}).cast(schema)
+
+
+# ------------------------------------------------------------------------------------------------ tags
+
+
+def tags_view(rows: pa.Table, sf: StreamFeatures, *, stored: pa.Table | None = None) -> pa.Table | None:
+    """[user key, tags, tag_counts, ts]: per user, the count of positive events per value of the item attribute
+    `tag_column` (tags in ascending order, counts aligned), `ts` the newest counted event; None without a
+    tag column. `stored`: rows of this view already written for these users; their counts add to the new ones."""
+    tag = sf.tag_column
+    if tag is None:
+        return None
+    positive = pc.and_(pc.greater(rows.column(LABEL), 0), pc.is_valid(rows.column(tag)))
+    fresh = rows.filter(positive)
+    parts = [pa.table({"u": fresh.column(sf.user_key), "t": fresh.column(tag),
+                       "n": pa.array(np.ones(fresh.num_rows, np.int64)), "ts": fresh.column("ts")})]
+    if stored is not None and stored.num_rows:
+        lengths = pc.fill_null(pc.list_value_length(stored.column("tags")), 0).to_numpy(zero_copy_only=False)
+        rep = pa.array(np.repeat(np.arange(stored.num_rows), lengths))
+        parts.insert(0, pa.table({"u": pc.take(stored.column(sf.user_key), rep),
+                                  "t": pc.list_flatten(stored.column("tags").combine_chunks()),
+                                  "n": pc.list_flatten(stored.column("tag_counts").combine_chunks()),
+                                  "ts": pc.take(stored.column("ts"), rep)}).cast(parts[0].schema))
+    counts = pa.concat_tables(parts).group_by(["u", "t"]).aggregate([("n", "sum"), ("ts", "max")])
+    counts = counts.sort_by([("u", "ascending"), ("t", "ascending")])
+    users, idx = _groups(counts.column("u"))
+    n = len(users)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(np.bincount(idx, minlength=n))]).astype(np.int32))
+    schema = pa.schema([(sf.user_key, rows.schema.field(sf.user_key).type),
+                        ("tags", pa.list_(rows.schema.field(tag).type)), ("tag_counts", pa.list_(pa.int64())),
+                        ("ts", pa.int64())])
+    return pa.table({sf.user_key: users,
+                     "tags": pa.ListArray.from_arrays(offsets, counts.column("t").combine_chunks()),
+                     "tag_counts": pa.ListArray.from_arrays(offsets, counts.column("n_sum").combine_chunks()),
+                     "ts": pa.array(_group_max(idx, counts.column("ts_max").to_numpy(), n))}).cast(schema)
 
 
 # ---------------------------------------------------------------------------------------------- activity

@@ -37,6 +37,7 @@ from feature_store.events.features import (
     ACTIVITY_VIEW,
     HISTORY_VIEW,
     POPULARITY_VIEW,
+    TAGS_VIEW,
     StreamFeatures,
     activity_view,
     combine_activity,
@@ -44,6 +45,8 @@ from feature_store.events.features import (
     history_view,
     interactions,
     popularity_view,
+    tags_view,
+    with_attributes,
 )
 from feature_store.online.base import OnlineStore, StreamCommit, VersionChanged, prepare_write
 
@@ -107,6 +110,7 @@ class StreamProcessor:
         self.bus.ensure_group(GROUP)
         self.bus.ensure_group(OFFLINE_GROUP)  # before any trim: the offline log must see every entry too
         self._last_prune = 0.0
+        self._missing_views: set[str] = set()  # item views warned about once
         self._started = False
         self._per_entry: float | None = None
 
@@ -211,6 +215,8 @@ class StreamProcessor:
         users = pc.unique(rows.column(sf.user_key))
         items = pc.unique(rows.column(sf.item_key))
         current = self.store.entities()  # one listing per step; a view is created only when it is missing
+        if sf.attribute_views:
+            rows = with_attributes(rows, self._attributes(items, current), sf)
 
         def view_info(name: str, empty: pa.Table, key: str) -> Any:
             return current.get(name) or self.store.ensure_view(name, empty, key=key, ts_column="ts")
@@ -223,6 +229,15 @@ class StreamProcessor:
             view = history_view(rows, sf, stored=stored)
             assert view is not None
             self._add(upserts, new_rows, HISTORY_VIEW, view, sf.user_key, info.version, view.num_rows - found)
+
+        if sf.tag_column is not None:
+            empty = tags_view(rows.slice(0, 0), sf)
+            assert empty is not None
+            info = view_info(TAGS_VIEW, empty, sf.user_key)
+            stored, found = self._stored(TAGS_VIEW, users, empty.schema)
+            view = tags_view(rows, sf, stored=stored)
+            assert view is not None
+            self._add(upserts, new_rows, TAGS_VIEW, view, sf.user_key, info.version, view.num_rows - found)
 
         fresh = activity_view(rows, sf)
         info = view_info(ACTIVITY_VIEW, fresh.slice(0, 0), sf.user_key)
@@ -242,6 +257,24 @@ class StreamProcessor:
              version: int, added: int) -> None:
         upserts[name] = (prepare_write(name, view, key=key, ts_column="ts", ttl_seconds=None), version)
         new_rows[name] = max(0, added)
+
+    def _attributes(self, items: pa.Array, current: dict[str, Any]) -> pa.Table:
+        """The item attributes the views need (`StreamFeatures.attribute_views`), read from the online item views
+        the batch job wrote: [item key, attribute...], null where the store has no value."""
+        cols: dict[str, Any] = {self.sf.item_key: items}
+        ids = items.to_pylist()
+        for column, view in self.sf.attribute_views:
+            info = current.get(view)
+            if info is None or column not in info.features:
+                if view not in self._missing_views:
+                    self._missing_views.add(view)
+                    log.warning("stream: online view '%s' with '%s' is missing (run `recforge materialize`); "
+                                "events are applied without that attribute meanwhile", view, column)
+                cols[column] = pa.nulls(len(ids), pa.string())
+                continue
+            got = self.store.read(view, ids, [column])
+            cols[column] = pa.array(got.values[column], _arrow_type(info.features[column]))
+        return pa.table(cols)
 
     def _stored(self, view: str, keys: pa.Array, schema: pa.Schema) -> tuple[pa.Table, int]:
         """The stored rows of `keys` in `view` (those it holds), typed as `schema`; and how many there were."""
@@ -278,3 +311,11 @@ def _too_late(ts: np.ndarray, candidate: np.ndarray, watermark: int | None, late
     prior = np.where(candidate, ts, np.iinfo(np.int64).min).astype(np.float64)
     prior = np.maximum.accumulate(np.concatenate([[-np.inf if watermark is None else float(watermark)], prior]))
     return candidate & (ts < prior[:-1] - lateness)
+
+
+def _arrow_type(text: str) -> pa.DataType | None:
+    """The Arrow type an online view records as text (None: let Arrow infer it from the values)."""
+    try:
+        return pa.type_for_alias(text)
+    except ValueError:
+        return None

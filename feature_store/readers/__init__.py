@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from feature_store.config import ConfigError, SyntheticSource
+from feature_store.config import ConfigError, EventsSource, FeatureStoreConfig, SyntheticSource
 from feature_store.readers.base import RawData
 from feature_store.readers.criteo import read_criteo
 from feature_store.readers.movielens import read_movielens
@@ -44,9 +44,22 @@ def read_source(source_cfg: Any, work_dir: Path) -> RawData:
     kind = getattr(source_cfg, "type", None)
     reader = REGISTRY.get(str(kind))
     if reader is None:
+        if kind == "events":
+            raise ConfigError("source.type 'events' is read with the scenario's events section: call "
+                              "read_scenario_source")
         raise ConfigError(f"source.type: unknown source type {kind!r}; use one of {sorted(REGISTRY)}")
     return reader(source_cfg, Path(work_dir))
 
 
-__all__ = ["REGISTRY", "RawData", "read_criteo", "read_movielens", "read_source", "read_synthetic",
-           "read_table", "read_transactions"]
+def read_scenario_source(cfg: FeatureStoreConfig, work_dir: Path) -> RawData:
+    """The scenario's source: `read_source`, or for `source.type: events` the scenario's own event log (whose
+    reader also needs the `events:` section)."""
+    if isinstance(cfg.source, EventsSource):
+        from feature_store.readers.events import read_events_source
+
+        return read_events_source(cfg)
+    return read_source(cfg.source, work_dir)
+
+
+__all__ = ["REGISTRY", "RawData", "read_criteo", "read_movielens", "read_scenario_source", "read_source",
+           "read_synthetic", "read_table", "read_transactions"]

@@ -105,11 +105,11 @@ def heldout_rows(settings: RegistrySettings) -> pa.Table:
     import pyarrow as pa
 
     from feature_store.prepare import assemble_events, layout
-    from feature_store.readers import read_source
+    from feature_store.readers import read_scenario_source
     from feature_store.split import SPLITS
 
     fs = settings.feature_store
-    raw = read_source(fs.source, layout(fs).raw)
+    raw = read_scenario_source(fs, layout(fs).raw)
     assembled = assemble_events(fs, raw)
     rows = assembled.table.filter(pa.array(assembled.codes == SPLITS.index("test")))
     if rows.num_rows == 0:

@@ -22,11 +22,14 @@ from feature_store.events.features import (
     ACTIVITY_VIEW,
     HISTORY_VIEW,
     POPULARITY_VIEW,
+    TAGS_VIEW,
     StreamFeatures,
     activity_view,
     history_view,
     interactions,
     popularity_view,
+    tags_view,
+    with_attributes,
 )
 from feature_store.events.processor import StreamProcessor
 from feature_store.events.scenario import open_bus
@@ -40,16 +43,34 @@ T0 = 1_760_000_000
 def config(out: Path, redis_url: str | None = None, **events: Any) -> FeatureStoreConfig:
     doc: dict[str, Any] = {
         "name": "stream", "output_dir": str(out), "source": {"type": "synthetic"},
-        "features": {"label": "click", "timestamp": "ts", "categorical": [{"name": "user_id"}, {"name": "item_id"}],
+        "entities": {"item": {"table": "items", "key": "item_id", "timestamp": "ts", "features": ["category"]}},
+        "features": {"label": "click", "timestamp": "ts",
+                     "categorical": [{"name": "user_id"}, {"name": "item_id"}, {"name": "category"}],
                      "sequence": [{"name": "hist_item_id", "source": "item_id", "max_len": 4},
                                   {"name": "all_item_id", "source": "item_id", "max_len": 3,
-                                   "positive_only": False}]},
-        "events": {"allowed_lateness_s": 600, "dedupe_window_s": 3600, "stream": {"max_batch_events": 50},
-                   **events},
+                                   "positive_only": False},
+                                  {"name": "hist_category", "source": "category", "max_len": 3}]},
+        "events": {"allowed_lateness_s": 600, "dedupe_window_s": 3600,
+                   "stream": {"max_batch_events": 50, "tag_column": "category"}, **events},
     }
     if redis_url:
         doc["online_store"] = {"type": "redis", "url": redis_url, "namespace": f"s{abs(hash(str(out)))}"}
     return FeatureStoreConfig.model_validate(doc)
+
+
+def item_attributes() -> pa.Table:
+    """Items 0..38 in five categories; item 39 has no row (an item the store does not know: null category)."""
+    ids = np.arange(39)
+    return pa.table({"item_id": pa.array(ids), "category": pa.array([f"c{i % 5}" for i in ids]),
+                     "ts": pa.array(np.full(39, T0 - 86400, np.int64))})
+
+
+def write_items(cfg: FeatureStoreConfig) -> None:
+    """The online item view the processor looks attributes up in, as `recforge materialize` writes it."""
+    from feature_store.online import materialize
+
+    with open_store(cfg) as store:
+        materialize(store, "item", item_attributes(), key="item_id", ts_column="ts", features=["category"])
 
 
 def random_events(n: int, seed: int = 0, start: int = 0, shuffle_s: int = 0) -> list[dict[str, Any]]:
@@ -78,7 +99,8 @@ def snapshot(store: OnlineStore, cfg: FeatureStoreConfig) -> dict[str, Any]:
     """Every stream view as {key: row} plus the committed counters: what "the same end state" compares."""
     out: dict[str, Any] = {}
     sf = StreamFeatures.from_config(cfg)
-    for view, keys in ((HISTORY_VIEW, range(30)), (ACTIVITY_VIEW, range(30)), (POPULARITY_VIEW, range(40))):
+    for view, keys in ((HISTORY_VIEW, range(30)), (ACTIVITY_VIEW, range(30)), (POPULARITY_VIEW, range(40)),
+                       (TAGS_VIEW, range(30))):
         got = store.read(view, list(keys))
         out[view] = {k: r for k, r in zip(keys, got.to_rows()) if r is not None}
     state = store.stream_state("online") or {}
@@ -91,8 +113,10 @@ def batch_views(cfg: FeatureStoreConfig, raws: list[dict[str, Any]]) -> dict[str
     """The views computed once over all the events, as the batch job does."""
     sf = StreamFeatures.from_config(cfg)
     rows = interactions(check_events(raws, cfg.events, now=T0 + 10**7).accepted, sf)
+    rows = with_attributes(rows, item_attributes().select(["item_id", "category"]), sf)
     out = {}
     for view, table, key in ((HISTORY_VIEW, history_view(rows, sf), sf.user_key),
+                             (TAGS_VIEW, tags_view(rows, sf), sf.user_key),
                              (ACTIVITY_VIEW, activity_view(rows, sf), sf.user_key),
                              (POPULARITY_VIEW, popularity_view(rows, sf), sf.item_key)):
         assert table is not None
@@ -121,7 +145,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(params=["sqlite", "redis"])
 def cfg(request: pytest.FixtureRequest, tmp_path: Path) -> FeatureStoreConfig:
     url = request.getfixturevalue("redis_url") if request.param == "redis" else None
-    return config(tmp_path, url)
+    out = config(tmp_path, url)
+    write_items(out)
+    return out
 
 
 def test_streamed_views_equal_the_batch_functions_over_all_events(cfg: FeatureStoreConfig) -> None:
@@ -132,6 +158,9 @@ def test_streamed_views_equal_the_batch_functions_over_all_events(cfg: FeatureSt
         drain(proc)
         got = snapshot(store, cfg)
     assert_same_views(got, batch_views(cfg, raws))
+    tags = [r for r in got[TAGS_VIEW].values() if r["tags"]]  # behaviour tags and attribute histories are real
+    assert len(tags) > 20 and all(set(r["tags"]) <= {f"c{i}" for i in range(5)} for r in tags)
+    assert any(len(r["hist_category"]) == 3 for r in got[HISTORY_VIEW].values())
     assert got["counters"] == {"applied": 400, "duplicates": 0, "too_late": 0,
                                "watermark": max(r["ts"] for r in raws)}
 

@@ -34,8 +34,8 @@ def served(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
     events = tmp_path_factory.mktemp("events")
     cfg, url = start(scenario, "events.stream.serve=true", "events.max_batch_events=50",
-                     "events.bus.type=sqlite", f"events.bus.path={events / 'bus.db'}", f"events.log_path={events / 'log'}",
-                     f"serving.events_token={TOKEN}")
+                     "events.bus.type=sqlite", f"events.bus.path={events / 'bus.db'}",
+                     f"events.log_path={events / 'log'}", f"serving.events_token={TOKEN}")
     yield cfg, url
     stop_app()
 
