@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from feature_store.config import FeatureStoreConfig
+from feature_store.config import EventsSource, FeatureStoreConfig
 from feature_store.offline import OfflineStore
 from feature_store.online import OnlineStore, describe_store, materialize, open_store
 from feature_store.prepare import HISTORY_TABLE, layout, load_profiles
@@ -83,8 +83,10 @@ def materialize_job(cfg: FeatureStoreConfig, *, as_of: int | None = None) -> dic
             rep = materialize(store, SEGMENT_VIEW, seg, key=profiles.user_key, ts_column="ts", features=seg_feats)
             views[SEGMENT_VIEW] = {"entities": rep.entities_written, "features": seg_feats}
 
-        if f.sequence and HISTORY_TABLE in offline.names():
-            views[HISTORY_VIEW] = _materialize_histories(cfg, store, offline.read_table(HISTORY_TABLE), as_of)
+        history = offline.read_table(HISTORY_TABLE) if HISTORY_TABLE in offline.names() else None
+        if f.sequence and history is not None:
+            views[HISTORY_VIEW] = _materialize_histories(cfg, store, history, as_of)
+        views.update(_materialize_event_views(cfg, store, history, as_of))
     return {"store": describe_store(cfg), "as_of": as_of, "entities": views,
             "seconds": round(time.perf_counter() - t0, 3)}
 
@@ -106,3 +108,48 @@ def _materialize_histories(
     feats = [c for c in view.column_names if c != f.user_key]
     rep = materialize(store, HISTORY_VIEW, view, key=f.user_key, ts_column="ts", features=feats)
     return {"entities": rep.entities_written, "features": feats}
+
+
+def _materialize_event_views(cfg: FeatureStoreConfig, store: OnlineStore, history: pa.Table | None,
+                             as_of: int | None) -> dict[str, Any]:
+    """The other views the stream keeps, with its functions: `user_tags` (with `events.stream.tag_column`) from
+    the prepared interactions; for `source.type: events`, `user_activity` and `item_popularity` from the event
+    log itself (the interactions hold only the rows of `source.types`; the stream counts every event)."""
+    from feature_store.events.features import (
+        ACTIVITY_VIEW,
+        LABEL,
+        POPULARITY_VIEW,
+        TAGS_VIEW,
+        StreamFeatures,
+        activity_view,
+        interactions,
+        popularity_view,
+        tags_view,
+    )
+
+    f = cfg.features
+    sf = StreamFeatures.from_config(cfg)
+    out: dict[str, Any] = {}
+    written: list[tuple[str, pa.Table | None, str]] = []
+    if sf.tag_column is not None and history is not None and sf.tag_column in history.column_names:
+        rows = pa.table({f.user_key: history.column(f.user_key), sf.tag_column: history.column(sf.tag_column),
+                         "ts": history.column(f.timestamp), LABEL: history.column(f.label)})
+        if as_of is not None:
+            rows = rows.filter(pc.less(rows.column("ts"), as_of))
+        written.append((TAGS_VIEW, tags_view(rows, sf), f.user_key))
+    if isinstance(cfg.source, EventsSource):
+        from feature_store.events.ingest import read_log
+        from feature_store.readers.events import log_path
+
+        rows = interactions(read_log(log_path(cfg), cfg.events.id_type), sf)
+        if as_of is not None:
+            rows = rows.filter(pc.less(rows.column("ts"), as_of))
+        written += [(ACTIVITY_VIEW, activity_view(rows, sf), f.user_key),
+                    (POPULARITY_VIEW, popularity_view(rows, sf), f.item_key)]
+    for name, view, key in written:
+        if view is None:
+            continue
+        feats = [c for c in view.column_names if c not in (key, "ts")]
+        rep = materialize(store, name, view, key=key, ts_column="ts", features=feats)
+        out[name] = {"entities": rep.entities_written, "features": feats}
+    return out

@@ -281,8 +281,13 @@ def assemble_events(cfg: FeatureStoreConfig, raw: RawData) -> AssembledEvents:
             )
             events = events.append_column(seq.name, hist)
 
-    keep = [c for c in dict.fromkeys([f.user_key, f.item_key, f.timestamp, f.label]) if c in events.column_names]
-    offline[HISTORY_TABLE] = events.select(keep)  # the interaction log: online histories and `as_of` come from it
+    # the interaction log: online histories, behaviour tags and `as_of` come from it, so it keeps the item
+    # attributes those read (point-in-time, as joined above)
+    cats = {c.name: c.source_column for c in f.categorical}
+    attrs = [cats.get(s.source, s.source) for s in f.sequence] + [cfg.events.stream.tag_column]
+    keep = [c for c in dict.fromkeys([f.user_key, f.item_key, f.timestamp, f.label, *attrs])
+            if c is not None and c in events.column_names]
+    offline[HISTORY_TABLE] = events.select(keep)
     _check_columns(cfg, events, has_time)
     return AssembledEvents(events, codes, report, offline, profiles)
 

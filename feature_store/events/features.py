@@ -61,7 +61,7 @@ class StreamFeatures:
     @classmethod
     def from_config(cls, cfg: FeatureStoreConfig) -> StreamFeatures:
         f, e = cfg.features, cfg.events
-        cats = {c.name: c.column or c.name for c in f.categorical}
+        cats = {c.name: c.source_column for c in f.categorical}
         seqs = tuple(Sequence(s.name, cats.get(s.source, s.source), s.max_len, s.positive_only) for s in f.sequence)
         tag = e.stream.tag_column
         wanted = {q.column for q in seqs if q.column != f.item_key} | ({tag} if tag else set())
