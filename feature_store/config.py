@@ -650,6 +650,10 @@ class EventsConfig(StrictModel):
                                                     "when `online_store.type` is redis, else the SQLite log")
     log_path: str | None = Field(None, description="the offline event log (Parquet, one folder per UTC day); "
                                                    "null = `<output_dir>/events/log`")
+    log_flush_events: int = Field(100_000, gt=0, description="the offline log writes a Parquet file once this many "
+                                                            "events wait (or `log_flush_s` passed): few, large files")
+    log_flush_s: float = Field(10.0, gt=0, description="longest an accepted event waits before it is written to the "
+                                                      "offline log (kept pending on the bus until then)")
     stream: StreamConfig = Field(default_factory=StreamConfig, description="the stream processor")
 
     @model_validator(mode="after")
@@ -660,6 +664,9 @@ class EventsConfig(StrictModel):
                 raise ValueError(f"events.{name} names {unknown}, which are not in events.types {self.types}")
         if len(set(self.types)) != len(self.types):
             raise ValueError(f"events.types lists a type twice: {self.types}")
+        if self.log_flush_s >= self.stream.reclaim_idle_s:
+            raise ValueError(f"events.log_flush_s ({self.log_flush_s:g}) must be below events.stream.reclaim_idle_s "
+                             f"({self.stream.reclaim_idle_s:g}): entries the log writer holds would look abandoned")
         if self.dedupe_window_s < self.allowed_lateness_s:
             raise ValueError(f"events.dedupe_window_s ({self.dedupe_window_s:g}) must be at least "
                              f"events.allowed_lateness_s ({self.allowed_lateness_s:g}): an event the processor may "

@@ -110,12 +110,14 @@ def history_view(rows: pa.Table, sf: StreamFeatures, *, stored: pa.Table | None 
             part = pa.concat_tables([_stored_rows(stored, seq, sf, part.schema), part])
         parts.append(latest_histories(part, user=sf.user_key, item=seq.column, ts="ts", max_len=seq.max_len,
                                       positive=LABEL if seq.positive_only else None, as_of=as_of, times=True))
-    # one row per user holding any sequence (Arrow's join takes no list columns: aligned with index_in + take)
-    users = pc.unique(pa.chunked_array([p.column(sf.user_key) for p in parts]).combine_chunks())
+    # one row per user holding any sequence (Arrow's join takes no list columns: aligned with index_in + take);
+    # a sequence no event of `rows` enters comes back with an untyped (null) user column
+    key_type = rows.schema.field(sf.user_key).type
+    users = pc.unique(pa.concat_arrays([p.column(sf.user_key).cast(key_type).combine_chunks() for p in parts]))
     out: dict[str, Any] = {sf.user_key: users}
     newest: Any = None
     for seq, part in zip(sf.sequences, parts):
-        pos = pc.index_in(users, value_set=part.column(sf.user_key).combine_chunks())
+        pos = pc.index_in(users, value_set=part.column(sf.user_key).cast(key_type).combine_chunks())
         out[seq.name] = part.column("history").take(pos)
         out[f"{seq.name}_ts"] = part.column("history_ts").take(pos)
         t = part.column("ts").take(pos)

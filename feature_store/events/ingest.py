@@ -154,17 +154,35 @@ class OfflineLog:
         self.cfg, self.bus, self.root = cfg, bus, log_dir(cfg)
         self.bus.ensure_group(self.GROUP)
         self._started = False
+        self._held: list[Entry] = []  # read, not written yet: pending on the bus until `flush`
+        self._held_events = 0
+        self._held_since = 0.0
 
     def step(self, block_ms: int = 0, count: int = 256) -> int:
-        """Write and acknowledge one batch of entries; returns the events written."""
+        """Take what the group has waiting; write (and acknowledge) once `events.log_flush_events` wait or the
+        oldest waited `events.log_flush_s`. Returns the events written."""
         entries: list[Entry] = []
         if not self._started:
             self._started = True
             entries = self.bus.pending(self.GROUP, self.CONSUMER, count=count)
         if not entries:
             entries = self.bus.read(self.GROUP, self.CONSUMER, count=count, block_ms=block_ms)
-        if not entries:
+        if entries:
+            if not self._held:
+                self._held_since = time.monotonic()
+            self._held += entries
+            self._held_events += sum(e.events.num_rows for e in entries)
+        e = self.cfg.events
+        if self._held and (self._held_events >= e.log_flush_events or
+                           time.monotonic() - self._held_since >= e.log_flush_s):
+            return self.flush()
+        return 0
+
+    def flush(self) -> int:
+        """Write every held entry as one file per UTC day and acknowledge them; returns the events written."""
+        if not self._held:
             return 0
+        entries, self._held, self._held_events = self._held, [], 0
         events = concat([e.events for e in entries], self.cfg.events.id_type)
         self.write(events, f"{_UNSAFE.sub('_', entries[0].id)}-{_UNSAFE.sub('_', entries[-1].id)}")
         self.bus.ack(self.GROUP, [e.id for e in entries])

@@ -84,8 +84,9 @@ class RedisStreamBus(EventBus):
         return out
 
     def read(self, group: str, consumer: str, *, count: int, block_ms: int) -> list[Entry]:
+        # no BLOCK for 0: Redis reads BLOCK 0 as "forever", and BLOCK 1 waits for the next entry in practice
         reply = self._call(self._r.xreadgroup, group, consumer, {self.stream: ">"}, count=count,
-                           block=max(1, block_ms))
+                           block=block_ms if block_ms > 0 else None)
         return self._entries(reply[0][1]) if reply else []
 
     def pending(self, group: str, consumer: str, *, count: int) -> list[Entry]:

@@ -51,8 +51,10 @@ def run_stream(cfg: FeatureStoreConfig, *, seconds: float | None = None, until_i
                     break
                 if until_idle and not rep.entries and not logged:
                     lag_online, lag_offline = bus.lag(GROUP), bus.lag(OfflineLog.GROUP)
-                    if not any(lag_online.values()) and not any(lag_offline.values()):
+                    # the log writer's held entries are pending until its flush below: only its unread ones count
+                    if not any(lag_online.values()) and not lag_offline["unread"]:
                         break
+            totals["logged"] += offline.flush()
             state = proc.state()
             lag = bus.lag(GROUP)
             bus_text = getattr(bus, "describe", lambda: bus.name)()

@@ -50,6 +50,22 @@ def _glob_escape(text: str) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
+# Replace whole rows (DEL, then HSET: a value that is null now must not leave the old one behind) inside the
+# stream's MULTI: ARGV is (key, n, n field/value words)... One EVAL per REPLACE_ARGS words instead of two commands
+# per row: the client's command packing, not Redis, bounded the stream on Redis (scripts.bench.events).
+REPLACE_ROWS = """
+local i, n = 1, #ARGV
+while i <= n do
+  local key, count = ARGV[i], tonumber(ARGV[i + 1])
+  redis.call('DEL', key)
+  redis.call('HSET', key, unpack(ARGV, i + 2, i + 1 + count))
+  i = i + 2 + count
+end
+return 0
+"""
+REPLACE_ARGS = 50_000
+
+
 class RedisOnlineStore(OnlineStore):
     """Online store in Redis (any server speaking the Redis protocol: Redis, Valkey, KeyDB).
 
@@ -178,10 +194,17 @@ class RedisOnlineStore(OnlineStore):
                 fields = [str(i) for i in range(len(prepared.feature_columns))]
                 for keys, _ts, feats in prepared.batches():
                     ts_texts = feats[prepared.ts_index]
+                    args: list[Any] = []
                     for k, t, *values in zip(keys, ts_texts, *feats):
                         pairs = [x for fv in zip(fields, values) if fv[1] is not None for x in fv]
-                        pipe.delete(prefix + k)  # a null value now must not leave the old one behind
-                        pipe.execute_command("HSET", prefix + k, "t", "null" if t is None else t, *pairs)
+                        args += [prefix + k, len(pairs) + 2, "t", "null" if t is None else t, *pairs]
+                    start = 0
+                    while start < len(args):  # whole rows per call
+                        end = start
+                        while end < len(args) and end - start < REPLACE_ARGS:
+                            end += 2 + int(args[end + 1])
+                        pipe.eval(REPLACE_ROWS, 0, *args[start:end])
+                        start = end
                 if commit.new_rows.get(entity):
                     pipe.hincrby(self._added_key, entity, commit.new_rows[entity])
             if commit.applied_ids:
