@@ -605,6 +605,11 @@ class StreamConfig(StrictModel):
     max_batch_events: int = Field(20_000, gt=0, description="most events applied in one transaction (a larger "
                                                             "batch costs fewer store round trips per event)")
     poll_ms: int = Field(10, gt=0, description="how long a read waits for new events before it returns empty")
+    min_interval_ms: int = Field(25, ge=0, description="least time between two commits: events arriving meanwhile "
+                                                       "join the next batch. Each commit has a fixed cost (reads of "
+                                                       "every view, a transaction), so under a steady trickle this "
+                                                       "bounds the processor's CPU at the price of up to this much "
+                                                       "freshness (scripts.bench.events)")
     reclaim_idle_s: float = Field(30.0, gt=0, description="entries a consumer took but did not acknowledge for "
                                                           "this long are taken over (that consumer died)")
     popularity_half_life_hours: float = Field(24.0, gt=0, description="half-life of the trending score of "

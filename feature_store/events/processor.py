@@ -111,6 +111,7 @@ class StreamProcessor:
         self.bus.ensure_group(OFFLINE_GROUP)  # before any trim: the offline log must see every entry too
         self._last_prune = 0.0
         self._missing_views: set[str] = set()  # item views warned about once
+        self._last_commit = 0.0  # time.monotonic() of the last commit (events.stream.min_interval_ms)
         self._started = False
         self._per_entry: float | None = None
 
@@ -144,6 +145,9 @@ class StreamProcessor:
 
     def step(self, block_ms: int | None = None) -> StepReport:
         """Take, apply and acknowledge one batch of entries (waits up to `block_ms` for the first)."""
+        wait = self._last_commit + self.cfg.events.stream.min_interval_ms / 1000 - time.monotonic()
+        if wait > 0 and block_ms is None:
+            time.sleep(wait)
         t0 = time.perf_counter()
         entries = self._take(self.cfg.events.stream.poll_ms if block_ms is None else block_ms)
         report = StepReport(entries=len(entries))
@@ -161,6 +165,7 @@ class StreamProcessor:
             if self.on_commit is not None:
                 self.on_commit()
             self.bus.ack(GROUP, [e.id for e in entries])
+            self._last_commit = time.monotonic()
         self._maybe_prune()
         report.seconds = time.perf_counter() - t0
         return report

@@ -64,6 +64,17 @@ end
 return 0
 """
 REPLACE_ARGS = 50_000
+# Read many rows in one call: ARGV is (prefix, n, n fields, ids...); the reply is one HMGET reply per id.
+READ_ROWS = """
+local prefix, nf = ARGV[1], tonumber(ARGV[2])
+local fields = {unpack(ARGV, 3, 2 + nf)}
+local out = {}
+for i = 3 + nf, #ARGV do
+  out[#out + 1] = redis.call('HMGET', prefix .. ARGV[i], unpack(fields))
+end
+return out
+"""
+READ_KEYS = 20_000
 
 
 class RedisOnlineStore(OnlineStore):
@@ -248,10 +259,12 @@ class RedisOnlineStore(OnlineStore):
             unique = pc.unique(keys.drop_null())
             prefix = self._row_prefix(token)
             pipe = self._r.pipeline(transaction=True)  # rows and pointer from one instant
-            for k in unique.to_pylist():
-                pipe.hmget(prefix + k, fields)
+            wanted_keys = unique.to_pylist()
+            for start in range(0, len(wanted_keys), READ_KEYS):
+                pipe.eval(READ_ROWS, 0, prefix, len(fields), *fields, *wanted_keys[start:start + READ_KEYS])
             pipe.hget(self._entities_key, entity)
-            *rows, now_raw = pipe.execute()
+            *parts, now_raw = pipe.execute()
+            rows = [row for part in parts for row in part]
             if now_raw == raw:
                 return _align(info, wanted, keys, unique, rows)
             if now_raw is None:
