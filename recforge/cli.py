@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feature_store.config import ConfigError
+from feature_store.online.base import StreamBusy
 from feature_store.rejects import RejectFractionExceeded
 from feature_store.secrets import scrub
 from feature_store.spec import SpecError
@@ -267,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             result = _run(args.command, cfg, getattr(args, "kind", None), args)
     except (ConfigError, RejectFractionExceeded, FileNotFoundError, SpecError, ConnectionError,
-            RegistryError, ServeError) as exc:
+            RegistryError, ServeError, StreamBusy) as exc:
         print(scrub(f"recforge {args.command}: error: {exc}"), file=sys.stderr)
         return 2
     except IndexRecallError as exc:  # a built index below the recall floor: nothing was written

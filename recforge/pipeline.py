@@ -7,6 +7,8 @@ plain dicts that `recforge.report` renders for people and `--json` prints for ma
 from __future__ import annotations
 
 import time
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -196,8 +198,9 @@ def register_and_promote(cfg: RecForgeConfig) -> dict[str, Any]:
 
 
 def serve_and_query(cfg: RecForgeConfig, users: int = 3) -> dict[str, Any]:
-    """Start the Ray Serve app on 127.0.0.1, send a few real requests (known users, an unknown user, a CTR
-    request), collect the answers and shut the app down."""
+    """Start the Ray Serve app on 127.0.0.1 with the stream processor beside it, send a few real requests (known
+    users, an unknown user, a CTR request), then post one purchase to /events and show it change that user's
+    recommendations; collect the answers and shut the app down."""
     import pyarrow.parquet as pq
 
     from feature_store.prepare import layout
@@ -209,8 +212,13 @@ def serve_and_query(cfg: RecForgeConfig, users: int = 3) -> dict[str, Any]:
     user_ids = list(dict.fromkeys(test.column("__user_key").to_pylist()))[:users]
     items = list(dict.fromkeys(test.column("__item_key").to_pylist()))[:5]
     t0 = time.perf_counter()
-    url = start_app(app_settings(cfg))
+    settings = app_settings(cfg)
+    events = settings.feature_store.events
+    settings = replace(settings, feature_store=settings.feature_store.model_copy(update={
+        "events": events.model_copy(update={"stream": events.stream.model_copy(update={"serve": True})})}))
+    url = start_app(settings)
     answers: list[dict[str, Any]] = []
+    event: dict[str, Any] | None = None
     try:
         started = round(time.perf_counter() - t0, 3)
         for user in [*user_ids, "no-such-user"]:
@@ -220,6 +228,32 @@ def serve_and_query(cfg: RecForgeConfig, users: int = 3) -> dict[str, Any]:
         answers.append({"request": f"POST /predict user_id={user_ids[0]} items={len(items) + 1}", "status": code,
                         "body": body})
         code, models = request(url, "/models")
+        event = _one_event_changes_recommendations(url, user_ids[0], events.purchase_types[0]
+                                                   if events.purchase_types else events.positive_types[0])
     finally:
         stop_app()
-    return {"url": url, "start_seconds": started, "answers": answers, "models": models if code == 200 else None}
+    return {"url": url, "start_seconds": started, "answers": answers, "models": models if code == 200 else None,
+            "event": event}
+
+
+def _one_event_changes_recommendations(url: str, user: Any, kind: str, timeout: float = 15.0) -> dict[str, Any]:
+    """Post one event of `kind` for `user` on the top item of their recommendations; wait until /recommend no
+    longer shows it (bought: seen, left out). The before and after lists and how long the change took."""
+    from serving.client import request
+
+    _, before = request(url, "/recommend", {"user_id": user, "k": 5, "exclude_seen": True})
+    item = before["items"][0]["item_id"]
+    event = {"event_id": f"demo-{uuid.uuid4().hex[:12]}", "ts": time.time(), "user_id": user, "item_id": item,
+             "type": kind, "value": 19.9, "exposure_id": before.get("exposure_id")}
+    t0 = time.perf_counter()
+    code, posted = request(url, "/events", {"events": [event]})
+    after = before
+    while time.perf_counter() - t0 < timeout:
+        _, after = request(url, "/recommend", {"user_id": user, "k": 5, "exclude_seen": True})
+        if item not in [it["item_id"] for it in after["items"]]:
+            break
+        time.sleep(0.05)
+    changed = item not in [it["item_id"] for it in after["items"]]
+    return {"user_id": user, "item_id": item, "type": kind, "status": code, "accepted": posted.get("accepted"),
+            "before": [it["item_id"] for it in before["items"]], "after": [it["item_id"] for it in after["items"]],
+            "changed": changed, "seconds": round(time.perf_counter() - t0, 3)}

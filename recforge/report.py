@@ -252,6 +252,14 @@ def render_demo_serving(r: dict[str, Any]) -> list[str]:
     lines = [f"Serving at {r['url']} (Ray Serve, up in {r['start_seconds']:.1f}s), real requests:"]
     for a in r["answers"]:
         lines.append(f"  {a['request']} -> HTTP {a['status']} {_answer(a['body'])}")
+    e = r.get("event")
+    if e:
+        lines.append(f"  POST /events: user {e['user_id']} {e['type']} item {e['item_id']} (the top recommendation) "
+                     f"-> HTTP {e['status']}, accepted {e['accepted']}")
+        lines.append(f"    /recommend before: {e['before']}")
+        lines.append(f"    /recommend after:  {e['after']} "
+                     + (f"({e['item_id']} now seen and left out, {e['seconds']:.2f}s after the event)"
+                        if e["changed"] else f"(unchanged after {e['seconds']:.0f}s: the stream did not apply it)"))
     lines.append("  app shut down")
     return lines
 

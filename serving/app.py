@@ -15,6 +15,9 @@ Endpoints (OpenAPI docs at /docs):
   not know get the most popular items (ranked the same way) and `fallback: "popular"`.
 - POST /predict {user_id, item_ids, context?}: click probability per item; ids the online store does not know are
   reported per item (`status: "unknown_item"`, `score: null`), never a failure of the request.
+- POST /events {events: [...]}: user events checked one by one against the contract (feature_store.events);
+  the accepted ones go to the scenario's event bus, the rejected ones are answered and kept with their reasons.
+  The check runs in a worker thread, so an ingesting replica keeps answering /recommend (docs/benchmarks.md).
 - GET /healthz (503 until every model has a version loaded), GET /models (versions, since when, last error),
   POST /admin/reload (checks the aliases now; needs the `X-Admin-Token` header; disabled without
   `serving.admin_token`).

@@ -20,8 +20,12 @@ counted `too_late`, not applied, and stays in the offline log for the next batch
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -48,7 +52,7 @@ from feature_store.events.features import (
     tags_view,
     with_attributes,
 )
-from feature_store.online.base import OnlineStore, StreamCommit, VersionChanged, prepare_write
+from feature_store.online.base import OnlineStore, StreamBusy, StreamCommit, VersionChanged, prepare_write
 
 log = logging.getLogger(__name__)
 GROUP = "online"  # the consumer group, also the name of the stream's state in the online store
@@ -89,6 +93,32 @@ class StepReport:
 CONSUMER = "processor"
 
 
+def owner_id(consumer: str) -> str:
+    """This processor's lease identity: host, pid and a random part (two processors of one process differ)."""
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:8],
+                       "consumer": consumer}, separators=(",", ":"))
+
+
+def _dead(holder: str) -> bool:
+    """Whether `holder` (an `owner_id`) is a process of this host that no longer runs, or an earlier processor
+    of this very process (left open): its lease can be taken at once instead of after it expires."""
+    try:
+        h = json.loads(holder)
+    except ValueError:
+        return False
+    if not isinstance(h, dict) or h.get("host") != socket.gethostname() or not isinstance(h.get("pid"), int):
+        return False
+    if h["pid"] == os.getpid():
+        return True
+    try:
+        os.kill(h["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def consumer_name() -> str:
     """The processor's consumer name: one and the same across restarts, so a restarted processor first takes
     back the entries it left pending, before any newer one, and the log order (which lateness is judged by) is
@@ -114,6 +144,29 @@ class StreamProcessor:
         self._last_commit = 0.0  # time.monotonic() of the last commit (events.stream.min_interval_ms)
         self._started = False
         self._per_entry: float | None = None
+        self.owner = owner_id(self.consumer)
+        self.lease_ttl_s = cfg.events.stream.reclaim_idle_s
+        self._renewed = 0.0  # time.monotonic() of the last lease claim
+
+    # -------------------------------------------------------------------------------------------- the lease
+    def _hold(self) -> None:
+        """Take or renew the stream's lease (every third of its time to live): one processor per scenario."""
+        if time.monotonic() - self._renewed < self.lease_ttl_s / 3:
+            return
+        holder = self.store.claim_stream(GROUP, self.owner, self.lease_ttl_s)
+        if holder != self.owner and _dead(holder):
+            log.info("stream: taking over the lease of %s (no longer running)", holder)
+            holder = self.store.claim_stream(GROUP, self.owner, self.lease_ttl_s, steal_from=holder)
+        if holder != self.owner:
+            raise StreamBusy(f"another stream processor runs for this scenario ({holder}); stop it (`recforge "
+                             f"stream run`, or the app started with events.stream.serve) or, if it died on "
+                             f"another machine, wait events.stream.reclaim_idle_s ({self.lease_ttl_s:g} s)")
+        self._renewed = time.monotonic()
+
+    def close(self) -> None:
+        """Give the lease up (another processor may start at once)."""
+        self.store.release_stream(GROUP, self.owner)
+        self._renewed = 0.0
 
     # -------------------------------------------------------------------------------------------- reading
     def _take(self, block_ms: int) -> list[Entry]:
@@ -148,6 +201,7 @@ class StreamProcessor:
         wait = self._last_commit + self.cfg.events.stream.min_interval_ms / 1000 - time.monotonic()
         if wait > 0 and block_ms is None:
             time.sleep(wait)
+        self._hold()
         t0 = time.perf_counter()
         entries = self._take(self.cfg.events.stream.poll_ms if block_ms is None else block_ms)
         report = StepReport(entries=len(entries))
@@ -203,7 +257,9 @@ class StreamProcessor:
         marks = [*applied.column("event_id").to_pylist(), *(ENTRY_PREFIX + e.id for e in fresh)]
         marks_ts = [*applied.column("ts").to_pylist(), *([state.watermark or 0] * len(fresh))]
         self.store.commit_stream(GROUP, StreamCommit(upserts=upserts, new_rows=new_rows, applied_ids=marks,
-                                                     applied_ts=marks_ts, state=asdict(state)))
+                                                     applied_ts=marks_ts, state=asdict(state), owner=self.owner,
+                                                     lease_ttl_s=self.lease_ttl_s))
+        self._renewed = time.monotonic()
         if report.duplicates:
             dup_ids = events.filter(pa.array(dup)).column("event_id").to_pylist()
             self.bus.reject([(i, "event_id: already applied (a repeated event; not applied again)", None)

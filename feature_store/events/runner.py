@@ -55,6 +55,7 @@ def run_stream(cfg: FeatureStoreConfig, *, seconds: float | None = None, until_i
                     if not any(lag_online.values()) and not lag_offline["unread"]:
                         break
             totals["logged"] += offline.flush()
+            proc.close()
             state = proc.state()
             lag = bus.lag(GROUP)
             bus_text = getattr(bus, "describe", lambda: bus.name)()

@@ -142,6 +142,14 @@ class VersionChanged(RuntimeError):
     """A view was rewritten as a whole (materialize) between a stream's read and its commit: read again."""
 
 
+class StreamBusy(RuntimeError):
+    """Another processor holds this scenario's stream lease: the message names it and what to do."""
+
+
+class LeaseLost(StreamBusy):
+    """The stream's lease is held by another processor now: this one's commit was refused, nothing applied."""
+
+
 @dataclass
 class StreamCommit:
     """What one stream batch changes, committed atomically by `OnlineStore.commit_stream`.
@@ -156,6 +164,8 @@ class StreamCommit:
     applied_ids: list[str]
     applied_ts: list[int]
     state: dict[str, Any]
+    owner: str | None = None  # the lease holder committing (checked and renewed in the same transaction)
+    lease_ttl_s: float = 30.0
 
 
 # ------------------------------------------------------------------------------------------------ codec
@@ -413,6 +423,16 @@ class OnlineStore(ABC):
         not the one given."""
 
     @abstractmethod
+    def claim_stream(self, stream: str, owner: str, ttl_s: float, *, steal_from: str | None = None) -> str:
+        """Take or renew `stream`'s lease for `owner` when it is free, expired, already `owner`'s or
+        `steal_from`'s (a holder known to be dead); returns the holder afterwards (`owner` when it succeeded).
+        One processor per stream: a second one is refused while the first renews its lease."""
+
+    @abstractmethod
+    def release_stream(self, stream: str, owner: str) -> None:
+        """Give `stream`'s lease up, if `owner` holds it."""
+
+    @abstractmethod
     def applied(self, stream: str, ids: Sequence[str]) -> np.ndarray:
         """Which of `ids` (event ids) `stream` has applied and still remembers: bool per id."""
 
@@ -454,8 +474,9 @@ class OnlineStore(ABC):
 
     def commit_stream(self, stream: str, commit: StreamCommit) -> None:
         """Upsert rows into views, remember the applied event ids and store the stream's state, all or nothing
-        (see StreamCommit). Raises VersionChanged when a view was rewritten meanwhile, ValueError when the rows'
-        features are not the view's."""
+        (see StreamCommit). Raises VersionChanged when a view was rewritten meanwhile, LeaseLost when
+        `commit.owner` no longer holds the stream's lease, ValueError when the rows' features are not the
+        view's."""
         current = self.entities()
         for entity, (prepared, _) in commit.upserts.items():
             info = current.get(entity)

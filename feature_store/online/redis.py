@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from feature_store.online.base import (
     EntityInfo,
     Fetched,
+    LeaseLost,
     OnlineStore,
     PreparedWrite,
     StreamCommit,
@@ -64,6 +65,20 @@ end
 return 0
 """
 REPLACE_ARGS = 50_000
+# The stream lease (ARGV: key, owner, ttl ms, a dead holder or ""): taken when free (expired keys are gone), ours or
+# the dead holder's; the holder afterwards is returned.
+CLAIM = """
+local cur = redis.call('GET', ARGV[1])
+if (not cur) or cur == ARGV[2] or (ARGV[4] ~= '' and cur == ARGV[4]) then
+  redis.call('SET', ARGV[1], ARGV[2], 'PX', ARGV[3])
+  return ARGV[2]
+end
+return cur
+"""
+RELEASE = """
+if redis.call('GET', ARGV[1]) == ARGV[2] then redis.call('DEL', ARGV[1]) end
+return 0
+"""
 # Read many rows in one call: ARGV is (prefix, n, n fields, ids...); the reply is one HMGET reply per id.
 READ_ROWS = """
 local prefix, nf = ARGV[1], tonumber(ARGV[2])
@@ -187,8 +202,13 @@ class RedisOnlineStore(OnlineStore):
 
     def _commit_stream(self, stream: str, commit: StreamCommit) -> None:
         """One MULTI/EXEC under WATCH of the entity pointers: a whole write (flip) meanwhile aborts it."""
+        lease = self._stream_key(stream, "lease")
         with self._r.pipeline(transaction=True) as pipe:
-            pipe.watch(self._entities_key)
+            pipe.watch(self._entities_key, lease)
+            if commit.owner is not None:
+                held = pipe.get(lease)
+                if held is None or held.decode() != commit.owner:
+                    raise LeaseLost(f"stream '{stream}': the lease is held by {held.decode() if held else 'nobody'}")
             tokens = {}
             for entity, (_, version) in commit.upserts.items():
                 raw = pipe.hget(self._entities_key, entity)
@@ -221,10 +241,19 @@ class RedisOnlineStore(OnlineStore):
             if commit.applied_ids:
                 pipe.zadd(self._stream_key(stream, "applied"), dict(zip(commit.applied_ids, commit.applied_ts)))
             pipe.set(self._stream_key(stream, "state"), json.dumps(commit.state))
+            if commit.owner is not None:
+                pipe.pexpire(lease, int(commit.lease_ttl_s * 1000))
             try:
                 pipe.execute()
             except self._watch_error:
                 raise VersionChanged("an online view was rewritten during the stream's commit") from None
+
+    def claim_stream(self, stream: str, owner: str, ttl_s: float, *, steal_from: str | None = None) -> str:
+        got = self._r.eval(CLAIM, 0, self._stream_key(stream, "lease"), owner, int(ttl_s * 1000), steal_from or "")
+        return got.decode() if isinstance(got, bytes) else str(got)
+
+    def release_stream(self, stream: str, owner: str) -> None:
+        self._r.eval(RELEASE, 0, self._stream_key(stream, "lease"), owner)
 
     def applied(self, stream: str, ids: Sequence[str]) -> np.ndarray:
         ids = list(ids)

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from feature_store.online.base import (
     EntityInfo,
     Fetched,
+    LeaseLost,
     OnlineStore,
     PreparedWrite,
     StreamCommit,
@@ -41,6 +42,7 @@ from feature_store.online.base import (
 META_TABLE = "recforge_online_entities"
 APPLIED_TABLE = "recforge_stream_applied"  # (stream, event id, event ts): the dedupe window
 STATE_TABLE = "recforge_stream_state"  # (stream, JSON state)
+LEASE_TABLE = "recforge_stream_lease"  # (stream, owner, expires): one processor per stream
 READ_CHUNK = 500  # keys per `IN (...)`: far below SQLite's bound-parameter limit
 
 
@@ -73,6 +75,8 @@ class SQLiteOnlineStore(OnlineStore):
                               "ts INTEGER NOT NULL, PRIMARY KEY (stream, id)) WITHOUT ROWID")
             self._con.execute(f"CREATE INDEX IF NOT EXISTS {APPLIED_TABLE}_ts ON {APPLIED_TABLE} (stream, ts)")
             self._con.execute(f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (name TEXT PRIMARY KEY, state TEXT NOT NULL)")
+            self._con.execute(f"CREATE TABLE IF NOT EXISTS {LEASE_TABLE} (stream TEXT PRIMARY KEY, "
+                              "owner TEXT NOT NULL, expires REAL NOT NULL)")
         except sqlite3.DatabaseError as exc:
             raise sqlite3.DatabaseError(
                 f"online store '{self.path}': cannot open it as SQLite ({exc}); point online_store.path at "
@@ -119,6 +123,12 @@ class SQLiteOnlineStore(OnlineStore):
             con = self._con
             con.execute("BEGIN IMMEDIATE")
             try:
+                if commit.owner is not None:
+                    held = con.execute(f"SELECT owner FROM {LEASE_TABLE} WHERE stream = ?", (stream,)).fetchone()
+                    if held is None or held[0] != commit.owner:
+                        raise LeaseLost(f"stream '{stream}': the lease is held by {held[0] if held else 'nobody'}")
+                    con.execute(f"UPDATE {LEASE_TABLE} SET expires = ? WHERE stream = ?",
+                                (time.time() + commit.lease_ttl_s, stream))
                 for entity, (prepared, version) in commit.upserts.items():
                     row = con.execute(f"SELECT table_name, info FROM {META_TABLE} WHERE name = ?",
                                       (entity,)).fetchone()
@@ -144,6 +154,28 @@ class SQLiteOnlineStore(OnlineStore):
                 if con.in_transaction:
                     con.execute("ROLLBACK")
                 raise
+
+    def claim_stream(self, stream: str, owner: str, ttl_s: float, *, steal_from: str | None = None) -> str:
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                row = con.execute(f"SELECT owner, expires FROM {LEASE_TABLE} WHERE stream = ?", (stream,)).fetchone()
+                now = time.time()
+                holder = row[0] if row else owner
+                if row is None or row[1] < now or row[0] in (owner, steal_from):
+                    con.execute(f"INSERT OR REPLACE INTO {LEASE_TABLE} VALUES (?, ?, ?)", (stream, owner, now + ttl_s))
+                    holder = owner
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+        return holder
+
+    def release_stream(self, stream: str, owner: str) -> None:
+        with self._lock:
+            self._con.execute(f"DELETE FROM {LEASE_TABLE} WHERE stream = ? AND owner = ?", (stream, owner))
 
     def applied(self, stream: str, ids: Sequence[str]) -> np.ndarray:
         ids = list(ids)

@@ -212,6 +212,45 @@ def test_late_events_within_the_allowed_lateness_land_in_event_time_order_older_
     assert counters["too_late"] == 1 and counters["applied"] == 3
 
 
+def foreign_owner() -> str:
+    """A lease holder that is another live process of this host (pid 1 always runs)."""
+    import socket
+
+    return json.dumps({"host": socket.gethostname(), "pid": 1, "id": "other", "consumer": "processor"},
+                      separators=(",", ":"))
+
+
+def test_a_second_processor_is_refused_while_another_holds_the_stream_and_starts_once_it_is_released(
+        cfg: FeatureStoreConfig) -> None:
+    from feature_store.online.base import StreamBusy
+
+    raws = random_events(30)
+    with open_store(cfg) as store, open_bus(cfg) as bus:
+        publish(bus, cfg, raws)
+        other = foreign_owner()
+        assert store.claim_stream("online", other, 30.0) == other
+        proc = StreamProcessor(cfg, store, bus, consumer="t")
+        with pytest.raises(StreamBusy, match="another stream processor runs for this scenario"):
+            proc.step(block_ms=20)
+        assert (store.stream_state("online") or {}).get("applied") is None  # nothing applied meanwhile
+        store.release_stream("online", other)
+        drain(proc)
+        assert snapshot(store, cfg)["counters"]["applied"] == 30
+        proc.close()
+        assert store.claim_stream("online", other, 30.0) == other  # released on close
+
+
+def test_a_commit_by_a_processor_that_lost_its_lease_is_refused_and_changes_nothing(cfg: FeatureStoreConfig) -> None:
+    from feature_store.online.base import LeaseLost, StreamCommit
+
+    with open_store(cfg) as store:
+        assert store.claim_stream("online", foreign_owner(), 30.0) == foreign_owner()
+        with pytest.raises(LeaseLost):
+            store.commit_stream("online", StreamCommit(upserts={}, new_rows={}, applied_ids=["x"], applied_ts=[1],
+                                                       state={"applied": 1}, owner="me"))
+        assert store.stream_state("online") is None and not store.applied("online", ["x"]).any()
+
+
 def test_a_view_rewritten_between_read_and_commit_is_recomputed_not_overwritten(cfg: FeatureStoreConfig) -> None:
     with open_store(cfg) as store, open_bus(cfg) as bus:
         proc = StreamProcessor(cfg, store, bus, consumer="t")
