@@ -605,7 +605,7 @@ class StreamConfig(StrictModel):
     max_batch_events: int = Field(20_000, gt=0, description="most events applied in one transaction (a larger "
                                                             "batch costs fewer store round trips per event)")
     poll_ms: int = Field(10, gt=0, description="how long a read waits for new events before it returns empty")
-    min_interval_ms: int = Field(25, ge=0, description="least time between two commits: events arriving meanwhile "
+    min_interval_ms: int = Field(10, ge=0, description="least time between two commits: events arriving meanwhile "
                                                        "join the next batch. Each commit has a fixed cost (reads of "
                                                        "every view, a transaction), so under a steady trickle this "
                                                        "bounds the processor's CPU at the price of up to this much "

@@ -23,6 +23,43 @@ from feature_store.events.scenario import open_bus
 from feature_store.online import describe_store, open_store
 
 
+class _LogThread:
+    """The offline log writer on its own bus connection and thread, so that writing a file (up to
+    `events.log_flush_events` events to Parquet) never holds up the processor's next batch: on one loop, every
+    flush delayed the events arriving meanwhile by its duration (freshness p99 on Redis, docs/benchmarks.md)."""
+
+    def __init__(self, cfg: FeatureStoreConfig) -> None:
+        self.poll_ms = cfg.events.stream.poll_ms
+        self.bus = open_bus(cfg)
+        self.log = OfflineLog(cfg, self.bus)
+        self.logged = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recforge-event-log", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.logged += self.log.step(block_ms=self.poll_ms)
+            self.logged += self.log.flush()
+        except BaseException as exc:  # raised in the stream's thread by `check` / `stop`
+            self.error = exc
+        finally:
+            self.bus.close()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> int:
+        """Write what is held, stop; the events written in all."""
+        self._stop.set()
+        self._thread.join()
+        self.check()
+        return self.logged
+
+
 def run_stream(cfg: FeatureStoreConfig, *, seconds: float | None = None, until_idle: bool = False,
                stop: threading.Event | None = None) -> dict[str, Any]:
     stop = stop or threading.Event()
@@ -37,24 +74,11 @@ def run_stream(cfg: FeatureStoreConfig, *, seconds: float | None = None, until_i
     try:
         with open_store(cfg) as store, open_bus(cfg) as bus, progress.step("stream", unit="events") as prog:
             proc = StreamProcessor(cfg, store, bus)
-            offline = OfflineLog(cfg, bus)
-            while not stop.is_set():
-                rep = proc.step()
-                logged = offline.step()
-                for k in ("entries", "events", "applied", "duplicates", "too_late", "redelivered"):
-                    totals[k] += getattr(rep, k)
-                totals["logged"] += logged
-                fresh += rep.freshness_s
-                if rep.events:
-                    prog.advance(rep.events, applied=totals["applied"])
-                if seconds is not None and time.perf_counter() - t0 >= seconds:
-                    break
-                if until_idle and not rep.entries and not logged:
-                    lag_online, lag_offline = bus.lag(GROUP), bus.lag(OfflineLog.GROUP)
-                    # the log writer's held entries are pending until its flush below: only its unread ones count
-                    if not any(lag_online.values()) and not lag_offline["unread"]:
-                        break
-            totals["logged"] += offline.flush()
+            writer = _LogThread(cfg)
+            try:
+                _loop(proc, writer, bus, prog, totals, fresh, stop, t0, seconds, until_idle)
+            finally:
+                totals["logged"] = writer.stop()
             proc.close()
             state = proc.state()
             lag = bus.lag(GROUP)
@@ -62,6 +86,7 @@ def run_stream(cfg: FeatureStoreConfig, *, seconds: float | None = None, until_i
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
     elapsed = time.perf_counter() - t0
     q = np.quantile(np.asarray(fresh), [0.5, 0.99]) * 1000 if fresh else [None, None]
     return {"store": describe_store(cfg), "bus": bus_text, "seconds": round(elapsed, 3), **totals,
@@ -71,3 +96,22 @@ def run_stream(cfg: FeatureStoreConfig, *, seconds: float | None = None, until_i
             "state": {"watermark": state.watermark, "applied": state.applied, "duplicates": state.duplicates,
                       "too_late": state.too_late},
             "lag": lag}
+
+
+def _loop(proc: StreamProcessor, writer: _LogThread, bus: Any, prog: Any, totals: dict[str, int],
+          fresh: list[float], stop: threading.Event, t0: float, seconds: float | None, until_idle: bool) -> None:
+    """Apply batches until stopped, `seconds` passed, or (`until_idle`) both groups have nothing left to read."""
+    while not stop.is_set():
+        writer.check()
+        rep = proc.step()
+        for k in ("entries", "events", "applied", "duplicates", "too_late", "redelivered"):
+            totals[k] += getattr(rep, k)
+        fresh += rep.freshness_s
+        if rep.events:
+            prog.advance(rep.events, applied=totals["applied"])
+        if seconds is not None and time.perf_counter() - t0 >= seconds:
+            return
+        # the log writer's held entries stay pending until its last flush: only its unread ones count
+        if until_idle and not rep.entries and not any(bus.lag(GROUP).values()) \
+                and not bus.lag(OfflineLog.GROUP)["unread"]:
+            return

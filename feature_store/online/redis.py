@@ -207,8 +207,9 @@ class RedisOnlineStore(OnlineStore):
             pipe.watch(self._entities_key, lease)
             if commit.owner is not None:
                 held = pipe.get(lease)
-                if held is None or held.decode() != commit.owner:
-                    raise LeaseLost(f"stream '{stream}': the lease is held by {held.decode() if held else 'nobody'}")
+                holder = held.decode() if isinstance(held, bytes) else held
+                if holder != commit.owner:
+                    raise LeaseLost(f"stream '{stream}': the lease is held by {holder or 'nobody'}")
             tokens = {}
             for entity, (_, version) in commit.upserts.items():
                 raw = pipe.hget(self._entities_key, entity)
