@@ -1,0 +1,126 @@
+"""The statistics of an experiment, from scipy and statsmodels (nothing hand-written that they provide):
+
+- `sample_size`: users per arm to detect an absolute lift `mde` of a rate with a two-sided test
+  (statsmodels `NormalIndPower` on Cohen's h);
+- `two_proportions`: difference of two rates, its Newcombe (score) interval and the pooled two-proportion z-test
+  (statsmodels `confint_proportions_2indep`, `proportions_ztest`);
+- `welch`: difference of two means (revenue per user) with Welch's t-test and its interval (scipy);
+- `srm`: the sample-ratio-mismatch chi-square test of observed units against the planned shares (scipy); a
+  p-value below `SRM_ALPHA` marks the whole result untrustworthy;
+- `cuped`: the CUPED adjustment with a pre-period covariate (theta = cov(y, x) / var(x), pooled over arms);
+- `msprt`: always-valid p-values of the mixture sequential probability ratio test (normal mixture, Johari et
+  al. 2017, "Peeking at A/B tests"), valid however often one looks;
+- `holm`: Holm's step-down correction for more than two arms (statsmodels `multipletests`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+SRM_ALPHA = 0.001  # the usual threshold: an SRM this unlikely means the assignment or logging is broken
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Treatment minus control: the difference, its confidence interval and the test's statistic and p-value."""
+
+    control: float
+    treatment: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    statistic: float
+    p_value: float
+
+
+def sample_size(baseline: float, mde: float, *, alpha: float = 0.05, power: float = 0.8, ratio: float = 1.0) -> int:
+    """Users per arm (the control arm; the treatment gets `ratio` times as many) for a two-sided test at `alpha`
+    to detect a rate moving from `baseline` to `baseline + mde` with probability `power`."""
+    from statsmodels.stats.power import NormalIndPower
+    from statsmodels.stats.proportion import proportion_effectsize
+
+    if not 0 < baseline < 1 or not 0 < baseline + mde < 1 or mde == 0:
+        raise ValueError(f"baseline {baseline} and baseline + mde {baseline + mde} must be rates in (0, 1), "
+                         "and mde not 0")
+    h = abs(proportion_effectsize(baseline + mde, baseline))
+    n = NormalIndPower().solve_power(effect_size=h, alpha=alpha, power=power, ratio=ratio,
+                                     alternative="two-sided")
+    return int(np.ceil(n))
+
+
+def two_proportions(x_control: int, n_control: int, x_treatment: int, n_treatment: int, *,
+                    alpha: float = 0.05) -> Comparison:
+    """Rates x/n of two arms: the difference (treatment - control) with its score interval, and the pooled
+    two-proportion z-test."""
+    from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+
+    z, p = proportions_ztest([x_treatment, x_control], [n_treatment, n_control])
+    low, high = confint_proportions_2indep(x_treatment, n_treatment, x_control, n_control, method="newcomb",
+                                           compare="diff", alpha=alpha)
+    pc, pt = x_control / n_control, x_treatment / n_treatment
+    return Comparison(pc, pt, pt - pc, float(low), float(high), float(z), float(p))
+
+
+def welch(control: np.ndarray, treatment: np.ndarray, *, alpha: float = 0.05) -> Comparison:
+    """Means of two samples (per-user values): the difference with Welch's t-test and its interval."""
+    c, t = np.asarray(control, dtype=np.float64), np.asarray(treatment, dtype=np.float64)
+    res = sps.ttest_ind(t, c, equal_var=False)
+    ci = res.confidence_interval(confidence_level=1 - alpha)
+    return Comparison(float(c.mean()), float(t.mean()), float(t.mean() - c.mean()), float(ci.low),
+                      float(ci.high), float(res.statistic), float(res.pvalue))
+
+
+@dataclass(frozen=True)
+class SRM:
+    observed: tuple[int, ...]
+    expected: tuple[float, ...]
+    statistic: float
+    p_value: float
+
+    @property
+    def mismatch(self) -> bool:
+        return self.p_value < SRM_ALPHA
+
+
+def srm(observed: list[int], shares: list[float]) -> SRM:
+    """Chi-square goodness of fit of the units each arm got against the planned `shares` (summing to 1)."""
+    obs = np.asarray(observed, dtype=np.float64)
+    share = np.asarray(shares, dtype=np.float64)
+    if obs.shape != share.shape or not np.isclose(share.sum(), 1.0):
+        raise ValueError(f"srm: {len(observed)} counts against shares {shares} (they must match and sum to 1)")
+    expected = share * obs.sum()
+    res = sps.chisquare(obs, expected)
+    return SRM(tuple(int(x) for x in observed), tuple(float(x) for x in expected), float(res.statistic),
+               float(res.pvalue))
+
+
+def cuped(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """`y` adjusted by the pre-period covariate `x` (all arms pooled): y - theta (x - mean x), theta =
+    cov(y, x) / var(x). The mean is unchanged; the variance shrinks by the squared correlation."""
+    y, x = np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)
+    var = x.var(ddof=1)
+    theta = 0.0 if var == 0 else np.cov(y, x, ddof=1)[0, 1] / var
+    return y - theta * (x - x.mean())
+
+
+def msprt(differences: np.ndarray, variances: np.ndarray, tau2: float) -> np.ndarray:
+    """Always-valid p-values after each look: `differences[k]` is the observed treatment - control difference
+    of means at look k, `variances[k]` its variance (var_c / n_c + var_t / n_t). With a normal mixture N(0, tau2)
+    over the true difference, the likelihood ratio against 0 is
+    sqrt(V / (V + tau2)) exp(d^2 tau2 / (2 V (V + tau2))), and p_k = min(p_{k-1}, 1 / LR_k)."""
+    d = np.asarray(differences, dtype=np.float64)
+    v = np.asarray(variances, dtype=np.float64)
+    log_lr = 0.5 * np.log(v / (v + tau2)) + d**2 * tau2 / (2 * v * (v + tau2))
+    p = np.minimum(1.0, np.exp(-log_lr))
+    return np.minimum.accumulate(p)
+
+
+def holm(p_values: list[float], *, alpha: float = 0.05) -> tuple[list[bool], list[float]]:
+    """Holm's step-down correction: (reject per hypothesis, adjusted p-values)."""
+    from statsmodels.stats.multitest import multipletests
+
+    reject, adjusted, _, _ = multipletests(p_values, alpha=alpha, method="holm")
+    return [bool(r) for r in reject], [float(a) for a in adjusted]
