@@ -36,6 +36,7 @@ model process) loses the requests it was answering; the proxy sends every later 
 """
 
 import asyncio
+import contextlib
 import hmac
 import json
 import os
@@ -404,8 +405,12 @@ class Ingress:
                                            f"send them in batches of at most {limit}"}, status_code=413)
         try:
             report = await asyncio.to_thread(self._ingest, raws)
-        except (ConnectionError, OSError, sqlite3.Error) as exc:
-            self._bus = None
+        except (OSError, sqlite3.Error) as exc:  # OSError includes the Redis bus's ConnectionError
+            with self._bus_lock:
+                bus, self._bus = self._bus, None
+            if bus is not None:  # the next request opens a fresh one
+                with contextlib.suppress(Exception):
+                    bus.close()
             return _unavailable(f"event bus unavailable ({scrub(str(exc))}); nothing of this request was accepted: "
                                 "send it again (each event_id is applied once)")
         return JSONResponse({"received": report.received, "accepted": report.accepted, "rejected": report.rejected})

@@ -282,23 +282,16 @@ class StreamProcessor:
         def view_info(name: str, empty: pa.Table, key: str) -> Any:
             return current.get(name) or self.store.ensure_view(name, empty, key=key, ts_column="ts")
 
-        if sf.sequences:
-            empty = history_view(rows.slice(0, 0), sf)
-            assert empty is not None
-            info = view_info(HISTORY_VIEW, empty, sf.user_key)
-            stored, found = self._stored(HISTORY_VIEW, users, empty.schema)
-            view = history_view(rows, sf, stored=stored)
+        # user views whose function takes the stored rows itself (None when the scenario has no such view)
+        for name, view_fn in ((HISTORY_VIEW, history_view), (TAGS_VIEW, tags_view)):
+            empty = view_fn(rows.slice(0, 0), sf)
+            if empty is None:
+                continue
+            info = view_info(name, empty, sf.user_key)
+            stored, found = self._stored(name, users, empty.schema)
+            view = view_fn(rows, sf, stored=stored)
             assert view is not None
-            self._add(upserts, new_rows, HISTORY_VIEW, view, sf.user_key, info.version, view.num_rows - found)
-
-        if sf.tag_column is not None:
-            empty = tags_view(rows.slice(0, 0), sf)
-            assert empty is not None
-            info = view_info(TAGS_VIEW, empty, sf.user_key)
-            stored, found = self._stored(TAGS_VIEW, users, empty.schema)
-            view = tags_view(rows, sf, stored=stored)
-            assert view is not None
-            self._add(upserts, new_rows, TAGS_VIEW, view, sf.user_key, info.version, view.num_rows - found)
+            self._add(upserts, new_rows, name, view, sf.user_key, info.version, view.num_rows - found)
 
         fresh = activity_view(rows, sf)
         info = view_info(ACTIVITY_VIEW, fresh.slice(0, 0), sf.user_key)
