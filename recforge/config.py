@@ -18,7 +18,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from feature_store import secrets
 from feature_store.config import FeatureStoreConfig, load_config
-from serving.config import AppSettings, RegistryConfig, ServingConfig, model_names
+from serving.config import AppSettings, ExperimentsConfig, RegistryConfig, ServingConfig, model_names
 from serving.registry.settings import RegistrySettings
 from training.common.tracking import default_tracking_uri
 from training.index.config import IndexConfig
@@ -39,6 +39,25 @@ class RecForgeConfig(FeatureStoreConfig):
                                      description="registered model names and the promotion gate")
     serving: ServingConfig = Field(default_factory=ServingConfig,
                                    description="the Ray Serve application of `recforge serve`")
+    experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig,
+                                           description="experiments on the serving path (`recforge experiment`)")
+
+    @model_validator(mode="after")
+    def _exposure_and_click_types(self) -> RecForgeConfig:
+        """Exposures are logged as events of `experiments.exposure_type` and clicks are read from
+        `experiments.click_types`: both must be event types the scenario accepts, and an exposure must not count as
+        a positive interaction (it would enter behaviour histories)."""
+        e, ev = self.experiments, self.events
+        if e.exposure_type not in ev.types:
+            raise ValueError(f"experiments.exposure_type '{e.exposure_type}' is not in events.types {ev.types}; add it "
+                             f"there or pick one of them")
+        if e.exposure_type in ev.positive_types:
+            raise ValueError(f"experiments.exposure_type '{e.exposure_type}' is in events.positive_types: exposures "
+                             f"would enter behaviour histories; use a type that is not positive (impression)")
+        unknown = [t for t in e.click_types if t not in ev.types]
+        if unknown:
+            raise ValueError(f"experiments.click_types {unknown} are not in events.types {ev.types}")
+        return self
 
     @model_validator(mode="after")
     def _ordered_history_needs_positive_sequences(self) -> RecForgeConfig:
@@ -185,4 +204,5 @@ def app_settings(cfg: RecForgeConfig) -> AppSettings:
         online_store=cfg.online_store,
         has_retriever=bool(cfg.retrieval.user_features and cfg.retrieval.item_features),
         feature_store=feature_store_config(cfg),
+        experiments=cfg.experiments,
     )

@@ -37,6 +37,7 @@ model process) loses the requests it was answering; the proxy sends every later 
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import os
@@ -80,6 +81,8 @@ from serving.deployments import (
     StoreSettings,
     loopback_replica_grpc,
 )
+from serving.experiments.live import ExperimentRouter, ExperimentSource, ExposureLog, Route, exposure_events
+from serving.experiments.store import experiment_store_path
 
 APP_NAME = "recforge"
 RETRIES = 3
@@ -104,6 +107,9 @@ class ApiSettings:
     has_retriever: bool
     events_token: str | None
     feature_store: FeatureStoreConfig
+    experiments: ExperimentSource | None = None  # None: experiments are off (no `experiments.definitions`)
+    exposure_type: str = "impression"
+    max_pending_exposures: int = 200_000
 
 
 # ------------------------------------------------------------------------------------------------ API models
@@ -119,10 +125,17 @@ class RecommendedItem(BaseModel):
     retrieval_score: float | None = Field(description="two-tower similarity (null for the popularity fallback)")
 
 
+class ExperimentArm(BaseModel):
+    name: str = Field(description="the experiment")
+    arm: str | None = Field(description="the arm that answered; null when the arm's model was not loaded and the "
+                                        "champion answered instead")
+
+
 class RecommendResponse(BaseModel):
     user_id: Any
     exposure_id: str = Field(description="this answer's id: send it as an event's `exposure_id` to tie what the "
                                          "user did to what was shown")
+    experiment: ExperimentArm | None = Field(None, description="the experiment and arm of this user (null: none)")
     items: list[RecommendedItem]
     fallback: str | None = Field(description='"popular" when the user is unknown to the online store')
     models: dict[str, ModelVersion]
@@ -270,6 +283,7 @@ class _Clock:
 
 
 # ------------------------------------------------------------------------------------------------ ingress
+Answered = tuple[Candidates, Scored] | JSONResponse  # the two stages' results, or the error response
 @dataclass(frozen=True)
 class InProcess:
     """Fused topology: build this model deployment's class inside the ingress replica (`build`) and call it there
@@ -300,6 +314,12 @@ class Ingress:
         self.retries = 0  # model calls retried after a replica died
         self._bus: EventBus | None = None  # opened by the first POST /events
         self._bus_lock = threading.Lock()
+        self.router: ExperimentRouter | None = None
+        self.exposures: ExposureLog | None = None
+        if settings.experiments is not None:
+            self.router = ExperimentRouter(settings.experiments)
+            self.exposures = ExposureLog(self._publish_exposures, settings.max_pending_exposures)
+        self._exposure_bus: EventBus | None = None  # the exposure thread's own connection
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self)
@@ -337,34 +357,72 @@ class Ingress:
         if self.retriever is None:
             return _unavailable("this scenario has no retriever (no `retrieval:` features); use /predict")
         clock = _Clock()
-        cands: Candidates = await clock.time(
-            "retriever_call", self.call(self.retriever, "candidates", user_id, context,
-                                        max(self.s.candidates, k), exclude_seen))
-        if cands.error is not None:
-            return self._failed(cands)
-        scored: Scored = await clock.time("ranker_call", self.call(self.ranker, "rank", cands.user, cands.ids,
-                                                                   context))
-        if scored.error is not None:
-            return self._failed(scored)
+        route = self.router.route(user_id) if self.router is not None else None
+        answered = await self._recommend(clock, route, user_id, k, context, exclude_seen)
+        if isinstance(answered, JSONResponse) and route is not None:  # the arm could not answer: the champion does
+            answered = await self._recommend(clock, None, user_id, k, context, exclude_seen)
+            route = dataclasses.replace(route, arm=None)
+        if isinstance(answered, JSONResponse):
+            return answered
+        cands, scored = answered
         raw = np.asarray(scored.scores, dtype=np.float64)  # None (unknown) -> nan
         known = np.asarray(scored.known, dtype=bool) & np.isfinite(raw)  # a non-finite score is no score
         probs = np.where(known, raw, -np.inf)
-        top = np.argsort(-probs, kind="stable")[: min(k, int(known.sum()))]  # candidates the store lacks: last
+        if route is not None and route.arm is not None and route.policy == "popular":  # popularity order
+            top = np.flatnonzero(known)[:k]
+        else:
+            top = np.argsort(-probs, kind="stable")[: min(k, int(known.sum()))]  # candidates the store lacks: last
         ids = np.empty(len(cands.ids), dtype=object)
         ids[:] = cands.ids
         retrieval = np.empty(len(cands.scores), dtype=object)
         retrieval[:] = cands.scores
         timings = clock.done({"features": cands.ms["features"] + scored.ms["features"],
                               "retrieval": cands.ms["retrieval"], "ranking": scored.ms["ranking"]})
+        exposure_id = uuid.uuid4().hex
+        shown = ids[top].tolist()
+        if route is not None and self.exposures is not None:
+            versions = {"retriever": cands.model.version, "ranker": scored.model.version}
+            self.exposures.put(exposure_events(exposure_id, user_id, shown, route, versions, self.s.exposure_type,
+                                               time.time()))
         return _answer({
             "user_id": user_id,
-            "exposure_id": uuid.uuid4().hex,
+            "exposure_id": exposure_id,
+            "experiment": {"name": route.experiment, "arm": route.arm} if route is not None else None,
             "items": [{"item_id": i, "score": p, "retrieval_score": r if r is None or np.isfinite(r) else None}
-                      for i, p, r in zip(ids[top].tolist(), probs[top].tolist(), retrieval[top].tolist())],
+                      for i, p, r in zip(shown, probs[top].tolist(), retrieval[top].tolist())],
             "fallback": cands.fallback,
             "models": {"retriever": cands.model.to_json(), "ranker": scored.model.to_json()},
             "timings_ms": timings,
         }, timings)
+
+    async def _recommend(self, clock: _Clock, route: Route | None, user_id: Any, k: int,
+                         context: dict[str, Any] | None, exclude_seen: bool) -> Answered:
+        """Retrieval then ranking with the route's versions (None: the champion's); an error as its response."""
+        retriever_version = route.retriever if route is not None else None
+        ranker_version = route.ranker if route is not None else None
+        popular = route is not None and route.policy == "popular"
+        cands: Candidates = await clock.time(
+            "retriever_call", self.call(self.retriever, "candidates", user_id, context,
+                                        max(self.s.candidates, k), exclude_seen, retriever_version, popular))
+        if cands.error is not None:
+            return self._failed(cands)
+        scored: Scored = await clock.time("ranker_call", self.call(self.ranker, "rank", cands.user, cands.ids,
+                                                                   context, ranker_version))
+        if scored.error is not None:
+            return self._failed(scored)
+        return cands, scored
+
+    def _publish_exposures(self, events: list[dict[str, Any]]) -> int:
+        """The exposure thread's publish: one bus entry per batch; the number of events the contract rejected."""
+        if self._exposure_bus is None:
+            self._exposure_bus = open_bus(self.s.feature_store, retry_s=BUS_RETRY_S)
+        try:
+            return len(ingest(events, self.s.feature_store, self._exposure_bus).rejected)
+        except Exception:
+            bus, self._exposure_bus = self._exposure_bus, None
+            with contextlib.suppress(Exception):
+                bus.close()
+            raise
 
     async def predict(self, user_id: Any, item_ids: list[Any], context: dict[str, Any] | None) -> Any:
         bad = self._context_error(context)
@@ -431,6 +489,13 @@ class Ingress:
         store = got["ranker"].pop("online_store")
         return {**got, "online_store": store, "ingress": {"retries": self.retries, "replica_pid": os.getpid()}}
 
+    async def experiments(self) -> dict[str, Any]:
+        """The running experiments as this replica sees them, and its exposure log's counters."""
+        if self.router is None or self.exposures is None:
+            return {"enabled": False, "running": []}
+        return {"enabled": True, **self.router.status(), "exposures": self.exposures.status(),
+                "replica_pid": os.getpid()}
+
     async def healthz(self) -> JSONResponse:
         handles = self._model_handles()
         got = dict(zip(handles, await asyncio.gather(*(self.call(h, "status") for h in handles.values()))))
@@ -491,6 +556,12 @@ def build_api(ingress: Ingress) -> FastAPI:
         """200 when every model has a version loaded, else 503 naming what is missing."""
         return await ingress.healthz()
 
+    @api.get("/experiments")
+    async def experiments() -> dict[str, Any]:
+        """The running experiments this replica routes to (with their current shares) and its exposure log's
+        counters (queued, published, rejected, dropped, pending)."""
+        return await ingress.experiments()
+
     @api.get("/models")
     async def models() -> dict[str, Any]:
         """Per model: the registry version served, since when, the last alias check and the last load error."""
@@ -517,7 +588,17 @@ def api_settings(app: AppSettings) -> ApiSettings:
                        max_context_value_length=lim.max_context_value_length, max_body_bytes=lim.max_body_bytes,
                        candidates=s.candidates, admin_token=s.admin_token,
                        user_key=f.user_key, item_key=f.item_key, seen_columns=seen, has_retriever=app.has_retriever,
-                       events_token=s.events_token, feature_store=app.feature_store)
+                       events_token=s.events_token, feature_store=app.feature_store,
+                       experiments=experiment_source(app), exposure_type=app.experiments.exposure_type,
+                       max_pending_exposures=app.experiments.max_pending_exposures)
+
+
+def experiment_source(app: AppSettings) -> ExperimentSource | None:
+    """Where the replicas read the running experiments; None when the scenario defines none (no polling)."""
+    e = app.experiments
+    if not e.definitions:
+        return None
+    return ExperimentSource(str(experiment_store_path(app.output_dir, e)), e.poll_s, app.name)
 
 
 def build_app(app: AppSettings) -> Any:
@@ -533,8 +614,9 @@ def build_app(app: AppSettings) -> Any:
     store = StoreSettings(app.online_store.model_dump(), str(Path(app.output_dir) / "online.db"),
                           settings.user_key, settings.item_key, settings.seen_columns)
     ranker_args = (ModelSource("ranker", ranker_name, s.alias, uri, s.poll_seconds), replica, store,
-                   RankerBatching(s.ranker_batch_size, s.ranker_batch_wait_ms / 1e3))
-    retriever_args = (ModelSource("retriever", retriever_name, s.alias, uri, s.poll_seconds), replica, store)
+                   RankerBatching(s.ranker_batch_size, s.ranker_batch_wait_ms / 1e3), settings.experiments)
+    retriever_args = (ModelSource("retriever", retriever_name, s.alias, uri, s.poll_seconds), replica, store,
+                      settings.experiments)
     model_opts = {"ray_actor_options": {"num_cpus": s.cpus_per_replica, "num_gpus": s.num_gpus},
                   "max_ongoing_requests": s.max_ongoing_requests}
     if s.topology == "fused":

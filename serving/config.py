@@ -1,5 +1,6 @@
-"""Typed config of the serving side: the `registry:` section (model names, promotion gate) and the `serving:`
-section (the Ray Serve application). Both are validated at the edge like every other section.
+"""Typed config of the serving side: the `registry:` section (model names, promotion gate), the `serving:`
+section (the Ray Serve application) and the `experiments:` section (champion/challenger and bandit experiments on
+the serving path). All are validated at the edge like every other section.
 
 `AppSettings` is what the app takes instead of the whole scenario config: `serving` sits below `recforge` in the
 import order, so the composition root (`recforge.config.app_settings`) picks the sections the app reads and
@@ -7,11 +8,13 @@ resolves the values it derives (tracking URI, model names) once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from feature_store.config import FeaturesConfig, FeatureStoreConfig, OnlineStoreConfig, StrictModel
 from feature_store.secrets import SecretText
@@ -135,6 +138,186 @@ def model_names(scenario: str, cfg: RegistryConfig) -> tuple[str, str]:
     return cfg.ranker_name or f"{scenario}-ranker", cfg.retriever_name or f"{scenario}-retriever"
 
 
+# ------------------------------------------------------------------------------------------------ experiments
+# The `experiments:` section. An experiment is defined here and run with `recforge experiment start NAME`
+# (docs/cli.md#experiments): the definition says what is compared (arms: model versions or a non-model policy), on
+# which traffic (a slice of the users), how traffic is split (fixed shares or Thompson sampling), what decides (the
+# primary metric), what must not get worse (guardrails) and how much data it needs (the power calculation printed
+# at start).
+Metric = Literal["ctr", "conversion", "revenue_per_user"]
+METRIC_DOC = ("ctr: clicks per exposure (a ratio of per-user sums, tested with the delta method); conversion: the "
+              "share of exposed users with a purchase; revenue_per_user: purchase value per exposed user")
+VERSION = re.compile(r"^(@[A-Za-z0-9_.-]+|[0-9]+)$")
+
+
+class ArmConfig(StrictModel):
+    """One arm: what its users are served. A model arm names a registered version (`"7"`) or an alias
+    (`"@challenger"`, resolved once at start and pinned) for the ranker and/or the retriever; a role left null is
+    served by the version `serving.alias` points at when the experiment starts. `policy: popular` serves the most
+    popular items (in popularity order, scored by the ranker): the non-model baseline."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="the arm's name (letters, digits, `_.-`)")
+    share: float | None = Field(None, ge=0, le=1, description="its share of the experiment's users; with "
+                                                              "`allocation.type: fixed` every arm needs one and they "
+                                                              "sum to 1; Thompson sampling starts from these (null: "
+                                                              "equal shares)")
+    ranker: str | None = Field(None, description="ranker version (`\"7\"`) or alias (`\"@challenger\"`); null = the "
+                                                 "served alias's version at start")
+    retriever: str | None = Field(None, description="retriever version or alias, like `ranker`")
+    policy: Literal["model", "popular"] = Field("model", description="model: retrieval then ranking with the "
+                                                                     "arm's versions; popular: the most popular "
+                                                                     "items (no personalisation)")
+
+    @field_validator("ranker", "retriever")
+    @classmethod
+    def _version_or_alias(cls, v: str | None) -> str | None:
+        if v is not None and not VERSION.match(v):
+            raise ValueError(f"'{v}' is neither a version number (\"7\") nor an alias (\"@challenger\")")
+        return v
+
+
+class AllocationConfig(StrictModel):
+    """How the experiment's users are split between arms. Assignment is hash(salt, user) -> arm, with no storage:
+    a user keeps their arm as long as the shares stay. Thompson sampling (Beta-Bernoulli on clicks per exposure)
+    moves the shares towards the arm most likely best every `update_s`; a user near a moving boundary may change
+    arm, which is why its results are read per exposure."""
+
+    type: Literal["fixed", "thompson"] = Field("fixed", description="fixed: the arms' shares; thompson: shares from "
+                                                                    "the posterior probability of being best")
+    min_share: float = Field(0.05, ge=0, lt=0.5, description="thompson: no arm gets less (it keeps learning)")
+    update_s: float = Field(60.0, gt=0, description="thompson: how often the shares are recomputed from the "
+                                                    "outcomes so far (also how often guardrails are checked)")
+    prior_alpha: float = Field(1.0, gt=0, description="thompson: Beta prior's alpha (prior clicks + 1)")
+    prior_beta: float = Field(1.0, gt=0, description="thompson: Beta prior's beta (prior exposures without a "
+                                                     "click + 1)")
+    draws: int = Field(10_000, ge=100, description="thompson: posterior draws per update")
+
+
+class TrafficConfig(StrictModel):
+    """Which users are in the experiment: those whose traffic hash (salted by the scenario, the same for every
+    experiment) falls in [offset, offset + share). Two running experiments whose ranges intersect would share
+    users and are refused; the users outside every running experiment get the champion."""
+
+    offset: float = Field(0.0, ge=0, lt=1, description="start of the experiment's slice of users")
+    share: float = Field(1.0, gt=0, le=1, description="width of the slice (the experiment's share of users)")
+
+    @model_validator(mode="after")
+    def _inside(self) -> TrafficConfig:
+        if self.offset + self.share > 1 + 1e-9:
+            raise ValueError(f"offset {self.offset:g} + share {self.share:g} exceeds 1: the slice must lie in [0, 1)")
+        return self
+
+
+class GuardrailConfig(StrictModel):
+    """A metric no challenger may make worse: when its always-valid confidence interval of (challenger -
+    control) lies entirely below `-tolerance`, the challenger stops receiving traffic (its share goes to the
+    control arm) and the report says when and why."""
+
+    metric: Metric = Field(description=METRIC_DOC)
+    tolerance: float = Field(0.0, ge=0, description="absolute drop accepted before the guardrail fires")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="error rate of the always-valid interval")
+
+
+class DesignConfig(StrictModel):
+    """The power calculation: users per arm for a two-sided test at `alpha` to detect a lift of `mde` over a
+    `baseline` rate with probability `power` (statsmodels' NormalIndPower), printed at start and used as the
+    planned sample size in every report."""
+
+    baseline: float = Field(0.05, gt=0, lt=1, description="the control's expected rate of the primary metric "
+                                                          "(for revenue_per_user: of conversion)")
+    mde: float = Field(0.01, gt=0, lt=1, description="minimum detectable effect: absolute lift of that rate")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="significance level (two-sided)")
+    power: float = Field(0.8, gt=0, lt=1, description="probability of detecting an effect of `mde`")
+
+    @model_validator(mode="after")
+    def _rate(self) -> DesignConfig:
+        if self.baseline + self.mde >= 1:
+            raise ValueError(f"baseline {self.baseline:g} + mde {self.mde:g} is not a rate below 1")
+        return self
+
+
+class ExperimentConfig(StrictModel):
+    """One experiment on the serving path (`recforge experiment start NAME`)."""
+
+    description: str = Field("", description="what is tested and why (shown in the report)")
+    arms: list[ArmConfig] = Field(min_length=2, description="the arms; the first is the control unless `control` "
+                                                            "names another")
+    control: str | None = Field(None, description="the control arm's name; null = the first arm")
+    allocation: AllocationConfig = Field(default_factory=AllocationConfig, description="how users are split")
+    traffic: TrafficConfig = Field(default_factory=TrafficConfig, description="the slice of users in the experiment")
+    unit: Literal["user"] = Field("user", description="the randomisation unit")
+    salt: str | None = Field(None, description="assignment salt; null = the experiment's name (a new salt "
+                                               "reshuffles users)")
+    primary: Metric = Field("ctr", description="the metric that decides: " + METRIC_DOC)
+    guardrails: list[GuardrailConfig] = Field(default_factory=list, description="metrics a challenger must not "
+                                                                                "worsen (automatic stop)")
+    design: DesignConfig = Field(default_factory=DesignConfig, description="the power calculation")
+    sequential_tau: float | None = Field(None, gt=0, description="standard deviation of the mSPRT's normal mixture "
+                                                                 "over the true difference (the effect size it is "
+                                                                 "most sensitive to); null = `design.mde`")
+    attribution_window_s: float = Field(3600.0, gt=0, description="an outcome without `exposure_id` is credited to "
+                                                                  "the user's latest exposure showing that item "
+                                                                  "within this many seconds before it")
+    pre_period_s: float = Field(14 * 86400.0, ge=0, description="CUPED covariate: each user's same metric over "
+                                                                "this long before the start (0: no CUPED)")
+
+    @model_validator(mode="after")
+    def _arms(self) -> ExperimentConfig:
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arms {names} repeat a name; each arm needs its own")
+        if self.control is not None and self.control not in names:
+            raise ValueError(f"control '{self.control}' is not an arm (arms: {', '.join(names)})")
+        shares = [a.share for a in self.arms]
+        if self.allocation.type == "fixed" and any(s is None for s in shares):
+            missing = [a.name for a in self.arms if a.share is None]
+            raise ValueError(f"allocation.type fixed needs a share on every arm; {missing} have none")
+        given = [s for s in shares if s is not None]
+        if given and (len(given) != len(shares) or not math.isclose(sum(given), 1.0, abs_tol=1e-6)):
+            raise ValueError(f"the arms' shares {shares} must all be set and sum to 1 (they sum to {sum(given):g})")
+        if self.allocation.type == "thompson" and self.allocation.min_share * len(self.arms) > 1:
+            raise ValueError(f"allocation.min_share {self.allocation.min_share:g} x {len(self.arms)} arms exceeds 1")
+        return self
+
+    @property
+    def control_arm(self) -> str:
+        return self.control or self.arms[0].name
+
+    def initial_shares(self) -> list[float]:
+        if self.arms[0].share is None:
+            return [1.0 / len(self.arms)] * len(self.arms)
+        return [float(a.share or 0.0) for a in self.arms]
+
+
+class ExperimentsConfig(StrictModel):
+    """Experiments on the serving path (docs/cli.md#experiments): their definitions, where their state lives, and
+    how exposures reach the event log. The state (which experiment runs since when, its current shares, why it
+    stopped) is in `store_path`, which `recforge serve` polls every `poll_s`."""
+
+    definitions: dict[str, ExperimentConfig] = Field(default_factory=dict,
+                                                     description="experiments by name (`recforge experiment start "
+                                                                     "NAME`)")
+    store_path: str | None = Field(None, description="the experiments' state (SQLite); null = "
+                                                     "`<output_dir>/experiments.db`")
+    poll_s: float = Field(2.0, gt=0, description="how often a serving replica re-reads which experiments run")
+    exposure_type: str = Field("impression", description="the event type exposures are logged as (one of "
+                                                         "`events.types`, not a positive type)")
+    click_types: list[str] = Field(["click"], min_length=1, description="event types that count as a click")
+    max_pending_exposures: int = Field(200_000, gt=0, description="exposure events a replica holds while the bus "
+                                                                  "is unreachable; more are counted as dropped "
+                                                                  "(`GET /experiments`), never silently")
+    reports_dir: str | None = Field(None, description="where reports are written; null = "
+                                                      "`<output_dir>/experiments`")
+
+    @field_validator("definitions")
+    @classmethod
+    def _names(cls, v: dict[str, ExperimentConfig]) -> dict[str, ExperimentConfig]:
+        bad = [k for k in v if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", k)]
+        if bad:
+            raise ValueError(f"experiment names {bad} must be 1-64 letters, digits or `_.-`")
+        return v
+
+
 @dataclass(frozen=True)
 class AppSettings:
     """What the recommendation app (serving.app.build_app, serving.server) needs of a scenario.
@@ -152,6 +335,7 @@ class AppSettings:
             answers /predict only.
         feature_store: the feature-store sections (`POST /events` checks events against `events:` and publishes
             them to the scenario's bus; `events.stream.serve` runs the stream processor beside the app).
+        experiments: the `experiments:` section (the replicas route users to the running experiments' arms).
     """
 
     name: str
@@ -164,3 +348,4 @@ class AppSettings:
     online_store: OnlineStoreConfig
     has_retriever: bool
     feature_store: FeatureStoreConfig
+    experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)

@@ -6,13 +6,9 @@ replicas costs several milliseconds of CPU on both sides (docs/benchmarks.md, Se
 deployment would add two calls to every /recommend; the user's features travel from the retriever to the ranker
 with the candidates instead of being read twice.
 
-Lifecycle (`ModelSlot`): a model deployment serves `models:/<name>@<alias>` of the MLflow registry. At start it
-resolves the alias, downloads that version's artifacts (a ranker bundle or a retrieval bundle) and loads them; a
-background thread then checks the alias every `poll_seconds` and, when it points at another version, loads that
-version next to the serving one and swaps one reference: a request reads the reference once, so it is answered
-entirely by the old or entirely by the new version and none is dropped. A version that fails to load (missing
-files, wrong format, a broken state dict) leaves the old version serving; the error is kept for `/models` and
-that version is not retried until the alias moves again or an admin reload forces it.
+The model lifecycle (which version a deployment serves, swapped atomically when its alias moves) is
+`serving.slots`. Besides the alias's version, a deployment serves the versions the running experiments' arms pin
+(`PinnedVersions`), loaded beside it; a request names the version it wants (None: the alias's).
 
 Every answer carries the version that produced it (`ModelRef`) and its stage times. Deployments return results
 (`Scored`, `Candidates`) rather than raising, so request errors reach the HTTP ingress as data it maps to status
@@ -22,11 +18,8 @@ codes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import os
-import shutil
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 from ray import serve
 
+from serving.experiments.live import ExperimentSource, PinnedVersions
 from serving.features import (
     FeatureReader,
     ItemInputs,
@@ -46,20 +40,9 @@ from serving.features import (
     seen_items,
     user_row,
 )
+from serving.slots import Loaded, ModelRef, ModelSlot, ModelSource, iso, load_ranker, load_retriever
 
 log = logging.getLogger("recforge.serving")
-
-
-# ------------------------------------------------------------------------------------------------ lifecycle
-@dataclass(frozen=True)
-class ModelSource:
-    """Which registered model a deployment serves and how often it checks the alias."""
-
-    role: str  # "ranker" | "retriever"
-    name: str
-    alias: str
-    tracking_uri: str
-    poll_seconds: float
 
 
 @dataclass(frozen=True)
@@ -70,159 +53,36 @@ class ReplicaSettings:
     device: str = "cpu"
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """The registry version that answered a request."""
-
-    name: str
-    version: str
-    alias: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "version": self.version, "alias": self.alias}
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """A loaded model version: `model` is a `Ranker` or a `Retriever`."""
-
-    ref: ModelRef
-    run_id: str | None
-    model: Any
-    loaded_at: float
-    path: Path
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-class ModelSlot:
-    """The version a deployment serves, swapped atomically when the alias moves (see the module docstring).
-
-    Args:
-        source: registered model, alias, tracking URI and poll interval.
-        loader: bundle directory -> loaded model (raises when the directory is not a usable bundle).
-    """
-
-    def __init__(self, source: ModelSource, loader: Callable[[Path], Any]) -> None:
-        self.source = source
-        self.loader = loader
-        self._current: Loaded | None = None
-        self._lock = threading.Lock()  # one check at a time (poll thread and admin reload)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._failed_version: str | None = None
-        self.last_error: dict[str, Any] | None = None
-        self.last_check: float | None = None
-        self.swaps = 0
-        self._dir = Path(tempfile.mkdtemp(prefix=f"recforge-{source.role}-"))
-        self._client: Any = None
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.source.name}@{self.source.alias}"
-
-    def current(self) -> Loaded | None:
-        """The serving version (read once per request: one reference, so a swap never splits a request)."""
-        return self._current
-
-    def _registry(self) -> Any:
-        if self._client is None:
-            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            import mlflow
-
-            uri = self.source.tracking_uri
-            self._client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-        return self._client
-
-    def check(self, force: bool = False) -> bool:
-        """Resolve the alias and load its version when it differs from the serving one; True when swapped.
-        Never raises: a failure is recorded in `last_error` and the serving version stays."""
-        with self._lock:
-            self.last_check = time.time()
-            version = None
-            try:
-                mv = self._registry().get_model_version_by_alias(self.source.name, self.source.alias)
-                version = str(mv.version)
-                current = self._current
-                if current is not None and current.ref.version == version and not force:
-                    self.last_error = None
-                    return False
-                if version == self._failed_version and not force:
-                    return False
-                loaded = self._load(version, mv.run_id)
-            except Exception as exc:
-                self._failed_version = version
-                self.last_error = {"version": version, "error": f"{type(exc).__name__}: {exc}",
-                                   "at": _iso(time.time())}
-                log.warning("%s: version %s not loaded, %s keeps serving: %s", self.uri, version,
-                            self._current.ref.version if self._current else "nothing", exc)
-                return False
-            old, self._current = self._current, loaded  # the swap: one reference assignment
-            self._failed_version, self.last_error = None, None
-            self.swaps += 1
-            if old is not None and old.path != loaded.path:
-                shutil.rmtree(old.path.parent, ignore_errors=True)
-            log.info("%s: now serving version %s", self.uri, version)
-            return True
-
-    def _load(self, version: str, run_id: str | None) -> Loaded:
-        import mlflow
-
-        client = self._registry()
-        dst = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=self._dir))
-        try:
-            uri = client.get_model_version_download_uri(self.source.name, version)
-            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst),
-                                                            tracking_uri=self.source.tracking_uri))
-            model = self.loader(path)
-        except BaseException:
-            shutil.rmtree(dst, ignore_errors=True)
-            raise
-        ref = ModelRef(self.source.name, version, self.source.alias)
-        return Loaded(ref=ref, run_id=run_id, model=model, loaded_at=time.time(), path=path)
-
-    def start(self) -> None:
-        """First check now (so a replica starts serving), then poll in a daemon thread."""
-        self.check()
-        self._thread = threading.Thread(target=self._poll, name=f"poll-{self.source.role}", daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.source.poll_seconds):
-            self.check()
-
-    def stop(self) -> None:
-        self._stop.set()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def status(self) -> dict[str, Any]:
-        """What `/models` shows: serving version, since when, last check and the last load error."""
-        cur = self._current
-        return {
-            "model": self.uri,
-            "name": self.source.name,
-            "alias": self.source.alias,
-            "version": cur.ref.version if cur else None,
-            "run_id": cur.run_id if cur else None,
-            "loaded_at": _iso(cur.loaded_at) if cur else None,
-            "last_check": _iso(self.last_check),
-            "poll_seconds": self.source.poll_seconds,
-            "swaps": self.swaps,
-            "last_error": self.last_error,
-            "replica_pid": os.getpid(),
-        }
-
-    def unavailable(self) -> str:
-        why = self.last_error["error"] if self.last_error else "not loaded yet"
-        return f"{self.source.role} {self.uri}: no version loaded ({why})"
-
-
 def _torch_threads(settings: ReplicaSettings) -> None:
     import torch
 
     torch.set_num_threads(max(1, settings.threads))
+
+
+# ------------------------------------------------------------------------------------------------ experiments
+def _pinned(source: ModelSource, alias_slot: ModelSlot, loader: Callable[[Path], Any],
+            experiments: ExperimentSource | None) -> PinnedVersions | None:
+    """The experiment arms' versions of this model, loaded beside the alias's (None: no experiments)."""
+    if experiments is None:
+        return None
+    return PinnedVersions(source.role, experiments, alias_slot,
+                          lambda v: ModelSlot(dataclasses.replace(source, version=v), loader))
+
+
+def _current(slot: ModelSlot, versions: PinnedVersions | None, version: str | None) -> Loaded | None:
+    if version is None or versions is None:
+        return slot.current()
+    return versions.current(version)
+
+
+def _not_loaded(slot: ModelSlot, version: str | None) -> str:
+    if version is None:
+        return slot.unavailable()
+    return f"{slot.source.role} version {version} (an experiment arm) is not loaded"
+
+
+def _pinned_status(versions: PinnedVersions | None) -> dict[str, Any]:
+    return {"experiment_versions": versions.status()} if versions is not None else {}
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -296,19 +156,6 @@ class _Job:
     table: pa.Table  # spec-transformed rows
 
 
-def _load_ranker(device: str) -> Callable[[Path], Any]:
-    def load(path: Path) -> Any:
-        from training.common.embedding import fuse_embeddings
-        from training.ranking.bundle import load_bundle
-
-        ranker = load_bundle(path)
-        fuse_embeddings(ranker.model)  # same outputs; no KeyedJaggedTensor per request
-        ranker.model.to(device)
-        return ranker
-
-    return load
-
-
 def score_transformed(jobs: Sequence[_Job], device: str) -> list[np.ndarray]:
     """Score several requests' transformed rows with one forward pass per model version."""
     import torch
@@ -364,7 +211,7 @@ class RankerModel:
     concurrent requests are scored in one batch (`@serve.batch`, sized by `RankerBatching`)."""
 
     def __init__(self, source: ModelSource, settings: ReplicaSettings, store: StoreSettings,
-                 batching: RankerBatching = RankerBatching()) -> None:
+                 batching: RankerBatching = RankerBatching(), experiments: ExperimentSource | None = None) -> None:
         loopback_replica_grpc()
         _torch_threads(settings)
         self.settings = settings
@@ -373,9 +220,10 @@ class RankerModel:
         self._batched.set_max_batch_size(batching.max_size)
         self._batched.set_batch_wait_timeout_s(batching.wait_s)
         self.reader = store.open()
-        self._items: tuple[Loaded, ItemInputs] | None = None
-        self.slot = ModelSlot(source, _load_ranker(settings.device))
+        self._items: dict[int, tuple[Loaded, ItemInputs]] = {}
+        self.slot = ModelSlot(source, load_ranker(settings.device))
         self.slot.start()
+        self.versions = _pinned(source, self.slot, load_ranker(settings.device), experiments)
 
     async def predict(self, user_id: Any, item_ids: Sequence[Any], context: dict[str, Any] | None) -> Scored:
         """Click probability of each item for the user (features from the online store, context on top)."""
@@ -384,15 +232,17 @@ class RankerModel:
         user = self.reader.user(user_id, set(loaded.model.spec.raw_columns()) if loaded is not None else None)
         return await self._score(user, item_ids, context, _ms(t0))
 
-    async def rank(self, user: UserFeatures, item_ids: Sequence[Any], context: dict[str, Any] | None) -> Scored:
-        """Like `predict` for a user whose features were already read (by the retriever)."""
-        return await self._score(user, item_ids, context, 0.0)
+    async def rank(self, user: UserFeatures, item_ids: Sequence[Any], context: dict[str, Any] | None,
+                   version: str | None = None) -> Scored:
+        """Like `predict` for a user whose features were already read (by the retriever); `version`: an
+        experiment arm's pinned version instead of the alias's (an error while it is not loaded)."""
+        return await self._score(user, item_ids, context, 0.0, version)
 
     async def _score(self, user: UserFeatures, item_ids: Sequence[Any], context: dict[str, Any] | None,
-                     user_ms: float) -> Scored:
-        loaded = self.slot.current()  # one version for the whole request
+                     user_ms: float, version: str | None = None) -> Scored:
+        loaded = _current(self.slot, self.versions, version)  # one version for the whole request
         if loaded is None:
-            return Scored(error=self.slot.unavailable())
+            return Scored(error=_not_loaded(self.slot, version))
         spec = loaded.model.spec
         raw = spec.raw_columns()
         unknown = [k for k in (context or {}) if k not in raw]
@@ -432,11 +282,17 @@ class RankerModel:
                       ms={"features": features_ms, "ranking": _ms(t1)})
 
     def _item_inputs(self, loaded: Loaded) -> ItemInputs:
-        """The item-side cache of the serving version (a new one when the version changed)."""
-        cache = self._items
+        """The item-side cache of a served version (one per version: an experiment serves several side by side;
+        the caches of versions no longer served are dropped)."""
+        cache = self._items.get(id(loaded))
         if cache is None or cache[0] is not loaded:
-            cache = self._items = (loaded, ItemInputs(loaded.model.spec, self.reader))
+            served = {id(m) for m in (self.slot.current(), *self._pinned_loaded()) if m is not None}
+            self._items = {k: v for k, v in self._items.items() if k in served}
+            cache = self._items[id(loaded)] = (loaded, ItemInputs(loaded.model.spec, self.reader))
         return cache[1]
+
+    def _pinned_loaded(self) -> list[Loaded]:
+        return self.versions.loaded() if self.versions is not None else []
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)  # sizes set per instance from RankerBatching
     async def _batched(self, jobs: list[_Job]) -> list[np.ndarray]:
@@ -444,11 +300,13 @@ class RankerModel:
 
     async def status(self) -> dict[str, Any]:
         users, items = self.reader.views()
-        cache = self._items[1].stats() if self._items is not None else {"items": 0, "reads": 0}
-        return {**self.slot.status(), "item_cache": cache, "online_store": {
+        current = self.slot.current()
+        mine = self._items.get(id(current)) if current is not None else None
+        cache = mine[1].stats() if mine is not None else {"items": 0, "reads": 0}
+        return {**self.slot.status(), **_pinned_status(self.versions), "item_cache": cache, "online_store": {
             "store": repr(self.reader.store), "user_views": [v.name for v in users],
             "item_views": [v.name for v in items],
-            "views": {v.name: {"rows": v.rows, "version": v.version, "written_at": _iso(v.written_at)}
+            "views": {v.name: {"rows": v.rows, "version": v.version, "written_at": iso(v.written_at)}
                       for v in (*users, *items)}}}
 
     async def reload(self) -> dict[str, Any]:
@@ -457,42 +315,43 @@ class RankerModel:
 
     def __del__(self) -> None:
         self.slot.stop()
+        if self.versions is not None:
+            self.versions.stop()
 
 
 # ------------------------------------------------------------------------------------------------ retriever
-def _load_retriever(path: Path) -> Any:
-    from training.retrieval.bundle import load_retriever
-
-    return load_retriever(path)
-
-
 @serve.deployment
 class RetrieverModel:
     """The two-tower retriever: reads the user's online features, user tower -> top-N items of the index with
     the user's history excluded; users the online store does not know get the most popular items."""
 
-    def __init__(self, source: ModelSource, settings: ReplicaSettings, store: StoreSettings) -> None:
+    def __init__(self, source: ModelSource, settings: ReplicaSettings, store: StoreSettings,
+                 experiments: ExperimentSource | None = None) -> None:
         loopback_replica_grpc()
         _torch_threads(settings)
         self.store = store
         self.reader = store.open()
-        self.slot = ModelSlot(source, _load_retriever)
+        self.slot = ModelSlot(source, load_retriever)
         self.slot.start()
+        self.versions = _pinned(source, self.slot, load_retriever, experiments)
 
     async def candidates(self, user_id: Any, context: dict[str, Any] | None, n: int,
-                         exclude_seen: bool = True) -> Candidates:
-        loaded = self.slot.current()
+                         exclude_seen: bool = True, version: str | None = None, popular: bool = False) -> Candidates:
+        """Top-`n` candidates for the user; `version`: an experiment arm's pinned version (an error while it is
+        not loaded); `popular`: the most popular items whoever the user is (the non-model arm)."""
+        loaded = _current(self.slot, self.versions, version)
         if loaded is None:
-            return Candidates(error=self.slot.unavailable())
+            return Candidates(error=_not_loaded(self.slot, version))
         retriever = loaded.model
         t0 = time.perf_counter()
         user = self.reader.user(user_id, set(retriever.spec.raw_columns()))  # what the ranker reads too
         seen = seen_items(user, self.store.seen_columns) if exclude_seen else []
         features_ms = _ms(t0)
         t1 = time.perf_counter()
-        if not user.known:
+        if popular or not user.known:
             ids = retriever.popular(n, exclude=seen)
-            return Candidates(ids=ids.tolist(), scores=[None] * len(ids), user=user, fallback="popular",
+            return Candidates(ids=ids.tolist(), scores=[None] * len(ids), user=user,
+                              fallback=None if popular else "popular",
                               model=loaded.ref, ms={"features": features_ms, "retrieval": _ms(t1)})
         row = user_row(user, context, user_key=self.store.user_key)
         try:
@@ -506,7 +365,7 @@ class RetrieverModel:
                           model=loaded.ref, ms={"features": features_ms, "retrieval": _ms(t1)})
 
     async def status(self) -> dict[str, Any]:
-        return self.slot.status()
+        return {**self.slot.status(), **_pinned_status(self.versions)}
 
     async def reload(self) -> dict[str, Any]:
         await asyncio.to_thread(self.slot.check, True)
@@ -514,3 +373,5 @@ class RetrieverModel:
 
     def __del__(self) -> None:
         self.slot.stop()
+        if self.versions is not None:
+            self.versions.stop()

@@ -5,11 +5,16 @@
 - `two_proportions`: difference of two rates, its Newcombe (score) interval and the pooled two-proportion z-test
   (statsmodels `confint_proportions_2indep`, `proportions_ztest`);
 - `welch`: difference of two means (revenue per user) with Welch's t-test and its interval (scipy);
+- `ratio`: difference of two ratio metrics (clicks per exposure) whose unit of randomisation is the user, by the
+  delta method (Deng et al. 2018): an exposure-level z-test would treat one user's exposures as independent and
+  understate the variance. Neither scipy nor statsmodels has it; it is the variance formula below, then scipy's
+  normal distribution;
 - `srm`: the sample-ratio-mismatch chi-square test of observed units against the planned shares (scipy); a
   p-value below `SRM_ALPHA` marks the whole result untrustworthy;
 - `cuped`: the CUPED adjustment with a pre-period covariate (theta = cov(y, x) / var(x), pooled over arms);
 - `msprt`: always-valid p-values of the mixture sequential probability ratio test (normal mixture, Johari et
-  al. 2017, "Peeking at A/B tests"), valid however often one looks;
+  al. 2017, "Peeking at A/B tests"), valid however often one looks; `always_valid_interval` is the confidence
+  sequence the same test inverts to (the guardrails' stop rule);
 - `holm`: Holm's step-down correction for more than two arms (statsmodels `multipletests`).
 """
 
@@ -73,6 +78,31 @@ def welch(control: np.ndarray, treatment: np.ndarray, *, alpha: float = 0.05) ->
                       float(ci.high), float(res.statistic), float(res.pvalue))
 
 
+def ratio_variance(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
+    """(sum num / sum den, the variance of that ratio) over independent units with per-unit `num` and `den`
+    (delta method: var(N/D) ~ (var N - 2 r cov(N, D) + r^2 var D) / (n mean(D)^2))."""
+    x, y = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    n = len(x)
+    if n < 2 or y.sum() == 0:
+        return float("nan"), float("nan")
+    r = x.sum() / y.sum()
+    cov = np.cov(x, y, ddof=1)
+    var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (n * y.mean() ** 2)
+    return float(r), float(max(var, 0.0))
+
+
+def ratio(num_control: np.ndarray, den_control: np.ndarray, num_treatment: np.ndarray, den_treatment: np.ndarray,
+          *, alpha: float = 0.05) -> Comparison:
+    """Ratio metrics of two arms (e.g. clicked exposures / exposures, per user): the difference with a z-test
+    and its interval, the variance of each ratio by the delta method (`ratio_variance`)."""
+    rc, vc = ratio_variance(num_control, den_control)
+    rt, vt = ratio_variance(num_treatment, den_treatment)
+    d, se = rt - rc, float(np.sqrt(vc + vt))
+    z = d / se if se > 0 else (0.0 if d == 0 else float("inf") * np.sign(d))
+    half = sps.norm.ppf(1 - alpha / 2) * se
+    return Comparison(rc, rt, d, d - half, d + half, float(z), float(2 * sps.norm.sf(abs(z))))
+
+
 @dataclass(frozen=True)
 class SRM:
     observed: tuple[int, ...]
@@ -116,6 +146,18 @@ def msprt(differences: np.ndarray, variances: np.ndarray, tau2: float) -> np.nda
     log_lr = 0.5 * np.log(v / (v + tau2)) + d**2 * tau2 / (2 * v * (v + tau2))
     p = np.minimum(1.0, np.exp(-log_lr))
     return np.minimum.accumulate(p)
+
+
+def always_valid_interval(difference: float, variance: float, tau2: float, alpha: float = 0.05) -> tuple[float, float]:
+    """The (1 - alpha) confidence sequence of the normal-mixture mSPRT at one look: every difference whose
+    likelihood ratio stays below 1/alpha, d +- sqrt(V (V + tau2) / tau2 * (2 log(1/alpha) + log((V + tau2) / V))).
+    It covers the true difference at every look at once with probability 1 - alpha, so a rule "stop when it
+    excludes x" may be checked after every batch."""
+    v = float(variance)
+    if not v > 0:
+        return float("nan"), float("nan")
+    half = float(np.sqrt(v * (v + tau2) / tau2 * (2 * np.log(1 / alpha) + np.log((v + tau2) / v))))
+    return difference - half, difference + half
 
 
 def holm(p_values: list[float], *, alpha: float = 0.05) -> tuple[list[bool], list[float]]:
