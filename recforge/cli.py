@@ -23,6 +23,7 @@ from feature_store.secrets import scrub
 from feature_store.spec import SpecError
 from recforge import config as config_mod
 from recforge import logs
+from serving.experiments.store import ExperimentStateError
 from serving.registry import RegistryError
 from serving.server import ServeError
 from training.index.config import IndexRecallError
@@ -139,6 +140,12 @@ COMMANDS: dict[str, tuple[str, list[Option]]] = {
                "`events status`: the bus's lag and the stream's counters", COMMON),
     "stream": ("`stream run`: apply the bus's events to the online features and write the offline event log, until "
                "Ctrl-C (or --seconds, --until-idle)", COMMON),
+    "experiment": ("`experiment start NAME`: check the arms' versions load, print the power calculation and route "
+                   "traffic to the arms; `status NAME`: per-arm metrics and tests so far; `report NAME`: the HTML "
+                   "report (also logged to MLflow); `stop NAME`; `list`", COMMON),
+    "simulate": ("drive a live server with synthetic users whose clicks and purchases follow the built-in "
+                 "generator's true click model (synthetic scenarios): /recommend, then the outcomes to /events",
+                 COMMON),
 }
 REGISTRY_COMMANDS = ("register", "promote", "rollback", "registry")
 DATA_COMMANDS = ("generate", "prepare", "materialize")
@@ -174,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seconds", type=float, default=None, help="stop after this long")
             p.add_argument("--until-idle", action="store_true", help="stop once every event on the bus is applied "
                                                                      "and logged")
+        if name == "experiment":
+            p.add_argument("action", choices=["start", "status", "stop", "report", "list"],
+                           help="start, status, stop or report NAME; list")
+            p.add_argument("name", nargs="?", default=None, help="the experiment (a key of experiments.definitions)")
+            p.add_argument("--reason", default=None, help="stop: why (recorded and shown in the report)")
+        if name == "simulate":
+            p.add_argument("--url", default=None, help="the server (default: serving.host:serving.port)")
+            p.add_argument("--requests", type=int, default=2000, help="how many /recommend calls (visits)")
+            p.add_argument("--users", type=int, default=None, help="draw visitors from this many of the generator's "
+                                                                   "users (default: all)")
+            p.add_argument("--concurrency", type=int, default=4, help="visits in flight at once")
+            p.add_argument("--k", type=int, default=10, help="items per /recommend")
+            p.add_argument("--sim-seed", type=int, default=0, help="the simulation's seed (visitors, clicks)")
         if name in REGISTRY_COMMANDS:
             _registry_arguments(name, p)
         if name == "serve":
@@ -206,10 +226,13 @@ def _registry_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--index-dir", default=None, help="retriever: the index to log into the run's bundle "
                                                          "(default: <output_dir>/retrieval/bundle/index)")
     if name in ("promote", "rollback"):
-        p.add_argument("--model", dest="model_name", required=True, metavar="NAME",
+        p.add_argument("--model", dest="model_name", required=name == "rollback", metavar="NAME",
                        help="registered model name, e.g. demo-ranker (see `recforge registry list`)")
     if name == "promote":
-        p.add_argument("--version", type=int, required=True, metavar="N", help="the model version to promote")
+        p.add_argument("--version", type=int, default=None, metavar="N", help="the model version to promote")
+        p.add_argument("--experiment", default=None, metavar="NAME",
+                       help="promote the winner of this experiment (instead of --model/--version): its arm's "
+                            "versions, each gated offline, with the online evidence in the review")
         p.add_argument("--force", action="store_true", help="promote even when the gate refuses (needs --reason; "
                                                             "who and why are recorded on the version)")
         p.add_argument("--reason", default=None, help="why the promotion is forced (recorded as a version tag)")
@@ -268,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             result = _run(args.command, cfg, getattr(args, "kind", None), args)
     except (ConfigError, RejectFractionExceeded, FileNotFoundError, SpecError, ConnectionError,
-            RegistryError, ServeError, StreamBusy) as exc:
+            RegistryError, ServeError, StreamBusy, ExperimentStateError) as exc:
         print(scrub(f"recforge {args.command}: error: {exc}"), file=sys.stderr)
         return 2
     except IndexRecallError as exc:  # a built index below the recall floor: nothing was written
@@ -330,6 +353,13 @@ def _run(command: str, cfg: config_mod.RecForgeConfig, kind: str | None = None,
     if command == "stream":
         assert args is not None
         return pipeline.stream(cfg, seconds=args.seconds, until_idle=args.until_idle)
+    if command == "experiment":
+        assert args is not None
+        return pipeline.experiment(cfg, args.action, args.name, reason=args.reason)
+    if command == "simulate":
+        assert args is not None
+        return pipeline.simulate(cfg, url=args.url, requests=args.requests, users=args.users,
+                                 concurrency=args.concurrency, k=args.k, seed=args.sim_seed)
     raise AssertionError(command)
 
 
@@ -344,11 +374,32 @@ def _run_registry(args: argparse.Namespace, cfg: config_mod.RecForgeConfig) -> d
             return registry.register_ranker(settings, args.run_id).to_dict()
         return registry.register_retriever(settings, args.run_id, args.index_dir).to_dict()
     if args.command == "promote":
+        if args.experiment is not None:
+            if args.model_name is not None or args.version is not None:
+                raise ConfigError("--experiment promotes the winning arm's versions: leave out --model and --version")
+            return _promote_experiment(args, cfg)
+        if args.model_name is None or args.version is None:
+            raise ConfigError("recforge promote needs --model NAME --version N, or --experiment NAME")
         return registry.promote(settings, args.model_name, args.version, force=args.force,
                                 reason=args.reason).to_dict()
     if args.command == "rollback":
         return registry.rollback(settings, args.model_name)
     return registry.list_models(settings)
+
+
+def _promote_experiment(args: argparse.Namespace, cfg: config_mod.RecForgeConfig) -> dict[str, Any]:
+    """`recforge promote --experiment NAME`: each of the winning arm's versions through the gate, with the online
+    evidence beside it in the review."""
+    from serving import registry
+    from serving.experiments.manage import promotion_plan
+
+    if args.force and not (args.reason or "").strip():
+        raise ConfigError("--force needs a non-empty --reason: a forced promotion records who forced it and why")
+    plan = promotion_plan(config_mod.app_settings(cfg), args.experiment, force=args.force)
+    settings = config_mod.registry_settings(cfg)
+    results = [registry.promote(settings, m["model"], m["version"], force=args.force, reason=args.reason,
+                                online=plan["evidence"]).to_dict() for m in plan["promotions"]]
+    return {**plan, "results": results, "promoted": all(r["promoted"] for r in results)}
 
 
 def _serve(args: argparse.Namespace, cfg: config_mod.RecForgeConfig | None,

@@ -161,6 +161,48 @@ def stream(cfg: RecForgeConfig, *, seconds: float | None = None, until_idle: boo
     return run_stream(cfg, seconds=seconds, until_idle=until_idle)
 
 
+def experiment(cfg: RecForgeConfig, action: str, name: str | None, *, reason: str | None = None) -> dict[str, Any]:
+    """`recforge experiment start|status|stop|report|list`."""
+    from serving.experiments import manage
+
+    app = app_settings(cfg)
+    if action == "list":
+        return {"action": "list", **manage.list_experiments(app)}
+    if not name:
+        known = ", ".join(cfg.experiments.definitions) or "none defined under experiments.definitions"
+        raise ConfigError(f"`recforge experiment {action}` needs the experiment's NAME ({known})")
+    if action == "start":
+        out = manage.start(app, name)
+        if not cfg.events.stream.serve:
+            out["note"] = ("outcomes reach the analysis through the offline event log: keep `recforge stream run` "
+                           "running, or set events.stream.serve: true so that `recforge serve` runs it")
+        return out
+    if action == "stop":
+        return manage.stop(app, name, reason)
+    with progress.step(f"analyse {name}") as prog:
+        res = manage.result(app, name)
+        prog.figures.update(exposures=sum(a["exposures"] for a in res["arms"]))
+    if action == "report":
+        from serving.experiments.report import write_report
+
+        res["paths"] = write_report(app, res, manage.report_dir(app) / name)
+    return {"action": action, **res}
+
+
+def simulate(cfg: RecForgeConfig, *, url: str | None, requests: int, users: int | None, concurrency: int, k: int,
+             seed: int) -> dict[str, Any]:
+    """`recforge simulate`: synthetic visitors against a live server (serving.experiments.simulate)."""
+    from serving.experiments.simulate import run_simulation
+
+    if not isinstance(cfg.source, SyntheticSource):
+        raise ConfigError(f"recforge simulate needs the built-in synthetic source (its true click model); "
+                          f"{cfg.name}'s source is {cfg.source.type}")
+    target = url or f"http://{cfg.serving.host}:{cfg.serving.port}"
+    with progress.step("simulate", total=requests, unit="visits") as prog:
+        return run_simulation(cfg.source, target, requests=requests, users=users, concurrency=concurrency, k=k,
+                              seed=seed, events=cfg.events, progress=prog.advance)
+
+
 def demo(cfg: RecForgeConfig) -> dict[str, Any]:
     """generate (synthetic sources) -> prepare -> materialize -> train the ranker -> train the two-tower
     retrieval model and build its index -> register both and promote them through the gate -> serve them and

@@ -264,7 +264,106 @@ def render_demo_serving(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ci(m: dict[str, Any] | None, digits: int = 4) -> str:
+    if not m or m.get("value") is None:
+        return "-"
+    low, high = m.get("low"), m.get("high")
+    if low is None or high is None or low != low or high != high:
+        return f"{m['value']:.{digits}f}"
+    return f"{m['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _p(v: float | None) -> str:
+    return "-" if v is None or v != v else f"{v:.3g}"
+
+
+def render_experiment(r: dict[str, Any]) -> list[str]:
+    """`recforge experiment start|stop|status|report|list`."""
+    action = r["action"]
+    if action == "list":
+        if not r["experiments"]:
+            return ["No experiments defined (add one under experiments.definitions; docs/cli.md#experiments)"]
+        lines = ["Experiments"]
+        for e in r["experiments"]:
+            when = f" started {e['started_at']}" if e["started_at"] else ""
+            when += f", stopped {e['stopped_at']} ({e['stop_reason']})" if e["stopped_at"] else ""
+            lines.append(f"  {e['name']:<20} {e['status']:<8} arms {', '.join(e['arms'])}; {e['allocation']}, "
+                         f"primary {e['primary']}{when}")
+        return lines
+    if action in ("start", "stop"):
+        lines = [f"Experiment {r['name']}: {r['status']}" + (f" ({r['stop_reason']})" if action == "stop" else "")]
+        for a in r["arms"]:
+            serves = ("most popular" if a["policy"] == "popular"
+                      else f"ranker v{a['ranker']}, retriever v{a['retriever']}")
+            lines.append(f"  {a['name']:<14} share {r['shares'][a['name']]:.3f}  {serves}")
+        if action == "start":
+            p = r["power"]
+            lines.append(f"  power: {p['note']}; {p['users_total']:,} users in all "
+                         f"({p['traffic_share']:.0%} of traffic)")
+            lines.append("  traffic reaches the arms within experiments.poll_s of a running `recforge serve`")
+            if r.get("note"):
+                lines.append(f"  note: {r['note']}")
+        return lines
+    e = r["experiment"]
+    lines = [f"Experiment {e['name']} ({e['status']}, started {e['started_at']}): {r['decision']}"]
+    if not r["trustworthy"]:
+        lines.append("  UNTRUSTWORTHY: sample ratio mismatch; no metric below can be read as an effect")
+    lines.append(f"  {'arm':<14} {'users':>8} {'exposures':>10}  {'CTR':<26} {'conversion':<26} revenue/user")
+    for a in r["arms"]:
+        lines.append(f"  {a['arm']:<14} {a['users']:>8,} {a['exposures']:>10,}  {_ci(a['ctr']):<26} "
+                     f"{_ci(a['conversion']):<26} {_ci(a['revenue_per_user'], 3)}")
+    for metric, by_arm in r["comparisons"].items():
+        for arm, c in by_arm.items():
+            lines.append(f"  {metric} {arm} - {r['control']}: {c['difference']:+.5f} "
+                         f"[{c['ci_low']:+.5f}, {c['ci_high']:+.5f}] p {_p(c['p_value'])}, always-valid p "
+                         f"{_p(c['always_valid_p_holm'])}" + (" (CUPED)" if c["cuped"] else ""))
+    srm = r["srm"]
+    if srm is not None:
+        lines.append(f"  sample ratio: users {srm['observed']} vs expected "
+                     f"{[round(x, 1) for x in srm['expected']]}, p {_p(srm['p_value'])}"
+                     + (" MISMATCH" if srm["mismatch"] else " ok"))
+    lines.append(f"  planned {r['planned_users_per_arm']:,} users per arm; events: "
+                 + ", ".join(f"{k} {v:,}" for k, v in r["counts"].items()))
+    if len(r["allocations"]) > 1:
+        last = r["allocations"][-1]
+        lines.append(f"  allocation ({len(r['allocations']) - 1} changes), last at {last['at_iso']}: {last['reason']}")
+    if r.get("paths"):
+        lines.append(f"  report: {r['paths']['html']}" + (f" (MLflow run {r['paths']['mlflow_run']})"
+                                                         if r["paths"].get("mlflow_run") else ""))
+    return lines
+
+
+def render_simulate(r: dict[str, Any]) -> list[str]:
+    lines = [f"Simulated {r['completed']:,} of {r['visits']:,} visits against {r['url']} in {r['seconds']:.1f}s "
+             f"(true click model of the synthetic generator)",
+             f"  {'arm':<14} {'exposures':>10} {'true CTR':>9} {'observed':>9} {'clicks':>7} {'purchases':>9} revenue"]
+    for name, a in r["arms"].items():
+        lines.append(f"  {name:<14} {a['exposures']:>10,} {a['true_ctr']:>9.4f} {a['observed_ctr']:>9.4f} "
+                     f"{a['clicks']:>7,} {a['purchases']:>9,} {a['revenue']:,.2f}")
+    lines.append(f"  regret: {r['regret']['true_clicked_exposures_lost']:,.1f} clicked exposures lost against the "
+                 f"truly best arm ({r['regret']['per_exposure']:.5f} per exposure)")
+    ev = r["events"]
+    lines.append(f"  events: {ev['sent']:,} sent, {ev['accepted']:,} accepted, {ev['rejected']:,} rejected")
+    if r["error_count"]:
+        lines += [f"  errors ({r['error_count']}):", *(f"    {e}" for e in r["errors"][:5])]
+    return lines
+
+
+def render_promote_experiment(r: dict[str, Any]) -> list[str]:
+    ev = r["evidence"]
+    lines = [f"Experiment {r['experiment']}: winner {r['winner']} ({ev['decision']}); report {ev['report']}"]
+    for sub in r["results"]:
+        lines += ["", *render_promote(sub)]
+    return lines
+
+
 def render(command: str, result: dict[str, Any]) -> str:
+    if command == "promote" and "results" in result:
+        return "\n".join(render_promote_experiment(result))
+    if command == "experiment":
+        return "\n".join(render_experiment(result))
+    if command == "simulate":
+        return "\n".join(render_simulate(result))
     if command == "generate":
         return "\n".join(render_generate(result))
     if command == "prepare":

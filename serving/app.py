@@ -82,7 +82,7 @@ from serving.deployments import (
     loopback_replica_grpc,
 )
 from serving.experiments.live import ExperimentRouter, ExperimentSource, ExposureLog, Route, exposure_events
-from serving.experiments.store import experiment_store_path
+from serving.experiments.store import ExperimentState, experiment_store_path
 
 APP_NAME = "recforge"
 RETRIES = 3
@@ -296,6 +296,8 @@ class InProcess:
         model = self.deployment.func_or_class(*self.args)
 
         class Local:
+            instance = model  # the model object itself (the ingress checks its loaded versions)
+
             def __getattr__(self, method: str) -> SimpleNamespace:
                 return SimpleNamespace(remote=getattr(model, method))  # async methods: .remote() is awaitable
 
@@ -317,7 +319,7 @@ class Ingress:
         self.router: ExperimentRouter | None = None
         self.exposures: ExposureLog | None = None
         if settings.experiments is not None:
-            self.router = ExperimentRouter(settings.experiments)
+            self.router = ExperimentRouter(settings.experiments, ready=self._arms_loaded)
             self.exposures = ExposureLog(self._publish_exposures, settings.max_pending_exposures)
         self._exposure_bus: EventBus | None = None  # the exposure thread's own connection
 
@@ -411,6 +413,17 @@ class Ingress:
         if scored.error is not None:
             return self._failed(scored)
         return cands, scored
+
+    def _arms_loaded(self, state: ExperimentState) -> bool:
+        """Fused topology: whether the in-process models have every arm's versions loaded. Split: the model
+        replicas are elsewhere; an arm they cannot serve yet is answered by the champion (logged without arm)."""
+        models = {"ranker": getattr(self.ranker, "instance", None), "retriever": getattr(self.retriever, "instance",
+                                                                                        None)}
+        for role, model in models.items():
+            pinned = getattr(model, "versions", None)
+            if pinned is not None and not all(pinned.has(getattr(a, role)) for a in state.arms):
+                return False
+        return True
 
     def _publish_exposures(self, events: list[dict[str, Any]]) -> int:
         """The exposure thread's publish: one bus entry per batch; the number of events the contract rejected."""

@@ -96,6 +96,10 @@ def start_app(settings: AppSettings, *, port: int | None = None, ray_address: st
         from serving.stream import start_stream
 
         start_stream(settings.name, settings.feature_store)
+    if settings.experiments.definitions:
+        from serving.experiments.monitor import start_monitor
+
+        start_monitor(settings)
     if wait:
         wait_healthy(url, timeout)
     return url
@@ -129,9 +133,11 @@ def stop_app(timeout: float = 60.0) -> None:
     from ray.serve import context as serve_context
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
+    from serving.experiments.monitor import stop_monitors
     from serving.stream import stop_streams
 
     if ray.is_initialized():
+        stop_monitors()
         stop_streams()
 
     with contextlib.suppress(Exception):

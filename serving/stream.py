@@ -1,10 +1,9 @@
 """The stream processor beside the app (`events.stream.serve: true`): a Ray actor that runs the same loop as
 `recforge stream run` (feature_store.events.runner) until the app stops.
 
-One actor per app, named after the scenario, so a second `start_app` of the same scenario on this Ray finds it
-instead of starting a second processor that would race the first for the same consumer group. It takes no Ray
-CPU reservation (it would otherwise compete with the replicas for the cluster's slots and could wait unscheduled
-on a small machine); its work is bounded by the event rate. When the loop fails (the bus or the store away for
+One actor per app, named after the scenario (serving.actors), so a second `start_app` of the same scenario on this
+Ray finds it instead of starting a second processor that would race the first for the same consumer group. When
+the loop fails (the bus or the store away for
 longer than their retries), the actor logs why and starts it again after a backoff: nothing is lost meanwhile,
 since unacknowledged entries stay pending on the bus and are taken up again.
 """
@@ -13,20 +12,18 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from feature_store.config import FeatureStoreConfig
 from feature_store.secrets import scrub
+from serving.actors import start_actor, stop_actors
 
 log = logging.getLogger("recforge.stream")
 
-NAMESPACE = "recforge"
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 PREFIX = "recforge-stream-"
-_handles: dict[str, Any] = {}
 
 
 def actor_name(scenario: str) -> str:
@@ -73,40 +70,9 @@ class StreamLoop:
 
 def start_stream(scenario: str, cfg: FeatureStoreConfig) -> Any:
     """The scenario's processor actor on the connected Ray: the running one, else a new one."""
-    import ray
-
-    actor = ray.remote(num_cpus=0)(StreamLoop).options(  # type: ignore[attr-defined]
-        name=actor_name(scenario), namespace=NAMESPACE, get_if_exists=True, max_restarts=-1)
-    handle = actor.remote(cfg)
-    ray.get(handle.status.remote())  # constructed: the loop runs
-    _handles[scenario] = handle  # a named actor still goes when its last handle does; it lives while this process
-    return handle
+    return start_actor(StreamLoop, actor_name(scenario), cfg)
 
 
 def stop_streams(timeout: float = 30.0) -> list[dict[str, Any]]:
     """Stop every processor actor started on the connected Ray (`start_stream`); their last statuses."""
-    import ray
-    from ray.util import list_named_actors
-
-    names = [a["name"] for a in list_named_actors(all_namespaces=True)
-             if a.get("namespace") == NAMESPACE and a["name"].startswith(PREFIX)]
-    out = []
-    for name in names:
-        try:
-            handle = ray.get_actor(name, namespace=NAMESPACE)
-        except ValueError:
-            continue
-        try:
-            out.append(ray.get(handle.stop.remote(timeout), timeout=timeout + 10))
-        except Exception as exc:
-            log.warning("stream processor %s did not stop cleanly (%s)", name, scrub(str(exc)))
-        ray.kill(handle, no_restart=True)
-        _handles.pop(name.removeprefix(PREFIX), None)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:  # gone, so that a start right after makes a new one
-            try:
-                ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:
-                break
-            time.sleep(0.1)
-    return out
+    return stop_actors(PREFIX, timeout)

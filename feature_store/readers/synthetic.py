@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -431,6 +432,53 @@ def latent_click_model(cfg: SyntheticSource) -> dict[str, Any]:
     return {"users": users, "items": items, "events": ev, "context_logit": context,
             "scale": cfg.interaction_scale / np.sqrt(cfg.latent_dim), "user_bias_sd": _USER_BIAS_SD,
             "item_bias_sd": _ITEM_BIAS_SD}
+
+
+@dataclass(frozen=True)
+class ClickModel:
+    """The generator's true click and purchase model for any (user, item, context) at any time: what a simulated
+    user of the live service does (serving.experiments.simulate), so every served policy's true CTR is known.
+    Ids are the generated tables' (1-based); `channel` and `device` are their names."""
+
+    cfg: SyntheticSource
+    users: dict[str, np.ndarray]
+    items: dict[str, np.ndarray]
+    median_price: float
+
+    @property
+    def activity(self) -> np.ndarray:
+        """Each user's share of visits (user i + 1 at index i)."""
+        return self.users["activity"]
+
+    def prices(self, item_id: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        return _price_at(self.items, np.asarray(item_id, dtype=np.int64) - 1, np.asarray(ts, dtype=np.int64))
+
+    def click_probability(self, user_id: np.ndarray, item_id: np.ndarray, *, channel: np.ndarray, device: np.ndarray,
+                          hour: np.ndarray, position: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """The click probability the generator would draw each impression's click from (`p_click`)."""
+        ev = {"user": np.asarray(user_id, dtype=np.int64) - 1, "item": np.asarray(item_id, dtype=np.int64) - 1,
+              "channel": _codes(CHANNELS, channel), "device": _codes(DEVICES, device),
+              "hour": np.asarray(hour, dtype=np.int64), "position": np.asarray(position, dtype=np.int64)}
+        return _click_probability(self.cfg, self.users, self.items, ev, self.prices(item_id, ts))
+
+    def purchase_probability(self, item_id: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """P(purchase | click), price-dependent as in the generated purchases table."""
+        price = self.prices(item_id, ts).astype(np.float64)
+        return np.clip(self.cfg.purchase_rate * (price / self.median_price) ** -0.5, 0.0, 1.0)
+
+
+def _codes(vocab: tuple[str, ...], names: np.ndarray) -> np.ndarray:
+    lookup = {v: i for i, v in enumerate(vocab)}
+    return np.fromiter((lookup[str(n)] for n in np.asarray(names).ravel()), dtype=np.int64, count=np.size(names))
+
+
+def click_model(cfg: SyntheticSource) -> ClickModel:
+    """The users' and items' latent draws of `generate` (the same seed order, without drawing the impressions)."""
+    rng = np.random.default_rng(cfg.seed)
+    start = _start_ts(cfg)
+    users = _make_users(cfg, rng, start)
+    items = _make_items(cfg, rng, start)
+    return ClickModel(cfg, users, items, float(np.median(items["hist_price"][:, 0])))
 
 
 def _config_json(cfg: SyntheticSource) -> dict[str, Any]:

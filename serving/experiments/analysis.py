@@ -19,6 +19,7 @@ in force at that time; a mismatch marks the whole result untrustworthy.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,9 +200,10 @@ def compare(users: pd.DataFrame, control: str, arm: str, metric: str, alpha: flo
 
 
 # ------------------------------------------------------------------------------------------------ SRM
-def srm_check(state: ExperimentState, exposures: pd.DataFrame) -> stats.SRM | None:
+def srm_check(state: ExperimentState, exposures: pd.DataFrame) -> tuple[stats.SRM, list[str]] | None:
     """Users counted once, at their first exposure, against the shares in force then (each allocation period's
-    new users are split by that period's shares). None before there are users."""
+    new users are split by that period's shares): the test and the arms it counts (those that had a share).
+    None before there are users."""
     if exposures.empty:
         return None
     first = exposures.sort_values("ts").drop_duplicates("user_id")
@@ -218,8 +220,10 @@ def srm_check(state: ExperimentState, exposures: pd.DataFrame) -> stats.SRM | No
     if live.sum() < 2 or counts.sum() == 0:
         return None
     if (counts[~live] > 0).any():  # users in an arm with share 0: assignment is broken
-        return stats.SRM(tuple(int(x) for x in counts), tuple(float(x) for x in expected), float("inf"), 0.0)
-    return stats.srm(list(counts[live]), list(expected[live] / expected[live].sum()))
+        return (stats.SRM(tuple(int(x) for x in counts), tuple(float(x) for x in expected), float("inf"), 0.0),
+                names)
+    return (stats.srm(list(counts[live]), list(expected[live] / expected[live].sum())),
+            [n for n, keep in zip(names, live) if keep])
 
 
 # ------------------------------------------------------------------------------------------------ result
@@ -235,7 +239,8 @@ def analyze(state: ExperimentState, joined: Joined, *, looks: int = LOOKS) -> di
     control = d.control_arm
     challengers = [n for n in names if n != control]
     metrics = list(dict.fromkeys([d.primary, *(g.metric for g in d.guardrails)]))
-    srm = srm_check(state, exposures)
+    checked = srm_check(state, exposures)
+    srm, srm_arms = checked if checked is not None else (None, [])
     comparisons: dict[str, dict[str, Any]] = {m: {} for m in metrics}
     for metric in metrics:
         for arm in challengers:
@@ -264,13 +269,17 @@ def analyze(state: ExperimentState, joined: Joined, *, looks: int = LOOKS) -> di
         "planned_users_per_arm": state.planned_users_per_arm,
         "arms": [arm_summary(users, a, alpha) for a in names],
         "comparisons": comparisons,
-        "srm": None if srm is None else {"observed": list(srm.observed), "expected": list(srm.expected),
+        "started_ts": state.started_at,
+        "stopped_ts": state.stopped_at,
+        "srm": None if srm is None else {"arms": srm_arms, "observed": list(srm.observed),
+                                          "expected": list(srm.expected),
                                           "statistic": srm.statistic, "p_value": srm.p_value,
                                           "mismatch": srm.mismatch},
         "trustworthy": trustworthy,
         "counts": joined.counts,
         "guardrails": [g.model_dump() for g in d.guardrails],
-        "allocations": [{"at": a.at, "shares": dict(zip(names, a.shares)), "reason": a.reason}
+        "allocations": [{"at": a.at, "at_iso": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.at)),
+                         "shares": dict(zip(names, a.shares)), "reason": a.reason}
                         for a in state.allocations],
         "curves": _curves(exposures, names, alpha, looks),
         "winner": winner,

@@ -56,10 +56,17 @@ class _Live:
 
 class ExperimentRouter:
     """Assigns requests to the running experiments' arms; the state is re-read every `poll_s` in a daemon thread
-    and swapped as one reference (a request sees one consistent set of experiments)."""
+    and swapped as one reference (a request sees one consistent set of experiments).
 
-    def __init__(self, source: ExperimentSource, *, poll: bool = True) -> None:
+    `ready(state)`: whether this replica has every arm's versions loaded. Until it does, the experiment's users
+    get the champion here, outside the experiment (nothing is logged for them): otherwise the arms whose versions
+    load later would lose their first users to the champion, and the split would be biased from the start."""
+
+    def __init__(self, source: ExperimentSource, *, poll: bool = True,
+                 ready: Callable[[ExperimentState], bool] | None = None) -> None:
         self.source = source
+        self.ready = ready  # whether this replica can serve every arm of an experiment (its versions loaded)
+        self._ready: set[str] = set()
         self.store = ExperimentStore(Path(source.path))
         self._live: tuple[_Live, ...] = ()
         self.errors = 0  # routing failures answered with the champion
@@ -98,12 +105,22 @@ class ExperimentRouter:
                 t = exp.state.definition.traffic
                 if not in_slice(point, t.offset, t.share):
                     continue
+                if not self._is_ready(exp.state):
+                    return None  # this replica joins the experiment once every arm's version is loaded
                 arm = exp.state.arms[int(pick(unit_point(exp.salt, user_id), exp.shares))]
                 return Route(exp.state.name, arm.name, arm.policy, arm.ranker, arm.retriever)
         except Exception as exc:
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
         return None
+
+    def _is_ready(self, state: ExperimentState) -> bool:
+        if self.ready is None or state.name in self._ready:
+            return True
+        if self.ready(state):
+            self._ready.add(state.name)
+            return True
+        return False
 
     def versions(self, role: str) -> set[str]:
         """The registry versions the running experiments' arms pin for `role` ("ranker" | "retriever")."""
@@ -134,6 +151,10 @@ class PinnedVersions:
         self.sync()
         self._thread = threading.Thread(target=self._poll, name=f"pinned-{role}", daemon=True)
         self._thread.start()
+
+    def has(self, version: str | None) -> bool:
+        """Whether `version` can be served now (None: the alias's)."""
+        return version is None or self.current(version) is not None
 
     def current(self, version: str | None) -> Any:
         champion = self.alias_slot.current()

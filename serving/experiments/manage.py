@@ -253,3 +253,40 @@ def monitor_once(app: AppSettings, *, now: float | None = None) -> list[dict[str
 def report_dir(app: AppSettings) -> Path:
     e = app.experiments
     return Path(e.reports_dir) if e.reports_dir else Path(app.output_dir) / "experiments"
+
+
+# ------------------------------------------------------------------------------------------------ promotion
+def promotion_plan(app: AppSettings, name: str, *, force: bool = False) -> dict[str, Any]:
+    """What `recforge promote --experiment NAME` promotes: the winning arm's versions that differ from the
+    control's, with the online evidence each review shows. Refuses an untrustworthy result (sample ratio
+    mismatch) unless forced, no winner yet, a control that wins, and a non-model winner."""
+    from serving.experiments.report import write_report
+
+    state = store_of(app).get(name)
+    res = analyze_state(app, state)
+    paths = write_report(app, res, report_dir(app) / name)
+    if not res["trustworthy"] and not force:
+        raise ExperimentStateError(f"experiment '{name}' is untrustworthy ({res['decision']}); nothing promoted. "
+                                   f"Report: {paths['html']}. --force --reason \"...\" promotes anyway")
+    winner = res["winner"]
+    control = state.definition.control_arm
+    if winner is None:
+        raise ExperimentStateError(f"experiment '{name}' has no winner yet ({res['decision']}); let it run longer "
+                                   f"(planned {state.planned_users_per_arm} users per arm). Report: {paths['html']}")
+    if winner == control:
+        raise ExperimentStateError(f"experiment '{name}': the control arm {control} wins ({res['decision']}); the "
+                                   f"champion stays, nothing to promote. Report: {paths['html']}")
+    arms = {a.name: a for a in state.arms}
+    arm = arms[winner]
+    if arm.policy != "model":
+        raise ExperimentStateError(f"experiment '{name}': the winner {winner} is the non-model policy "
+                                   f"'{arm.policy}', which has no model version to promote. Report: {paths['html']}")
+    base = arms[control]
+    moves = [{"model": model, "version": getattr(arm, role), "role": role}
+             for role, model in (("ranker", app.ranker_model), ("retriever", app.retriever_model))
+             if getattr(arm, role) is not None and getattr(arm, role) != getattr(base, role)]
+    evidence = {"experiment": name, "arm": winner, "control": control, "primary": res["primary"],
+                "decision": res["decision"], "trustworthy": res["trustworthy"], "report": paths["html"],
+                "metrics": [analysis.plain({"metric": m, **by_arm[winner]})
+                            for m, by_arm in res["comparisons"].items()]}
+    return {"experiment": name, "winner": winner, "promotions": moves, "evidence": evidence, "report": paths}

@@ -69,9 +69,12 @@ class PromotionResult:
 
 
 def promote(settings: RegistrySettings, name: str, version: int | str, force: bool = False,
-            reason: str | None = None, user: str | None = None) -> PromotionResult:
+            reason: str | None = None, user: str | None = None,
+            online: dict[str, Any] | None = None) -> PromotionResult:
     """Gate version `version` of model `name` against the current champion on the same held-out data; see the
-    module docstring. Returns the decision; a refusal changes no alias (the review is written either way)."""
+    module docstring. Returns the decision; a refusal changes no alias (the review is written either way).
+    `online`: an experiment's evidence for this version (`recforge promote --experiment`), shown in the review
+    beside the offline gate and tagged on the version; the gate still decides (`force` overrides it)."""
     client = mlflow_client(settings)
     mv = get_version(client, name, version)
     kind = kind_of(mv)
@@ -102,7 +105,7 @@ def promote(settings: RegistrySettings, name: str, version: int | str, force: bo
     review = Review(name, kind, when, candidate, champion, outcome.rows, decision, who, reason, heldout,
                     config_diff(cand_cfg, champ_cfg) if champion is not None else [],
                     _lineage_warnings(candidate, champion, heldout["prepared_hash"]), outcome.figures,
-                    outcome.blockers)
+                    outcome.blockers, online)
     paths = _write_and_log_review(settings, client, mv, review, stamp)
     _tag_decision(client, name, mv, review, paths, when)
     if decision != "refused":
@@ -175,6 +178,9 @@ def _tag_decision(client: mlflow.MlflowClient, name: str, mv: Any, review: Revie
             TAG_REVIEW: str(paths["artifact_uri"]), "recforge.review.local": str(paths["html"])}
     if review.reason:
         tags[f"{TAG_DECISION}.reason"] = review.reason[:5000]
+    if review.online:
+        tags["recforge.online_experiment"] = str(review.online["experiment"])
+        tags["recforge.online_decision"] = str(review.online["decision"])[:5000]
     if review.failures:
         tags[f"{TAG_DECISION}.failures"] = " | ".join(review.failures)[:5000]
     for row in review.rows:

@@ -62,6 +62,7 @@ class Review:
     warnings: list[str] = field(default_factory=list)
     figures: dict[str, Figure] = field(default_factory=dict)
     blockers: list[str] = field(default_factory=list)  # reasons the gate could not compare at all
+    online: dict[str, Any] | None = None  # an experiment's evidence (`promote --experiment`), shown beside the gate
 
     @property
     def failures(self) -> list[str]:
@@ -84,6 +85,7 @@ class Review:
             "heldout": self.heldout,
             "config_diff": [{"key": k, "candidate": a, "champion": b} for k, a, b in self.config_diff],
             "warnings": self.warnings,
+            "online": self.online,
         }
 
 
@@ -149,6 +151,7 @@ def review_context(r: Review, plots: Sequence[Mapping[str, Any]] = ()) -> dict[s
         "warnings": list(r.warnings),
         "has_champion": r.champion is not None,
         "config_diff": list(r.config_diff),
+        "online": r.online,
     }
 
 

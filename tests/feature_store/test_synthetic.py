@@ -352,3 +352,17 @@ def test_criteo_is_deterministic_by_seed() -> None:
 def test_criteo_rejects_a_zipf_exponent_of_one_or_less() -> None:
     with pytest.raises(ValueError, match="zipf_a must be > 1"):
         generate_criteo_schema(10, zipf_a=1.0)
+
+
+def test_the_click_model_reproduces_every_generated_impressions_true_probability() -> None:
+    from feature_store.readers.synthetic import CHANNELS, DEVICES, click_model, latent_click_model
+
+    cfg = small_cfg()
+    ev = latent_click_model(cfg)["events"]
+    model = click_model(cfg)
+    p = model.click_probability(ev["user"] + 1, ev["item"] + 1, channel=np.array(CHANNELS)[ev["channel"]],
+                                device=np.array(DEVICES)[ev["device"]], hour=ev["hour"], position=ev["position"],
+                                ts=ev["ts"])
+    np.testing.assert_array_equal(p, ev["p_click"])
+    buy = model.purchase_probability(ev["item"][:100] + 1, ev["ts"][:100])
+    assert np.all((buy > 0) & (buy <= 1))

@@ -142,7 +142,8 @@ def test_a_purchase_posted_to_events_changes_that_users_next_recommendations(
 def processor_status(cfg: RecForgeConfig) -> dict[str, Any]:
     import ray
 
-    from serving.stream import NAMESPACE, actor_name
+    from serving.actors import NAMESPACE
+    from serving.stream import actor_name
 
     return ray.get(ray.get_actor(actor_name(cfg.name), namespace=NAMESPACE).status.remote())
 
@@ -150,7 +151,8 @@ def processor_status(cfg: RecForgeConfig) -> dict[str, Any]:
 def test_the_processor_actor_runs_beside_the_app(served: tuple[RecForgeConfig, str]) -> None:
     import ray
 
-    from serving.stream import NAMESPACE, actor_name
+    from serving.actors import NAMESPACE
+    from serving.stream import actor_name
 
     cfg, _ = served
     status = ray.get(ray.get_actor(actor_name(cfg.name), namespace=NAMESPACE).status.remote())

@@ -283,3 +283,20 @@ def test_exposures_wait_while_the_bus_is_away_and_overflow_is_counted_not_silent
     assert published[-1]["context"] == {"experiment": "exp", "arm": "challenger", "ranker_version": "2",
                                         "position": 4}
     assert published[-1]["event_id"] == "e9.4"
+
+
+# ------------------------------------------------------------------------------------------------ report
+def test_the_report_shows_the_decision_the_plots_and_an_srm_warning(tmp_path: Path) -> None:
+    from serving.experiments.report import write_report
+
+    state = started(tmp_path)
+    res = run(state, simulate_log(state, {"control": 0.1, "challenger": 0.2}, 20000, drop={"challenger": 0.08}))
+    paths = write_report(None, res, tmp_path / "report", now=T0 + 1e5, log_to_mlflow=False)  # type: ignore[arg-type]
+    html = Path(paths["html"]).read_text()
+    md = Path(paths["markdown"]).read_text()
+    for text in (html, md):
+        assert "UNTRUSTWORTHY: sample ratio mismatch" in text and "Decision:" in text
+    assert html.count("data:image/png;base64,") == 3
+    assert {p.name for p in (tmp_path / "report" / "plots").iterdir()} == {"cumulative_ctr.png", "allocation.png",
+                                                                           "sample_ratio.png"}
+    assert json.loads(Path(paths["json"]).read_text())["trustworthy"] is False
