@@ -336,12 +336,14 @@ def render_experiment(r: dict[str, Any]) -> list[str]:
 def render_simulate(r: dict[str, Any]) -> list[str]:
     lines = [f"Simulated {r['completed']:,} of {r['visits']:,} visits against {r['url']} in {r['seconds']:.1f}s "
              f"(true click model of the synthetic generator)",
-             f"  {'arm':<14} {'exposures':>10} {'true CTR':>9} {'observed':>9} {'clicks':>7} {'purchases':>9} revenue"]
+             f"  {'arm':<14} {'exposures':>10} {'shown':>8} {'true CTR':>9} {'observed':>9} {'clicks':>7} "
+             f"{'purchases':>9} revenue"]
     for name, a in r["arms"].items():
-        lines.append(f"  {name:<14} {a['exposures']:>10,} {a['true_ctr']:>9.4f} {a['observed_ctr']:>9.4f} "
+        lines.append(f"  {name:<14} {a['exposures']:>10,} {a['impressions']:>8,} {a['true_ctr']:>9.4f} "
+                     f"{a['observed_ctr']:>9.4f} "
                      f"{a['clicks']:>7,} {a['purchases']:>9,} {a['revenue']:,.2f}")
-    lines.append(f"  regret: {r['regret']['true_clicked_exposures_lost']:,.1f} clicked exposures lost against the "
-                 f"truly best arm ({r['regret']['per_exposure']:.5f} per exposure)")
+    lines.append(f"  regret: {r['regret']['expected_clicks_lost']:,.1f} expected clicks lost against the truly best "
+                 f"arm ({r['regret']['per_impression']:.5f} per shown item)")
     ev = r["events"]
     lines.append(f"  events: {ev['sent']:,} sent, {ev['accepted']:,} accepted, {ev['rejected']:,} rejected")
     if r["error_count"]:

@@ -145,8 +145,9 @@ def model_names(scenario: str, cfg: RegistryConfig) -> tuple[str, str]:
 # primary metric), what must not get worse (guardrails) and how much data it needs (the power calculation printed
 # at start).
 Metric = Literal["ctr", "conversion", "revenue_per_user"]
-METRIC_DOC = ("ctr: clicks per exposure (a ratio of per-user sums, tested with the delta method); conversion: the "
-              "share of exposed users with a purchase; revenue_per_user: purchase value per exposed user")
+METRIC_DOC = ("ctr: clicked shown items per shown item (a ratio of per-user sums, tested with the delta method); "
+              "conversion: the share of exposed users with a purchase; revenue_per_user: purchase value per exposed "
+              "user")
 VERSION = re.compile(r"^(@[A-Za-z0-9_.-]+|[0-9]+)$")
 
 
@@ -178,7 +179,7 @@ class ArmConfig(StrictModel):
 
 class AllocationConfig(StrictModel):
     """How the experiment's users are split between arms. Assignment is hash(salt, user) -> arm, with no storage:
-    a user keeps their arm as long as the shares stay. Thompson sampling (Beta-Bernoulli on clicks per exposure)
+    a user keeps their arm as long as the shares stay. Thompson sampling (Beta-Bernoulli on clicks per shown item)
     moves the shares towards the arm most likely best every `update_s`; a user near a moving boundary may change
     arm, which is why its results are read per exposure."""
 

@@ -7,8 +7,9 @@ within `attribution_window_s` before it (pandas' `merge_asof`). Outcomes whose `
 exposure are counted, never joined; so are exposures the champion answered because an arm's model was not loaded
 (arm null), and events after the experiment stopped.
 
-Metrics per arm (per user, the randomisation unit): exposures, users, CTR (clicked exposures / exposures, the
-delta method), conversion (users with a purchase), revenue per user. Each challenger is compared with the control
+Metrics per arm (per user, the randomisation unit): exposures (answers), impressions (items shown), users, CTR
+(clicked shown items / shown items, each item counted once per answer; its variance by the delta method over
+users), conversion (users with a purchase), revenue per user. Each challenger is compared with the control
 by the fixed-horizon test (z for CTR, two proportions for conversion, Welch for revenue; CUPED with the users'
 pre-period value of the same metric where the log has a pre-period) and by the always-valid mSPRT, whose p-value
 is the one decisions use: it stays valid however often someone looks. With more than two arms both are Holm
@@ -39,7 +40,7 @@ LOOKS = 40  # points of the cumulative curves (and mSPRT looks) in a report
 class Joined:
     """Exposures of one experiment with their outcomes: one row per exposure (answer)."""
 
-    exposures: pd.DataFrame  # exposure_id, user_id, arm, ts, clicked, purchases, revenue
+    exposures: pd.DataFrame  # exposure_id, user_id, arm, ts, items (shown), clicked (items), purchases, revenue
     counts: dict[str, int] = field(default_factory=dict)
     pre: pd.DataFrame | None = None  # user_id, pre_conversion, pre_revenue, pre_clicks (before start)
 
@@ -79,7 +80,7 @@ def join(state: ExperimentState, events: pa.Table, cfg: ExperimentsConfig, purch
     if stop is not None:
         counts["exposures_after_stop"] = int(mine.loc[mine["ts"] > stop, "exposure_id"].nunique())
     exposures = (mine.groupby("exposure_id", sort=False)
-                 .agg(user_id=("user_id", "first"), arm=("arm", "first"), ts=("ts", "min"))
+                 .agg(user_id=("user_id", "first"), arm=("arm", "first"), ts=("ts", "min"), items=("item_id", "size"))
                  .reset_index())
 
     outcome_types = list(dict.fromkeys([*cfg.click_types, *purchase_types]))
@@ -101,7 +102,8 @@ def join(state: ExperimentState, events: pa.Table, cfg: ExperimentsConfig, purch
     tagged = out_df[out_df["exposure_id"].notna()]
     unknown = ~tagged["exposure_id"].isin(all_exposure_ids)
     counts["outcomes_unknown_exposure"] = int(unknown.sum())
-    by_id = tagged[tagged["exposure_id"].isin(set(exposures["exposure_id"]))][["exposure_id", "type", "value"]]
+    cols = ["exposure_id", "item_id", "type", "value"]
+    by_id = tagged[tagged["exposure_id"].isin(set(exposures["exposure_id"]))][cols]
 
     untagged = out_df[out_df["exposure_id"].isna()].sort_values("ts")
     shown = mine[["user_id", "item_id", "ts", "exposure_id"]].sort_values("ts")
@@ -109,7 +111,7 @@ def join(state: ExperimentState, events: pa.Table, cfg: ExperimentsConfig, purch
         key = ["user_id", "item_id"]
         matched = pd.merge_asof(untagged.drop(columns="exposure_id"), shown, on="ts", by=key, direction="backward",
                                 tolerance=window)
-        by_window = matched[matched["exposure_id"].notna()][["exposure_id", "type", "value"]]
+        by_window = matched[matched["exposure_id"].notna()][cols]
     else:
         by_window = by_id.iloc[0:0]
     counts["outcomes_by_exposure_id"] = len(by_id)
@@ -117,12 +119,17 @@ def join(state: ExperimentState, events: pa.Table, cfg: ExperimentsConfig, purch
     credited = pd.concat([by_id, by_window], ignore_index=True)
     is_click = credited["type"].isin(cfg.click_types)
     is_purchase = credited["type"].isin(purchase_types)
-    per = pd.DataFrame({"exposure_id": credited["exposure_id"], "clicked": is_click.astype(np.int64),
-                        "purchases": is_purchase.astype(np.int64),
+    # a click counts once per shown item: (exposure, item) pairs that were shown, however often clicked
+    pairs = credited.loc[is_click, ["exposure_id", "item_id"]].drop_duplicates()
+    shown_pairs = mine[["exposure_id", "item_id"]].drop_duplicates()
+    clicked = pairs.merge(shown_pairs, on=["exposure_id", "item_id"], how="inner")
+    counts["clicks_on_items_not_shown"] = len(pairs) - len(clicked)
+    clicks = clicked.groupby("exposure_id").size().rename("clicked")
+    per = pd.DataFrame({"exposure_id": credited["exposure_id"], "purchases": is_purchase.astype(np.int64),
                         "revenue": np.where(is_purchase, credited["value"], 0.0)})
-    per = per.groupby("exposure_id").agg(clicked=("clicked", "max"), purchases=("purchases", "sum"),
-                                         revenue=("revenue", "sum"))
-    exposures = exposures.join(per, on="exposure_id").fillna({"clicked": 0, "purchases": 0, "revenue": 0.0})
+    per = per.groupby("exposure_id").agg(purchases=("purchases", "sum"), revenue=("revenue", "sum"))
+    exposures = (exposures.join(clicks, on="exposure_id").join(per, on="exposure_id")
+                 .fillna({"clicked": 0, "purchases": 0, "revenue": 0.0}))
     pre = None
     if pre_df is not None:
         pre_purchase = pre_df["type"].isin(purchase_types)
@@ -136,10 +143,12 @@ def join(state: ExperimentState, events: pa.Table, cfg: ExperimentsConfig, purch
 
 # ------------------------------------------------------------------------------------------------ per user
 def per_user(exposures: pd.DataFrame) -> pd.DataFrame:
-    """One row per (arm, user): exposures, clicked exposures, converted (0/1), revenue."""
+    """One row per (arm, user): exposures (answers), impressions (shown items), clicks (clicked shown items),
+    converted (0/1), revenue."""
     g = exposures.assign(converted=(exposures["purchases"] > 0).astype(np.int64)).groupby(["arm", "user_id"],
                                                                                           sort=False)
-    return g.agg(exposures=("exposure_id", "size"), clicks=("clicked", "sum"), converted=("converted", "max"),
+    return g.agg(exposures=("exposure_id", "size"), impressions=("items", "sum"), clicks=("clicked", "sum"),
+                 converted=("converted", "max"),
                  revenue=("revenue", "sum")).reset_index()
 
 
@@ -150,10 +159,11 @@ def arm_summary(users: pd.DataFrame, arm: str, alpha: float) -> dict[str, Any]:
     u = users[users["arm"] == arm]
     n = len(u)
     out: dict[str, Any] = {"arm": arm, "users": n, "exposures": int(u["exposures"].sum()),
+                           "impressions": int(u["impressions"].sum()),
                            "clicks": int(u["clicks"].sum()), "conversions": int(u["converted"].sum()),
                            "revenue": float(u["revenue"].sum())}
     z = float(stats.sps.norm.ppf(1 - alpha / 2))
-    ctr, var = stats.ratio_variance(u["clicks"].to_numpy(), u["exposures"].to_numpy())
+    ctr, var = stats.ratio_variance(u["clicks"].to_numpy(), u["impressions"].to_numpy())
     out["ctr"] = _interval(ctr, z * math.sqrt(var) if var == var else float("nan"))
     if n:
         low, high = proportion_confint(int(u["converted"].sum()), n, alpha=alpha, method="wilson")
@@ -176,10 +186,10 @@ def compare(users: pd.DataFrame, control: str, arm: str, metric: str, alpha: flo
     `control` on `metric`; the variance feeds the mSPRT."""
     c, t = users[users["arm"] == control], users[users["arm"] == arm]
     if metric == "ctr":
-        comp = stats.ratio(c["clicks"].to_numpy(), c["exposures"].to_numpy(), t["clicks"].to_numpy(),
-                           t["exposures"].to_numpy(), alpha=alpha)
-        _, vc = stats.ratio_variance(c["clicks"].to_numpy(), c["exposures"].to_numpy())
-        _, vt = stats.ratio_variance(t["clicks"].to_numpy(), t["exposures"].to_numpy())
+        comp = stats.ratio(c["clicks"].to_numpy(), c["impressions"].to_numpy(), t["clicks"].to_numpy(),
+                           t["impressions"].to_numpy(), alpha=alpha)
+        _, vc = stats.ratio_variance(c["clicks"].to_numpy(), c["impressions"].to_numpy())
+        _, vt = stats.ratio_variance(t["clicks"].to_numpy(), t["impressions"].to_numpy())
         return comp, comp.difference, vc + vt, False
     column = "converted" if metric == "conversion" else "revenue"
     yc, yt = c[column].to_numpy(dtype=np.float64), t[column].to_numpy(dtype=np.float64)
@@ -329,7 +339,7 @@ def _curves(exposures: pd.DataFrame, names: list[str], alpha: float, looks: int)
         out["t"].append(t_end)
         for n in names:
             a = u[u["arm"] == n]
-            r, v = stats.ratio_variance(a["clicks"].to_numpy(), a["exposures"].to_numpy())
+            r, v = stats.ratio_variance(a["clicks"].to_numpy(), a["impressions"].to_numpy())
             half = z * math.sqrt(v) if v == v else float("nan")
             arm = out["arms"][n]
             arm["ctr"].append(r)

@@ -41,9 +41,10 @@ def definition(app: AppSettings, name: str) -> ExperimentConfig:
 
 
 def planned_users(d: ExperimentConfig) -> int:
-    """Users per arm from the power calculation (`design`); for revenue per user the rate is conversion's."""
+    """Users per arm from the power calculation (`design`) for the test decisions use, the always-valid mSPRT
+    (`stats.sequential_sample_size`); for revenue per user the rate is conversion's."""
     g = d.design
-    return stats.sample_size(g.baseline, g.mde, alpha=g.alpha, power=g.power)
+    return stats.sequential_sample_size(g.baseline, g.mde, alpha=g.alpha, power=g.power, tau=d.sequential_tau)
 
 
 # ------------------------------------------------------------------------------------------------ versions
@@ -140,11 +141,13 @@ def start(app: AppSettings, name: str, *, check: bool = True) -> dict[str, Any]:
 
 def _power(d: ExperimentConfig, planned: int) -> dict[str, Any]:
     g = d.design
+    fixed = stats.sample_size(g.baseline, g.mde, alpha=g.alpha, power=g.power)
     return {"baseline": g.baseline, "mde": g.mde, "alpha": g.alpha, "power": g.power,
-            "users_per_arm": planned, "users_total": planned * len(d.arms),
+            "users_per_arm": planned, "users_total": planned * len(d.arms), "fixed_horizon_users_per_arm": fixed,
             "traffic_share": d.traffic.share,
-            "note": f"{planned} users per arm detect {g.baseline:g} -> {g.baseline + g.mde:g} with probability "
-                    f"{g.power:g} at alpha {g.alpha:g} (two-sided; statsmodels NormalIndPower)"}
+            "note": f"{planned:,} users per arm detect {g.baseline:g} -> {g.baseline + g.mde:g} with probability "
+                    f"{g.power:g} at alpha {g.alpha:g} with the always-valid test, however often it is looked at "
+                    f"(a single look at a fixed horizon would need {fixed:,}: statsmodels NormalIndPower)"}
 
 
 def stop(app: AppSettings, name: str, reason: str | None = None) -> dict[str, Any]:
@@ -186,12 +189,13 @@ def analyze_state(app: AppSettings, state: ExperimentState, *, now: float | None
 
 
 # ------------------------------------------------------------------------------------------------ monitor
-def thompson_shares(clicks: np.ndarray, exposures: np.ndarray, *, prior: tuple[float, float], min_share: float,
+def thompson_shares(clicks: np.ndarray, impressions: np.ndarray, *, prior: tuple[float, float], min_share: float,
                     live: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """Each live arm's posterior probability of the highest click rate (Beta-Bernoulli, Monte Carlo over `draws`),
-    floored at `min_share` (share = min_share + (1 - k min_share) P(best)); arms not live get 0."""
+    """Each live arm's posterior probability of the highest click rate (Beta-Bernoulli on clicks per shown item,
+    Monte Carlo over `draws`), floored at `min_share` (share = min_share + (1 - k min_share) P(best)); arms not
+    live get 0."""
     a = prior[0] + clicks
-    b = prior[1] + np.maximum(exposures - clicks, 0)
+    b = prior[1] + np.maximum(impressions - clicks, 0)
     idx = np.flatnonzero(live)
     samples = rng.beta(a[idx][:, None], b[idx][:, None], size=(len(idx), draws))
     best = np.bincount(samples.argmax(axis=0), minlength=len(idx)) / draws
@@ -232,8 +236,8 @@ def monitor_step(app: AppSettings, state: ExperimentState, res: dict[str, Any], 
         a = d.allocation
         arms = {r["arm"]: r for r in res["arms"]}
         clicks = np.array([arms[n]["clicks"] for n in names], dtype=np.float64)
-        exposures = np.array([arms[n]["exposures"] for n in names], dtype=np.float64)
-        new = thompson_shares(clicks, exposures, prior=(a.prior_alpha, a.prior_beta), min_share=a.min_share,
+        impressions = np.array([arms[n]["impressions"] for n in names], dtype=np.float64)
+        new = thompson_shares(clicks, impressions, prior=(a.prior_alpha, a.prior_beta), min_share=a.min_share,
                               live=shares > 0, draws=a.draws, rng=rng or np.random.default_rng())
         reason = "thompson: " + ", ".join(f"{n} {s:.3f}" for n, s in zip(names, new))
         store.allocate(state.name, new.tolist(), reason, now=now)

@@ -45,7 +45,7 @@ def cumulative_figure(res: dict[str, Any]) -> Figure:
         ax.plot(minutes, y, lw=1.8, label=arm)
         ax.fill_between(minutes, np.asarray(c["low"], dtype=np.float64), np.asarray(c["high"], dtype=np.float64),
                         alpha=0.2)
-    ax.set(xlabel="minutes since start", ylabel="CTR (clicked exposures / exposures)",
+    ax.set(xlabel="minutes since start", ylabel="CTR (clicks / shown items)",
            title=f"Cumulative CTR per arm ({1 - res['alpha']:.0%} intervals)")
     ax.legend()
     ax.grid(alpha=0.3)

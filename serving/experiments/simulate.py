@@ -4,9 +4,9 @@ Each visit draws a user (by the generator's activity weights) and a context (cha
 asks `POST /recommend` for k items, and lets the user click each shown item with the generator's true click
 probability at its position (`ClickModel`); a click becomes a purchase with the generator's price-dependent
 rate. Clicks and purchases go to `POST /events` carrying the answer's `exposure_id`, so the service sees what a
-real client would send. Because the true probabilities are known, every arm's true CTR per exposure
-(1 - prod(1 - p) over the shown items) is reported beside what was observed, and the regret of the traffic
-split: the true clicks lost against sending every visit to the arm that was truly best.
+real client would send. Because the true probabilities are known, every arm's true CTR (the mean click
+probability of the items it showed) is reported beside what was observed, and the regret of the traffic split:
+the expected clicks lost against showing every impression the truly best arm's CTR.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ class _Tally:
         self.pending: list[dict[str, Any]] = []
         self.sent = self.accepted = self.rejected = 0
 
-    def add(self, arm: str, true_ctr: float, clicked: bool, clicks: int, purchases: int, revenue: float) -> None:
+    def add(self, arm: str, true_clicks: float, shown: int, clicks: int, purchases: int, revenue: float) -> None:
         with self.lock:
-            a = self.arms.setdefault(arm, {"exposures": 0, "true_ctr_sum": 0.0, "clicked": 0, "clicks": 0,
+            a = self.arms.setdefault(arm, {"exposures": 0, "impressions": 0, "true_clicks": 0.0, "clicks": 0,
                                            "purchases": 0, "revenue": 0.0})
             a["exposures"] += 1
-            a["true_ctr_sum"] += true_ctr
-            a["clicked"] += int(clicked)
+            a["impressions"] += shown
+            a["true_clicks"] += true_clicks
             a["clicks"] += clicks
             a["purchases"] += purchases
             a["revenue"] += revenue
@@ -99,7 +99,7 @@ def run_simulation(source: SyntheticSource, url: str, *, requests: int, users: i
         arm = str(exp.get("arm")) if exp.get("arm") else "(champion)"
         n = len(items)
         if n == 0:
-            tally.add(arm, 0.0, False, 0, 0, 0.0)
+            tally.add(arm, 0.0, 0, 0, 0, 0.0)
             return
         ts = np.full(n, int(now))
         p = model.click_probability(np.full(n, user), items, channel=np.full(n, ctx["channel"]),
@@ -114,8 +114,7 @@ def run_simulation(source: SyntheticSource, url: str, *, requests: int, users: i
         out += [{"event_id": f"{eid}.buy.{j + 1}", "ts": now + 2, "user_id": user, "item_id": int(items[j]),
                  "type": purchase_type, "value": round(float(price[j]), 2), "exposure_id": eid}
                 for j in np.flatnonzero(bought)]
-        tally.add(arm, float(1 - np.prod(1 - p)), bool(clicked.any()), int(clicked.sum()), int(bought.sum()),
-                  float(price[bought].sum()))
+        tally.add(arm, float(p.sum()), n, int(clicked.sum()), int(bought.sum()), float(price[bought].sum()))
         if out:
             with tally.lock:
                 tally.pending.extend(out)
@@ -130,15 +129,15 @@ def run_simulation(source: SyntheticSource, url: str, *, requests: int, users: i
     flush(force=True)
     arms = {}
     for name, a in sorted(tally.arms.items()):
-        n = max(a["exposures"], 1)
-        arms[name] = {"exposures": int(a["exposures"]), "true_ctr": a["true_ctr_sum"] / n,
-                      "observed_ctr": a["clicked"] / n, "clicks": int(a["clicks"]), "purchases": int(a["purchases"]),
-                      "revenue": round(a["revenue"], 2)}
+        n = max(a["impressions"], 1)
+        arms[name] = {"exposures": int(a["exposures"]), "impressions": int(a["impressions"]),
+                      "true_ctr": a["true_clicks"] / n, "observed_ctr": a["clicks"] / n, "clicks": int(a["clicks"]),
+                      "purchases": int(a["purchases"]), "revenue": round(a["revenue"], 2)}
     best = max((a["true_ctr"] for a in arms.values()), default=0.0)
-    regret = sum(a["exposures"] * (best - a["true_ctr"]) for a in arms.values())
+    regret = sum(a["impressions"] * (best - a["true_ctr"]) for a in arms.values())
+    shown = max(sum(a["impressions"] for a in arms.values()), 1)
     return {"url": url, "visits": requests, "completed": sum(a["exposures"] for a in arms.values()),
             "seconds": round(time.perf_counter() - t0, 2), "arms": arms,
-            "regret": {"true_clicked_exposures_lost": round(regret, 2),
-                       "per_exposure": round(regret / max(sum(a["exposures"] for a in arms.values()), 1), 5)},
+            "regret": {"expected_clicks_lost": round(regret, 2), "per_impression": round(regret / shown, 5)},
             "events": {"sent": tally.sent, "accepted": tally.accepted, "rejected": tally.rejected},
             "errors": tally.errors[:20], "error_count": len(tally.errors)}

@@ -2,10 +2,12 @@
 
 - `sample_size`: users per arm to detect an absolute lift `mde` of a rate with a two-sided test
   (statsmodels `NormalIndPower` on Cohen's h);
+- `sequential_sample_size`: users per arm at which the always-valid test below reaches that power (what an
+  experiment plans for, since it decides with that test);
 - `two_proportions`: difference of two rates, its Newcombe (score) interval and the pooled two-proportion z-test
   (statsmodels `confint_proportions_2indep`, `proportions_ztest`);
 - `welch`: difference of two means (revenue per user) with Welch's t-test and its interval (scipy);
-- `ratio`: difference of two ratio metrics (clicks per exposure) whose unit of randomisation is the user, by the
+- `ratio`: difference of two ratio metrics (clicks per shown item) whose unit of randomisation is the user, by the
   delta method (Deng et al. 2018): an exposure-level z-test would treat one user's exposures as independent and
   understate the variance. Neither scipy nor statsmodels has it; it is the variance formula below, then scipy's
   normal distribution;
@@ -56,6 +58,32 @@ def sample_size(baseline: float, mde: float, *, alpha: float = 0.05, power: floa
     return int(np.ceil(n))
 
 
+def sequential_power(baseline: float, mde: float, n: float, *, alpha: float = 0.05, tau: float | None = None) -> float:
+    """Probability that the mSPRT (`msprt`, mixture sd `tau`, default `mde`) has rejected by the time each arm
+    has `n` users when the true lift is `mde`, counting the last look only: a lower bound on the power of a test
+    looked at continuously (its p-value is a running minimum). The last look rejects when |d| reaches
+    c(V) = sqrt(2 V (V + tau2) / tau2 * (log(1/alpha) + log((V + tau2) / V) / 2)), V the difference's variance."""
+    tau2 = (tau or mde) ** 2
+    v = (baseline * (1 - baseline) + (baseline + mde) * (1 - baseline - mde)) / n
+    c = np.sqrt(2 * v * (v + tau2) / tau2 * (np.log(1 / alpha) + 0.5 * np.log((v + tau2) / v)))
+    se = np.sqrt(v)
+    return float(sps.norm.cdf((abs(mde) - c) / se) + sps.norm.cdf((-abs(mde) - c) / se))
+
+
+def sequential_sample_size(baseline: float, mde: float, *, alpha: float = 0.05, power: float = 0.8,
+                           tau: float | None = None) -> int:
+    """Users per arm at which the always-valid test detects `mde` with probability `power` (`sequential_power`,
+    the smallest such n by bisection). It is larger than the fixed-horizon `sample_size`: the price of being
+    allowed to look at any time."""
+    lo, hi = 2, max(sample_size(baseline, mde, alpha=alpha, power=power), 4)
+    while sequential_power(baseline, mde, hi, alpha=alpha, tau=tau) < power:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if sequential_power(baseline, mde, mid, alpha=alpha, tau=tau) < power else (lo, mid)
+    return hi
+
+
 def two_proportions(x_control: int, n_control: int, x_treatment: int, n_treatment: int, *,
                     alpha: float = 0.05) -> Comparison:
     """Rates x/n of two arms: the difference (treatment - control) with its score interval, and the pooled
@@ -93,7 +121,7 @@ def ratio_variance(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
 
 def ratio(num_control: np.ndarray, den_control: np.ndarray, num_treatment: np.ndarray, den_treatment: np.ndarray,
           *, alpha: float = 0.05) -> Comparison:
-    """Ratio metrics of two arms (e.g. clicked exposures / exposures, per user): the difference with a z-test
+    """Ratio metrics of two arms (e.g. clicks / shown items, per user): the difference with a z-test
     and its interval, the variance of each ratio by the delta method (`ratio_variance`)."""
     rc, vc = ratio_variance(num_control, den_control)
     rt, vt = ratio_variance(num_treatment, den_treatment)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from serving.experiments import stats
 from serving.experiments.stats import cuped, holm, msprt, sample_size, srm, two_proportions, welch
 
 
@@ -95,3 +96,9 @@ def test_holm_matches_the_step_down_procedure() -> None:
     reject, adjusted = holm([0.01, 0.04, 0.03])
     assert reject == [True, False, False]
     assert adjusted == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_the_sequential_sample_size_reaches_the_power_and_costs_more_than_one_fixed_look() -> None:
+    n = stats.sequential_sample_size(0.1, 0.02, alpha=0.05, power=0.8)
+    assert stats.sequential_power(0.1, 0.02, n) >= 0.8 > stats.sequential_power(0.1, 0.02, n - 1)
+    assert n > stats.sample_size(0.1, 0.02, alpha=0.05, power=0.8)
