@@ -257,7 +257,8 @@ def serve_and_query(cfg: RecForgeConfig, users: int = 3) -> dict[str, Any]:
     settings = app_settings(cfg)
     events = settings.feature_store.events
     settings = replace(settings, feature_store=settings.feature_store.model_copy(update={
-        "events": events.model_copy(update={"stream": events.stream.model_copy(update={"serve": True})})}))
+        "events": events.model_copy(update={"stream": events.stream.model_copy(update={"serve": True}),
+                                            "log_flush_s": min(events.log_flush_s, 2.0)})}))  # the bandit reads it
     url = start_app(settings)
     answers: list[dict[str, Any]] = []
     event: dict[str, Any] | None = None
@@ -272,10 +273,48 @@ def serve_and_query(cfg: RecForgeConfig, users: int = 3) -> dict[str, Any]:
         code, models = request(url, "/models")
         event = _one_event_changes_recommendations(url, user_ids[0], events.purchase_types[0]
                                                    if events.purchase_types else events.positive_types[0])
+        experiment = _simulated_experiment(cfg, settings, url) if cfg.experiments.definitions else None
     finally:
         stop_app()
     return {"url": url, "start_seconds": started, "answers": answers, "models": models if code == 200 else None,
-            "event": event}
+            "event": event, "experiment": experiment}
+
+
+def _simulated_experiment(cfg: RecForgeConfig, settings: Any, url: str, visits: int = 600,
+                          timeout: float = 60.0) -> dict[str, Any] | None:
+    """A short run of the config's first experiment (under a new name, so the demo can run again) with synthetic
+    visitors (`recforge simulate`), then its report: what the experiment loop produces end to end."""
+    from serving.experiments import manage
+    from serving.experiments.report import write_report
+    from serving.experiments.simulate import run_simulation
+
+    if not isinstance(cfg.source, SyntheticSource):
+        return None
+    base, definition = next(iter(cfg.experiments.definitions.items()))
+    name = f"{base}-demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    app = replace(settings, experiments=settings.experiments.model_copy(
+        update={"definitions": {**settings.experiments.definitions, name: definition}}))
+    store = manage.store_of(app)
+    for stale in store.running():  # an earlier demo run that did not finish would hold the same users
+        if stale.name.startswith(f"{base}-demo-"):
+            store.stop(stale.name, "left running by an earlier demo run")
+    started = manage.start(app, name)
+    try:
+        time.sleep(2 * cfg.experiments.poll_s + 1)  # the replicas load the arms and join
+        sim = run_simulation(cfg.source, url, requests=visits, concurrency=4, seed=1, events=cfg.events)
+        deadline = time.monotonic() + timeout  # the offline log's next flush brings the last exposures
+        res = manage.result(app, name)
+        while sum(a["exposures"] for a in res["arms"]) < sim["completed"] and time.monotonic() < deadline:
+            time.sleep(1.0)
+            res = manage.result(app, name)
+    finally:
+        manage.stop(app, name, "demo over")
+    res = manage.result(app, name)
+    paths = write_report(app, res, manage.report_dir(app) / name)
+    return {"name": name, "power": started["power"]["note"], "simulation": sim, "decision": res["decision"],
+            "arms": res["arms"], "shares": res["allocations"][-1]["shares"], "allocations": len(res["allocations"]),
+            "guardrail": next((a["reason"] for a in res["allocations"] if a["reason"].startswith("guardrail")), None),
+            "report": paths["html"]}
 
 
 def _one_event_changes_recommendations(url: str, user: Any, kind: str, timeout: float = 15.0) -> dict[str, Any]:

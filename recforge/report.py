@@ -260,6 +260,18 @@ def render_demo_serving(r: dict[str, Any]) -> list[str]:
         lines.append(f"    /recommend after:  {e['after']} "
                      + (f"({e['item_id']} now seen and left out, {e['seconds']:.2f}s after the event)"
                         if e["changed"] else f"(unchanged after {e['seconds']:.0f}s: the stream did not apply it)"))
+    x = r.get("experiment")
+    if x:
+        lines.append(f"  experiment {x['name']} (Thompson sampling, {x['simulation']['completed']:,} simulated "
+                     f"visits of the generator's users):")
+        for name, a in x["simulation"]["arms"].items():
+            lines.append(f"    {name:<10} {a['exposures']:>5,} answers, true CTR {a['true_ctr']:.4f}, observed "
+                         f"{a['observed_ctr']:.4f}")
+        shares = ", ".join(f"{k} {v:.2f}" for k, v in x["shares"].items())
+        if x.get("guardrail"):
+            lines.append(f"    {x['guardrail']}")
+        lines.append(f"    shares after {x['allocations'] - 1} updates: {shares}; {x['decision']}")
+        lines.append(f"    report: {x['report']}")
     lines.append("  app shut down")
     return lines
 

@@ -170,7 +170,7 @@ def _versions(cfg: Any) -> dict[str, str]:
     name = settings.ranker_model
     champion = str(client.get_model_version_by_alias(name, "champion").version)
     for mv in client.search_model_versions(f"name='{name}'"):
-        if client.get_run(mv.run_id).data.params.get("model") == "lr":
+        if mv.run_id and client.get_run(mv.run_id).data.params.get("train.model") == "lr":
             return {"dcnv2": champion, "lr": str(mv.version)}
     log("training and registering an lr ranker (once)")
     os.environ.setdefault("RECFORGE_PROGRESS", "0")

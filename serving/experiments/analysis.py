@@ -68,7 +68,8 @@ def join(state: ExperimentState, events: pa.Table, cfg: ExperimentsConfig, purch
                              pc.invert(pc.is_null(events.column("context")))))
     imp = events.filter(is_exp)
     ctx = _context_columns(imp)
-    imp_df = pd.DataFrame({"exposure_id": imp.column("exposure_id").to_pandas(),
+    # ids as Python objects: pandas' Arrow-backed strings cannot join an empty side (no type to infer)
+    imp_df = pd.DataFrame({"exposure_id": imp.column("exposure_id").to_pandas().astype(object),
                            "user_id": imp.column("user_id").to_pandas(),
                            "item_id": imp.column("item_id").to_pandas(),
                            "ts": imp.column("ts_ms").to_pandas() / 1e3,
@@ -91,7 +92,7 @@ def join(state: ExperimentState, events: pa.Table, cfg: ExperimentsConfig, purch
                            "ts": out.column("ts_ms").to_pandas() / 1e3,
                            "type": out.column("type").to_pandas(),
                            "value": out.column("value").to_pandas().fillna(0.0),
-                           "exposure_id": out.column("exposure_id").to_pandas()})
+                           "exposure_id": out.column("exposure_id").to_pandas().astype(object)})
     window = d.attribution_window_s
     horizon = (stop if stop is not None else now) + window
     pre_df = out_df[(out_df["ts"] < start) & (out_df["ts"] >= start - d.pre_period_s)] if d.pre_period_s else None
@@ -185,6 +186,9 @@ def compare(users: pd.DataFrame, control: str, arm: str, metric: str, alpha: flo
     """(fixed-horizon comparison, the difference, its variance, whether CUPED was applied) of `arm` against
     `control` on `metric`; the variance feeds the mSPRT."""
     c, t = users[users["arm"] == control], users[users["arm"] == arm]
+    if len(c) < 2 or len(t) < 2:  # nothing to compare yet (an early look, an arm that got no users)
+        nan = float("nan")
+        return stats.Comparison(nan, nan, nan, nan, nan, nan, nan), nan, nan, False
     if metric == "ctr":
         comp = stats.ratio(c["clicks"].to_numpy(), c["impressions"].to_numpy(), t["clicks"].to_numpy(),
                            t["impressions"].to_numpy(), alpha=alpha)

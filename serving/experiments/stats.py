@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,9 +91,11 @@ def two_proportions(x_control: int, n_control: int, x_treatment: int, n_treatmen
     two-proportion z-test."""
     from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
-    z, p = proportions_ztest([x_treatment, x_control], [n_treatment, n_control])
-    low, high = confint_proportions_2indep(x_treatment, n_treatment, x_control, n_control, method="newcomb",
-                                           compare="diff", alpha=alpha)
+    with warnings.catch_warnings():  # no events in either arm yet: z is NaN, not a warning in the user's log
+        warnings.simplefilter("ignore", RuntimeWarning)
+        z, p = proportions_ztest([x_treatment, x_control], [n_treatment, n_control])
+        low, high = confint_proportions_2indep(x_treatment, n_treatment, x_control, n_control, method="newcomb",
+                                               compare="diff", alpha=alpha)
     pc, pt = x_control / n_control, x_treatment / n_treatment
     return Comparison(pc, pt, pt - pc, float(low), float(high), float(z), float(p))
 
@@ -100,8 +103,10 @@ def two_proportions(x_control: int, n_control: int, x_treatment: int, n_treatmen
 def welch(control: np.ndarray, treatment: np.ndarray, *, alpha: float = 0.05) -> Comparison:
     """Means of two samples (per-user values): the difference with Welch's t-test and its interval."""
     c, t = np.asarray(control, dtype=np.float64), np.asarray(treatment, dtype=np.float64)
-    res = sps.ttest_ind(t, c, equal_var=False)
-    ci = res.confidence_interval(confidence_level=1 - alpha)
+    with warnings.catch_warnings():  # constant samples (no revenue yet): NaN statistics, not warnings
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = sps.ttest_ind(t, c, equal_var=False)
+        ci = res.confidence_interval(confidence_level=1 - alpha)
     return Comparison(float(c.mean()), float(t.mean()), float(t.mean() - c.mean()), float(ci.low),
                       float(ci.high), float(res.statistic), float(res.pvalue))
 

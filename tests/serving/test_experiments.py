@@ -5,6 +5,7 @@ queue's behaviour while the bus is away."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -300,3 +301,19 @@ def test_the_report_shows_the_decision_the_plots_and_an_srm_warning(tmp_path: Pa
     assert {p.name for p in (tmp_path / "report" / "plots").iterdir()} == {"cumulative_ctr.png", "allocation.png",
                                                                            "sample_ratio.png"}
     assert json.loads(Path(paths["json"]).read_text())["trustworthy"] is False
+
+
+def test_an_experiment_without_any_logged_event_yet_has_an_empty_result(tmp_path: Path) -> None:
+    state = started(tmp_path)
+    res = run(state, [{"event_id": "other", "ts": T0 + 5, "user_id": 1, "item_id": 1, "type": "click"}])
+    assert [a["exposures"] for a in res["arms"]] == [0, 0] and res["srm"] is None and res["winner"] is None
+
+
+def test_an_arm_without_users_yet_gives_no_comparison_instead_of_failing(tmp_path: Path) -> None:
+    state = started(tmp_path)
+    rows = [r for r in simulate_log(state, {"control": 0.2, "challenger": 0.2}, 300)
+            if (r.get("context") or {}).get("arm", "control") == "control"]
+    res = run(state, rows)
+    c = res["comparisons"]["ctr"]["challenger"]
+    assert math.isnan(c["difference"]) and res["winner"] is None
+    assert {a["arm"]: a["users"] for a in res["arms"]}["challenger"] == 0
