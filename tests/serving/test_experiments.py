@@ -317,3 +317,22 @@ def test_an_arm_without_users_yet_gives_no_comparison_instead_of_failing(tmp_pat
     c = res["comparisons"]["ctr"]["challenger"]
     assert math.isnan(c["difference"]) and res["winner"] is None
     assert {a["arm"]: a["users"] for a in res["arms"]}["challenger"] == 0
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_the_experiment_commands_answer_bad_input_with_a_message_and_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from recforge.cli import main
+    from tests.conftest import ROOT
+
+    cfg = ["-c", str(ROOT / "configs" / "demo.yaml"), "--output-dir", str(tmp_path)]
+    assert main(["experiment", "list", *cfg]) == 0
+    assert "ranker-vs-popular" in capsys.readouterr().out and not (tmp_path / "experiments.db").exists()
+    assert main(["experiment", "status", "nope", *cfg]) == 2
+    assert "no experiment 'nope' was started" in capsys.readouterr().err
+    assert main(["experiment", "start", *cfg]) == 2
+    assert "needs the experiment's NAME (ranker-vs-popular)" in capsys.readouterr().err
+    assert main(["experiment", "start", "nope", *cfg]) == 2
+    assert "no experiment 'nope' in experiments.definitions (defined: ranker-vs-popular)" in capsys.readouterr().err
+    assert main(["promote", "--experiment", "nope", "--version", "3", *cfg]) == 2
+    assert "leave out --model and --version" in capsys.readouterr().err
