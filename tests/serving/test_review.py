@@ -110,3 +110,19 @@ def test_a_context_missing_a_key_fails_instead_of_rendering_an_empty_cell() -> N
         render_report("review", {"model": "m"})
     with pytest.raises(jinja2.TemplateNotFound):
         render("no_such_report.md.j2", {})
+
+
+def test_a_review_with_online_evidence_shows_it_beside_the_offline_gate(tmp_path: Path) -> None:
+    review = make_review()
+    review.online = {"experiment": "ranker-v5", "arm": "challenger", "control": "champion", "primary": "ctr",
+                     "decision": "challenger beats champion on ctr by +0.01000", "trustworthy": True,
+                     "report": "runs/demo/experiments/ranker-v5/report.html",
+                     "metrics": [{"metric": "ctr", "control": 0.1, "treatment": 0.11, "difference": 0.01,
+                                  "ci_low": 0.005, "ci_high": 0.015, "always_valid_p_holm": 0.001,
+                                  "always_valid_low": 0.002, "always_valid_high": 0.018}]}
+    paths = write_review(review, tmp_path)
+    for key in ("markdown", "html"):
+        text = paths[key].read_text()
+        assert "Online evidence: experiment ranker-v5" in text and "challenger beats champion" in text
+        assert "+0.01000" in text and "Metrics on the same held-out data" in text
+    assert json.loads(paths["json"].read_text())["online"]["experiment"] == "ranker-v5"
