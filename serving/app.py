@@ -385,7 +385,7 @@ class Ingress:
         if route is not None and self.exposures is not None:
             versions = {"retriever": cands.model.version, "ranker": scored.model.version}
             self.exposures.put(exposure_events(exposure_id, user_id, shown, route, versions, self.s.exposure_type,
-                                               time.time()))
+                                               time.time(), self.s.feature_store.events.max_value_length))
         return _answer({
             "user_id": user_id,
             "exposure_id": exposure_id,

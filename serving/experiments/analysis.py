@@ -19,6 +19,7 @@ in force at that time; a mismatch marks the whole result untrustworthy.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -52,8 +53,8 @@ def _context_columns(table: pa.Table) -> pd.DataFrame:
     text = "\n".join(table.column("context").to_pylist()).encode()
     parsed = pj.read_json(pa.py_buffer(text)) if text else pa.table({})
     out = pd.DataFrame(index=range(table.num_rows))
-    for col in ("experiment", "arm"):
-        out[col] = parsed.column(col).to_pandas() if col in parsed.column_names else None
+    for col in ("experiment", "arm", "items"):
+        out[col] = parsed.column(col).to_pandas().astype(object) if col in parsed.column_names else None
     return out
 
 
@@ -71,9 +72,14 @@ def join(state: ExperimentState, events: pa.Table, cfg: ExperimentsConfig, purch
     # ids as Python objects: pandas' Arrow-backed strings cannot join an empty side (no type to infer)
     imp_df = pd.DataFrame({"exposure_id": imp.column("exposure_id").to_pandas().astype(object),
                            "user_id": imp.column("user_id").to_pandas(),
-                           "item_id": imp.column("item_id").to_pandas(),
+                           "item_id": imp.column("item_id").to_pandas().astype(object),
                            "ts": imp.column("ts_ms").to_pandas() / 1e3,
                            "experiment": ctx["experiment"], "arm": ctx["arm"]})
+    # one row per shown item: an exposure event lists its items in context.items (else it shows its item_id)
+    listed = ctx["items"].notna()
+    if listed.any():
+        imp_df.loc[listed, "item_id"] = ctx.loc[listed, "items"].map(json.loads)
+        imp_df = imp_df.explode("item_id", ignore_index=True)
     all_exposure_ids = set(imp_df["exposure_id"].unique())
     mine = imp_df[imp_df["experiment"] == state.name]
     counts = {"exposures_without_arm": int(mine.loc[mine["arm"].isna(), "exposure_id"].nunique())}
@@ -88,7 +94,7 @@ def join(state: ExperimentState, events: pa.Table, cfg: ExperimentsConfig, purch
     out = events.filter(pc.is_in(types, value_set=pa.array(outcome_types, pa.string())))
     out_df = pd.DataFrame({"event_id": out.column("event_id").to_pandas(),
                            "user_id": out.column("user_id").to_pandas(),
-                           "item_id": out.column("item_id").to_pandas(),
+                           "item_id": out.column("item_id").to_pandas().astype(object),
                            "ts": out.column("ts_ms").to_pandas() / 1e3,
                            "type": out.column("type").to_pandas(),
                            "value": out.column("value").to_pandas().fillna(0.0),

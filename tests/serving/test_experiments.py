@@ -151,8 +151,11 @@ def simulate_log(state: Any, ctr: dict[str, float], users: int, seed: int = 0, d
             ts = state.started_at + 10 + u + 0.1 * k
             eid = f"x{u}-{k}"
             item = int(rng.integers(100))
+            ctx = {"experiment": state.name, "arm": arm}
+            if k == 0:  # the serving shape: the shown items listed in context.items (one here)
+                ctx["items"] = json.dumps([item])
             rows.append({"event_id": f"{eid}.1", "ts": ts, "user_id": u, "item_id": item, "type": "impression",
-                         "exposure_id": eid, "context": {"experiment": state.name, "arm": arm, "position": 1}})
+                         "exposure_id": eid, "context": ctx})
             if rng.random() < ctr[arm]:
                 tagged = rng.random() < tag_share
                 rows.append({"event_id": f"c{eid}", "ts": ts + 5, "user_id": u, "item_id": item, "type": "click",
@@ -268,11 +271,11 @@ def test_exposures_wait_while_the_bus_is_away_and_overflow_is_counted_not_silent
         published.extend(events)
         return 0
 
-    log = ExposureLog(publish, max_pending=30, batch=7)
+    log = ExposureLog(publish, max_pending=30, batch=7, idle_s=0.05)
     from serving.experiments.live import Route
 
     route = Route("exp", "challenger", "model", "2", "1")
-    for i in range(10):
+    for i in range(40):
         log.put(exposure_events(f"e{i}", 1, [10, 11, 12, 13], route, {"ranker": "2"}, "impression", time.time()))
     time.sleep(0.3)
     assert log.status()["dropped"] == 10 and log.status()["pending"] == 30
@@ -282,8 +285,17 @@ def test_exposures_wait_while_the_bus_is_away_and_overflow_is_counted_not_silent
     log.stop()
     assert len(published) == 30 and log.status()["published"] == 30
     assert published[-1]["context"] == {"experiment": "exp", "arm": "challenger", "ranker_version": "2",
-                                        "position": 4}
-    assert published[-1]["event_id"] == "e9.4"
+                                        "items": "[10, 11, 12, 13]", "offset": 0}
+    assert published[-1]["event_id"] == published[-1]["exposure_id"] == "e39"
+
+
+def test_a_long_list_of_shown_items_is_split_over_events_within_the_contracts_length() -> None:
+    items = [f"item-{i:04d}" for i in range(100)]
+    events = exposure_events("x", 1, items, None, {}, "impression", T0, max_value_length=200)
+    assert len(events) > 1 and all(len(e["context"]["items"]) <= 200 for e in events)
+    assert [i for e in events for i in json.loads(e["context"]["items"])] == items
+    assert [e["context"]["offset"] for e in events][:2] == [0, len(json.loads(events[0]["context"]["items"]))]
+    assert exposure_events("x", 1, [], None, {}, "impression", T0) == []
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -336,3 +348,67 @@ def test_the_experiment_commands_answer_bad_input_with_a_message_and_exit_2(
     assert "no experiment 'nope' in experiments.definitions (defined: ranker-vs-popular)" in capsys.readouterr().err
     assert main(["promote", "--experiment", "nope", "--version", "3", *cfg]) == 2
     assert "leave out --model and --version" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ monitor, promote
+def scenario_app(tmp_path: Path, allocation: str = "fixed") -> Any:
+    from recforge.config import app_settings, load
+    from tests.conftest import ROOT
+
+    spec = json.dumps({"arms": [{"name": "control", "share": 0.5}, {"name": "challenger", "share": 0.5,
+                                                                     "ranker": "2"}],
+                       "allocation": {"type": allocation, "min_share": 0.1}, "guardrails": [{"metric": "ctr"}],
+                       "design": {"baseline": 0.1, "mde": 0.02}})
+    cfg = load(ROOT / "configs" / "demo.yaml", [f"output_dir={tmp_path}", f"experiments.definitions.exp={spec}"])
+    return app_settings(cfg)
+
+
+def start_logged(app: Any, ctr: dict[str, float], users: int) -> Any:
+    """The experiment started in the app's store, its simulated log written where the analysis reads it."""
+    import pyarrow.parquet as pq
+
+    from feature_store.events.scenario import log_dir
+    from serving.experiments.manage import store_of
+
+    state = store_of(app).start(app.experiments.definitions["exp"], "exp", arms(), 100, now=T0)
+    day = log_dir(app.feature_store) / "date=2026-05-28"
+    day.mkdir(parents=True)
+    pq.write_table(log_table(simulate_log(state, ctr, users)), day / "part-1-1.parquet")
+    return state
+
+
+def test_a_challenger_worse_on_a_guardrail_loses_its_traffic_and_the_report_says_why(tmp_path: Path) -> None:
+    from serving.experiments.manage import analyze_state, monitor_step, store_of
+
+    app = scenario_app(tmp_path)
+    state = start_logged(app, {"control": 0.2, "challenger": 0.08}, 3000)
+    actions = monitor_step(app, state, analyze_state(app, state, now=T0 + 1e5, looks=0), now=T0 + 1e5)
+    assert len(actions) == 1 and actions[0]["shares"] == {"control": 1.0, "challenger": 0.0}
+    after = store_of(app).get("exp")
+    assert after.shares == (1.0, 0.0) and after.allocations[-1].reason.startswith("guardrail: challenger is worse")
+    res = analyze_state(app, after, now=T0 + 1e5)
+    assert "receives no more traffic" in res["allocations"][-1]["reason"]
+
+
+def test_thompson_moves_traffic_to_the_better_arm_and_keeps_the_minimum_share(tmp_path: Path) -> None:
+    from serving.experiments.manage import analyze_state, monitor_step, store_of
+
+    app = scenario_app(tmp_path, "thompson")
+    state = start_logged(app, {"control": 0.1, "challenger": 0.2}, 2000)
+    monitor_step(app, state, analyze_state(app, state, now=T0 + 1e5, looks=0), now=T0 + 1e5,
+                 rng=np.random.default_rng(0))
+    shares = store_of(app).get("exp").shares
+    assert shares[1] == pytest.approx(0.9) and shares[0] == pytest.approx(0.1)
+
+
+def test_promote_experiment_plans_the_winning_arms_versions_with_the_evidence(tmp_path: Path) -> None:
+    from serving.experiments.manage import promotion_plan
+
+    app = scenario_app(tmp_path)
+    start_logged(app, {"control": 0.1, "challenger": 0.2}, 3000)
+    plan = promotion_plan(app, "exp")
+    assert plan["winner"] == "challenger"
+    assert plan["promotions"] == [{"model": app.ranker_model, "version": "2", "role": "ranker"}]  # retriever: same
+    ev = plan["evidence"]
+    assert ev["trustworthy"] and ev["metrics"][0]["metric"] == "ctr" and ev["metrics"][0]["difference"] > 0
+    assert Path(plan["report"]["html"]).is_file() and plan["report"]["mlflow_run"]

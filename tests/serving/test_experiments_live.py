@@ -5,7 +5,8 @@ Proves: a version that does not exist or does not load is refused at start and n
 serving); a started experiment reaches the replicas, each user keeps their arm and is answered by that arm's
 version (unknown users too); an overlapping experiment is refused; exposures reach the offline log without a
 request waiting for them, outcomes join to them by exposure_id, unknown exposure ids are counted; the report is
-written and logged to MLflow; `promote --experiment` refuses without a winner; after stop the champion answers
+written and logged to MLflow; the simulator's visits are answered and their outcomes accepted; `promote
+--experiment` refuses without a winner; after stop the champion answers
 everyone.
 """
 
@@ -120,7 +121,7 @@ def test_an_experiment_serves_each_user_their_arm_logs_exposures_and_joins_outco
     exposures = live["exposures"]
     # one replica's counters (the app runs several ingress replicas); the log above holds every exposure
     assert exposures["dropped"] == 0 and exposures["published"] == exposures["queued"] > 0
-    assert exposures["rejected"] % 5 == 0  # the unknown user's, counted, not silently lost
+    assert exposures["rejected"] <= 2  # the unknown user's answers (on this replica), counted, not silently lost
 
     from serving.experiments.report import write_report
 
@@ -129,6 +130,13 @@ def test_an_experiment_serves_each_user_their_arm_logs_exposures_and_joins_outco
 
     with pytest.raises(ExperimentStateError, match="no winner yet"):
         manage.promotion_plan(app, "ab")
+
+    from serving.experiments.simulate import run_simulation
+
+    sim = run_simulation(cfg.source, url, requests=40, concurrency=2, k=5, seed=3, events=cfg.events)
+    assert sim["completed"] == 40 and sim["error_count"] == 0 and sim["events"]["rejected"] == 0
+    assert set(sim["arms"]) <= {"control", "challenger"}
+    assert all(0 < a["true_ctr"] < 1 and 0 < a["impressions"] <= 5 * a["exposures"] for a in sim["arms"].values())
 
     manage.stop(app, "ab", "test over")
     wait_for(lambda: recommend(url, 1)["experiment"] is None)
