@@ -48,6 +48,8 @@ class RecForgeConfig(FeatureStoreConfig):
         `experiments.click_types`: both must be event types the scenario accepts, and an exposure must not count as
         a positive interaction (it would enter behaviour histories)."""
         e, ev = self.experiments, self.events
+        if not e.definitions:  # no experiment: nothing is logged or read with these types
+            return self
         if e.exposure_type not in ev.types:
             raise ValueError(f"experiments.exposure_type '{e.exposure_type}' is not in events.types {ev.types}; add it "
                              f"there or pick one of them")

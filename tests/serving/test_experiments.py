@@ -68,6 +68,7 @@ def test_the_scenario_refuses_an_exposure_type_that_is_positive_or_unknown() -> 
         load(ROOT / "configs" / "demo.yaml", ["experiments.exposure_type=click"])
     with pytest.raises(ConfigError, match=r"not in events\.types"):
         load(ROOT / "configs" / "demo.yaml", ["experiments.exposure_type=view"])
+    load(ROOT / "configs" / "demo.yaml", ["experiments.exposure_type=view", "experiments.definitions={}"])
 
 
 # ------------------------------------------------------------------------------------------------ assignment
