@@ -215,12 +215,12 @@ def monitor_step(app: AppSettings, state: ExperimentState, res: dict[str, Any], 
     shares = np.array(state.shares, dtype=np.float64)
     control = names.index(d.control_arm)
     actions = []
+    tau = d.sequential_tau or d.design.mde
     for g in d.guardrails:
         for arm, c in res["comparisons"].get(g.metric, {}).items():
             i = names.index(arm)
             if shares[i] == 0:
                 continue
-            tau = d.sequential_tau or d.design.mde
             low, high = c["always_valid_low"], c["always_valid_high"]
             if g.alpha != d.design.alpha and c["variance"] == c["variance"] and c["variance"] > 0:
                 low, high = stats.always_valid_interval(c["difference"], c["variance"], tau * tau, g.alpha)
