@@ -143,6 +143,9 @@ COMMANDS: dict[str, tuple[str, list[Option]]] = {
     "experiment": ("`experiment start NAME`: check the arms' versions load, print the power calculation and route "
                    "traffic to the arms; `status NAME`: per-arm metrics and tests so far; `report NAME`: the HTML "
                    "report (also logged to MLflow); `stop NAME`; `list`", COMMON),
+    "segment": ("customer segments: K-means on the customers' RFM (k by silhouette), named from their centroids, "
+                "tested on the next period's revenue; assignments to the online store (analytics.segments)",
+                COMMON + MATERIALIZE),
     "simulate": ("drive a live server with synthetic users whose clicks and purchases follow the built-in "
                  "generator's true click model (synthetic scenarios): /recommend, then the outcomes to /events",
                  COMMON),
@@ -356,6 +359,8 @@ def _run(command: str, cfg: config_mod.RecForgeConfig, kind: str | None = None,
     if command == "experiment":
         assert args is not None
         return pipeline.experiment(cfg, args.action, args.name, reason=args.reason)
+    if command == "segment":
+        return pipeline.segment(cfg)
     if command == "simulate":
         assert args is not None
         return pipeline.simulate(cfg, url=args.url, requests=args.requests, users=args.users,

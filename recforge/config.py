@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from analytics.config import AnalyticsConfig
 from feature_store import secrets
 from feature_store.config import FeatureStoreConfig, load_config
 from serving.config import AppSettings, ExperimentsConfig, RegistryConfig, ServingConfig, model_names
@@ -41,6 +42,9 @@ class RecForgeConfig(FeatureStoreConfig):
                                    description="the Ray Serve application of `recforge serve`")
     experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig,
                                            description="experiments on the serving path (`recforge experiment`)")
+    analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig,
+                                       description="marketing analyses on the scenario's purchases (`recforge "
+                                                   "segment`)")
 
     @model_validator(mode="after")
     def _exposure_and_click_types(self) -> RecForgeConfig:

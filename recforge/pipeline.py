@@ -189,6 +189,19 @@ def experiment(cfg: RecForgeConfig, action: str, name: str | None, *, reason: st
     return {"action": action, **res}
 
 
+def segment(cfg: RecForgeConfig) -> dict[str, Any]:
+    """`recforge segment` (analytics.jobs.run_segments) with a progress line over the k tried."""
+    from analytics.jobs import run_segments
+    from recforge.config import feature_store_config, tracking_uri
+
+    sc = cfg.analytics.segments
+    with progress.step("segment", total=sc.k_max - sc.k_min + 1, unit="k") as s:
+        result = run_segments(feature_store_config(cfg), cfg.analytics, tracking_uri=tracking_uri(cfg),
+                              scenario=cfg.name, progress=lambda k: s.advance(1))
+        s.figures.update({"k": result["k"], "customers": result["customers"]})
+    return result
+
+
 def simulate(cfg: RecForgeConfig, *, url: str | None, requests: int, users: int | None, concurrency: int, k: int,
              seed: int) -> dict[str, Any]:
     """`recforge simulate`: synthetic visitors against a live server (serving.experiments.simulate)."""

@@ -371,7 +371,30 @@ def render_promote_experiment(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_segment(r: dict[str, Any]) -> list[str]:
+    t = r["next_period_test"]
+    lines = [f"Segments: k = {r['k']} (mean silhouette {r['silhouette']:.3f}) over {r['customers']:,} customers "
+             f"(data {r['data']['start']} to {r['data']['end']})"]
+    width = max(len(s["segment"]) for s in r["segments"])
+    for s in r["segments"]:
+        lines.append(f"  {s['segment']:<{width}}  {s['customers']:>6,} customers ({s['share']:.1%})  revenue share "
+                     f"{s['revenue_share']:.1%}  median recency {s['median_recency_days']:.0f} d, orders "
+                     f"{s['median_frequency']:.0f}")
+    verdict = "differs" if t["significant"] else "does NOT differ significantly"
+    lines.append(f"  next-period revenue {verdict} between the segments fitted at {r['data']['split']}: "
+                 f"{t['test']} p = {t['p_value']:.3g}")
+    online = r["online"]
+    lines.append(f"  online: view {online['view']} ({online['entities']:,} customers) in {online['store']}")
+    lines.append(f"  report: {r['outputs']['html']}")
+    if r.get("mlflow_run"):
+        lines.append(f"  MLflow run {r['mlflow_run']}")
+    lines.append(f"  time: {r['seconds']:.1f}s")
+    return lines
+
+
 def render(command: str, result: dict[str, Any]) -> str:
+    if command == "segment":
+        return "\n".join(render_segment(result))
     if command == "promote" and "results" in result:
         return "\n".join(render_promote_experiment(result))
     if command == "experiment":

@@ -77,7 +77,9 @@ def environment(package: str = "serving.reports") -> jinja2.Environment:
     PackageLoader finds the templates through the import system, so an editable checkout and an installed wheel
     (where they are package data) behave the same."""
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader(package, "templates"),
+        # another package's templates first, then this one's: its reports extend `base.html.j2` and use the macros
+        loader=jinja2.PackageLoader(package, "templates") if package == "serving.reports" else jinja2.ChoiceLoader(
+            [jinja2.PackageLoader(package, "templates"), jinja2.PackageLoader("serving.reports", "templates")]),
         autoescape=_autoescape,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -93,7 +95,9 @@ def render(template: str, context: Mapping[str, Any], package: str = "serving.re
     return environment(package).get_template(template).render(**context)
 
 
-def render_report(report: str, context: Mapping[str, Any], formats: Iterable[Format] = FORMATS) -> dict[str, str]:
+def render_report(report: str, context: Mapping[str, Any], formats: Iterable[Format] = FORMATS,
+                  package: str = "serving.reports") -> dict[str, str]:
     """Render report `report` in each of `formats` from the same context: {"md": ..., "html": ...}. Rendering both
-    from one context is what keeps the Markdown and the HTML of a report saying the same thing."""
-    return {fmt: render(f"{report}.{fmt}.j2", context) for fmt in formats}
+    from one context is what keeps the Markdown and the HTML of a report saying the same thing. `package`: whose
+    `templates/` hold the report (a package above serving keeps its own, extending this one's base)."""
+    return {fmt: render(f"{report}.{fmt}.j2", context, package) for fmt in formats}
