@@ -45,115 +45,13 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
-from pydantic import Field, model_validator
 from scipy.optimize import linprog
 
-from feature_store.config import StrictModel
+from analytics.config import BudgetConfig, ChannelConfig
 
 # Relative tolerance under which a constraint's slack counts as zero (binding), and a dual value as zero.
 BINDING_TOL = 1e-6
 DUAL_TOL = 1e-9
-
-
-# --------------------------------------------------------------------------------------------------- config
-
-
-class TierConfig(StrictModel):
-    """One step of a channel's piecewise-linear return curve: volume up to `up_to` (from the previous tier's
-    `up_to`, or 0) returns `return_per_unit` per unit."""
-
-    up_to: float = Field(..., gt=0, description="the channel's total volume at which this tier ends")
-    return_per_unit: float = Field(..., description="return per unit of volume inside this tier; must not be "
-                                                    "higher than the previous tier's (diminishing returns)")
-
-
-class ChannelConfig(StrictModel):
-    """A channel money can be spent on, priced per unit of volume, with either a flat return per unit (one value,
-    or one per segment) or diminishing-return tiers."""
-
-    name: str = Field(..., min_length=1, description="unique channel name, used in results and messages")
-    unit_cost: float = Field(..., gt=0, description="spend per unit of volume")
-    return_per_unit: float | dict[str, float] | None = Field(
-        None, description="return per unit of volume: one number, or a map segment -> number naming every "
-                          "segment when segments are used; exclusive with `tiers`")
-    min_volume: float = Field(0.0, ge=0, description="volume the channel must get at least (total across "
-                                                     "segments), e.g. a contract commitment")
-    max_volume: float | None = Field(None, gt=0, description="volume the channel can take at most (total "
-                                                             "across segments); null = no cap")
-    tiers: list[TierConfig] = Field(
-        [], description="diminishing-return tiers of the channel's total volume, in order; the last tier's "
-                        "`up_to` caps the volume; exclusive with `return_per_unit`")
-
-    @model_validator(mode="after")
-    def _check(self) -> ChannelConfig:
-        where = f"channel '{self.name}'"
-        if (self.return_per_unit is None) == (not self.tiers):
-            raise ValueError(f"{where}: give exactly one of 'return_per_unit' or 'tiers'")
-        for k in range(1, len(self.tiers)):
-            prev, tier = self.tiers[k - 1], self.tiers[k]
-            if tier.up_to <= prev.up_to:
-                raise ValueError(f"{where}: tiers[{k}].up_to {tier.up_to:g} must be above tiers[{k - 1}].up_to "
-                                 f"{prev.up_to:g} (tiers are listed in order of volume)")
-            if tier.return_per_unit > prev.return_per_unit:
-                raise ValueError(
-                    f"{where}: tiers[{k}].return_per_unit {tier.return_per_unit:g} is above tiers[{k - 1}]'s "
-                    f"{prev.return_per_unit:g}; tier returns must not increase (diminishing returns), otherwise the "
-                    f"allocation would fill the better later tier without the earlier one and is not a linear "
-                    f"program")
-        if self.max_volume is not None and self.min_volume > self.max_volume:
-            raise ValueError(f"{where}: min_volume {self.min_volume:g} is above max_volume {self.max_volume:g}")
-        if self.tiers and self.min_volume > self.tiers[-1].up_to:
-            raise ValueError(f"{where}: min_volume {self.min_volume:g} is above the last tier's up_to "
-                             f"{self.tiers[-1].up_to:g}, which caps the channel's volume")
-        return self
-
-
-class BudgetConfig(StrictModel):
-    """A budget allocation problem: channels, optional segments, the budget and caps, and what to maximise."""
-
-    channels: list[ChannelConfig] = Field(..., min_length=1, description="the channels to allocate across")
-    segments: list[str] = Field(
-        [], description="optional customer segments: each channel's volume is split across them; a channel's "
-                        "min/max volume apply to its total across segments")
-    total_budget: float | None = Field(
-        None, gt=0, description="total spend allowed; null = no budget (then every channel worth buying needs a "
-                                "cap, or the problem is unbounded)")
-    max_total_volume: float | None = Field(None, gt=0, description="cap on the volume of all channels together; "
-                                                                    "null = no cap")
-    segment_max_volume: dict[str, float] = Field(
-        {}, description="cap on the volume reaching each named segment, over all channels")
-    objective: Literal["return", "profit"] = Field(
-        "return", description="'return' maximises the sum of returns; 'profit' the returns minus the spend")
-
-    @model_validator(mode="after")
-    def _check(self) -> BudgetConfig:
-        names = [ch.name for ch in self.channels]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"channels: duplicate channel names {dupes}")
-        segs = set(self.segments)
-        if len(segs) != len(self.segments):
-            raise ValueError(f"segments: duplicate segment names {sorted(self.segments)}")
-        if any(not s for s in self.segments):
-            raise ValueError("segments: segment names must not be empty")
-        for i, ch in enumerate(self.channels):
-            if isinstance(ch.return_per_unit, dict):
-                where = f"channels[{i}].return_per_unit (channel '{ch.name}')"
-                if not self.segments:
-                    raise ValueError(f"{where} is a per-segment map but no 'segments' are defined")
-                unknown = sorted(set(ch.return_per_unit) - segs)
-                if unknown:
-                    raise ValueError(f"{where} names unknown segments {unknown}; segments are {self.segments}")
-                missing = [s for s in self.segments if s not in ch.return_per_unit]
-                if missing:
-                    raise ValueError(f"{where} has no value for segments {missing}")
-        unknown = sorted(set(self.segment_max_volume) - segs)
-        if unknown:
-            raise ValueError(f"segment_max_volume names unknown segments {unknown}; segments are {self.segments}")
-        negative = sorted(s for s, cap in self.segment_max_volume.items() if cap < 0)
-        if negative:
-            raise ValueError(f"segment_max_volume must be >= 0; negative for {negative}")
-        return self
 
 
 # --------------------------------------------------------------------------------------------------- the LP

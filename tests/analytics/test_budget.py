@@ -12,16 +12,14 @@ from pydantic import ValidationError
 from scipy.optimize import linprog
 
 from analytics.budget import (
-    BudgetConfig,
     BudgetInfeasible,
     BudgetLP,
     BudgetUnbounded,
-    ChannelConfig,
-    TierConfig,
     build_lp,
     random_problem,
     solve_budget,
 )
+from analytics.config import BudgetConfig, ChannelConfig, TierConfig
 
 
 def channel(name: str, unit_cost: float, **kw: object) -> ChannelConfig:

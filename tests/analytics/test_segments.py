@@ -147,7 +147,8 @@ def test_segment_command_writes_tables_report_mlflow_run_and_an_online_view_serv
     csv = tmp_path / "retail.csv"
     write_retail_csv(csv)
     cfg = config_mod.load("configs/retail.yaml", [f"source.path={csv}", f"output_dir={tmp_path / 'out'}",
-                                                  "analytics.holdout_days=30", "analytics.segments.k_min=2",
+                                                  "analytics.holdout_days=30", "analytics.churn.horizon_days=30",
+                                                  "analytics.segments.k_min=2",
                                                   "analytics.segments.k_max=5"], models=False)
     res = run_segments(feature_store_config(cfg), cfg.analytics, tracking_uri=tracking_uri(cfg), scenario=cfg.name)
     assert res["k"] == 3 and res["customers"] == 180
