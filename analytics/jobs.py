@@ -125,3 +125,105 @@ def run_segments(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: 
     result.update({"outputs": {**out.tables, **out.report}, "mlflow_run": out.mlflow_run,
                    "seconds": round(time.perf_counter() - t0, 2)})
     return result
+
+
+def _km_figure(test_durations: np.ndarray, events: np.ndarray, labels: np.ndarray, names: tuple[str, ...],
+               horizon: float) -> tuple[Any, list[dict[str, Any]]]:
+    """Kaplan-Meier curves (probability of not having bought again) per segment, with their 95% bands."""
+    from lifelines import KaplanMeierFitter
+
+    fig = new_figure(6.5, 3.8)
+    ax = fig.add_subplot()
+    rows = []
+    for c, name in enumerate(names):
+        m = labels == c
+        if not m.any():
+            continue
+        kmf = KaplanMeierFitter().fit(test_durations[m], events[m], label=name)
+        t = kmf.survival_function_.index.to_numpy()
+        ax.step(t, kmf.survival_function_.to_numpy()[:, 0], where="post", label=name)
+        ci = kmf.confidence_interval_.to_numpy()
+        ax.fill_between(t, ci[:, 0], ci[:, 1], step="post", alpha=0.15)
+        rows.append({"segment": name, "customers": int(m.sum()),
+                     "no_purchase_at_horizon": float(kmf.predict(horizon))})
+    ax.axvline(horizon, color="grey", ls="--")
+    ax.set(xlabel="days after the split", ylabel="share not bought again", ylim=(0, 1),
+           title="Kaplan-Meier per segment (95% bands)")
+    ax.legend(fontsize=8)
+    return fig, rows
+
+
+def run_churn(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str | None, scenario: str,
+              orders: Orders | None = None) -> dict[str, Any]:
+    """`recforge churn`: survival models trained on the window before the split and scored on the one after it
+    (analytics.churn), the logistic-regression baseline beside them, Kaplan-Meier per segment; then each
+    customer's churn probability at the horizon as of the end of the data, written online."""
+    from analytics import churn as ch
+    from training.common.plots import plot_roc
+
+    t0 = time.perf_counter()
+    cc = cfg.churn
+    orders = orders or read_orders(fs)
+    split = orders.split(cfg.holdout_days)
+    train, test = ch.split_train_test(orders, split, cfg.holdout_days)
+    models = ch.fit_models(train, cc.penalizer)
+    ev = ch.evaluate(models, train, test, cc.horizon_days)
+    sc = cfg.segments
+    seg_model, _ = seg.fit_segments(test.customers, features=tuple(sc.features), k_min=sc.k_min, k_max=sc.k_max,
+                                    sample=sc.silhouette_sample, seed=sc.seed, k=sc.k)
+    labels, _ = seg_model.assign(test.customers)
+    km_fig, km_rows = _km_figure(test.duration, test.event, labels, seg_model.names, cc.horizon_days)
+
+    # served: refit on the latest fully observed window (the split's customers), score everyone at the end
+    served = ch.fit_models(test, cc.penalizer)
+    current = ch.survival_data(orders, orders.data_end, 0.0)
+    risk = ch.churn_probability(served["cox"], served["standardizer"](current.x), cc.horizon_days)
+    key = orders.user_key
+    risk_table = pa.table({key: current.customers.column(key), "churn_probability": risk,
+                           "churn_horizon_days": np.full(len(risk), cc.horizon_days),
+                           "ts": np.full(len(risk), orders.data_end, dtype=np.int64)})
+    store = open_store(fs)
+    try:
+        online = materialize(store, cc.view, risk_table, key=key, ts_column="ts")
+    finally:
+        store.close()
+
+    cox = models["cox"].summary
+    coef = [{"feature": f, "hazard_ratio": float(cox.loc[f, "exp(coef)"]),
+             "low": float(cox.loc[f, "exp(coef) lower 95%"]), "high": float(cox.loc[f, "exp(coef) upper 95%"]),
+             "p": float(cox.loc[f, "p"])} for f in cox.index]
+    fig_hr = new_figure(6.0, 3.0)
+    ax = fig_hr.add_subplot()
+    y = np.arange(len(coef))
+    hr = np.array([c["hazard_ratio"] for c in coef])
+    ax.errorbar(hr, y, xerr=[hr - [c["low"] for c in coef], [c["high"] for c in coef] - hr], fmt="o")
+    ax.axvline(1.0, color="grey", ls="--")
+    ax.set_yticks(y, [c["feature"] for c in coef])
+    ax.set(xlabel="hazard ratio of buying again per SD of log1p(feature)", title="Cox proportional hazards")
+    roc = plot_roc(ev["churned"], ev["scores"], title=f"Churn at {cc.horizon_days:g} days (test customers)")
+    best_survival_auc = max(ev["models"][m]["auc"] for m in ("cox", "weibull"))
+    result = {
+        "data": {"start": _iso(orders.data_start), "train_as_of": _iso(train.as_of), "split": _iso(split),
+                 "end": _iso(orders.data_end), "window_days": cfg.holdout_days},
+        "horizon_days": cc.horizon_days, "counts": orders.counts,
+        "train_customers": ev["train_customers"], "test_customers": ev["test_customers"],
+        "test_churn_rate": ev["test_churn_rate"], "models": ev["models"], "cox": coef,
+        "weibull": {"rho": float(np.exp(models["weibull"].params_.loc[("rho_", "Intercept")]))},
+        "kaplan_meier": km_rows,
+        "goal": {"survival_auc": best_survival_auc, "baseline_auc": ev["models"]["logistic regression"]["auc"],
+                 "met": bool(best_survival_auc >= ev["models"]["logistic regression"]["auc"])},
+        "online": {"view": cc.view, "store": describe_store(fs), "entities": online.entities_written},
+    }
+    out = write_analysis(
+        "churn", output_dir(fs, cfg) / "churn",
+        tables={"churn_risk": risk_table, "hazard_ratios": pa.Table.from_pylist(coef),
+                "kaplan_meier": pa.Table.from_pylist(km_rows)},
+        result=result, figures={"kaplan_meier": km_fig, "roc": roc, "hazard_ratios": fig_hr},
+        tracking_uri=tracking_uri, scenario=scenario,
+        metrics={**{f"{m.replace(' ', '_')}.auc": v["auc"] for m, v in ev["models"].items()},
+                 "cox.concordance": ev["models"]["cox"]["concordance"],
+                 "weibull.concordance": ev["models"]["weibull"]["concordance"]},
+        params={"horizon_days": cc.horizon_days, "penalizer": cc.penalizer, "holdout_days": cfg.holdout_days})
+    result.update({"outputs": {**out.tables, **out.report}, "mlflow_run": out.mlflow_run,
+                   "seconds": round(time.perf_counter() - t0, 2)})
+    return result

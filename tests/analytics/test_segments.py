@@ -130,9 +130,10 @@ def test_segments_config_rejects_unknown_keys_and_an_empty_k_range(tmp_path: Pat
                         models=False)
 
 
-def write_retail_csv(path: Path) -> None:
-    """The planted customers as an Online Retail-style export (one line per order)."""
-    df = planted(n_per=60)
+def write_retail_csv(path: Path, df: pd.DataFrame | None = None) -> None:
+    """Customers (default: the planted ones) as an Online Retail-style export (one line per order); `df` has
+    columns user, invoice, day, revenue."""
+    df = planted(n_per=60) if df is None else df
     when = pd.to_datetime(T0 + df["day"] * DAY, unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
     pd.DataFrame({"InvoiceNo": df["invoice"].str.replace(r"\D", "", regex=True) + df.index.astype(str),
                   "StockCode": "85123A", "Description": "HOLDER", "Quantity": 1, "InvoiceDate": when,
