@@ -146,6 +146,17 @@ COMMANDS: dict[str, tuple[str, list[Option]]] = {
     "segment": ("customer segments: K-means on the customers' RFM (k by silhouette), named from their centroids, "
                 "tested on the next period's revenue; assignments to the online store (analytics.segments)",
                 COMMON + MATERIALIZE),
+    "churn": ("churn risk: time to the next purchase with Cox and Weibull survival models (lifelines), scored on the "
+              "period after the split beside a logistic-regression baseline; churn probability at the horizon to the "
+              "online store (analytics.churn)", COMMON + MATERIALIZE),
+    "ltv": ("customer lifetime value: BG/NBD purchases and Gamma-Gamma spend, scored on the period after the split "
+            "beside the naive baseline; expected value per customer to the online store (analytics.ltv)",
+            COMMON + MATERIALIZE),
+    "budget": ("allocate a budget across channels (and segments) as a linear program solved by HiGHS: the allocation, "
+               "the objective and the binding constraints with their shadow prices (analytics.budget)", COMMON),
+    "attribution": ("credit conversions to channel touchpoints: first/last touch, linear, time decay, Markov removal "
+                    "effect and Shapley values; on generated journeys, each method against the true contributions "
+                    "(analytics.attribution)", COMMON),
     "simulate": ("drive a live server with synthetic users whose clicks and purchases follow the built-in "
                  "generator's true click model (synthetic scenarios): /recommend, then the outcomes to /events",
                  COMMON),
@@ -359,8 +370,8 @@ def _run(command: str, cfg: config_mod.RecForgeConfig, kind: str | None = None,
     if command == "experiment":
         assert args is not None
         return pipeline.experiment(cfg, args.action, args.name, reason=args.reason)
-    if command == "segment":
-        return pipeline.segment(cfg)
+    if command in ("segment", "churn", "ltv", "budget", "attribution"):
+        return pipeline.analysis(cfg, command)
     if command == "simulate":
         assert args is not None
         return pipeline.simulate(cfg, url=args.url, requests=args.requests, users=args.users,

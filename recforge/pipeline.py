@@ -189,17 +189,22 @@ def experiment(cfg: RecForgeConfig, action: str, name: str | None, *, reason: st
     return {"action": action, **res}
 
 
-def segment(cfg: RecForgeConfig) -> dict[str, Any]:
-    """`recforge segment` (analytics.jobs.run_segments) with a progress line over the k tried."""
-    from analytics.jobs import run_segments
+def analysis(cfg: RecForgeConfig, name: str) -> dict[str, Any]:
+    """`recforge segment | churn | ltv | budget | attribution`: the analysis's job (analytics) on the scenario's
+    feature-store sections and its `analytics:` section, logged to the scenario's tracking store."""
+    from analytics import jobs
     from recforge.config import feature_store_config, tracking_uri
 
-    sc = cfg.analytics.segments
-    with progress.step("segment", total=sc.k_max - sc.k_min + 1, unit="k") as s:
-        result = run_segments(feature_store_config(cfg), cfg.analytics, tracking_uri=tracking_uri(cfg),
-                              scenario=cfg.name, progress=lambda k: s.advance(1))
-        s.figures.update({"k": result["k"], "customers": result["customers"]})
-    return result
+    if name == "budget":
+        from analytics.run_budget import run_budget as run
+    elif name == "attribution":
+        from analytics.run_attribution import run_attribution as run
+    elif name == "ltv":
+        from analytics.run_ltv import run_ltv as run
+    else:
+        run = jobs.run_segments if name == "segment" else jobs.run_churn
+    with progress.step(name):
+        return run(feature_store_config(cfg), cfg.analytics, tracking_uri=tracking_uri(cfg), scenario=cfg.name)
 
 
 def simulate(cfg: RecForgeConfig, *, url: str | None, requests: int, users: int | None, concurrency: int, k: int,

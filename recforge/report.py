@@ -385,16 +385,66 @@ def render_segment(r: dict[str, Any]) -> list[str]:
                  f"{t['test']} p = {t['p_value']:.3g}")
     online = r["online"]
     lines.append(f"  online: view {online['view']} ({online['entities']:,} customers) in {online['store']}")
-    lines.append(f"  report: {r['outputs']['html']}")
+    return lines + _outputs(r)
+
+
+def _outputs(r: dict[str, Any]) -> list[str]:
+    lines = [f"  report: {r['outputs']['html']}"]
     if r.get("mlflow_run"):
         lines.append(f"  MLflow run {r['mlflow_run']}")
     lines.append(f"  time: {r['seconds']:.1f}s")
     return lines
 
 
+def render_churn(r: dict[str, Any]) -> list[str]:
+    lines = [f"Churn at {r['horizon_days']:g} days: trained on {r['train_customers']:,} customers known at "
+             f"{r['data']['train_as_of']}, scored on {r['test_customers']:,} known at {r['data']['split']} "
+             f"({r['test_churn_rate']:.1%} churned)"]
+    for name, m in r["models"].items():
+        c = "" if m["concordance"] is None else f"concordance {m['concordance']:.4f}  "
+        lines.append(f"  {name:<20} {c}AUC {m['auc']:.4f}")
+    g = r["goal"]
+    lines.append(f"  goal (survival AUC >= baseline): {'met' if g['met'] else 'NOT met'} "
+                 f"({g['survival_auc']:.4f} vs {g['baseline_auc']:.4f})")
+    for k in r["kaplan_meier"]:
+        lines.append(f"  KM {k['segment']}: {k['no_purchase_at_horizon']:.1%} not bought again by the horizon")
+    online = r["online"]
+    lines.append(f"  online: view {online['view']} ({online['entities']:,} customers) in {online['store']}")
+    return lines + _outputs(r)
+
+
+def render_budget(r: dict[str, Any]) -> list[str]:
+    t = r["totals"]
+    lines = [f"Budget ({r['objective_kind']}): objective {r['objective']:,.2f}, spend {t['spend']:,.2f}, volume "
+             f"{t['volume']:,.2f}"]
+    for c in r["channels"]:
+        lines.append(f"  {c['channel']:<16} volume {c['volume']:>12,.2f}  spend {c['spend']:>12,.2f}  return "
+                     f"{c['return']:>12,.2f}")
+    lines.append("  binding constraints (shadow price = objective gained per unit of relaxation):")
+    lines += [f"    {b['name']}: {b['shadow_price']:,.4g}" for b in r["binding"]]
+    return lines + _outputs(r)
+
+
+def render_attribution(r: dict[str, Any]) -> list[str]:
+    lines = [f"Attribution ({r['source']} journeys): {r['journeys']:,} journeys, {r['touchpoints']:,} touchpoints, "
+             f"{r['total_conversions']:,.0f} conversions; Shapley {r['shapley']['mode']}"]
+    for m in r["methods"]:
+        rho = "" if m.get("spearman") is None else f"  rank correlation with the truth {m['spearman']:+.3f}"
+        lines.append(f"  {m['method']:<12}{rho}")
+    if r.get("null_channel_touchpoints"):
+        lines.append(f"  touchpoints without a channel (left out): {r['null_channel_touchpoints']:,}")
+    return lines + _outputs(r)
+
+
 def render(command: str, result: dict[str, Any]) -> str:
+    if command == "budget":
+        return "\n".join(render_budget(result))
+    if command == "attribution":
+        return "\n".join(render_attribution(result))
     if command == "segment":
         return "\n".join(render_segment(result))
+    if command == "churn":
+        return "\n".join(render_churn(result))
     if command == "promote" and "results" in result:
         return "\n".join(render_promote_experiment(result))
     if command == "experiment":
