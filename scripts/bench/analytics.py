@@ -136,9 +136,9 @@ def section(m: dict[str, Any], r: dict[str, Any], a: list[dict[str, Any]], b: di
     for row in a:
         lines.append(f"| {row['seed']} | {row['first_touch']:+.3f} | {row['last_touch']:+.3f} | {row['linear']:+.3f} | "
                      f"{row['time_decay']:+.3f} | {row['markov']:+.3f} | {row['shapley']:+.3f} |")
-    ok = all(row["markov"] > 0.9 and row["shapley"] > 0.9 for row in a)
-    lines += ["", f"Goal (Markov and Shapley above 0.9, last touch visibly worse): {'met' if ok else 'not met'} on "
-                  f"every seed. The generator's awareness channels open journeys and carry most of the effect, so "
+    met = sum(row["markov"] > 0.9 and row["shapley"] > 0.9 and row["last_touch"] < row["markov"] - 0.3 for row in a)
+    lines += ["", f"Goal (Markov and Shapley above 0.9, last touch visibly worse): met on {met} of {len(a)} seeds. "
+                  f"The generator's awareness channels open journeys and carry most of the effect, so "
                   f"first touch also ranks well here; the data decide which heuristic is right, the model-based "
                   f"methods do not depend on that.", "",
               "### Budget LP (HiGHS)", "",
