@@ -110,9 +110,17 @@ def test_an_experiment_serves_each_user_their_arm_logs_exposures_and_joins_outco
 
     status, live, _ = call(url, "/experiments")
     assert status == 200 and live["running"][0]["name"] == "ab"
-    res = wait_for(lambda: (r := manage.result(app, "ab"))["counts"]["outcomes_by_exposure_id"] == 20 and r)
-    arms = {a["arm"]: a for a in res["arms"]}
     known = len(users) - 1  # "no-such-user" is no id of this int-keyed scenario: its exposures are rejected
+
+    def settled() -> dict | bool:
+        """The clicks joined and every exposure in the offline log: exposures are published in batches and logged
+        every events.log_flush_s, so the two can arrive in either order."""
+        r = manage.result(app, "ab")
+        logged = sum(a["exposures"] for a in r["arms"])
+        return r["counts"]["outcomes_by_exposure_id"] == 20 and logged >= 2 * known + 1 and r
+
+    res = wait_for(settled)
+    arms = {a["arm"]: a for a in res["arms"]}
     assert arms["control"]["users"] + arms["challenger"]["users"] == known
     assert arms["control"]["exposures"] + arms["challenger"]["exposures"] == 2 * known + 1  # + the wait's call
     assert arms["control"]["clicks"] + arms["challenger"]["clicks"] == 20
