@@ -44,6 +44,12 @@ class SurvivalData:
     window_days: float
 
 
+def features(customers: pa.Table) -> pd.DataFrame:
+    """The models' inputs: log1p of each of `FEATURES` (standardised later, on the train customers)."""
+    return pd.DataFrame({f: np.log1p(np.maximum(customers.column(f).to_numpy().astype(np.float64), 0.0))
+                         for f in FEATURES})
+
+
 def survival_data(orders: Orders, as_of: int, window_days: float) -> SurvivalData:
     """Durations to the next purchase after `as_of`, censored at `window_days`."""
     customers = customers_at(orders, as_of)
@@ -52,9 +58,7 @@ def survival_data(orders: Orders, as_of: int, window_days: float) -> SurvivalDat
     event = ~np.isnan(days)
     # a purchase in the first second after the cut-off is a duration of ~0: lifelines needs durations > 0
     duration = np.where(event, np.maximum(days, 1e-3), window_days)
-    x = pd.DataFrame({f: np.log1p(np.maximum(customers.column(f).to_numpy().astype(np.float64), 0.0))
-                      for f in FEATURES})
-    return SurvivalData(customers, x, duration, event, as_of, window_days)
+    return SurvivalData(customers, features(customers), duration, event, as_of, window_days)
 
 
 def split_train_test(orders: Orders, split: int, window_days: float) -> tuple[SurvivalData, SurvivalData]:

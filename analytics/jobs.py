@@ -8,7 +8,6 @@ here sees the whole scenario config (imports run feature_store <- ... <- analyti
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,19 +16,9 @@ import pyarrow as pa
 from analytics import segments as seg
 from analytics.config import AnalyticsConfig
 from analytics.customers import Orders, customers_at, next_period, read_orders
-from analytics.report import write_analysis
+from analytics.report import day, output_dir, publish_online, write_analysis
 from feature_store.config import FeatureStoreConfig
-from feature_store.online import describe_store, open_store
-from feature_store.online.materialize import materialize
 from training.common.plots import new_figure
-
-
-def output_dir(fs: FeatureStoreConfig, cfg: AnalyticsConfig) -> Path:
-    return Path(cfg.output_dir or Path(fs.output_dir) / "analytics")
-
-
-def _iso(ts: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts))
 
 
 def _segment_figures(curve: list[dict[str, float]], chosen: int, summary: list[dict[str, Any]],
@@ -96,22 +85,17 @@ def run_segments(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: 
         .append_column("kmeans_segment", pa.array(names[f_labels].tolist(), pa.string())) \
         .append_column("distance", pa.array(f_dist)) \
         .append_column("ts", pa.array(np.full(current.num_rows, now, dtype=np.int64)))
-    store = open_store(fs)
-    try:
-        online = materialize(store, sc.view, assignments.select([key, "kmeans_segment", "kmeans_segment_id", "ts"]),
-                             key=key, ts_column="ts")
-    finally:
-        store.close()
+    online = publish_online(fs, sc.view, assignments.select([key, "kmeans_segment", "kmeans_segment_id", "ts"]), key)
     centroids = pa.table({"segment_id": np.arange(final.k), "segment": list(final.names),
                           **{f"{f} (log1p, standardised)": final.centroids[:, i] for i, f in enumerate(feats)}})
     result = {
         "customers": current.num_rows, "calibration_customers": calib.num_rows,
-        "data": {"start": _iso(orders.data_start), "split": _iso(split), "end": _iso(orders.data_end),
+        "data": {"start": day(orders.data_start), "split": day(split), "end": day(orders.data_end),
                  "holdout_days": cfg.holdout_days},
         "counts": orders.counts, "features": list(feats), "k": model.k, "curve": curve,
         "silhouette": chosen_curve["silhouette"], "segments": summary, "next_period_test": test,
         "calibration_names": list(model.names),
-        "online": {"view": sc.view, "store": describe_store(fs), "entities": online.entities_written},
+        "online": online,
     }
     figures = _segment_figures(curve, model.k, summary, test)
     out = write_analysis(
@@ -176,17 +160,13 @@ def run_churn(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str
 
     # served: refit on the latest fully observed window (the split's customers), score everyone at the end
     served = ch.fit_models(test, cc.penalizer)
-    current = ch.survival_data(orders, orders.data_end, 0.0)
-    risk = ch.churn_probability(served["cox"], served["standardizer"](current.x), cc.horizon_days)
+    current = customers_at(orders, orders.data_end)
+    risk = ch.churn_probability(served["cox"], served["standardizer"](ch.features(current)), cc.horizon_days)
     key = orders.user_key
-    risk_table = pa.table({key: current.customers.column(key), "churn_probability": risk,
+    risk_table = pa.table({key: current.column(key), "churn_probability": risk,
                            "churn_horizon_days": np.full(len(risk), cc.horizon_days),
                            "ts": np.full(len(risk), orders.data_end, dtype=np.int64)})
-    store = open_store(fs)
-    try:
-        online = materialize(store, cc.view, risk_table, key=key, ts_column="ts")
-    finally:
-        store.close()
+    online = publish_online(fs, cc.view, risk_table, key)
 
     cox = models["cox"].summary
     coef = [{"feature": f, "hazard_ratio": float(cox.loc[f, "exp(coef)"]),
@@ -203,8 +183,8 @@ def run_churn(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str
     roc = plot_roc(ev["churned"], ev["scores"], title=f"Churn at {cc.horizon_days:g} days (test customers)")
     best_survival_auc = max(ev["models"][m]["auc"] for m in ("cox", "weibull"))
     result = {
-        "data": {"start": _iso(orders.data_start), "train_as_of": _iso(train.as_of), "split": _iso(split),
-                 "end": _iso(orders.data_end), "window_days": cfg.holdout_days},
+        "data": {"start": day(orders.data_start), "train_as_of": day(train.as_of), "split": day(split),
+                 "end": day(orders.data_end), "window_days": cfg.holdout_days},
         "horizon_days": cc.horizon_days, "counts": orders.counts,
         "train_customers": ev["train_customers"], "test_customers": ev["test_customers"],
         "test_churn_rate": ev["test_churn_rate"], "models": ev["models"], "cox": coef,
@@ -212,7 +192,7 @@ def run_churn(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str
         "kaplan_meier": km_rows,
         "goal": {"survival_auc": best_survival_auc, "baseline_auc": ev["models"]["logistic regression"]["auc"],
                  "met": bool(best_survival_auc >= ev["models"]["logistic regression"]["auc"])},
-        "online": {"view": cc.view, "store": describe_store(fs), "entities": online.entities_written},
+        "online": online,
     }
     out = write_analysis(
         "churn", output_dir(fs, cfg) / "churn",

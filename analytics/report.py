@@ -20,6 +20,11 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analytics.config import AnalyticsConfig
+from feature_store.config import FeatureStoreConfig
+from feature_store.online import describe_store, open_store
+from feature_store.online.materialize import materialize
+from serving.experiments.analysis import plain
 from serving.registry.figures import png
 from serving.reports import render_report
 
@@ -39,17 +44,25 @@ class AnalysisOutput:
     mlflow_run: str | None
 
 
-def plain(value: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, NaN/inf to None (JSON has neither)."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, str | bytes):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def output_dir(fs: FeatureStoreConfig, cfg: AnalyticsConfig) -> Path:
+    """Where the analyses write: `analytics.output_dir`, else `<output_dir>/analytics`."""
+    return Path(cfg.output_dir or Path(fs.output_dir) / "analytics")
+
+
+def day(ts: int) -> str:
+    """A Unix time as its UTC date, as the reports show the data's start, split and end."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def publish_online(fs: FeatureStoreConfig, view: str, table: pa.Table, key: str) -> dict[str, Any]:
+    """Write one row per `key` of `table` (with a `ts` column) as the online view `view`, for serving to read with
+    the user's other features; returns what the reports say about it."""
+    store = open_store(fs)
+    try:
+        written = materialize(store, view, table, key=key, ts_column="ts")
+    finally:
+        store.close()
+    return {"view": view, "store": describe_store(fs), "entities": written.entities_written}
 
 
 def write_analysis(analysis: str, directory: Path, *, tables: Mapping[str, pa.Table], result: Mapping[str, Any],

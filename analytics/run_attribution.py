@@ -28,8 +28,7 @@ from analytics.attribution import (
     rank_correlation,
 )
 from analytics.config import AnalyticsConfig
-from analytics.jobs import output_dir
-from analytics.report import write_analysis
+from analytics.report import output_dir, write_analysis
 from feature_store.config import ConfigError, FeatureStoreConfig
 from feature_store.readers.journeys import Journeys, generate_journeys
 from training.common.plots import new_figure

@@ -16,8 +16,7 @@ import pyarrow as pa
 
 from analytics.budget import BudgetConstraint, BudgetInfeasible, BudgetResult, BudgetUnbounded, solve_budget
 from analytics.config import AnalyticsConfig, BudgetConfig
-from analytics.jobs import output_dir
-from analytics.report import write_analysis
+from analytics.report import output_dir, write_analysis
 from feature_store.config import ConfigError, FeatureStoreConfig
 from training.common.plots import new_figure
 

@@ -22,11 +22,8 @@ import pyarrow as pa
 from analytics import ltv
 from analytics.config import AnalyticsConfig
 from analytics.customers import DAY, Orders, read_orders
-from analytics.jobs import _iso, output_dir
-from analytics.report import write_analysis
+from analytics.report import day, output_dir, publish_online, write_analysis
 from feature_store.config import ConfigError, FeatureStoreConfig
-from feature_store.online import describe_store, open_store
-from feature_store.online.materialize import materialize
 from training.common.plots import new_figure
 
 __all__ = ["run_ltv"]
@@ -179,11 +176,7 @@ def run_ltv(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str |
         "expected_purchases": exp_n, "p_alive": alive, "expected_value": value,
         "ts": np.full(n, end, dtype=np.int64),
     })
-    store = open_store(fs)
-    try:
-        online = materialize(store, lc.view, values.select([key, *SERVED_COLUMNS, "ts"]), key=key, ts_column="ts")
-    finally:
-        store.close()
+    online = publish_online(fs, lc.view, values.select([key, *SERVED_COLUMNS, "ts"]), key)
 
     holdout = pa.table({
         key: orders.users.take(pa.array(cal.customer.astype(np.int64))),
@@ -202,7 +195,7 @@ def run_ltv(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str |
     }
     result = {
         "customers": n, "calibration_customers": len(cal),
-        "data": {"start": _iso(orders.data_start), "split": _iso(split), "end": _iso(end),
+        "data": {"start": day(orders.data_start), "split": day(split), "end": day(end),
                  "holdout_days": cfg.holdout_days},
         "settings": {"unit_days": unit, "horizon_days": horizon_days, "annual_discount_rate": lc.annual_discount_rate,
                      "discount_rate_per_unit": rate, "penalizer": lc.penalizer},
@@ -217,7 +210,7 @@ def run_ltv(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str |
         "served": {"expected_purchases_total": float(exp_n.sum()), "expected_value_total": float(value.sum()),
                    "expected_value_median": float(np.median(value)), "p_alive_mean": float(alive.mean())},
         "counts": orders.counts, "assumptions": ASSUMPTIONS,
-        "online": {"view": lc.view, "store": describe_store(fs), "entities": online.entities_written},
+        "online": online,
     }
     figures = _figures(by_freq, value, alive, (now.T - now.recency) * unit, now.frequency, horizon_days)
     metrics = {f"{what}_{metric}_{who}": evaluation[f"{what}_{metric}_{who}"] for what in ("purchases", "revenue")
