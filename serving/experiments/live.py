@@ -128,8 +128,10 @@ class ExperimentRouter:
         return {v for exp in self._live for a in exp.state.arms if (v := getattr(a, role)) is not None}
 
     def status(self) -> dict[str, Any]:
-        return {"running": [{"name": e.state.name, "shares": dict(zip(e.state.arm_names, e.shares))}
-                            for e in self._live],
+        """`ready`: whether this replica routes the experiment's users to their arms yet (every arm's versions
+        loaded here); until then it answers them with the champion."""
+        return {"running": [{"name": e.state.name, "shares": dict(zip(e.state.arm_names, e.shares)),
+                             "ready": self._is_ready(e.state)} for e in self._live],
                 "refreshed_at": self.refreshed_at, "routing_errors": self.errors, "last_error": self.last_error}
 
 
