@@ -13,7 +13,8 @@ Methods (credit per channel):
   Position-free, but a channel repeated three times gets three shares.
 - time_decay: touchpoint weight 2^(-(t_conv - t) / half_life), normalised per journey; t_conv = last touch time.
   Recent contacts count more; the half-life (days) says how fast earlier ones fade.
-- markov: removal effect in a first-order Markov chain of the journeys (below), scaled to the total conversions.
+- markov: removal effect in a Markov chain of the journeys (first order by default; below), scaled to the total
+  conversions.
   Credits a channel by how many conversions the observed paths would lose without it.
 - shapley: Shapley values of the cooperative game "channels -> conversions" (below).
   Fair-division axioms (efficiency, symmetry, null player); order-free.
@@ -21,10 +22,14 @@ Methods (credit per channel):
 Markov chain: states start, each channel, conversion, null. Transition counts come from consecutive touchpoints of
 a journey (start -> first channel, channel -> next channel, last channel -> conversion or null), normalised per
 row. P(conversion) is the probability of absorption in `conversion` from `start`, solved exactly from the
-absorbing chain's linear system (I - Q) x = r. Removing channel c redirects every transition into c to null;
+absorbing chain's sparse linear system (I - Q) x = r. Removing channel c redirects every transition into c to null;
 removal_effect(c) = 1 - P(conversion | c removed) / P(conversion); credit(c) = total conversions * removal_effect(c)
 / sum of removal effects (the effects overlap, so they are normalised to share out the observed total). Repeated
-touches of one channel make self-loops, which do not change absorption probabilities.
+touches of one channel make self-loops, which do not change absorption probabilities. A chain of order m (Anderl
+et al. 2016; the `order` of R's ChannelAttribution) has the last m channels as its state, so it remembers what
+came earlier in a path; removing c redirects the transitions into every state whose latest channel is c. With an
+order at least the longest journey the chain is the observed paths themselves, and removal_effect(c) is the share
+of conversions in journeys that touch c.
 
 Shapley values: characteristic function v(S) = conversions (or value) of the journeys whose set of distinct
 channels is a subset of S (the "simplified Shapley" of attribution practice). Why this v: it needs nothing but the
@@ -54,6 +59,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import scipy.sparse as sp
+from scipy.sparse.linalg import spsolve
 from scipy.stats import spearmanr
 
 METHODS: tuple[str, ...] = ("first_touch", "last_touch", "linear", "time_decay", "markov", "shapley")
@@ -299,42 +306,66 @@ def time_decay(data: JourneyData, half_life_days: float = 7.0) -> Credit:
 # ------------------------------------------------------------------------------------------------ markov
 
 
-def _absorption_probability(q: np.ndarray, r: np.ndarray) -> float:
+MAX_MARKOV_ORDER = 4
+
+
+def _absorption_probability(q: sp.csc_matrix, r: np.ndarray) -> float:
     """P(absorbed in conversion | start) of an absorbing chain: solve (I - Q) x = r, read x[start]."""
-    x = np.linalg.solve(np.eye(q.shape[0]) - q, r)
-    return float(x[0])
+    x = spsolve(sp.identity(q.shape[0], format="csc") - q, r)
+    return float(np.atleast_1d(x)[0])
 
 
-def markov_transitions(data: JourneyData) -> tuple[np.ndarray, np.ndarray]:
-    """Transient-to-transient probabilities Q and transient-to-conversion probabilities r.
+def markov_states(data: JourneyData, order: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Each touchpoint's state in the chain of `order`: the last `order` channels up to and including it (fewer at
+    the start of a journey), as an index into the observed states; and each state's most recent channel.
 
-    Transient states: 0 = start, 1 + c = channel c. Absorbing: conversion, null (implied by the rows' remainder).
-    """
+    The state is coded as an integer in base K + 1 (digit 0 = before the journey began, c + 1 = channel c; the
+    lowest digit is the touchpoint's own channel), then renumbered over the states that occur."""
     k = data.n_channels
-    n_states = k + 3  # start, channels, conversion, null
-    conversion, null = k + 1, k + 2
-    state = data.code + 1
+    n = data.code.size
+    base = k + 1
+    position = np.arange(n) - np.repeat(data.first, data.last - data.first + 1)
+    key = np.zeros(n, dtype=np.int64)
+    for lag in range(order - 1, -1, -1):
+        earlier = np.roll(data.code.astype(np.int64), lag)
+        key = key * base + np.where(position >= lag, earlier + 1, 0)
+    observed, state = np.unique(key, return_inverse=True)
+    return state.reshape(-1), (observed % base) - 1
+
+
+def markov_transitions(data: JourneyData, order: int = 1) -> tuple[sp.csc_matrix, np.ndarray, np.ndarray]:
+    """Transient-to-transient probabilities Q (sparse), transient-to-conversion probabilities r, and each transient
+    state's most recent channel (-1 for start).
+
+    Transient states: 0 = start, then the observed `markov_states`. Absorbing: conversion, null (implied by the
+    rows' remainder)."""
+    if not 1 <= order <= MAX_MARKOV_ORDER:
+        raise ValueError(f"markov order must be 1..{MAX_MARKOV_ORDER}, got {order}")
+    touch_state, latest = markov_states(data, order)
+    state = touch_state + 1
+    n_transient = latest.size + 1
+    conversion, null = n_transient, n_transient + 1
     same_journey = data.journey[1:] == data.journey[:-1]
     src = np.concatenate([np.zeros(data.n_journeys, dtype=np.int64), state[:-1][same_journey], state[data.last]])
     end_state = np.where(data.converted > 0, conversion, null)
     dst = np.concatenate([state[data.first], state[1:][same_journey], end_state])
-    counts = np.bincount(src * n_states + dst, minlength=n_states * n_states).reshape(n_states, n_states)
-    transient = counts[: k + 1].astype(np.float64)
-    row_total = transient.sum(axis=1, keepdims=True)
-    probs = np.divide(transient, row_total, out=np.zeros_like(transient), where=row_total > 0)
-    return probs[:, : k + 1], probs[:, conversion]
+    counts = sp.csr_matrix((np.ones(src.size), (src, dst)), shape=(n_transient, n_transient + 2))
+    row_total = np.asarray(counts.sum(axis=1)).ravel()
+    probs = sp.diags(np.divide(1.0, row_total, out=np.zeros_like(row_total), where=row_total > 0)) @ counts
+    r = np.asarray(probs[:, conversion].todense()).ravel()
+    return probs[:, :n_transient].tocsc(), r, np.concatenate([[-1], latest])
 
 
-def markov(data: JourneyData) -> Credit:
-    """Removal-effect attribution in the first-order Markov chain (see the module docstring)."""
+def markov(data: JourneyData, order: int = 1) -> Credit:
+    """Removal-effect attribution in the Markov chain of `order` (see the module docstring)."""
     k = data.n_channels
-    q, r = markov_transitions(data)
+    q, r, latest = markov_transitions(data, order)
     p_conv = _absorption_probability(q, r)
     removal = np.zeros(k)
     if p_conv > 0:
         for c in range(k):
-            q_removed = q.copy()
-            q_removed[:, c + 1] = 0.0  # transitions into c now end in null
+            # transitions into a state whose latest channel is c now end in null
+            q_removed = (q @ sp.diags((latest != c).astype(np.float64))).tocsc()
             removal[c] = 1.0 - _absorption_probability(q_removed, r) / p_conv
     removal = np.clip(removal, 0.0, None)  # guard tiny negative round-off
     total_removal = removal.sum()
@@ -342,7 +373,7 @@ def markov(data: JourneyData) -> Credit:
     return Credit(
         conversions=share * data.converted.sum(),
         value=share * data.value.sum(),
-        meta={"p_conversion": p_conv, "removal_effects": removal},
+        meta={"p_conversion": p_conv, "removal_effects": removal, "order": order, "states": int(latest.size - 1)},
     )
 
 
@@ -461,6 +492,7 @@ def attribute(
     exact_max_channels: int = 12,
     permutations: int = 2_000,
     seed: int = 0,
+    markov_order: int = 1,
 ) -> AttributionResult:
     """Run the requested attribution methods on touchpoints (journey_id, ts, channel) and outcomes
     (journey_id, converted, value). `seed` drives the Shapley Monte Carlo only (the rest is deterministic)."""
@@ -474,7 +506,7 @@ def attribute(
         "last_touch": lambda: last_touch(data),
         "linear": lambda: linear(data),
         "time_decay": lambda: time_decay(data, half_life_days),
-        "markov": lambda: markov(data),
+        "markov": lambda: markov(data, markov_order),
         "shapley": lambda: shapley(data, exact_max_channels, permutations, seed),
     }
     metadata: dict[str, Any] = {
@@ -498,6 +530,8 @@ def attribute(
         if method == "markov":
             metadata["markov"] = {
                 "p_conversion": credit.meta["p_conversion"],
+                "order": credit.meta["order"],
+                "states": credit.meta["states"],
                 "removal_effects": dict(zip(data.channels, credit.meta["removal_effects"].tolist())),
             }
         elif method == "shapley":

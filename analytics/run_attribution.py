@@ -39,7 +39,8 @@ METHOD_NOTES: dict[str, str] = {
     "last_touch": "the whole conversion goes to the last channel before it; the usual default, biased to closers",
     "linear": "every touchpoint gets an equal share; position-free, but repeated touches count repeatedly",
     "time_decay": "touchpoints weighted by 2^(-age / half-life) before the conversion; recent contacts count more",
-    "markov": "removal effect in a first-order Markov chain of the paths: conversions lost without the channel",
+    "markov": "removal effect in a Markov chain of the paths (analytics.attribution.markov_order): conversions "
+              "lost without the channel",
     "shapley": "Shapley values of the game channels -> conversions; a fair, order-free split of each conversion",
 }
 
@@ -157,7 +158,8 @@ def run_attribution(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_ur
     touchpoints, outcomes, gen = _journeys(cfg)
     try:
         res = attribute(touchpoints, outcomes, half_life_days=ac.half_life_days,
-                        exact_max_channels=ac.exact_max_channels, permutations=ac.permutations, seed=ac.seed)
+                        exact_max_channels=ac.exact_max_channels, permutations=ac.permutations, seed=ac.seed,
+                        markov_order=ac.markov_order)
     except ValueError as exc:
         if gen is not None:
             raise

@@ -4,8 +4,9 @@ against the naive "same as last period" forecast, then refitted on all the data 
 The evaluation is what makes the served numbers worth reading: the models are fitted on what was known at the
 time split (`analytics.holdout_days` before the end of the data) and their predicted purchases and revenue for
 the next period are compared, customer by customer, with what happened and with the naive baseline. Only then
-are both models refitted on everything and each customer's expected purchases, P(alive) and expected
-(discounted) value over `analytics.ltv.horizon_days` written to the online store and a Parquet table.
+are both models refitted on everything and each customer's expected purchases, probability of buying at all,
+P(alive) and expected (discounted) value over `analytics.ltv.horizon_days` written to the online store and a
+Parquet table. MAE is scored on the model's median forecast (the mean beside it; see `ltv.evaluate`).
 
 The rules on one-purchase customers, purchase days with non-positive totals and customers first seen after the
 split are `analytics.ltv`'s (see `summarize_purchases`); this module counts what each rule did and reports it.
@@ -28,7 +29,9 @@ from training.common.plots import new_figure
 
 __all__ = ["run_ltv"]
 
-SERVED_COLUMNS = ("expected_purchases", "p_alive", "expected_value")
+SERVED_COLUMNS = ("expected_purchases", "p_purchase", "p_alive", "expected_value")
+# the evaluation table's rows per target: (metric, forecast, evaluation key suffix); MAE of the median is the model's
+FORECASTS = (("mae", "median", "model"), ("mae", "mean", "mean"), ("corr", "mean", "model"))
 _FREQ_CAP = 8  # the per-frequency plot pools customers with this many repeat purchase days or more
 
 ASSUMPTIONS = (
@@ -164,6 +167,7 @@ def run_ltv(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str |
     bg, gg = _fit(now, lc.penalizer, "served")
     exp_n = bg.expected_purchases(horizon, now.frequency, now.recency, now.T)
     alive = bg.p_alive(now.frequency, now.recency, now.T)
+    buys = 1.0 - bg.probability_of_purchases(horizon, now.frequency, now.recency, now.T, max_purchases=1)[:, 0]
     spend = gg.expected_spend(now.monetary_frequency, now.monetary)
     value = ltv.clv(bg, gg, now.frequency, now.recency, now.T, now.monetary, horizon, rate,
                     spend_frequency=now.monetary_frequency)
@@ -173,7 +177,7 @@ def run_ltv(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str |
         key: orders.users.take(pa.array(now.customer.astype(np.int64))),
         "frequency": now.frequency.astype(np.int64), "recency_days": now.recency * unit, "age_days": now.T * unit,
         "monetary": now.monetary, "expected_spend": spend,
-        "expected_purchases": exp_n, "p_alive": alive, "expected_value": value,
+        "expected_purchases": exp_n, "p_purchase": buys, "p_alive": alive, "expected_value": value,
         "ts": np.full(n, end, dtype=np.int64),
     })
     online = publish_online(fs, lc.view, values.select([key, *SERVED_COLUMNS, "ts"]), key)
@@ -185,9 +189,11 @@ def run_ltv(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str |
         cal.naive_purchases, "predicted_revenue": pred_rev, "actual_revenue": cal.holdout_revenue,
         "naive_revenue": cal.naive_revenue,
     })
-    table = [{"target": what, "metric": metric, "model": evaluation[f"{what}_{metric}_model"],
-              "naive": evaluation[f"{what}_{metric}_naive"], "model_better": beats[f"{what}_{metric}"]}
-             for what in ("purchases", "revenue") for metric in ("mae", "corr")]
+    table = [{"target": what, "metric": metric, "forecast": forecast, "model": evaluation[f"{what}_{metric}_{who}"],
+              "naive": evaluation[f"{what}_{metric}_naive"],
+              "model_better": beats[f"{what}_{metric}"] if who == "model" else
+              bool(evaluation[f"{what}_{metric}_{who}"] < evaluation[f"{what}_{metric}_naive"])}
+             for what in ("purchases", "revenue") for metric, forecast, who in FORECASTS]
     by_freq = _by_frequency(cal, pred_n)
     params = {
         "calibration": _param_rows("calibration", bg_cal, gg_cal),
@@ -208,6 +214,7 @@ def run_ltv(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str |
         "rules": {"calibration": _counts(cal), "served": _counts(now)},
         "frequency_monetary_corr": {"calibration": _spend_independence(cal), "served": _spend_independence(now)},
         "served": {"expected_purchases_total": float(exp_n.sum()), "expected_value_total": float(value.sum()),
+                   "expected_buyers": float(buys.sum()),
                    "expected_value_median": float(np.median(value)), "p_alive_mean": float(alive.mean())},
         "counts": orders.counts, "assumptions": ASSUMPTIONS,
         "online": online,
@@ -215,6 +222,7 @@ def run_ltv(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str |
     figures = _figures(by_freq, value, alive, (now.T - now.recency) * unit, now.frequency, horizon_days)
     metrics = {f"{what}_{metric}_{who}": evaluation[f"{what}_{metric}_{who}"] for what in ("purchases", "revenue")
                for metric in ("mae", "corr") for who in ("model", "naive")}
+    metrics.update({f"{what}_mae_mean": evaluation[f"{what}_mae_mean"] for what in ("purchases", "revenue")})
     metrics.update({f"bgnbd_{k}": v for k, v in bg.params.items()})
     metrics.update({f"gamma_gamma_{k}": v for k, v in gg.params.items()})
     metrics.update({"customers": n, "expected_value_total": float(value.sum())})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from analytics.attribution import (
@@ -83,6 +84,47 @@ def test_markov_removal_effects_match_a_hand_computed_chain() -> None:
     assert result.metadata["markov"]["removal_effects"] == pytest.approx({"A": 0.5, "B": 1.0})
     assert result.credit("markov") == pytest.approx({"A": 2 / 3, "B": 4 / 3})
     assert result.credit("markov", "value") == pytest.approx({"A": 40 / 3, "B": 80 / 3})
+
+
+def test_a_second_order_chain_remembers_what_came_before_the_closing_channel() -> None:
+    # j1: A -> B, converted.  j2: C -> B, not converted.
+    # First order forgets where B was reached from: start->A 1/2, start->C 1/2, A->B, C->B, B->conv 1/2, so
+    # P(conv) = 1/2 and removing A or C halves it (effect 1/2 each), removing B ends it (effect 1).
+    # Second order: states (A), (C), (A,B) -> conv, (C,B) -> null: P(conv) = 1/2; removing A ends every
+    # conversion (effect 1), removing C changes nothing (effect 0), removing B effect 1.
+    tp, out = _tables([(1, 0, "A"), (1, 10, "B"), (2, 0, "C"), (2, 10, "B")], [(1, True, 10.0), (2, False, 0.0)])
+    first = attribute(tp, out, methods=["markov"]).metadata["markov"]
+    second = attribute(tp, out, methods=["markov"], markov_order=2).metadata["markov"]
+    assert first["removal_effects"] == pytest.approx({"A": 0.5, "B": 1.0, "C": 0.5})
+    assert second["removal_effects"] == pytest.approx({"A": 1.0, "B": 1.0, "C": 0.0})
+    assert first["p_conversion"] == pytest.approx(0.5) and second["p_conversion"] == pytest.approx(0.5)
+    assert (first["order"], first["states"]) == (1, 3) and (second["order"], second["states"]) == (2, 4)
+
+
+def test_a_chain_as_long_as_the_longest_journey_is_the_observed_paths() -> None:
+    # With order >= the longest journey every state is a whole path prefix: P(conversion) is the observed
+    # conversion rate, and removing c loses exactly the conversions of the journeys that touch c.
+
+    j = generate_journeys(3_000, seed=5, channels=5, mean_extra_touches=0.5)
+    lengths = np.bincount(j.touchpoints.column("journey_id").to_numpy())
+    keep = np.flatnonzero(lengths <= 4)
+    tp = j.touchpoints.filter(pc.is_in(j.touchpoints.column("journey_id"), pa.array(keep)))
+    out = j.journeys.filter(pc.is_in(j.journeys.column("journey_id"), pa.array(keep)))
+    meta = attribute(tp, out, methods=["markov"], markov_order=4).metadata["markov"]
+    converted = out.column("converted").to_numpy(zero_copy_only=False)
+    assert meta["p_conversion"] == pytest.approx(converted.mean(), rel=1e-9)
+    journey = tp.column("journey_id").to_numpy()
+    channel = tp.column("channel").to_numpy(zero_copy_only=False)
+    conv_ids = set(out.column("journey_id").to_numpy()[converted].tolist())
+    for c, effect in meta["removal_effects"].items():
+        touching = set(journey[channel == c].tolist())
+        assert effect == pytest.approx(len(touching & conv_ids) / len(conv_ids), rel=1e-9), c
+
+
+def test_markov_order_outside_the_supported_range_is_refused() -> None:
+    tp, out = _tables([(1, 0, "A")], [(1, True, 1.0)])
+    with pytest.raises(ValueError, match=r"markov order must be 1\.\.4"):
+        attribute(tp, out, methods=["markov"], markov_order=5)
 
 
 def test_shapley_matches_hand_computed_values_and_is_efficient() -> None:

@@ -137,6 +137,32 @@ def test_conditional_expectation_and_p_alive_match_simulated_futures_within_each
     assert np.all(alive[sim["x"] == 0] == 1.0)
 
 
+def test_purchase_distribution_sums_to_one_and_its_mean_is_the_closed_form_expectation() -> None:
+    x, t_x, T = np.array([0.0, 1.0, 4.0, 12.0]), np.array([0.0, 3.0, 20.0, 29.0]), np.array([10.0, 30.0, 30.0, 30.0])
+    pmf = MODEL.probability_of_purchases(26.0, x, t_x, T, max_purchases=400)
+    assert pmf.min() >= 0 and pmf.sum(axis=1) == pytest.approx(1.0, abs=1e-12)
+    assert pmf[:, -1].max() < 1e-9  # nothing left beyond 400 purchases: the mean below is the whole mean
+    mean = pmf @ np.arange(pmf.shape[1])
+    assert mean == pytest.approx(MODEL.expected_purchases(26.0, x, t_x, T), rel=1e-8)
+
+
+def test_purchase_distribution_matches_simulated_futures_within_each_frequency() -> None:
+    # Within groups of the observed data, the mean predicted P(Y = y) equals the share of simulated customers who
+    # made exactly y purchases, and the median forecast beats the mean forecast on absolute error.
+    rng = np.random.default_rng(4)
+    n = 300_000
+    T = rng.uniform(10.0, 52.0, n)
+    sim = _simulate_bgnbd(rng, n, **TRUE, T=T, t_future=26.0)
+    pmf = MODEL.probability_of_purchases(26.0, sim["x"], sim["t_x"], T, max_purchases=8)
+    for group in (sim["x"] == 0, sim["x"] == 1, (sim["x"] >= 2) & (sim["x"] <= 4), sim["x"] >= 5):
+        future = np.minimum(sim["future"][group], 8)
+        for y in range(9):
+            _mean_within(pmf[group, y] - (future == y))
+    median = MODEL.median_purchases(26.0, sim["x"], sim["t_x"], T)
+    mean = MODEL.expected_purchases(26.0, sim["x"], sim["t_x"], T)
+    assert np.abs(median - sim["future"]).mean() < np.abs(mean - sim["future"]).mean()
+
+
 def test_conditional_expectation_of_a_brand_new_customer_is_the_unconditional_one() -> None:
     t = np.array([1.0, 10.0, 52.0])
     assert MODEL.expected_purchases(t, 0, 0, 0) == pytest.approx(MODEL.expected_purchases_new(t), rel=1e-12)

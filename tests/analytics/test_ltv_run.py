@@ -39,13 +39,18 @@ def test_ltv_command_writes_tables_report_mlflow_run_and_an_online_view_serving_
     values = pq.read_table(res["outputs"]["customer_value"]).to_pandas().set_index("user_id")
     assert (values.loc[values["frequency"] == 0, "p_alive"] == 1.0).all()
     assert (values["expected_value"] >= 0).all() and values["expected_value"].notna().all()
+    # only a customer still alive can buy: 0 < P(buys in the horizon) <= P(alive)
+    assert ((values["p_purchase"] > 0) & (values["p_purchase"] <= values["p_alive"] + 1e-12)).all()
     # the planted frequent big spenders are worth more than the one-off buyers of the start of the year
     assert values.loc["vip0", "expected_value"] > 10 * values.loc["gone0", "expected_value"]
     html = Path(res["outputs"]["html"]).read_text()
     assert "Gamma-Gamma" in html and html.count("data:image/png;base64,") == 3
 
     run = mlflow.MlflowClient(tracking_uri(cfg)).get_run(res["mlflow_run"])
-    assert "purchases_mae_model" in run.data.metrics and "bgnbd_r" in run.data.metrics
+    assert {"purchases_mae_model", "purchases_mae_mean", "bgnbd_r"} <= set(run.data.metrics)
+    forecasts = pq.read_table(res["outputs"]["evaluation"]).to_pylist()
+    assert [(r["metric"], r["forecast"]) for r in forecasts[:3]] == [("mae", "median"), ("mae", "mean"),
+                                                                      ("corr", "mean")]
 
     store = open_store(feature_store_config(cfg))
     try:
@@ -53,7 +58,7 @@ def test_ltv_command_writes_tables_report_mlflow_run_and_an_online_view_serving_
     finally:
         store.close()
     assert user.known and user.values["expected_value"] == pytest.approx(values.loc["vip0", "expected_value"])
-    assert {"expected_purchases", "p_alive"} <= set(user.values)
+    assert {"expected_purchases", "p_purchase", "p_alive"} <= set(user.values)
 
 
 @pytest.mark.slow
@@ -74,10 +79,13 @@ def test_online_retail_model_ranks_next_period_purchases_and_revenue_better_than
     # The model ranks customers better than "same as last period", on purchases and on revenue.
     assert e["purchases_corr_model"] > e["purchases_corr_naive"]
     assert e["revenue_corr_model"] > e["revenue_corr_naive"]
-    # It does NOT beat naive on MAE here (measured: purchases 0.936 vs 0.917, revenue 626 vs 623). The next period
-    # (the last 90 days, Sep-Dec 2011) is the Christmas peak: actual purchase days exceed the stationary model's
-    # prediction by about a third at every calibration frequency, and BG/NBD has no seasonality to see it coming.
-    # What holds is that the model's MAE is within 5% of naive's, and that the gap is that aggregate shortfall.
+    # It does NOT beat naive on MAE here (measured, median forecast: purchases 0.925 vs 0.917, revenue 624 vs 623;
+    # the mean forecast is further off: 0.936 and 626). The next period (the last 90 days, Sep-Dec 2011) is the
+    # Christmas peak: actual purchase days exceed the stationary model's total by a third and revenue by four fifths
+    # (bigger baskets), and BG/NBD + Gamma-Gamma have no seasonality to see it coming. On 90-day periods ending
+    # 1-4 months earlier the median forecast does beat naive on purchases (docs/benchmarks.md); revenue MAE stays
+    # behind. What holds here is that the model's MAE is within 5% of naive's and the median is the better forecast.
     assert e["purchases_mae_model"] < 1.05 * e["purchases_mae_naive"]
     assert e["revenue_mae_model"] < 1.05 * e["revenue_mae_naive"]
     assert e["purchases_total_model"] < 0.8 * e["purchases_total_actual"]
+    assert e["purchases_mae_model"] < e["purchases_mae_mean"] and e["revenue_mae_model"] < e["revenue_mae_mean"]
