@@ -185,8 +185,11 @@ class AttributionConfig(StrictModel):
     exact_max_channels: int = Field(12, ge=1, le=20, description="Shapley values exactly up to this many channels "
                                                                  "(2^channels subsets), Monte Carlo beyond")
     permutations: int = Field(2_000, gt=0, description="Monte Carlo Shapley: random channel orders")
-    markov_order: int = Field(1, ge=1, le=4, description="Markov removal effect: how many past channels the chain's "
-                                                         "state remembers (1 = the current channel only)")
+    markov_order: int = Field(2, ge=1, le=4, description="Markov removal effect: how many past channels the chain's "
+                                                         "state remembers (1 = the current channel only, the "
+                                                         "textbook chain; 2 also remembers which channel led there, "
+                                                         "which ranks generated journeys' true effects better, "
+                                                         "docs/benchmarks.md)")
 
     @model_validator(mode="after")
     def _files(self) -> AttributionConfig:

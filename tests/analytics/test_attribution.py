@@ -93,7 +93,7 @@ def test_a_second_order_chain_remembers_what_came_before_the_closing_channel() -
     # Second order: states (A), (C), (A,B) -> conv, (C,B) -> null: P(conv) = 1/2; removing A ends every
     # conversion (effect 1), removing C changes nothing (effect 0), removing B effect 1.
     tp, out = _tables([(1, 0, "A"), (1, 10, "B"), (2, 0, "C"), (2, 10, "B")], [(1, True, 10.0), (2, False, 0.0)])
-    first = attribute(tp, out, methods=["markov"]).metadata["markov"]
+    first = attribute(tp, out, methods=["markov"], markov_order=1).metadata["markov"]
     second = attribute(tp, out, methods=["markov"], markov_order=2).metadata["markov"]
     assert first["removal_effects"] == pytest.approx({"A": 0.5, "B": 1.0, "C": 0.5})
     assert second["removal_effects"] == pytest.approx({"A": 1.0, "B": 1.0, "C": 0.0})

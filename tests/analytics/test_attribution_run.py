@@ -74,7 +74,8 @@ def test_a_files_run_reproduces_the_in_memory_attribution(tmp_path: Path, fmt: s
     ac = cfg.analytics.attribution
     out = run_attribution(feature_store_config(cfg), cfg.analytics, tracking_uri=None, scenario=cfg.name)
     expected = attribute(gen.touchpoints, gen.journeys, half_life_days=ac.half_life_days,
-                         exact_max_channels=ac.exact_max_channels, permutations=ac.permutations, seed=ac.seed)
+                         exact_max_channels=ac.exact_max_channels, permutations=ac.permutations, seed=ac.seed,
+                         markov_order=ac.markov_order)
     got = pq.read_table(out["outputs"]["credit"]).to_pandas()
     want = expected.table.to_pandas()
     assert got[["method", "channel"]].equals(want[["method", "channel"]])
