@@ -413,6 +413,25 @@ def render_churn(r: dict[str, Any]) -> list[str]:
     return lines + _outputs(r)
 
 
+def render_ltv(r: dict[str, Any]) -> list[str]:
+    d, e = r["data"], r["evaluation"]
+    lines = [f"Lifetime value: fitted on {r['calibration_customers']:,} customers known at {d['split']}, scored on "
+             f"the next {d['holdout_days']:g} days (to {d['end']}) against same-as-last-period"]
+    for row in r["evaluation_table"]:
+        metric = f"MAE ({row['forecast']})" if row["metric"] == "mae" else "correlation"
+        lines.append(f"  {row['target']:<10} {metric:<14} model {row['model']:>10,.3f}  naive {row['naive']:>10,.3f}  "
+                     f"{'better' if row['model_better'] else 'NOT better'}")
+    lines.append(f"  next-period purchase days: actual {e['purchases_total_actual']:,.0f}, model "
+                 f"{e['purchases_total_model']:,.0f}, naive {e['purchases_total_naive']:,.0f}")
+    s = r["served"]
+    lines.append(f"  served over {r['settings']['horizon_days']:g} days: {r['customers']:,} customers, expected value "
+                 f"{s['expected_value_total']:,.0f} (median {s['expected_value_median']:,.2f}), expected buyers "
+                 f"{s['expected_buyers']:,.0f}, mean P(alive) {s['p_alive_mean']:.1%}")
+    online = r["online"]
+    lines.append(f"  online: view {online['view']} ({online['entities']:,} customers) in {online['store']}")
+    return lines + _outputs(r)
+
+
 def render_budget(r: dict[str, Any]) -> list[str]:
     t = r["totals"]
     lines = [f"Budget ({r['objective_kind']}): objective {r['objective']:,.2f}, spend {t['spend']:,.2f}, volume "
@@ -445,6 +464,8 @@ def render(command: str, result: dict[str, Any]) -> str:
         return "\n".join(render_segment(result))
     if command == "churn":
         return "\n".join(render_churn(result))
+    if command == "ltv":
+        return "\n".join(render_ltv(result))
     if command == "promote" and "results" in result:
         return "\n".join(render_promote_experiment(result))
     if command == "experiment":

@@ -60,6 +60,12 @@ def test_ltv_command_writes_tables_report_mlflow_run_and_an_online_view_serving_
     assert user.known and user.values["expected_value"] == pytest.approx(values.loc["vip0", "expected_value"])
     assert {"expected_purchases", "p_purchase", "p_alive"} <= set(user.values)
 
+    from recforge.report import render
+
+    printed = render("ltv", res)  # what `recforge ltv` prints: the evaluation rows, the served view, the report
+    assert printed.count("MAE (median)") == 2 and "online: view customer_value (180 customers)" in printed
+    assert res["outputs"]["html"] in printed
+
 
 @pytest.mark.slow
 def test_online_retail_model_ranks_next_period_purchases_and_revenue_better_than_last_period(tmp_path: Path) -> None:
