@@ -9,7 +9,11 @@ Held out by time, twice over:
 - train: customers known at T_train = split - window, durations observed in (T_train, split];
 - test: customers known at the split, durations observed in (split, end of the data]
 so the models never see the period they are scored on. Features are what `customers.customers_at` gives at the
-cut-off (log1p, standardised on train): recency, frequency, monetary, tenure, average order value.
+cut-off (log1p, standardised on train): recency, frequency, monetary, tenure, average order value; and the
+profile columns named in `analytics.churn.profile_columns` (e.g. country), one indicator per level that at least
+`min_level_customers` train customers have, the most common level the reference (no column of its own) and the
+rarer ones and nulls pooled into one "other" indicator, so that a level seen only at test or serving time maps to
+"other" instead of a column the models never saw.
 
 Models: Kaplan-Meier per segment (no features: the curves a marketer reads), Cox proportional hazards and a
 Weibull accelerated-failure-time model (lifelines, with an L2 penalizer so that nearly collinear features still
@@ -32,6 +36,12 @@ from feature_store.config import ConfigError
 FEATURES = ("recency_days", "frequency", "monetary", "tenure_days", "avg_order_value")
 
 
+OTHER = "other"
+
+# profile column -> (reference level, levels with an indicator of their own, whether an "other" indicator exists)
+Levels = dict[str, tuple[str, tuple[str, ...], bool]]
+
+
 @dataclass(frozen=True)
 class SurvivalData:
     """Customers known at `as_of` with their features (log1p), `duration` (days) and `event` (bought again)."""
@@ -42,34 +52,65 @@ class SurvivalData:
     event: np.ndarray
     as_of: int
     window_days: float
+    levels: Levels
 
 
-def features(customers: pa.Table) -> pd.DataFrame:
-    """The models' inputs: log1p of each of `FEATURES` (standardised later, on the train customers)."""
-    return pd.DataFrame({f: np.log1p(np.maximum(customers.column(f).to_numpy().astype(np.float64), 0.0))
-                         for f in FEATURES})
+def profile_levels(customers: pa.Table, columns: tuple[str, ...], min_customers: int) -> Levels:
+    """Each profile column's levels, chosen on `customers` (the train ones): see the module docstring."""
+    out: Levels = {}
+    for c in columns:
+        counts = pd.Series(customers.column(c).to_pandas()).value_counts()  # nulls left out: they are "other"
+        common = counts[counts >= min_customers]
+        if common.empty:
+            raise ConfigError(f"analytics.churn.profile_columns: no level of {c} has {min_customers} customers "
+                              f"(analytics.churn.min_level_customers) among the {customers.num_rows} train "
+                              f"customers; lower it or remove {c}")
+        rare = int(customers.num_rows - common.sum())
+        out[c] = (str(common.index[0]), tuple(str(v) for v in common.index[1:]), rare > 0)
+    return out
 
 
-def survival_data(orders: Orders, as_of: int, window_days: float) -> SurvivalData:
-    """Durations to the next purchase after `as_of`, censored at `window_days`."""
+def features(customers: pa.Table, levels: Levels | None = None) -> pd.DataFrame:
+    """The models' inputs: log1p of each of `FEATURES`, then the profile indicators of `levels` (named
+    `column=level`); standardised later, on the train customers."""
+    x = pd.DataFrame({f: np.log1p(np.maximum(customers.column(f).to_numpy().astype(np.float64), 0.0))
+                      for f in FEATURES})
+    for c, (reference, own, other) in (levels or {}).items():
+        values = customers.column(c).to_pandas().astype(object).to_numpy()
+        for level in own:
+            x[f"{c}={level}"] = (values == level).astype(np.float64)
+        if other:
+            x[f"{c}={OTHER}"] = (~np.isin(values, [reference, *own])).astype(np.float64)
+    return x
+
+
+def survival_data(orders: Orders, as_of: int, window_days: float, levels: Levels | None = None,
+                  profile: tuple[str, ...] = (), min_level_customers: int = 30) -> SurvivalData:
+    """Durations to the next purchase after `as_of`, censored at `window_days`. The profile indicators follow
+    `levels`, or are chosen on these customers from the `profile` columns when `levels` is None."""
     customers = customers_at(orders, as_of)
     nxt = next_period(orders, customers, as_of, int(as_of + window_days * DAY))
     days = nxt.column("days_to_next").to_numpy()
     event = ~np.isnan(days)
     # a purchase in the first second after the cut-off is a duration of ~0: lifelines needs durations > 0
     duration = np.where(event, np.maximum(days, 1e-3), window_days)
-    return SurvivalData(customers, features(customers), duration, event, as_of, window_days)
+    if levels is None:
+        levels = profile_levels(customers, profile, min_level_customers)
+    return SurvivalData(customers, features(customers, levels), duration, event, as_of, window_days, levels)
 
 
-def split_train_test(orders: Orders, split: int, window_days: float) -> tuple[SurvivalData, SurvivalData]:
-    """Train at `split - window`, test at `split` (module docstring). Refuses a window reaching before the data."""
+def split_train_test(orders: Orders, split: int, window_days: float, profile: tuple[str, ...] = (),
+                     min_level_customers: int = 30) -> tuple[SurvivalData, SurvivalData]:
+    """Train at `split - window`, test at `split` (module docstring), the profile levels chosen on train. Refuses
+    a window reaching before the data."""
     t_train = int(split - window_days * DAY)
     if t_train <= orders.data_start + 30 * DAY:
         raise ConfigError(f"analytics.holdout_days {window_days:g}: churn trains on the window before the split "
                           f"and tests on the one after it, so the data must span more than twice the holdout plus "
                           f"a month; it spans {(orders.data_end - orders.data_start) / DAY:.0f} days: shorten "
                           f"analytics.holdout_days")
-    return survival_data(orders, t_train, window_days), survival_data(orders, split, window_days)
+    train = survival_data(orders, t_train, window_days, profile=profile, min_level_customers=min_level_customers)
+    return train, survival_data(orders, split, window_days, train.levels)
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,12 @@ class ChurnConfig(StrictModel):
                                                      "covariate matrix still fits)")
     view: str = Field("churn_risk", description="online-store view of each customer's churn probability at the "
                                                 "horizon (columns churn_probability, churn_horizon_days)")
+    profile_columns: list[str] = Field(default_factory=list, description="columns of the purchases table that "
+                                       "describe the customer (e.g. country), used as features beside RFM: the "
+                                       "value on the customer's first row, one indicator per common level")
+    min_level_customers: int = Field(30, ge=1, description="a profile level gets its own indicator with at least "
+                                                           "this many train customers; rarer levels are pooled "
+                                                           "into 'other'")
 
 
 class LtvConfig(StrictModel):
@@ -165,8 +171,8 @@ class LtvConfig(StrictModel):
                                                                "`analytics.holdout_days`")
     annual_discount_rate: float = Field(0.0, ge=0, description="discount of future revenue per year")
     penalizer: float = Field(0.0, ge=0, description="L2 penalty on the model parameters")
-    view: str = Field("customer_value", description="online-store view (columns expected_purchases, p_alive, "
-                                                    "expected_value)")
+    view: str = Field("customer_value", description="online-store view (columns expected_purchases, p_purchase, "
+                                                    "p_alive, expected_value)")
 
 
 class AttributionConfig(StrictModel):

@@ -45,6 +45,9 @@ class Orders:
     amount: np.ndarray
     user_key: str
     counts: dict[str, int] = field(default_factory=dict)
+    # per user code: the value of each profile column on the customer's earliest row (known whenever the customer
+    # is, so no analysis at a cut-off sees a later value), as strings; null where that row had none
+    profile: dict[str, pa.Array] = field(default_factory=dict)
 
     @property
     def data_start(self) -> int:
@@ -65,13 +68,19 @@ class Orders:
 
 
 def orders_from_rows(table: pa.Table, *, user_key: str, amount: str, order: str | None, ts: str = "ts",
-                     where: str = "purchases") -> Orders:
-    """Sum purchase rows into orders (columnar: one group-by). `where` names the table in error messages."""
+                     where: str = "purchases", profile_columns: tuple[str, ...] = ()) -> Orders:
+    """Sum purchase rows into orders (columnar: one group-by). `where` names the table in error messages;
+    `profile_columns` are carried per customer (`Orders.profile`)."""
     needed = [c for c in (user_key, amount, ts, order) if c is not None]
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise ConfigError(f"{where}: column(s) {missing} not found (profiles.user_key / amount / order); it has "
                           f"{table.column_names}")
+    unknown = [c for c in profile_columns if c not in table.column_names]
+    if unknown:
+        raise ConfigError(f"analytics.churn.profile_columns: {unknown} not in {where}, which has "
+                          f"{table.column_names}: name columns of it or remove them")
+    needed += [c for c in profile_columns if c not in needed]
     counts = {"rows": table.num_rows}
     t = table.select(needed)
     no_user = pc.is_null(t.column(user_key))
@@ -96,11 +105,19 @@ def orders_from_rows(table: pa.Table, *, user_key: str, amount: str, order: str 
         o_amount = agg.column("a_sum").to_numpy()
     counts["orders"] = len(o_user)
     counts["non_positive_orders"] = int(np.sum(o_amount <= 0))
-    return Orders(users=users, user=o_user, ts=o_ts, amount=o_amount, user_key=user_key, counts=counts)
+    profile = {}
+    if profile_columns:
+        earliest = np.lexsort((times, codes))  # by user, then time: each user's first row leads its run
+        lead = earliest[np.r_[True, codes[earliest][1:] != codes[earliest][:-1]]]
+        for c in profile_columns:
+            profile[c] = as_array(t.column(c)).cast(pa.string()).take(pa.array(lead))
+    return Orders(users=users, user=o_user, ts=o_ts, amount=o_amount, user_key=user_key, counts=counts,
+                  profile=profile)
 
 
-def read_orders(cfg: FeatureStoreConfig, work_dir: Path | None = None) -> Orders:
-    """The scenario's purchases (its `profiles` columns) as orders."""
+def read_orders(cfg: FeatureStoreConfig, work_dir: Path | None = None, profile_columns: tuple[str, ...] = ()
+                ) -> Orders:
+    """The scenario's purchases (its `profiles` columns) as orders, with `profile_columns` per customer."""
     raw = read_scenario_source(cfg, Path(work_dir or cfg.output_dir))
     p = cfg.profiles
     if p.table not in raw.tables:
@@ -108,7 +125,7 @@ def read_orders(cfg: FeatureStoreConfig, work_dir: Path | None = None) -> Orders
                           f"{sorted(raw.tables)}); the analyses read purchases from it: name the table of purchases "
                           f"or use a source with one (transactions, synthetic)")
     orders = orders_from_rows(raw.tables[p.table], user_key=p.user_key, amount=p.amount, order=p.order,
-                              where=f"table '{p.table}'")
+                              where=f"table '{p.table}'", profile_columns=tuple(profile_columns))
     orders.counts["rows_rejected_by_reader"] = len(raw.rejects)
     return orders
 
@@ -118,7 +135,8 @@ def customers_at(orders: Orders, as_of: int) -> pa.Table:
 
     Columns: the user key; `recency_days` (days from the last purchase to `as_of`), `frequency` (purchases),
     `monetary` (net amount: purchases minus returns, floored at 0), `tenure_days` (days since the first purchase),
-    `avg_order_value` (gross purchase amount per purchase), `first_ts`, `last_ts`.
+    `avg_order_value` (gross purchase amount per purchase), `first_ts`, `last_ts`; then the orders' profile
+    columns (strings).
     """
     n = len(orders.users)
     known = orders.ts <= as_of
@@ -144,6 +162,7 @@ def customers_at(orders: Orders, as_of: int) -> pa.Table:
         "avg_order_value": gross[idx] / frequency[idx],
         "first_ts": first[idx],
         "last_ts": last[idx],
+        **{c: values.take(pa.array(idx)) for c, values in orders.profile.items()},
     })
 
 

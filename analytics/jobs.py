@@ -147,9 +147,11 @@ def run_churn(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str
 
     t0 = time.perf_counter()
     cc = cfg.churn
-    orders = orders or read_orders(fs)
+    profile = tuple(cc.profile_columns)
+    if orders is None or not set(profile) <= set(orders.profile):
+        orders = read_orders(fs, profile_columns=profile)
     split = orders.split(cfg.holdout_days)
-    train, test = ch.split_train_test(orders, split, cfg.holdout_days)
+    train, test = ch.split_train_test(orders, split, cfg.holdout_days, profile, cc.min_level_customers)
     models = ch.fit_models(train, cc.penalizer)
     ev = ch.evaluate(models, train, test, cc.horizon_days)
     sc = cfg.segments
@@ -161,7 +163,8 @@ def run_churn(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str
     # served: refit on the latest fully observed window (the split's customers), score everyone at the end
     served = ch.fit_models(test, cc.penalizer)
     current = customers_at(orders, orders.data_end)
-    risk = ch.churn_probability(served["cox"], served["standardizer"](ch.features(current)), cc.horizon_days)
+    x_now = served["standardizer"](ch.features(current, test.levels))
+    risk = ch.churn_probability(served["cox"], x_now, cc.horizon_days)
     key = orders.user_key
     risk_table = pa.table({key: current.column(key), "churn_probability": risk,
                            "churn_horizon_days": np.full(len(risk), cc.horizon_days),
@@ -172,14 +175,15 @@ def run_churn(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str
     coef = [{"feature": f, "hazard_ratio": float(cox.loc[f, "exp(coef)"]),
              "low": float(cox.loc[f, "exp(coef) lower 95%"]), "high": float(cox.loc[f, "exp(coef) upper 95%"]),
              "p": float(cox.loc[f, "p"])} for f in cox.index]
-    fig_hr = new_figure(6.0, 3.0)
+    fig_hr = new_figure(6.0, max(3.0, 0.28 * len(coef) + 1.0))
     ax = fig_hr.add_subplot()
     y = np.arange(len(coef))
     hr = np.array([c["hazard_ratio"] for c in coef])
     ax.errorbar(hr, y, xerr=[hr - [c["low"] for c in coef], [c["high"] for c in coef] - hr], fmt="o")
     ax.axvline(1.0, color="grey", ls="--")
     ax.set_yticks(y, [c["feature"] for c in coef])
-    ax.set(xlabel="hazard ratio of buying again per SD of log1p(feature)", title="Cox proportional hazards")
+    ax.set(xlabel="hazard ratio of buying again per SD of the feature (log1p; indicators: 0/1)",
+           title="Cox proportional hazards")
     roc = plot_roc(ev["churned"], ev["scores"], title=f"Churn at {cc.horizon_days:g} days (test customers)")
     best_survival_auc = max(ev["models"][m]["auc"] for m in ("cox", "weibull"))
     result = {
@@ -190,6 +194,8 @@ def run_churn(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str
         "test_churn_rate": ev["test_churn_rate"], "models": ev["models"], "cox": coef,
         "weibull": {"rho": float(np.exp(models["weibull"].params_.loc[("rho_", "Intercept")]))},
         "kaplan_meier": km_rows,
+        "profile_levels": {c: {"reference": ref, "levels": list(own), "other": other}
+                           for c, (ref, own, other) in train.levels.items()},
         "goal": {"survival_auc": best_survival_auc, "baseline_auc": ev["models"]["logistic regression"]["auc"],
                  "met": bool(best_survival_auc >= ev["models"]["logistic regression"]["auc"])},
         "online": online,
@@ -203,7 +209,8 @@ def run_churn(fs: FeatureStoreConfig, cfg: AnalyticsConfig, *, tracking_uri: str
         metrics={**{f"{m.replace(' ', '_')}.auc": v["auc"] for m, v in ev["models"].items()},
                  "cox.concordance": ev["models"]["cox"]["concordance"],
                  "weibull.concordance": ev["models"]["weibull"]["concordance"]},
-        params={"horizon_days": cc.horizon_days, "penalizer": cc.penalizer, "holdout_days": cfg.holdout_days})
+        params={"horizon_days": cc.horizon_days, "penalizer": cc.penalizer, "holdout_days": cfg.holdout_days,
+                "profile_columns": ",".join(profile) or "-"})
     result.update({"outputs": {**out.tables, **out.report}, "mlflow_run": out.mlflow_run,
                    "seconds": round(time.perf_counter() - t0, 2)})
     return result

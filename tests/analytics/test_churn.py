@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from analytics import churn as ch
@@ -49,6 +50,37 @@ def test_features_without_variation_are_a_clear_error_not_a_singular_matrix() ->
     data = ch.survival_data(o, T0 + int(25 * DAY), 10.0)
     with pytest.raises(ConfigError, match="take one value for every customer"):
         ch.fit_models(data, 0.01)
+
+
+def test_a_profile_column_is_the_customers_first_value_and_its_levels_are_chosen_on_train() -> None:
+    rows = [(f"u{i}", f"{i}-{j}", float(j * 20 + i % 7), 5.0) for i in range(60) for j in range(5)]
+    table = purchases(rows)
+    # countries: 30 UK, 20 DE, 10 rare (five each of FR and NL); u0 moved to DE after its first invoice
+    country = ["UK" if i < 30 else "DE" if i < 50 else ("FR" if i < 55 else "NL") for i in range(60) for _ in range(5)]
+    country[1:5] = ["DE"] * 4
+    o = orders_from_rows(table.append_column("country", pa.array(country)), user_key="user_id", amount="revenue",
+                         order="invoice", profile_columns=("country",))
+    train, test = ch.split_train_test(o, o.split(20), 20, ("country",), min_level_customers=10)
+    assert train.levels == {"country": ("UK", ("DE",), True)}  # UK the reference, FR and NL pooled into other
+    x = train.x.assign(user=train.customers.column("user_id").to_pylist()).set_index("user")
+    assert list(x.columns[-2:]) == ["country=DE", "country=other"]
+    assert (x.loc["u0", "country=DE"], x.loc["u0", "country=other"]) == (0.0, 0.0)  # first invoice: UK
+    assert (x.loc["u40", "country=DE"], x.loc["u52", "country=other"], x.loc["u57", "country=other"]) == (1, 1, 1)
+    assert list(test.x.columns) == list(train.x.columns) and test.levels == train.levels
+
+
+def test_a_profile_column_the_purchases_lack_names_the_setting() -> None:
+    with pytest.raises(ConfigError, match=r"analytics\.churn\.profile_columns: \['country'\] not in purchases"):
+        orders_from_rows(purchases([("a", "1", 0, 1.0)]), user_key="user_id", amount="revenue", order="invoice",
+                         profile_columns=("country",))
+
+
+def test_a_profile_column_without_a_common_level_names_the_setting() -> None:
+    rows = [(f"u{i}", f"{i}-{j}", float(j * 20 + i % 7), 5.0) for i in range(30) for j in range(5)]
+    table = purchases(rows).append_column("country", pa.array([f"c{i}" for i in range(30) for _ in range(5)]))
+    o = orders_from_rows(table, user_key="user_id", amount="revenue", order="invoice", profile_columns=("country",))
+    with pytest.raises(ConfigError, match=r"no level of country has 30 customers.*min_level_customers"):
+        ch.split_train_test(o, o.split(20), 20, ("country",))
 
 
 def regular_and_rare_buyers(seed: int = 5) -> list[tuple[str, str, float, float]]:
