@@ -353,8 +353,8 @@ class RetrieverModel:
             return Candidates(ids=ids.tolist(), scores=[None] * len(ids), user=user,
                               fallback=None if popular else "popular",
                               model=loaded.ref, ms={"features": features_ms, "retrieval": _ms(t1)})
-        row = user_row(user, context, user_key=self.store.user_key)
-        try:
+        try:  # the context's values become Arrow columns here: a list mixing text and numbers is refused
+            row = user_row(user, context, user_key=self.store.user_key)
             vectors = retriever.user_vectors(complete(row, retriever.user_columns))
         except (ValueError, TypeError, pa.ArrowException) as exc:
             return Candidates(error=f"the request's values do not fit the retriever's feature spec: {exc}",

@@ -169,6 +169,15 @@ def test_scores_are_finite_numbers_for_any_valid_context(scenario: Scenario, app
         assert p["score"] is None or np.isfinite(p["score"]), p
 
 
+def test_a_context_list_mixing_text_and_numbers_gets_422_from_the_retriever(scenario: Scenario, app: str) -> None:
+    """A known user's context goes through the retriever's user tower: a list that Arrow cannot type (text beside
+    a number) is the request's fault, named, not a 500."""
+    status, answer, _ = call(app, "/recommend", {"user_id": known_user(scenario.cfg),
+                                                 "context": {"channel": ["a", 1.5]}})
+    assert status == 422, answer
+    assert any(d["loc"][:2] == ["body", "context"] for d in answer["detail"]), answer
+
+
 # ------------------------------------------------------------------------------------------------ fuzz
 def test_no_generated_request_gets_a_5xx(app: str) -> None:
     """Schemathesis generates valid and invalid requests for every operation of the app's OpenAPI schema."""
