@@ -111,6 +111,10 @@ class SyntheticSource(StrictModel):
     purchase_rate: float = Field(0.12, ge=0, le=1, description="share of clicks that become purchases (at the "
                                                                "median price; cheaper items sell more often)")
     seed: int = Field(7, description="the generator's seed (the top-level `seed` does not change the data)")
+    first_user_id: int = Field(1, ge=1, le=2**62, description="id of the first user (users are numbered from it): "
+                                                              "distinctive ids make raw-id scans meaningful")
+    personal_columns: bool = Field(False, description="add `email` and `phone` columns to the users table (made up "
+                                                      "from the id), to exercise pseudonymisation of personal data")
 
 
 class TableSource(StrictModel):
@@ -686,6 +690,25 @@ class EventsConfig(StrictModel):
 LOCAL_MAX_ROWS = 2_000_000
 
 
+class PseudonymisationConfig(StrictModel):
+    """Pseudonymisation at ingestion (feature_store.pseudonymise): user ids and the personal columns listed become
+    keyed HMAC-SHA256 pseudonyms where data enters (source readers, `POST /events` and `recforge events push`, the
+    user id of a serving request), so no later output holds them. The key is read from the environment or a key
+    file, never from this file; the same key must be used by every later run and by the serving app."""
+
+    enabled: bool = Field(False, description="replace user ids and `columns` by pseudonyms at ingestion")
+    key_env: str = Field("RECFORGE_PSEUDONYM_KEY", min_length=1,
+                         description="environment variable holding the key (used when `key_file` is not set)")
+    key_file: str | None = Field(None, description="file holding the key (mode 0600 or stricter); takes the place "
+                                                   "of `key_env`")
+    min_key_bytes: int = Field(32, ge=16, description="shortest key accepted, in bytes")
+    columns: list[str] = Field(default_factory=list,
+                               description="personal columns hashed besides the user id (e.g. email, phone), in "
+                                           "every table and event context that has them")
+    normalise: bool = Field(True, description="trim and lower-case personal columns before hashing, so lists typed "
+                                              "differently still match")
+
+
 class PrepareConfig(StrictModel):
     """How `recforge prepare` runs: which engine (in this process or Ray), where Ray is, how much of it, block
     size, reject tolerance. Both engines run the same fit and transform code on the same blocks, so they write
@@ -999,6 +1022,9 @@ class FeatureStoreConfig(StrictModel):
                     "section means SQLite at `<output_dir>/online.db`.")
     events: EventsConfig = Field(default_factory=EventsConfig,
                                  description="the event contract, its bus and the stream processor")
+    pseudonymisation: PseudonymisationConfig = Field(
+        default_factory=PseudonymisationConfig,
+        description="keyed pseudonyms for user ids and personal columns, applied where data enters")
 
     @model_validator(mode="after")
     def _files_split_source(self) -> FeatureStoreConfig:

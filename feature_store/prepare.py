@@ -202,7 +202,10 @@ def split_files(cfg: FeatureStoreConfig) -> dict[str, str]:
 def preflight(cfg: FeatureStoreConfig) -> None:
     """Check what can be told before Ray starts, from the config and a look at each input file of a table
     source: the files exist and are not empty, their line 1 or Parquet schema fits the declared columns, and an
-    event time column exists when something needs one."""
+    event time column exists when something needs one; the pseudonymisation key, when pseudonymisation is on."""
+    from feature_store import pseudonymise
+
+    pseudonymise.load(cfg.pseudonymisation)
     if not isinstance(cfg.source, TableSource):
         return
     from feature_store.readers.table import check_table_file, event_columns
@@ -501,9 +504,10 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
         owns_raw = raw is None
         with timer.stage("read"):
             if raw is None and isinstance(cfg.source, TableSource) and split_files(cfg):
+                from feature_store.readers import pseudonymise_raw
                 from feature_store.readers.table import read_table_files
 
-                src = read_table_files(cfg.source, split_files(cfg), lay.raw)
+                src = pseudonymise_raw(read_table_files(cfg.source, split_files(cfg), lay.raw), cfg)
             elif raw is None:
                 from feature_store.readers import read_scenario_source
 
@@ -595,6 +599,7 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
         "timestamp": cfg.features.timestamp if st.has_time else None,
         "vocab_sizes": spec.vocab_sizes(),
         "spec_fingerprint": spec.fingerprint(),
+        "pseudonymised": raw.pseudonymised,
         "label_mean": label_mean,
         "outputs": {
             "prepared": str(lay.prepared),

@@ -73,6 +73,12 @@ class Rejects:
             )
         )
 
+    def withhold_raw(self, text: str) -> None:
+        """Replace every kept line's raw text by `text` (pseudonymisation: a raw line holds raw ids; its file and
+        line number still say where to read it in the source)."""
+        self._parts = [p.set_column(3, REJECT_SCHEMA.field("raw"), pa.array([text] * p.num_rows, pa.string()))
+                       for p in self._parts]
+
     def extend(self, other: Rejects) -> None:
         self._parts.extend(other._parts)
 

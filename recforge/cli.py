@@ -430,6 +430,9 @@ def _serve(args: argparse.Namespace, cfg: config_mod.RecForgeConfig | None,
         return {"action": "stop", **server.stop_detached(port)}
     if cfg is None:
         raise ConfigError("pass --config FILE (only `recforge serve --stop` works without one)")
+    from feature_store import pseudonymise
+
+    pseudonymise.load(cfg.pseudonymisation)  # a missing or short key stops here, not in every replica
     if args.detach:  # the same command without --detach, in a new session, logging to a file
         child = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--detach"]
         log = Path(cfg.output_dir) / "serving" / f"serve-{cfg.serving.port}.log"

@@ -14,6 +14,7 @@ client's repeated events, so the log read back holds every accepted event once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from feature_store import pseudonymise
 from feature_store.config import FeatureStoreConfig
 from feature_store.events.bus import Entry, EventBus
 from feature_store.events.contract import Unreadable, check_events, concat, first_occurrence
@@ -49,9 +51,15 @@ class IngestReport:
 
 
 def ingest(raws: Sequence[Any], cfg: FeatureStoreConfig, bus: EventBus, *,
-           where: Sequence[str] | None = None, now: float | None = None) -> IngestReport:
+           where: Sequence[str] | None = None, now: float | None = None, pseudonymised: bool = False) -> IngestReport:
     """Check `raws`, publish the accepted ones (one entry), keep the rejected ones; `where[i]` (e.g. "file:12")
-    prefixes event i's reason."""
+    prefixes event i's reason. With `pseudonymisation.enabled`, user ids and personal context values become
+    pseudonyms first (feature_store.pseudonymise), so neither the bus nor the dead-letter log holds a raw one;
+    `pseudonymised`: the events already carry pseudonyms (the serving app's exposures)."""
+    p = None if pseudonymised else pseudonymise.cached(cfg.pseudonymisation)
+    if p is not None:
+        raws = [dataclasses.replace(r, text=pseudonymise.WITHHELD) if isinstance(r, Unreadable) else p.event(r)
+                for r in raws]
     checked = check_events(raws, cfg.events, now=now)
     report = IngestReport(received=len(raws), accepted=checked.accepted.num_rows)
     if checked.accepted.num_rows:

@@ -54,12 +54,31 @@ def read_source(source_cfg: Any, work_dir: Path) -> RawData:
 def read_scenario_source(cfg: FeatureStoreConfig, work_dir: Path) -> RawData:
     """The scenario's source: `read_source`, or for `source.type: events` the scenario's own event log (whose
     reader also needs the `events:` section)."""
-    if isinstance(cfg.source, EventsSource):
+    if isinstance(cfg.source, EventsSource):  # the event log holds pseudonyms already (ingestion hashed them)
         from feature_store.readers.events import read_events_source
 
         return read_events_source(cfg)
-    return read_source(cfg.source, work_dir)
+    return pseudonymise_raw(read_source(cfg.source, work_dir), cfg)
 
 
-__all__ = ["REGISTRY", "RawData", "read_criteo", "read_movielens", "read_scenario_source", "read_source",
-           "read_synthetic", "read_table", "read_transactions"]
+def pseudonymise_raw(raw: RawData, cfg: FeatureStoreConfig) -> RawData:
+    """With `pseudonymisation.enabled`: every table's user id and personal columns replaced by their pseudonyms,
+    the rejects' raw text withheld (it holds raw ids), each table's schema metadata naming the key's id and the
+    hashed columns. Without it: `raw` as read. A missing or short key stops here, before anything is written."""
+    from feature_store import pseudonymise
+
+    p = pseudonymise.load(cfg.pseudonymisation)
+    if p is None:
+        return raw
+    ids = pseudonymise.id_columns(cfg)
+    hashed: set[str] = set()
+    for name, t in list(raw.tables.items()):
+        raw.tables[name], done = p.table(t, ids)
+        hashed.update(done)
+    raw.pseudonymised = {"key_id": p.key_id, "columns": sorted(hashed)}
+    raw.rejects.withhold_raw(pseudonymise.WITHHELD)
+    return raw
+
+
+__all__ = ["REGISTRY", "RawData", "pseudonymise_raw", "read_criteo", "read_movielens", "read_scenario_source",
+           "read_source", "read_synthetic", "read_table", "read_transactions"]

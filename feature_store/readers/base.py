@@ -32,6 +32,8 @@ class RawData:
     """When the events were read from several files (`split.method: files`): split name -> that file's kept
     rows, in the events' row order; empty otherwise."""
     counts: dict[str, int] = field(default_factory=dict)
+    pseudonymised: dict[str, object] | None = None
+    """With pseudonymisation on: {"key_id", "columns"} (what was hashed, under which key); None for raw ids."""
 
     @property
     def events(self) -> pa.Table:

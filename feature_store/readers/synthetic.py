@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from feature_store.config import SyntheticSource
@@ -238,9 +239,10 @@ def _make_items(cfg: SyntheticSource, rng: np.random.Generator, start: int) -> d
 
 def _users_table(users: dict[str, np.ndarray], cfg: SyntheticSource) -> pa.Table:
     n = cfg.n_users
-    return pa.Table.from_arrays(
+    ids = np.arange(cfg.first_user_id, cfg.first_user_id + n, dtype=np.int64)
+    table = pa.Table.from_arrays(
         [
-            pa.array(np.arange(1, n + 1, dtype=np.int64)),
+            pa.array(ids),
             _strings(AGE_BANDS, users["age"]),
             _strings(GENDERS, users["gender"]),
             _strings(_labels("r", cfg.n_regions, 2), users["region"]),
@@ -248,6 +250,11 @@ def _users_table(users: dict[str, np.ndarray], cfg: SyntheticSource) -> pa.Table
         ],
         schema=USERS_SCHEMA,
     )
+    if cfg.personal_columns:  # made up from the id: unique per user, so a scan can look for each one
+        text = pc.cast(pa.array(ids), pa.string())
+        table = table.append_column("email", pc.binary_join_element_wise("user", text, "@example.com", "")) \
+            .append_column("phone", pc.binary_join_element_wise("+1555", text, ""))
+    return table
 
 
 def _items_table(items: dict[str, np.ndarray], cfg: SyntheticSource) -> pa.Table:
@@ -345,12 +352,12 @@ def _make_events(
     return ev
 
 
-def _events_table(ev: dict[str, np.ndarray]) -> pa.Table:
+def _events_table(ev: dict[str, np.ndarray], cfg: SyntheticSource) -> pa.Table:
     n = len(ev["ts"])
     return pa.Table.from_arrays(
         [
             pa.array(np.arange(1, n + 1, dtype=np.int64)),
-            pa.array(ev["user"].astype(np.int64) + 1),
+            pa.array(ev["user"].astype(np.int64) + cfg.first_user_id),
             pa.array(ev["item"].astype(np.int64) + 1),
             pa.array(ev["ts"]),
             _strings(CHANNELS, ev["channel"]),
@@ -378,7 +385,7 @@ def _purchases_table(cfg: SyntheticSource, rng: np.random.Generator, ev: dict[st
     return pa.Table.from_arrays(
         [
             pa.array(bought[order].astype(np.int64) + 1),
-            pa.array(ev["user"][bought][order].astype(np.int64) + 1),
+            pa.array(ev["user"][bought][order].astype(np.int64) + cfg.first_user_id),
             pa.array(ev["item"][bought][order].astype(np.int64) + 1),
             pa.array(ts[order]),
             pa.array(quantity[order]),
@@ -407,7 +414,7 @@ def generate(cfg: SyntheticSource) -> dict[str, pa.Table]:
     items = _make_items(cfg, rng, start)
     ev = _make_events(cfg, rng, start, users, items)
     return {
-        "events": _events_table(ev),
+        "events": _events_table(ev, cfg),
         "users": _users_table(users, cfg),
         "items": _items_table(items, cfg),
         "purchases": _purchases_table(cfg, rng, ev),
@@ -438,7 +445,7 @@ def latent_click_model(cfg: SyntheticSource) -> dict[str, Any]:
 class ClickModel:
     """The generator's true click and purchase model for any (user, item, context) at any time: what a simulated
     user of the live service does (serving.experiments.simulate), so every served policy's true CTR is known.
-    Ids are the generated tables' (1-based); `channel` and `device` are their names."""
+    Ids are the generated tables' (users from `first_user_id`, items from 1); `channel` and `device` are their names."""
 
     cfg: SyntheticSource
     users: dict[str, np.ndarray]
@@ -447,7 +454,7 @@ class ClickModel:
 
     @property
     def activity(self) -> np.ndarray:
-        """Each user's share of visits (user i + 1 at index i)."""
+        """Each user's share of visits (user `first_user_id` + i at index i)."""
         return self.users["activity"]
 
     def prices(self, item_id: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -456,7 +463,8 @@ class ClickModel:
     def click_probability(self, user_id: np.ndarray, item_id: np.ndarray, *, channel: np.ndarray, device: np.ndarray,
                           hour: np.ndarray, position: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """The click probability the generator would draw each impression's click from (`p_click`)."""
-        ev = {"user": np.asarray(user_id, dtype=np.int64) - 1, "item": np.asarray(item_id, dtype=np.int64) - 1,
+        ev = {"user": np.asarray(user_id, dtype=np.int64) - self.cfg.first_user_id,
+              "item": np.asarray(item_id, dtype=np.int64) - 1,
               "channel": _codes(CHANNELS, channel), "device": _codes(DEVICES, device),
               "hour": np.asarray(hour, dtype=np.int64), "position": np.asarray(position, dtype=np.int64)}
         return _click_probability(self.cfg, self.users, self.items, ev, self.prices(item_id, ts))

@@ -56,7 +56,8 @@ def run_simulation(source: SyntheticSource, url: str, *, requests: int, users: i
     rng = np.random.default_rng(seed)
     n_users = min(users or len(model.activity), len(model.activity))
     weights = model.activity[:n_users] / model.activity[:n_users].sum()
-    visitors = rng.choice(np.arange(1, n_users + 1), size=requests, p=weights)
+    first = model.cfg.first_user_id
+    visitors = rng.choice(np.arange(first, first + n_users), size=requests, p=weights)
     channel = rng.choice(len(CHANNELS), size=requests, p=CHANNEL_PROBS)
     device = np.array([rng.choice(len(DEVICES), p=DEVICE_GIVEN_CHANNEL[c]) for c in channel])
     draws = rng.random((requests, k, 2))  # the click and purchase draws of each shown slot
