@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from feature_store.config import ConfigError, FeatureStoreConfig
 from feature_store.offline import as_array, encode_keys
+from feature_store.prepare import layout
 from feature_store.readers import read_scenario_source
 
 DAY = 86_400.0
@@ -118,7 +119,7 @@ def orders_from_rows(table: pa.Table, *, user_key: str, amount: str, order: str 
 def read_orders(cfg: FeatureStoreConfig, work_dir: Path | None = None, profile_columns: tuple[str, ...] = ()
                 ) -> Orders:
     """The scenario's purchases (its `profiles` columns) as orders, with `profile_columns` per customer."""
-    raw = read_scenario_source(cfg, Path(work_dir or cfg.output_dir))
+    raw = read_scenario_source(cfg, Path(work_dir) if work_dir else layout(cfg).raw)  # the generator's cache
     p = cfg.profiles
     if p.table not in raw.tables:
         raise ConfigError(f"profiles.table: the source ({cfg.source.type}) has no table '{p.table}' (it has "

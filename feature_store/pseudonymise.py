@@ -218,6 +218,39 @@ def load(cfg: PseudonymisationConfig) -> Pseudonymiser | None:
     return Pseudonymiser(read_key(cfg), tuple(cfg.columns), cfg.normalise)
 
 
+def pseudonymise_file(src: Path, out: Path, columns: list[str], cfg: PseudonymisationConfig) -> dict[str, Any]:
+    """`recforge pseudonymise`: a party's CSV / TSV / Parquet file -> Parquet with `columns` replaced by their
+    pseudonyms (trimmed and lower-cased first, as personal data) and the record of what was hashed under which key,
+    which the clean room checks. Every other column is copied as it is."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    if not src.is_file():
+        raise ConfigError(f"{src}: no such file")
+    if out.resolve() == src.resolve():
+        raise ConfigError(f"--out {out} is the input file: write the pseudonymised copy elsewhere")
+    suffix = src.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            table = pq.read_table(src)
+        else:
+            delimiter = "\t" if suffix in (".tsv", ".tab") else ","
+            table = pcsv.read_csv(src, parse_options=pcsv.ParseOptions(delimiter=delimiter),
+                                  convert_options=pcsv.ConvertOptions(
+                                      column_types={c: pa.string() for c in columns}))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ConfigError(f"{src}: cannot be read as {'Parquet' if suffix in ('.parquet', '.pq') else 'CSV'}: "
+                          f"{exc}") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise ConfigError(f"{src}: no column(s) {missing} (it has {table.column_names})")
+    p = Pseudonymiser(read_key(cfg), tuple(columns), cfg.normalise)
+    hashed, done = p.table(table, ())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(hashed, out)
+    return {"input": str(src), "output": str(out), "rows": table.num_rows, "columns": done, "key_id": p.key_id}
+
+
 def id_columns(cfg: Any) -> set[str]:
     """The columns of a scenario that hold user ids: the features' and profiles' user keys."""
     return {cfg.features.user_key, cfg.profiles.user_key}
@@ -225,4 +258,4 @@ def id_columns(cfg: Any) -> set[str]:
 
 __all__ = ["METADATA_KEY", "WITHHELD", "PseudonymKeyError", "Pseudonymiser", "cached", "id_columns", "key_id_of",
            "load",
-           "mark", "marked", "read_key"]
+           "mark", "marked", "pseudonymise_file", "read_key"]

@@ -21,6 +21,7 @@ from feature_store.online.base import StreamBusy
 from feature_store.rejects import RejectFractionExceeded
 from feature_store.secrets import scrub
 from feature_store.spec import SpecError
+from privacy.errors import PrivacyError
 from recforge import config as config_mod
 from recforge import logs
 from serving.experiments.store import ExperimentStateError
@@ -157,6 +158,13 @@ COMMANDS: dict[str, tuple[str, list[Option]]] = {
     "attribution": ("credit conversions to channel touchpoints: first/last touch, linear, time decay, Markov removal "
                     "effect and Shapley values; on generated journeys, each method against the true contributions "
                     "(analytics.attribution)", COMMON),
+    "report": ("privacy-safe aggregates: `report run NAME` releases a query of privacy.queries (group-by with "
+               "cells under k suppressed, complementary cells too, optional Laplace/Gaussian noise from OpenDP paid "
+               "from the data set's privacy budget); `report budget` shows the ledger; `report list` the queries",
+               COMMON),
+    "cleanroom": ("`cleanroom run`: join two parties' pseudonymised files inside RecForge and release only "
+                  "aggregates (overlap, reach per segment, conversion lift by exposure), each under k and "
+                  "differential privacy (privacy.cleanroom); no joined row ever leaves", COMMON),
     "simulate": ("drive a live server with synthetic users whose clicks and purchases follow the built-in "
                  "generator's true click model (synthetic scenarios): /recommend, then the outcomes to /events",
                  COMMON),
@@ -200,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="start, status, stop or report NAME; list")
             p.add_argument("name", nargs="?", default=None, help="the experiment (a key of experiments.definitions)")
             p.add_argument("--reason", default=None, help="stop: why (recorded and shown in the report)")
+        if name == "report":
+            p.add_argument("action", choices=["run", "budget", "list"], help="run NAME, budget or list")
+            p.add_argument("name", nargs="?", default=None, help="run: the query (a key of privacy.queries)")
+            p.add_argument("--reset-total", default=None, metavar="DATASET",
+                           help="budget: record the configured total of DATASET in the ledger (after changing it in "
+                                "the config; kept in the ledger's history)")
+        if name == "cleanroom":
+            p.add_argument("action", choices=["run"], help="run: every clean-room release")
         if name == "simulate":
             p.add_argument("--url", default=None, help="the server (default: serving.host:serving.port)")
             p.add_argument("--requests", type=int, default=2000, help="how many /recommend calls (visits)")
@@ -227,7 +243,42 @@ def build_parser() -> argparse.ArgumentParser:
     from recforge.draft import add_parser as add_init_parser
 
     add_init_parser(sub)
+    _pseudonymise_parser(sub)
     return parser
+
+
+def _pseudonymise_parser(sub: Any) -> None:
+    text = ("write a copy of a CSV / TSV / Parquet file with its personal columns replaced by keyed HMAC-SHA256 "
+            "pseudonyms (trimmed, lower-cased first), e.g. before a clean-room join; the key comes from an "
+            "environment variable or a 0600 key file, never from a flag")
+    p = sub.add_parser("pseudonymise", help=text, description=text)
+    p.add_argument("file", help="the input file")
+    p.add_argument("--id-column", required=True, help="the join column (e.g. email)")
+    p.add_argument("--column", action="append", default=[], help="another personal column to hash (repeatable)")
+    p.add_argument("--out", required=True, help="the Parquet file to write")
+    p.add_argument("--key-env", default="RECFORGE_CLEANROOM_KEY", help="environment variable holding the key")
+    p.add_argument("--key-file", default=None, help="file holding the key (mode 0600), instead of --key-env")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _pseudonymise(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from feature_store.config import PseudonymisationConfig
+    from feature_store.pseudonymise import pseudonymise_file
+
+    try:
+        cfg = PseudonymisationConfig(enabled=True, key_env=args.key_env, key_file=args.key_file)
+        out = pseudonymise_file(Path(args.file), Path(args.out), [args.id_column, *args.column], cfg)
+    except ConfigError as exc:
+        print(scrub(f"recforge pseudonymise: error: {exc}"), file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"pseudonymised {out['rows']:,} rows of {out['input']}: {', '.join(out['columns'])} -> {out['output']} "
+              f"(key id {out['key_id']})")
+    return 0
 
 
 def _registry_arguments(name: str, p: argparse.ArgumentParser) -> None:
@@ -288,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from serving.client import run as run_query
 
         return run_query(args)
+    if args.command == "pseudonymise":  # a party's own file, before any scenario exists
+        return _pseudonymise(args)
     if args.command == "init":  # drafts a config: has none yet
         from recforge.draft import run as run_init
 
@@ -305,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             result = _run(args.command, cfg, getattr(args, "kind", None), args)
     except (ConfigError, RejectFractionExceeded, FileNotFoundError, SpecError, ConnectionError,
-            RegistryError, ServeError, StreamBusy, ExperimentStateError) as exc:
+            RegistryError, ServeError, StreamBusy, ExperimentStateError, PrivacyError) as exc:
         print(scrub(f"recforge {args.command}: error: {exc}"), file=sys.stderr)
         return 2
     except IndexRecallError as exc:  # a built index below the recall floor: nothing was written
@@ -372,6 +425,11 @@ def _run(command: str, cfg: config_mod.RecForgeConfig, kind: str | None = None,
         return pipeline.experiment(cfg, args.action, args.name, reason=args.reason)
     if command in ("segment", "churn", "ltv", "budget", "attribution"):
         return pipeline.analysis(cfg, command)
+    if command == "report":
+        assert args is not None
+        return pipeline.report(cfg, args.action, args.name, reset_total=args.reset_total)
+    if command == "cleanroom":
+        return pipeline.cleanroom(cfg)
     if command == "simulate":
         assert args is not None
         return pipeline.simulate(cfg, url=args.url, requests=args.requests, users=args.users,

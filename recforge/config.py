@@ -19,6 +19,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from analytics.config import AnalyticsConfig
 from feature_store import secrets
 from feature_store.config import FeatureStoreConfig, load_config
+from privacy.config import PrivacyConfig
 from serving.config import AppSettings, ExperimentsConfig, RegistryConfig, ServingConfig, model_names
 from serving.registry.settings import RegistrySettings
 from training.common.tracking import default_tracking_uri
@@ -45,6 +46,10 @@ class RecForgeConfig(FeatureStoreConfig):
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig,
                                        description="marketing analyses on the scenario's purchases (`recforge "
                                                    "segment`)")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig,
+                                   description="aggregate releases that may leave the platform (`recforge report`: "
+                                               "k-anonymity, differential privacy, the budget ledger) and the "
+                                               "clean room (`recforge cleanroom`)")
 
     @model_validator(mode="after")
     def _exposure_and_click_types(self) -> RecForgeConfig:
@@ -198,6 +203,8 @@ def registry_settings(cfg: RecForgeConfig) -> RegistrySettings:
 
 def app_settings(cfg: RecForgeConfig) -> AppSettings:
     """The `AppSettings` of a scenario (serving.app.build_app, serving.server.start_app / serve_forever)."""
+    from analytics.report import output_dir as analytics_output_dir  # its imports are heavy: only when serving
+
     ranker_model, retriever_model = model_names(cfg.name, cfg.registry)
     return AppSettings(
         name=cfg.name,
@@ -211,4 +218,5 @@ def app_settings(cfg: RecForgeConfig) -> AppSettings:
         has_retriever=bool(cfg.retrieval.user_features and cfg.retrieval.item_features),
         feature_store=feature_store_config(cfg),
         experiments=cfg.experiments,
+        analytics_dir=analytics_output_dir(feature_store_config(cfg), cfg.analytics),
     )

@@ -207,6 +207,31 @@ def analysis(cfg: RecForgeConfig, name: str) -> dict[str, Any]:
         return run(feature_store_config(cfg), cfg.analytics, tracking_uri=tracking_uri(cfg), scenario=cfg.name)
 
 
+def report(cfg: RecForgeConfig, action: str, name: str | None, *, reset_total: str | None = None) -> dict[str, Any]:
+    """`recforge report run NAME | budget | list`: privacy-safe aggregate releases (privacy.reports)."""
+    from privacy import reports
+    from recforge.config import feature_store_config
+
+    fs = feature_store_config(cfg)
+    if action == "list":
+        return {"action": "list", **reports.list_queries(cfg.privacy)}
+    if action == "budget":
+        return {"action": "budget", **reports.budgets(fs, cfg.privacy, reset_total)}
+    if not name:
+        known = ", ".join(cfg.privacy.queries) or "none defined under privacy.queries"
+        raise ConfigError(f"`recforge report run` needs the query's NAME ({known})")
+    app = app_settings(cfg) if cfg.experiments.definitions else None
+    return {"action": "run", **reports.run_query(name, fs, cfg.privacy, cfg.analytics, app)}
+
+
+def cleanroom(cfg: RecForgeConfig) -> dict[str, Any]:
+    """`recforge cleanroom run`: the two parties' aggregates (privacy.cleanroom)."""
+    from privacy.cleanroom import run_cleanroom
+    from recforge.config import feature_store_config
+
+    return run_cleanroom(feature_store_config(cfg), cfg.privacy)
+
+
 def simulate(cfg: RecForgeConfig, *, url: str | None, requests: int, users: int | None, concurrency: int, k: int,
              seed: int) -> dict[str, Any]:
     """`recforge simulate`: synthetic visitors against a live server (serving.experiments.simulate)."""
@@ -218,7 +243,8 @@ def simulate(cfg: RecForgeConfig, *, url: str | None, requests: int, users: int 
     target = url or f"http://{cfg.serving.host}:{cfg.serving.port}"
     with progress.step("simulate", total=requests, unit="visits") as prog:
         return run_simulation(cfg.source, target, requests=requests, users=users, concurrency=concurrency, k=k,
-                              seed=seed, events=cfg.events, progress=prog.advance)
+                              seed=seed, events=cfg.events, progress=prog.advance,
+                              events_token=cfg.serving.events_token, read_token=cfg.serving.read_token)
 
 
 def demo(cfg: RecForgeConfig) -> dict[str, Any]:
@@ -264,42 +290,82 @@ def serve_and_query(cfg: RecForgeConfig, users: int = 3) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from feature_store.prepare import layout
-    from serving.client import request
     from serving.server import start_app, stop_app
 
     test = pq.read_table(next(iter(sorted(layout(cfg).split_dir("test").glob("*.parquet")))),
                          columns=["__user_key", "__item_key"]).slice(0, 50)
     user_ids = list(dict.fromkeys(test.column("__user_key").to_pylist()))[:users]
+    if cfg.pseudonymisation.enabled:  # the data holds pseudonyms; a caller of the API sends the ids it knows
+        user_ids = _raw_ids_of(cfg, user_ids)
     items = list(dict.fromkeys(test.column("__item_key").to_pylist()))[:5]
     t0 = time.perf_counter()
     settings = app_settings(cfg)
+    if settings.serving.events_token is None:  # the demo's own app: ingestion needs a token, so it makes one
+        import secrets as token_source
+
+        from feature_store import secrets
+
+        token = token_source.token_urlsafe(24)
+        secrets.add([token])
+        settings = replace(settings, serving=settings.serving.model_copy(update={"events_token": token}))
+    tokens = {"events": settings.serving.events_token, "read": settings.serving.read_token}
     events = settings.feature_store.events
     settings = replace(settings, feature_store=settings.feature_store.model_copy(update={
         "events": events.model_copy(update={"stream": events.stream.model_copy(update={"serve": True}),
                                             "log_flush_s": min(events.log_flush_s, 2.0)})}))  # the bandit reads it
     url = start_app(settings)
+    ask = _asker(url, tokens)
     answers: list[dict[str, Any]] = []
     event: dict[str, Any] | None = None
     try:
         started = round(time.perf_counter() - t0, 3)
         for user in [*user_ids, "no-such-user"]:
-            code, body = request(url, "/recommend", {"user_id": user, "k": 5, "exclude_seen": True})
+            code, body = ask("/recommend", {"user_id": user, "k": 5, "exclude_seen": True})
             answers.append({"request": f"POST /recommend user_id={user} k=5", "status": code, "body": body})
-        code, body = request(url, "/predict", {"user_id": user_ids[0], "item_ids": [*items, "no-such-item"]})
+        code, body = ask("/predict", {"user_id": user_ids[0], "item_ids": [*items, "no-such-item"]})
         answers.append({"request": f"POST /predict user_id={user_ids[0]} items={len(items) + 1}", "status": code,
                         "body": body})
-        code, models = request(url, "/models")
-        event = _one_event_changes_recommendations(url, user_ids[0], events.purchase_types[0]
+        code, models = ask("/models")
+        event = _one_event_changes_recommendations(ask, user_ids[0], events.purchase_types[0]
                                                    if events.purchase_types else events.positive_types[0])
-        experiment = _simulated_experiment(cfg, settings, url) if cfg.experiments.definitions else None
+        experiment = _simulated_experiment(cfg, settings, url, tokens) if cfg.experiments.definitions else None
     finally:
         stop_app()
     return {"url": url, "start_seconds": started, "answers": answers, "models": models if code == 200 else None,
             "event": event, "experiment": experiment}
 
 
-def _simulated_experiment(cfg: RecForgeConfig, settings: Any, url: str, visits: int = 600,
-                          timeout: float = 60.0) -> dict[str, Any] | None:
+def _asker(url: str, tokens: dict[str, str | None]) -> Any:
+    """`request` against the demo's app with its tokens: X-Events-Token on /events, the read token elsewhere."""
+    from serving.client import request
+
+    def ask(path: str, body: Any = None) -> tuple[int, Any]:
+        if path == "/events":
+            headers = {"X-Events-Token": tokens["events"]} if tokens["events"] else None
+        else:
+            headers = {"Authorization": f"Bearer {tokens['read']}"} if tokens["read"] else None
+        return request(url, path, body, headers=headers)
+
+    return ask
+
+
+def _raw_ids_of(cfg: RecForgeConfig, pseudonyms: list[Any]) -> list[Any]:
+    """The source's raw user ids behind `pseudonyms` (in their order), found by hashing the source's ids: what the
+    demo, as the service calling the API, would know."""
+    from feature_store import pseudonymise
+    from feature_store.prepare import layout
+    from feature_store.readers import read_source
+
+    p = pseudonymise.load(cfg.pseudonymisation)
+    assert p is not None
+    raw = read_source(cfg.source, layout(cfg).raw).events.column(cfg.features.user_key).unique()
+    hashed = p.array(raw).to_pylist()
+    back = dict(zip(hashed, raw.to_pylist()))
+    return [back[u] for u in pseudonyms if u in back] or [raw[0].as_py()]
+
+
+def _simulated_experiment(cfg: RecForgeConfig, settings: Any, url: str, tokens: dict[str, str | None],
+                          visits: int = 600, timeout: float = 60.0) -> dict[str, Any] | None:
     """A short run of the config's first experiment (under a new name, so the demo can run again) with synthetic
     visitors (`recforge simulate`), then its report: what the experiment loop produces end to end."""
     from serving.experiments import manage
@@ -319,7 +385,8 @@ def _simulated_experiment(cfg: RecForgeConfig, settings: Any, url: str, visits: 
     started = manage.start(app, name)
     try:
         time.sleep(2 * cfg.experiments.poll_s + 1)  # the replicas load the arms and join
-        sim = run_simulation(cfg.source, url, requests=visits, concurrency=4, seed=1, events=cfg.events)
+        sim = run_simulation(cfg.source, url, requests=visits, concurrency=4, seed=1, events=cfg.events,
+                             events_token=tokens["events"], read_token=tokens["read"])
         deadline = time.monotonic() + timeout  # the offline log's next flush brings the last exposures
         res = manage.result(app, name)
         while sum(a["exposures"] for a in res["arms"]) < sim["completed"] and time.monotonic() < deadline:
@@ -335,20 +402,18 @@ def _simulated_experiment(cfg: RecForgeConfig, settings: Any, url: str, visits: 
             "report": paths["html"]}
 
 
-def _one_event_changes_recommendations(url: str, user: Any, kind: str, timeout: float = 15.0) -> dict[str, Any]:
+def _one_event_changes_recommendations(ask: Any, user: Any, kind: str, timeout: float = 15.0) -> dict[str, Any]:
     """Post one event of `kind` for `user` on the top item of their recommendations; wait until /recommend no
     longer shows it (bought: seen, left out). The before and after lists and how long the change took."""
-    from serving.client import request
-
-    _, before = request(url, "/recommend", {"user_id": user, "k": 5, "exclude_seen": True})
+    _, before = ask("/recommend", {"user_id": user, "k": 5, "exclude_seen": True})
     item = before["items"][0]["item_id"]
     event = {"event_id": f"demo-{uuid.uuid4().hex[:12]}", "ts": time.time(), "user_id": user, "item_id": item,
              "type": kind, "value": 19.9, "exposure_id": before.get("exposure_id")}
     t0 = time.perf_counter()
-    code, posted = request(url, "/events", {"events": [event]})
+    code, posted = ask("/events", {"events": [event]})
     after = before
     while time.perf_counter() - t0 < timeout:
-        _, after = request(url, "/recommend", {"user_id": user, "k": 5, "exclude_seen": True})
+        _, after = ask("/recommend", {"user_id": user, "k": 5, "exclude_seen": True})
         if item not in [it["item_id"] for it in after["items"]]:
             break
         time.sleep(0.05)

@@ -455,7 +455,58 @@ def render_attribution(r: dict[str, Any]) -> list[str]:
     return lines + _outputs(r)
 
 
+def render_release(r: dict[str, Any]) -> list[str]:
+    """`recforge report run`: the released table as text, suppressed cells marked, and what it cost."""
+    q = r["query"]
+    how = ("exact, k-anonymity only" if q["mechanism"] == "none" else
+           f"{q['mechanism']} noise, epsilon {q['epsilon']:g}" + (f", delta {q['delta']:g}" if q["delta"] else ""))
+    lines = [f"Release {q['name']} of data set {r['dataset']} ({how}; k = {q['k']}):"]
+    cols = [c for c in r["columns"] if c not in ("suppressed", "reason")]
+    lines.append("  " + " | ".join(cols))
+    for row in r["rows"]:
+        cells = [str(row[c]) if c in q["group_by"] else "suppressed" if row["suppressed"] else
+                 f"{row[c]:,.2f}" if isinstance(row[c], float) else str(row[c]) for c in cols]
+        lines.append("  " + " | ".join(cells) + (f"   ({row['reason']})" if row["suppressed"] else ""))
+    b = r.get("budget")
+    if b:
+        lines.append(f"  budget of {b['dataset']}: epsilon {b['spent_epsilon']:g} spent of {b['total_epsilon']:g} "
+                     f"({b['remaining_epsilon']:g} left), {b['queries']} releases")
+    return [*lines, f"  report: {r['outputs']['html']}", f"  time: {r['seconds']:.1f}s"]
+
+
+def render_ledger(r: dict[str, Any]) -> list[str]:
+    """`recforge report budget`: each data set's budget and its releases."""
+    lines = [f"Privacy-budget ledger {r['ledger']}:"]
+    if not r["datasets"]:
+        lines.append("  no release yet")
+    for d in r["datasets"]:
+        lines.append(f"  {d['dataset']}: epsilon {d['spent_epsilon']:g} spent of {d['total_epsilon']:g} "
+                     f"({d['remaining_epsilon']:g} left), delta {d['spent_delta']:g} of {d['total_delta']:g}")
+        lines += [f"    {h['at']}  {h['query']:<24} epsilon {h['epsilon']:g}  delta {h['delta']:g}  by {h['who']}"
+                  for h in d["history"]]
+    return lines
+
+
+def render_cleanroom(r: dict[str, Any]) -> list[str]:
+    """`recforge cleanroom run`: one block per release."""
+    lines = [f"Clean room: {r['advertiser_rows']:,} advertiser and {r['publisher_rows']:,} publisher rows joined on "
+             f"pseudonyms (key {r['key_id']}); only these aggregates leave:"]
+    for rel in r["releases"]:
+        lines += ["", *render_release(rel)]
+    return lines
+
+
 def render(command: str, result: dict[str, Any]) -> str:
+    if command == "report":
+        if result["action"] == "run":
+            return "\n".join(render_release(result))
+        if result["action"] == "budget":
+            return "\n".join(render_ledger(result))
+        return "\n".join([f"  {q['name']}: {q['dataset']} by {', '.join(q['group_by'])} -> "
+                          f"{', '.join(q['measures'])} ({q['mechanism']}, epsilon {q['epsilon']:g}, k {q['k']})"
+                          for q in result["queries"]] or ["no queries under privacy.queries"])
+    if command == "cleanroom":
+        return "\n".join(render_cleanroom(result))
     if command == "budget":
         return "\n".join(render_budget(result))
     if command == "attribution":

@@ -8,7 +8,8 @@
 # Steps: venv -> torch 2.13.0 (CPU wheel, or the CUDA build on a CUDA machine) -> the FBGEMM build that loads
 # with that torch (fbgemm-gpu-cpu 1.8.0 on CPU, fbgemm-gpu 1.8.0 on CUDA) -> torchrec 1.8.0 with --no-deps
 # (its declared fbgemm-gpu dependency would pull the 2.7 GB CUDA build) -> the rest from constraints.txt
-# -> RecForge itself (editable) -> redis-server where apt is available (for the Redis online-store tests).
+# -> RecForge itself (editable) -> redis-server where apt is available (for the Redis online-store tests)
+# -> chromium and chromium-driver likewise (for the console's browser tests).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -78,6 +79,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
       || echo "install: note: redis-server could not be installed; the Redis tests will be skipped"
   else
     echo "install: note: no redis-server and no apt as root; the Redis online-store tests will be skipped"
+  fi
+fi
+
+if ! { [ -x /usr/bin/chromium ] || [ -x /usr/bin/chromium-browser ]; } || [ ! -x /usr/bin/chromedriver ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    step "chromium and chromium-driver (Debian packages, for the console's browser tests)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+      || echo "install: note: chromium could not be installed; the console browser tests will be skipped"
+  else
+    echo "install: note: no chromium/chromedriver and no apt as root; the console browser tests will be skipped"
   fi
 fi
 

@@ -21,6 +21,8 @@ Endpoints (OpenAPI docs at /docs):
 - GET /healthz (503 until every model has a version loaded), GET /models (versions, since when, last error),
   POST /admin/reload (checks the aliases now; needs the `X-Admin-Token` header; disabled without
   `serving.admin_token`).
+- GET /console and its pages: the read-only marketers' console (serving.console; off without
+  `serving.console_token`, and outside the OpenAPI schema).
 Bad bodies get 422 naming the field (`k` above `serving.max_k`, empty or too long `item_ids`, wrong types,
 unknown context fields, and whatever the models cannot take: integers outside int64, invalid Unicode, NaN and
 infinities, oversized ids or context); a body above `serving.limits.max_body_bytes` gets 413. Error bodies never
@@ -47,11 +49,12 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Header
+from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import (
     BaseModel,
@@ -63,6 +66,7 @@ from pydantic import (
 from ray import serve
 from ray.exceptions import RayActorError
 
+from feature_store import pseudonymise
 from feature_store.config import FeatureStoreConfig
 from feature_store.events.bus import EventBus
 from feature_store.events.ingest import IngestReport, ingest
@@ -70,6 +74,7 @@ from feature_store.events.scenario import open_bus
 from feature_store.secrets import scrub
 from feature_store.values import Int64, Number, printable, text
 from serving.config import AppSettings
+from serving.console import ConsoleSettings, console_settings, mount_console
 from serving.deployments import (
     Candidates,
     ModelSource,
@@ -82,7 +87,7 @@ from serving.deployments import (
     loopback_replica_grpc,
 )
 from serving.experiments.live import ExperimentRouter, ExperimentSource, ExposureLog, Route, exposure_events
-from serving.experiments.store import ExperimentState, experiment_store_path
+from serving.experiments.store import ExperimentState, ExperimentStateError, ExperimentStore, experiment_store_path
 
 APP_NAME = "recforge"
 RETRIES = 3
@@ -107,9 +112,11 @@ class ApiSettings:
     has_retriever: bool
     events_token: str | None
     feature_store: FeatureStoreConfig
+    read_token: str | None = None  # None: the read endpoints are open
     experiments: ExperimentSource | None = None  # None: experiments are off (no `experiments.definitions`)
     exposure_type: str = "impression"
     max_pending_exposures: int = 200_000
+    console: ConsoleSettings | None = None  # None: the console is off (no `serving.console_token`)
 
 
 # ------------------------------------------------------------------------------------------------ API models
@@ -246,6 +253,11 @@ def _field_part(part: Any) -> bool:
                                                                                     "list", "dict"))
 
 
+def same_token(given: str | None, want: str) -> bool:
+    """Whether a request's token is the configured one, in constant time (no timing tells how much matched)."""
+    return given is not None and hmac.compare_digest(given.encode("utf-8"), want.encode("utf-8"))
+
+
 def field_error(status: int, loc: list[Any], msg: str) -> JSONResponse:
     """An error in FastAPI's validation shape: {"detail": [{"loc": [...], "msg": ..., "type": ...}]}."""
     return JSONResponse({"detail": [{"loc": loc, "msg": msg, "type": "value_error"}]}, status_code=status)
@@ -322,6 +334,9 @@ class Ingress:
             self.router = ExperimentRouter(settings.experiments, ready=self._arms_loaded)
             self.exposures = ExposureLog(self._publish_exposures, settings.max_pending_exposures)
         self._exposure_bus: EventBus | None = None  # the exposure thread's own connection
+        # pseudonymisation: the request's user id is looked up, routed and logged by its pseudonym (the key is
+        # checked by `recforge serve` before deploying; here it is read again in this replica's process)
+        self.pseudonyms = pseudonymise.load(settings.feature_store.pseudonymisation)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self)
@@ -359,6 +374,7 @@ class Ingress:
         if self.retriever is None:
             return _unavailable("this scenario has no retriever (no `retrieval:` features); use /predict")
         clock = _Clock()
+        sent_id, user_id = user_id, self._user(user_id)
         route = self.router.route(user_id) if self.router is not None else None
         answered = await self._recommend(clock, route, user_id, k, context, exclude_seen)
         if isinstance(answered, JSONResponse) and route is not None:  # the arm could not answer: the champion does
@@ -387,7 +403,7 @@ class Ingress:
             self.exposures.put(exposure_events(exposure_id, user_id, shown, route, versions, self.s.exposure_type,
                                                time.time(), self.s.feature_store.events.max_value_length))
         return _answer({
-            "user_id": user_id,
+            "user_id": sent_id,
             "exposure_id": exposure_id,
             "experiment": {"name": route.experiment, "arm": route.arm} if route is not None else None,
             "items": [{"item_id": i, "score": p, "retrieval_score": r if r is None or np.isfinite(r) else None}
@@ -414,6 +430,10 @@ class Ingress:
             return self._failed(scored)
         return cands, scored
 
+    def _user(self, user_id: Any) -> Any:
+        """The id the stores know the user by: its pseudonym when pseudonymisation is on, else as sent."""
+        return user_id if self.pseudonyms is None else self.pseudonyms.value(user_id)
+
     def _arms_loaded(self, state: ExperimentState) -> bool:
         """Fused topology: whether the in-process models have every arm's versions loaded. Split: the model
         replicas are elsewhere; an arm they cannot serve yet is answered by the champion (logged without arm)."""
@@ -430,7 +450,7 @@ class Ingress:
         if self._exposure_bus is None:
             self._exposure_bus = open_bus(self.s.feature_store, retry_s=BUS_RETRY_S)
         try:
-            return len(ingest(events, self.s.feature_store, self._exposure_bus).rejected)
+            return len(ingest(events, self.s.feature_store, self._exposure_bus, pseudonymised=True).rejected)
         except Exception:
             bus, self._exposure_bus = self._exposure_bus, None
             with contextlib.suppress(Exception):
@@ -442,8 +462,8 @@ class Ingress:
         if bad is not None:
             return bad
         clock = _Clock()
-        scored: Scored = await clock.time("ranker_call", self.call(self.ranker, "predict", user_id, item_ids,
-                                                                   context))
+        scored: Scored = await clock.time("ranker_call", self.call(self.ranker, "predict", self._user(user_id),
+                                                                   item_ids, context))
         if scored.error is not None:
             return self._failed(scored)
         known = np.asarray(scored.known, dtype=bool)
@@ -468,7 +488,11 @@ class Ingress:
         feature_store.events.ingest). A bus that cannot be reached is a 503 and nothing of the batch is accepted;
         sending it again is safe (an event_id is applied once)."""
         want = self.s.events_token
-        if want is not None and (token is None or not hmac.compare_digest(token.encode("utf-8"), want.encode("utf-8"))):
+        if want is None:
+            return JSONResponse({"detail": "event ingestion over HTTP is off: set serving.events_token (clients send "
+                                           "it as X-Events-Token); `recforge events push` works without it"},
+                                status_code=403)
+        if not same_token(token, want):
             return JSONResponse({"detail": "missing or wrong X-Events-Token header"}, status_code=401)
         limit = self.s.feature_store.events.max_batch_events
         if len(raws) > limit:
@@ -519,13 +543,35 @@ class Ingress:
             body["missing"] = missing
         return JSONResponse(body, status_code=503 if missing else 200)
 
-    async def reload(self, token: str | None) -> JSONResponse:
+    def _admin_refusal(self, token: str | None) -> JSONResponse | None:
+        """403 while no admin token is set, 401 for a missing or wrong one, None when the caller may act."""
         if self.s.admin_token is None:
-            return JSONResponse({"detail": "admin reload is disabled: set serving.admin_token to enable it"},
+            return JSONResponse({"detail": "the /admin endpoints are off: set serving.admin_token to enable them"},
                                 status_code=403)
-        if token is None or not hmac.compare_digest(token.encode("utf-8"),
-                                                    self.s.admin_token.encode("utf-8")):
+        if not same_token(token, self.s.admin_token):
             return JSONResponse({"detail": "missing or wrong X-Admin-Token header"}, status_code=401)
+        return None
+
+    async def stop_experiment(self, name: str, token: str | None, reason: str | None) -> JSONResponse:
+        """Stop a running experiment for every replica (the store they poll); its report keeps the reason."""
+        refused = self._admin_refusal(token)
+        if refused is not None:
+            return refused
+        if self.s.experiments is None:
+            return JSONResponse({"detail": "this app runs no experiments (experiments.definitions is empty)"},
+                                status_code=404)
+        store = ExperimentStore(Path(self.s.experiments.path))
+        try:
+            state = await asyncio.to_thread(store.stop, name, printable(reason or "stopped through POST /admin/"
+                                                                                  f"experiments/{name}/stop"))
+        except ExperimentStateError as exc:
+            return JSONResponse({"detail": printable(str(exc))}, status_code=409)
+        return JSONResponse({"stopped": name, "stopped_at": state.stopped_at, "reason": state.stop_reason})
+
+    async def reload(self, token: str | None) -> JSONResponse:
+        refused = self._admin_refusal(token)
+        if refused is not None:
+            return refused
         handles = self._model_handles()
         got = await asyncio.gather(*(self.call(h, "reload") for h in handles.values()))
         return JSONResponse(dict(zip(handles, got)))
@@ -538,22 +584,37 @@ def build_api(ingress: Ingress) -> FastAPI:
                   description="Two-stage recommender: online features -> two-tower retrieval -> CTR ranking.")
     install_error_handlers(api, ingress.s.max_body_bytes)
 
-    @api.post("/recommend", response_model=RecommendResponse,
-              responses={422: {"description": "a field is invalid (named in detail[].loc)"},
+    async def reader(authorization: str | None = Header(None)) -> None:
+        """The read endpoints' token (`serving.read_token`), when one is set: `Authorization: Bearer <token>`."""
+        want = ingress.s.read_token
+        if want is None:
+            return
+        given = authorization[7:] if authorization and authorization[:7].lower() == "bearer " else None
+        if not same_token(given, want):
+            raise HTTPException(401, "missing or wrong `Authorization: Bearer` token (serving.read_token)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    read = [Depends(reader)]
+
+    @api.post("/recommend", response_model=RecommendResponse, dependencies=read,
+              responses={401: {"description": "serving.read_token is set and the Bearer token does not match"},
+                         422: {"description": "a field is invalid (named in detail[].loc)"},
                          503: {"description": "a model has no version loaded"}})
     async def recommend(body: RecommendRequest) -> Any:  # type: ignore[valid-type]
         """Top-k items for a user: retrieval over the item index, ranked by the CTR model."""
         return await ingress.recommend(body.user_id, body.k, body.context, body.exclude_seen)
 
-    @api.post("/predict", response_model=PredictResponse,
-              responses={422: {"description": "a field is invalid (named in detail[].loc)"},
+    @api.post("/predict", response_model=PredictResponse, dependencies=read,
+              responses={401: {"description": "serving.read_token is set and the Bearer token does not match"},
+                         422: {"description": "a field is invalid (named in detail[].loc)"},
                          503: {"description": "the ranker has no version loaded"}})
     async def predict(body: PredictRequest) -> Any:  # type: ignore[valid-type]
         """Click probability of each item for a user."""
         return await ingress.predict(body.user_id, body.item_ids, body.context)
 
     @api.post("/events", response_model=EventsResponse,
-              responses={401: {"description": "serving.events_token is set and X-Events-Token does not match it"},
+              responses={401: {"description": "X-Events-Token does not match serving.events_token"},
+                         403: {"description": "serving.events_token is not set: ingestion over HTTP is off"},
                          413: {"description": "more events than events.max_batch_events, or a body above "
                                             "serving.limits.max_body_bytes"},
                          422: {"description": "the body is not {\"events\": [...]}"},
@@ -569,13 +630,13 @@ def build_api(ingress: Ingress) -> FastAPI:
         """200 when every model has a version loaded, else 503 naming what is missing."""
         return await ingress.healthz()
 
-    @api.get("/experiments")
+    @api.get("/experiments", dependencies=read)
     async def experiments() -> dict[str, Any]:
         """The running experiments this replica routes to (with their current shares) and its exposure log's
         counters (queued, published, rejected, dropped, pending)."""
         return await ingress.experiments()
 
-    @api.get("/models")
+    @api.get("/models", dependencies=read)
     async def models() -> dict[str, Any]:
         """Per model: the registry version served, since when, the last alias check and the last load error."""
         return await ingress.models()
@@ -585,6 +646,13 @@ def build_api(ingress: Ingress) -> FastAPI:
         """Check the aliases now (instead of waiting for the next poll) and load moved versions."""
         return await ingress.reload(x_admin_token)
 
+    @api.post("/admin/experiments/{name}/stop")
+    async def stop_experiment(name: str, reason: str | None = None,
+                              x_admin_token: str | None = Header(None)) -> JSONResponse:
+        """Stop a running experiment now (every replica routes its users to the champion at its next poll)."""
+        return await ingress.stop_experiment(name, x_admin_token, reason)
+
+    mount_console(api, ingress.s.console)  # read-only dashboard under /console (serving.console)
     return api
 
 
@@ -601,9 +669,9 @@ def api_settings(app: AppSettings) -> ApiSettings:
                        max_context_value_length=lim.max_context_value_length, max_body_bytes=lim.max_body_bytes,
                        candidates=s.candidates, admin_token=s.admin_token,
                        user_key=f.user_key, item_key=f.item_key, seen_columns=seen, has_retriever=app.has_retriever,
-                       events_token=s.events_token, feature_store=app.feature_store,
+                       events_token=s.events_token, read_token=s.read_token, feature_store=app.feature_store,
                        experiments=experiment_source(app), exposure_type=app.experiments.exposure_type,
-                       max_pending_exposures=app.experiments.max_pending_exposures)
+                       max_pending_exposures=app.experiments.max_pending_exposures, console=console_settings(app))
 
 
 def experiment_source(app: AppSettings) -> ExperimentSource | None:

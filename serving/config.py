@@ -75,6 +75,9 @@ class LimitsConfig(StrictModel):
                                                                   "value (422 above)")
 
 
+CONSOLE_TOKEN_MIN = 16  # characters of `serving.console_token`
+
+
 class ServingConfig(StrictModel):
     """The HTTP application of `recforge serve` on Ray Serve (endpoints and commands in
     [cli.md](cli.md#serving)). It serves `models:/<registry name>@<alias>` of the scenario's ranker and
@@ -122,15 +125,34 @@ class ServingConfig(StrictModel):
     ranker_batch_wait_ms: float = Field(1.0, ge=0, description="how long a ranker batch waits to fill")
     max_ongoing_requests: int = Field(64, gt=0, description="requests one replica works on at once (Ray Serve "
                                                            "`max_ongoing_requests`; a split ingress takes 4x)")
-    admin_token: SecretText | None = Field(None, description="token `POST /admin/reload` requires in "
-                                                             "`X-Admin-Token`; null disables the endpoint; secret: "
-                                                             "redacted in every output")
+    admin_token: SecretText | None = Field(None, description="token the `/admin/*` endpoints (reload, experiment "
+                                                             "stop) require in `X-Admin-Token`; null disables them "
+                                                             "(403); secret: redacted in every output")
     events_token: SecretText | None = Field(None, description="token `POST /events` requires in `X-Events-Token`; "
-                                                              "null: the endpoint is as open as /recommend; secret: "
+                                                              "null disables event ingestion over HTTP (403: "
+                                                              "`recforge events push` still works); secret: "
                                                               "redacted in every output")
+    read_token: SecretText | None = Field(None, description="token the read endpoints (/recommend, /predict, GET "
+                                                            "/experiments, GET /models) require as `Authorization: "
+                                                            "Bearer`; null: they are open (/healthz always is); "
+                                                            "secret: redacted in every output")
+    console_token: SecretText | None = Field(
+        None, description="the token the read-only marketers' console at `/console` asks for (login form or "
+                          "`Authorization: Bearer`); null: the console is off (every /console URL answers 404); at "
+                          "least 16 characters; secret: redacted in every output")
     stats_host: str = Field("127.0.0.1", description="address HAProxy's stats page and Prometheus metrics listen on "
                                                      "(loopback: this machine only); 0.0.0.0 opens them to others")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="timeouts and request size limits")
+
+    @model_validator(mode="after")
+    def _console_token_length(self) -> ServingConfig:
+        """A short console token could be guessed; checked here rather than with `min_length` so that the error
+        never shows the value (a field error quotes its input)."""
+        token = self.console_token
+        if token is not None and len(token) < CONSOLE_TOKEN_MIN:
+            raise ValueError(f"serving.console_token has {len(token)} characters; use at least {CONSOLE_TOKEN_MIN} "
+                             "(e.g. from `python -c \"import secrets; print(secrets.token_urlsafe(24))\"`)")
+        return self
 
 
 def model_names(scenario: str, cfg: RegistryConfig) -> tuple[str, str]:
@@ -337,6 +359,8 @@ class AppSettings:
         feature_store: the feature-store sections (`POST /events` checks events against `events:` and publishes
             them to the scenario's bus; `events.stream.serve` runs the stream processor beside the app).
         experiments: the `experiments:` section (the replicas route users to the running experiments' arms).
+        analytics_dir: the analyses' output directory (`analytics.output_dir`, else `<output_dir>/analytics`),
+            which the console reads; resolved by the composition root because `analytics` sits above `serving`.
     """
 
     name: str
@@ -350,3 +374,4 @@ class AppSettings:
     has_retriever: bool
     feature_store: FeatureStoreConfig
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
+    analytics_dir: Path | None = None  # where `recforge segment` & co. write; None: `<output_dir>/analytics`

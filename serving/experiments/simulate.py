@@ -50,8 +50,12 @@ class _Tally:
 
 def run_simulation(source: SyntheticSource, url: str, *, requests: int, users: int | None = None,
                    concurrency: int = 4, k: int = 10, seed: int = 0, events: EventsConfig | None = None,
-                   progress: Callable[[int], None] | None = None, pause_s: float = 0.0) -> dict[str, Any]:
-    """`requests` visits against `url`; per-arm true and observed rates, regret, and the events' fate."""
+                   progress: Callable[[int], None] | None = None, pause_s: float = 0.0,
+                   events_token: str | None = None, read_token: str | None = None) -> dict[str, Any]:
+    """`requests` visits against `url`; per-arm true and observed rates, regret, and the events' fate. The tokens:
+    the app's `serving.events_token` (POST /events) and `serving.read_token` (/recommend, when it has one)."""
+    post_headers = {"X-Events-Token": events_token} if events_token else None
+    read_headers = {"Authorization": f"Bearer {read_token}"} if read_token else None
     model = click_model(source)
     rng = np.random.default_rng(seed)
     n_users = min(users or len(model.activity), len(model.activity))
@@ -71,7 +75,7 @@ def run_simulation(source: SyntheticSource, url: str, *, requests: int, users: i
             if not tally.pending or (len(tally.pending) < EVENT_BATCH and not force):
                 return
             batch, tally.pending = tally.pending, []
-        code, body = request(url, "/events", {"events": batch})
+        code, body = request(url, "/events", {"events": batch}, headers=post_headers)
         with tally.lock:
             tally.sent += len(batch)
             if code == 200:
@@ -86,7 +90,7 @@ def run_simulation(source: SyntheticSource, url: str, *, requests: int, users: i
         hour = int(now // 3600) % 24
         ctx = {"channel": CHANNELS[channel[i]], "device": DEVICES[device[i]], "hour": hour}
         try:
-            code, body = request(url, "/recommend", {"user_id": user, "k": k, "context": ctx})
+            code, body = request(url, "/recommend", {"user_id": user, "k": k, "context": ctx}, headers=read_headers)
         except OSError as exc:
             with tally.lock:
                 tally.errors.append(f"POST /recommend: {exc}")

@@ -12,11 +12,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sqlite3
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from feature_store.config import dump_config
@@ -44,7 +48,9 @@ def test_a_url_shows_its_host_but_not_its_credentials(url: str, shown: str) -> N
 def test_the_secret_fields_are_declared_once_by_type() -> None:
     assert dict(secret_fields(RecForgeConfig)) == {"online_store.url": "url", "train.tracking.uri": "url",
                                                    "retrieval.tracking.uri": "url", "serving.admin_token": "text",
-                                                   "serving.events_token": "text", "events.bus.url": "url"}
+                                                   "serving.events_token": "text", "serving.read_token": "text",
+                                                   "serving.console_token": "text",
+                                                   "events.bus.url": "url"}
 
 
 def planted(tmp_path: Path) -> RecForgeConfig:
@@ -108,6 +114,12 @@ def test_a_redis_store_describes_itself_without_its_password(tmp_path: Path) -> 
 
 
 # ------------------------------------------------------------------------------------------------ the demo path
+PSEUDONYM_KEY = "pk-PLANTED-3d7e0b1a9c4f58e26a0d7b3c1e9f4a58"
+FIRST_USER = 7_310_000_000_001  # distinctive raw ids: 13 digits that cannot turn up by chance
+N_USERS = 1000
+RAW_TEXT = (b"@example.com", b"+1555731", str(FIRST_USER)[:9].encode())  # emails, phones, any raw id's digits
+
+
 def files_holding(root: Path, values: tuple[str, ...]) -> list[str]:
     """Every file under `root` (any content, binary included) that contains one of `values`."""
     hits = []
@@ -119,35 +131,110 @@ def files_holding(root: Path, values: tuple[str, ...]) -> list[str]:
     return hits
 
 
+def raw_ids_in(path: Path, raw_ids: np.ndarray) -> list[str]:
+    """Where the file holds a raw user id, email or phone: Parquet and SQLite files are decoded (their pages may be
+    compressed), every file's bytes are searched for the raw text and for the ids as 8-byte integers at every
+    alignment."""
+    data = path.read_bytes()
+    hits = [f"bytes {n!r}" for n in RAW_TEXT if n in data]
+    for shift in range(8):
+        usable = (len(data) - shift) // 8 * 8
+        if usable > 0 and np.isin(np.frombuffer(data[shift:shift + usable], dtype="<i8"), raw_ids).any():
+            hits.append(f"an int64 raw id at alignment {shift}")
+            break
+    if data[:4] == b"PAR1":
+        table = pq.read_table(path)
+        for name in table.column_names:
+            col = table.column(name)
+            if pa.types.is_integer(col.type) and np.isin(col.to_numpy(zero_copy_only=False), raw_ids).any():
+                hits.append(f"column {name}: raw ids")
+            elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                text = "\n".join(v for v in col.to_pylist() if v).encode()
+                hits += [f"column {name}: {n!r}" for n in RAW_TEXT if n in text]
+    if data[:16] == b"SQLite format 3\x00":
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                for row in con.execute(f'SELECT * FROM "{table}"'):
+                    for v in row:
+                        if isinstance(v, int) and v in set(raw_ids.tolist()):
+                            hits.append(f"table {table}: raw id {v}")
+                        elif isinstance(v, str | bytes):
+                            b = v.encode() if isinstance(v, str) else v
+                            hits += [f"table {table}: {n!r}" for n in RAW_TEXT if n in b]
+        finally:
+            con.close()
+    return [f"{path}: {h}" for h in hits]
+
+
 @pytest.mark.slow
-def test_the_demo_path_leaks_no_planted_secret(tmp_path: Path) -> None:
+def test_the_demo_path_leaks_no_planted_secret_and_no_raw_user_id(tmp_path: Path) -> None:
+    """The whole demo path (generate -> prepare -> materialize -> train -> register/promote -> serve with
+    /recommend, /predict, POST /events, an experiment with simulated visitors and its report), then the segments and
+    a privacy release, with pseudonymisation on and distinctive raw ids, emails and phones in the source: no file
+    written (Parquet, SQLite, MLflow database and artifacts, logs, reports) nor the Redis online store holds a raw
+    id, and no output shows a planted secret."""
+    import os
+
     out = tmp_path / "demo"
+    env = {**os.environ, "RECFORGE_PSEUDONYM_KEY": PSEUDONYM_KEY}
+    privacy = ["--set", "pseudonymisation.enabled=true", "--set", "pseudonymisation.columns=[email, phone]",
+               "--set", f"source.first_user_id={FIRST_USER}", "--set", "source.personal_columns=true"]
     with redis_server(tmp_path, password=PASSWORD) as url:
+        store = ["--set", "online_store.type=redis", "--set", f"online_store.url={url}"]
         cmd = [sys.executable, "-m", "recforge.cli", "demo", "--output-dir", str(out), "--impressions", "30000",
-               "--users", "1000", "--items", "300", "--set", "source.n_categories=6", "--num-cpus", "2",
-               "--set", f"serving.admin_token={TOKEN}", "--set", "online_store.type=redis",
-               "--set", f"online_store.url={url}"]
-        demo = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+               "--users", str(N_USERS), "--items", "300", "--set", "source.n_categories=6", "--num-cpus", "2",
+               "--set", f"serving.admin_token={TOKEN}", *store, *privacy]
+        demo = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
         assert demo.returncode == 0, demo.stderr[-3000:]
         assert "Materialize -> redis:redis://***@127.0.0.1" in demo.stdout
+        common = ["-c", "configs/demo.yaml", "--output-dir", str(out), "--set", "source.n_impressions=30000",
+                  "--set", f"source.n_users={N_USERS}", "--set", "source.n_items=300", "--set",
+                  "source.n_categories=6", "--set", "analytics.holdout_days=7", "--set",
+                  "analytics.churn.horizon_days=5", *store, *privacy]
+        segment = subprocess.run([sys.executable, "-m", "recforge.cli", "segment", *common], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=300, env=env)
+        assert segment.returncode == 0, segment.stderr[-3000:]
+        report = subprocess.run([sys.executable, "-m", "recforge.cli", "report", "run", "by_segment", *common,
+                                 "--set", "privacy.queries.by_segment={dataset: customers, group_by: "
+                                          "[kmeans_segment], epsilon: 0.5, delta: 1.0e-7}"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        assert report.returncode == 0, report.stderr[-3000:]
         shown = subprocess.run([sys.executable, "-m", "recforge.cli", "config", "-c", "configs/demo.yaml",
                                 "--output-dir", str(out), "--json",
-                                "--set", f"serving.admin_token={TOKEN}", "--set", "online_store.type=redis",
-                                "--set", f"online_store.url={url}"], cwd=ROOT, capture_output=True, text=True,
-                               timeout=120)
+                                "--set", f"serving.admin_token={TOKEN}", *store], cwd=ROOT, capture_output=True,
+                               text=True, timeout=120)
         wrong = url.replace(PASSWORD, PASSWORD + "-x")
         failed = subprocess.run([sys.executable, "-m", "recforge.cli", "materialize", "-c", "configs/demo.yaml",
                                  "--output-dir", str(out),
-                                 "--set", "online_store.type=redis", "--set", f"online_store.url={wrong}"],
-                                cwd=ROOT, capture_output=True, text=True, timeout=300)
+                                 "--set", "online_store.type=redis", "--set", f"online_store.url={wrong}", *privacy],
+                                cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        import redis
+
+        client = redis.Redis.from_url(url)
+        online = b"\n".join(k + b"=" + b"|".join(client.hgetall(k).values()) if client.type(k) == b"hash"
+                             else k for k in client.scan_iter(count=1000))
     assert failed.returncode == 2 and "redis://***@127.0.0.1" in failed.stderr, failed.stderr[-2000:]
-    values = (TOKEN, PASSWORD)
+    values = (TOKEN, PASSWORD, PSEUDONYM_KEY)
     for name, text in (("demo stdout", demo.stdout), ("demo stderr", demo.stderr), ("config", shown.stdout),
-                       ("failed materialize", failed.stdout + failed.stderr)):
+                       ("failed materialize", failed.stdout + failed.stderr), ("segment", segment.stdout),
+                       ("report", report.stdout)):
         assert not [v for v in values if v in text], f"{name} shows a planted secret"
     assert not files_holding(out, values)
     resolved = list(out.rglob("resolved_config.yaml"))
     assert resolved and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in resolved), resolved
+
+    raw_ids = np.arange(FIRST_USER, FIRST_USER + N_USERS, dtype=np.int64)
+    written = [f for f in out.rglob("*") if f.is_file() and not f.is_symlink()
+               and (out / "raw") not in f.parents]  # raw/: the generated source itself, the input as given
+    kinds = {f.suffix for f in written}
+    assert {".parquet", ".db", ".json", ".html"} <= kinds, kinds  # the scan covers every kind of output
+    assert any("mlartifacts" in f.parts for f in written) and any(f.name == "ledger.db" for f in written)
+    leaks = [hit for f in written for hit in raw_ids_in(f, raw_ids)]
+    assert not leaks, leaks[:20]
+    assert not [n for n in RAW_TEXT if n in online], "the Redis online store holds a raw id, email or phone"
+    assert online.count(b"\n") > 100  # the store was read: it holds the users' features, under pseudonyms
+    assert "Release by_segment of data set customers" in report.stdout, report.stdout
 
 
 def test_the_security_docs_name_every_secret_field() -> None:

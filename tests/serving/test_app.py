@@ -386,3 +386,15 @@ def test_admin_reload_needs_the_token(app: str) -> None:
     assert call(app, "/admin/reload", {}, headers={"X-Admin-Token": "wrong"})[0] == 401
     status, body, _ = call(app, "/admin/reload", {}, headers={"X-Admin-Token": "s3cret"})
     assert status == 200 and body["ranker"]["last_error"] is None and body["retriever"]["version"] == "1"
+
+
+def test_every_state_changing_endpoint_needs_its_token(app: str) -> None:
+    """This app has an admin token and no events token: event ingestion over HTTP is off (403 naming the setting),
+    admin endpoints refuse a missing or wrong token (401) before looking at what they would change."""
+    event = {"event_id": "t-1", "ts": 1_760_000_000, "user_id": 1, "item_id": 1, "type": "click"}
+    status, body, _ = call(app, "/events", {"events": [event]}, headers={"X-Events-Token": "anything"})
+    assert status == 403 and "serving.events_token" in body["detail"]
+    for headers in (None, {"X-Admin-Token": "wrong"}):
+        assert call(app, "/admin/experiments/ab/stop", {}, headers=headers)[0] == 401
+    status, body, _ = call(app, "/admin/experiments/ab/stop", {}, headers={"X-Admin-Token": "s3cret"})
+    assert status == 404 and "runs no experiments" in body["detail"]

@@ -35,9 +35,14 @@ def served(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> Iter
     events = tmp_path_factory.mktemp("events")
     cfg, url = start(scenario, "events.stream.serve=true", "events.max_batch_events=50",
                      "events.bus.type=sqlite", f"events.bus.path={events / 'bus.db'}",
-                     f"events.log_path={events / 'log'}", f"serving.events_token={TOKEN}")
+                     f"events.log_path={events / 'log'}", f"serving.events_token={TOKEN}",
+                     f"serving.read_token={READ_TOKEN}")
     yield cfg, url
     stop_app()
+
+
+READ_TOKEN = "read-token-for-tests-89ab"
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 
 
 def post_events(url: str, events: list[Any], token: str | None = TOKEN) -> tuple[int, Any]:
@@ -106,12 +111,25 @@ def test_the_events_token_is_required_when_configured(served: tuple[RecForgeConf
     assert post_events(url, [event])[0] == 200
 
 
+def test_read_endpoints_need_the_read_token_when_one_is_set(served: tuple[RecForgeConfig, str]) -> None:
+    _, url = served
+    for path, body in (("/recommend", {"user_id": 1, "k": 3}), ("/predict", {"user_id": 1, "item_ids": [1]}),
+                       ("/models", None), ("/experiments", None)):
+        for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": READ_TOKEN},
+                        {"Authorization": f"Bearer {TOKEN}"}):  # none, wrong, no scheme, another endpoint's token
+            status, answer, got = call(url, path, body, headers=headers)
+            assert status == 401 and "serving.read_token" in answer["detail"], (path, headers, answer)
+            assert got.get("www-authenticate", got.get("WWW-Authenticate")) == "Bearer"
+        assert call(url, path, body, headers=READ)[0] == 200, path
+    assert call(url, "/healthz")[0] == 200  # load balancers need no token
+
+
 def test_a_purchase_posted_to_events_changes_that_users_next_recommendations(
         served: tuple[RecForgeConfig, str]) -> None:
     cfg, url = served
     users = [u for u in range(2, 200) if len(history(cfg, u)) >= 3]
     user = users[3]  # not the user the other API tests look at
-    status, before, _ = call(url, "/recommend", {"user_id": user, "k": 10})
+    status, before, _ = call(url, "/recommend", {"user_id": user, "k": 10}, headers=READ)
     assert status == 200 and before["fallback"] is None and before["exposure_id"]
     bought = before["items"][0]["item_id"]
     assert bought not in history(cfg, user)
@@ -123,7 +141,7 @@ def test_a_purchase_posted_to_events_changes_that_users_next_recommendations(
     t0 = time.perf_counter()
     after = before
     while time.perf_counter() - t0 < 15:
-        after = call(url, "/recommend", {"user_id": user, "k": 10})[1]
+        after = call(url, "/recommend", {"user_id": user, "k": 10}, headers=READ)[1]
         if bought not in [it["item_id"] for it in after["items"]]:
             break
         time.sleep(0.05)

@@ -26,6 +26,8 @@ from tests.serving.test_app import Scenario, build_scenario, call, start
 
 pytestmark = pytest.mark.slow
 
+EVENTS_TOKEN = "events-token-for-tests-0123"
+ADMIN_TOKEN = "admin-token-for-tests-4567"
 ARMS = ("{arms: [{name: control, share: 0.5}, {name: challenger, share: 0.5, ranker: '%s'}], "
         "attribution_window_s: 600}")
 
@@ -41,7 +43,8 @@ def served(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
     d = tmp_path_factory.mktemp("experiments")
     versions = next(iter(scenario.versions.values()))
-    cfg, url = start(scenario, "events.stream.serve=true", "events.bus.type=sqlite",
+    cfg, url = start(scenario, f"serving.events_token={EVENTS_TOKEN}", f"serving.admin_token={ADMIN_TOKEN}",
+                     "events.stream.serve=true", "events.bus.type=sqlite",
                      f"events.bus.path={d / 'bus.db'}", f"events.log_path={d / 'log'}", "events.log_flush_s=0.5",
                      f"experiments.store_path={d / 'experiments.db'}", f"experiments.reports_dir={d / 'reports'}",
                      "experiments.poll_s=0.3",
@@ -116,7 +119,7 @@ def test_an_experiment_serves_each_user_their_arm_logs_exposures_and_joins_outco
               for u, body in answers.items() if isinstance(u, int) and body["items"]][:20]
     clicks.append({"event_id": "click-unknown", "ts": time.time(), "user_id": 1, "item_id": 1, "type": "click",
                    "exposure_id": "no-such-exposure"})
-    status, body, _ = call(url, "/events", {"events": clicks})
+    status, body, _ = call(url, "/events", {"events": clicks}, headers={"X-Events-Token": EVENTS_TOKEN})
     assert status == 200 and body["accepted"] == len(clicks), body
 
     status, live, _ = call(url, "/experiments")
@@ -152,12 +155,18 @@ def test_an_experiment_serves_each_user_their_arm_logs_exposures_and_joins_outco
 
     from serving.experiments.simulate import run_simulation
 
-    sim = run_simulation(cfg.source, url, requests=40, concurrency=2, k=5, seed=3, events=cfg.events)
+    sim = run_simulation(cfg.source, url, requests=40, concurrency=2, k=5, seed=3, events=cfg.events,
+                         events_token=EVENTS_TOKEN)
     assert sim["completed"] == 40 and sim["error_count"] == 0 and sim["events"]["rejected"] == 0
     assert set(sim["arms"]) <= {"control", "challenger"}
     assert all(0 < a["true_ctr"] < 1 and 0 < a["impressions"] <= 5 * a["exposures"] for a in sim["arms"].values())
 
-    manage.stop(app, "ab", "test over")
+    # experiment control over HTTP needs the admin token: a wrong one changes nothing
+    status, body, _ = call(url, "/admin/experiments/ab/stop", {}, headers={"X-Admin-Token": "wrong"})
+    assert status == 401 and [s.name for s in manage.store_of(app).running()] == ["ab"]
+    status, body, _ = call(url, "/admin/experiments/ab/stop?reason=test%20over", {},
+                           headers={"X-Admin-Token": ADMIN_TOKEN})
+    assert status == 200 and body["stopped"] == "ab" and body["reason"] == "test over", body
     wait_for(lambda: recommend(url, 1)["experiment"] is None)
     with pytest.raises(ExperimentStateError, match="already stopped"):
         manage.stop(app, "ab")
