@@ -15,7 +15,8 @@ from pydantic import Field, model_validator
 from feature_store.config import StrictModel
 
 BUILTIN_DATASETS = ("events", "event_log", "customers")
-"""Data sets every scenario has (when their producing command ran): `events` the prepared events (all splits),
+"""Data sets every scenario has (when their producing command ran): `events` the prepared interactions with each
+user's latest attributes,
 `event_log` the live offline event log, `customers` the latest `recforge segment` assignments (with churn and
 LTV scores when those ran); plus `experiment:<name>` for every experiment (one row per exposure with its arm)."""
 

@@ -1,7 +1,7 @@
 """The data sets `recforge report` releases aggregates of: each is one table with a person column, read from what
 the platform's commands wrote (never from raw input files).
 
-- `events`: the prepared events, every split (`recforge prepare`), with the entity and profile features joined;
+- `events`: the prepared interactions (`recforge prepare`, the offline store) with each user's latest attributes;
 - `event_log`: the live event log (`POST /events`, exposures), its JSON context expanded into columns;
 - `customers`: the latest `recforge segment` assignments, with the churn risk and LTV when those ran;
 - `experiment:<name>`: one row per exposure of the experiment (arm, shown items, clicks, purchases, revenue);
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analytics.config import AnalyticsConfig
@@ -81,13 +80,24 @@ def _with_day(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _prepared(fs: FeatureStoreConfig) -> tuple[pd.DataFrame, str]:
+    """The offline store's interactions (`recforge prepare`) with each user's latest attributes from the user
+    entity table (age band, region, ...): raw values, not the model's encoded inputs."""
     lay = layout(fs)
-    files = sorted(lay.prepared.glob("*/*.parquet")) if lay.prepared.is_dir() else []
-    files = [f for f in files if f.parent.name in ("train", "valid", "test")]
-    if not files:
-        raise PrivacyError(f"data set 'events': no prepared events under {lay.prepared}; run `recforge prepare`")
-    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
-    return table.to_pandas(), str(lay.prepared)
+    path = lay.offline / "interactions.parquet"
+    if not path.is_file():
+        raise PrivacyError(f"data set 'events': no prepared events at {path}; run `recforge prepare`")
+    frame = pq.read_table(path).to_pandas()
+    key = fs.features.user_key
+    for entity in fs.entities.values():
+        table = lay.offline / f"{entity.table}.parquet"
+        if entity.key != key or not table.is_file():
+            continue
+        users = pq.read_table(table).to_pandas()
+        if entity.timestamp and entity.timestamp in users.columns:
+            users = users.sort_values(entity.timestamp).drop_duplicates(key, keep="last")
+        extra = [c for c in users.columns if c not in frame.columns and c != entity.timestamp]
+        frame = frame.merge(users[[key, *extra]], on=key, how="left")
+    return frame, str(path)
 
 
 def _event_log(fs: FeatureStoreConfig) -> tuple[pd.DataFrame, str]:

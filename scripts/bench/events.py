@@ -269,6 +269,7 @@ def freshness(cfg: Any, seconds: float, seed: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ serve
+EVENTS_TOKEN = "bench-events-token"  # the app's serving.events_token: ingestion over HTTP needs one
 def _post_events(url: str, rate: int, seconds: float, users: list[Any], items: list[Any], stop: Any) -> None:
     """Process: `rate` events/s POSTed to /events, 100 per request (bodies built before the clock starts, the
     send time put in as `ts`, so the load generator costs the shared cores little)."""
@@ -294,7 +295,7 @@ def _post_events(url: str, rate: int, seconds: float, users: list[Any], items: l
         if wait > 0:
             time.sleep(wait)
         conn.request("POST", "/events", body.replace("{ts}", f"{time.time():.3f}"),
-                     {"Content-Type": "application/json"})
+                     {"Content-Type": "application/json", "X-Events-Token": EVENTS_TOKEN})
         resp = conn.getresponse()
         resp.read()
 
@@ -307,7 +308,8 @@ def serve_part(seconds: float, warmup: float, overrides: Sequence[str] = ()) -> 
 
     out = REPO / "runs" / "bench_serve"
     cfg = load(REPO / "configs" / "demo.yaml", [*TINY, f"output_dir={out}", "events.stream.serve=true",
-                                                "events.bus.type=sqlite", *overrides])
+                                                "events.bus.type=sqlite", f"serving.events_token={EVENTS_TOKEN}",
+                                                *overrides])
     setup(cfg)
     shutil.rmtree(out / "events", ignore_errors=True)
     users, items = sample_ids(cfg, 2000, 0)

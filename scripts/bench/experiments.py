@@ -198,7 +198,7 @@ def e2e_part(visits: int, workdir: str) -> dict[str, Any]:
     cfg = _demo_cfg("events.stream.serve=true", "events.log_flush_s=1", f"events.log_path={workdir}/log",
                     "events.bus.type=sqlite", f"events.bus.path={workdir}/bus.db",
                     f"experiments.store_path={workdir}/experiments.db", f"experiments.reports_dir={workdir}/reports",
-                    "experiments.poll_s=0.5",
+                    "experiments.poll_s=0.5", "serving.events_token=bench-events-token",
                     *(f"experiments.definitions.{n}={_arms(v['lr'], v['dcnv2'], kind)}" for kind, n in names.items()))
     app = app_settings(cfg)
     url = start_app(app)
@@ -207,7 +207,8 @@ def e2e_part(visits: int, workdir: str) -> dict[str, Any]:
         for kind, name in names.items():
             manage.start(app, name)
             time.sleep(3)  # the replicas load both arms
-            sim = run_simulation(cfg.source, url, requests=visits, concurrency=4, seed=11, events=cfg.events)
+            sim = run_simulation(cfg.source, url, requests=visits, concurrency=4, seed=11, events=cfg.events,
+                                 events_token=cfg.serving.events_token)
             time.sleep(4)  # the offline log's last flush
             manage.stop(app, name, "benchmark run over")
             res = manage.result(app, name)
