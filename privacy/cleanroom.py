@@ -36,9 +36,8 @@ from feature_store.config import FeatureStoreConfig, PseudonymisationConfig
 from feature_store.pseudonymise import key_id_of, marked, read_key
 from privacy.config import CleanRoomConfig, CleanRoomParty, PrivacyConfig
 from privacy.errors import BudgetExceeded, PrivacyError
-from privacy.ledger import Ledger
 from privacy.release import Measure, ReleaseSpec, release
-from privacy.reports import budget_json, ledger_path, release_doc, write_release
+from privacy.reports import budget_json, open_ledger, release_doc, write_release
 from serving.registry.store import os_user
 
 DATASET = "cleanroom"
@@ -98,8 +97,7 @@ def run_cleanroom(fs: FeatureStoreConfig, privacy: PrivacyConfig) -> dict[str, A
     pub = read_party("publisher", cfg.publisher, key_id)
     queries = _queries(cfg, adv, pub)
 
-    ledger = Ledger(ledger_path(fs, privacy))
-    ledger.ensure_budget(DATASET, cfg.budget.epsilon, cfg.budget.delta)
+    ledger = open_ledger(fs, privacy, DATASET, cfg.budget)
     eps = sum(spec.epsilon for _, _, spec in queries)
     dlt = sum(spec.delta for _, _, spec in queries)
     try:

@@ -64,8 +64,6 @@ def open_ledger(fs: FeatureStoreConfig, privacy: PrivacyConfig, dataset: str, bu
     ledger = Ledger(ledger_path(fs, privacy))
     try:
         ledger.ensure_budget(dataset, budget.epsilon, budget.delta)
-    except BudgetExceeded:
-        raise
     except PrivacyError as exc:
         raise PrivacyError(f"{exc}. From the command line: `recforge report budget --reset-total {dataset}` records "
                            f"the configured total (a policy decision, kept in the ledger's history)") from None
@@ -152,6 +150,8 @@ def budgets(fs: FeatureStoreConfig, privacy: PrivacyConfig, reset_total: str | N
     ledger = Ledger(ledger_path(fs, privacy))
     if reset_total is not None:
         b = privacy.datasets[reset_total].budget if reset_total in privacy.datasets else None
+        if reset_total == "cleanroom" and privacy.cleanroom is not None:
+            b = privacy.cleanroom.budget
         b = b or privacy.budget
         ledger.set_budget(reset_total, b.epsilon, b.delta, replace=True)
     out = []

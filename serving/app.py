@@ -562,6 +562,10 @@ class Ingress:
                                 status_code=404)
         store = ExperimentStore(Path(self.s.experiments.path))
         try:
+            await asyncio.to_thread(store.get, name)
+        except ExperimentStateError as exc:  # never started here
+            return JSONResponse({"detail": printable(str(exc))}, status_code=404)
+        try:
             state = await asyncio.to_thread(store.stop, name, printable(reason or "stopped through POST /admin/"
                                                                                   f"experiments/{name}/stop"))
         except ExperimentStateError as exc:

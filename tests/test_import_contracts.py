@@ -24,7 +24,8 @@ def test_project_keeps_its_layer_and_acyclic_contracts() -> None:
 def test_contracts_reject_an_upward_import_and_a_cycle(tmp_path: Path) -> None:
     packages = {"feature_store": {"a.py": "from training import t\n", "b.py": "from feature_store import c\n",
                                   "c.py": "from feature_store import b\n"},
-                "training": {"t.py": ""}, "serving": {"s.py": ""}, "recforge": {"r.py": ""}}
+                "training": {"t.py": ""}, "serving": {"s.py": ""}, "analytics": {"an.py": ""},
+                "privacy": {"p.py": ""}, "recforge": {"r.py": ""}}
     for package, modules in packages.items():
         (tmp_path / package).mkdir()
         (tmp_path / package / "__init__.py").write_text("")

@@ -11,8 +11,10 @@ $RECFORGE_TEST_ARTIFACTS/console/) and prints each page's load time.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,7 +85,15 @@ def served(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
     d = tmp_path_factory.mktemp("console-browser")
     versions = next(iter(scenario.versions.values()))
-    overrides = ("events.stream.serve=true", "events.bus.type=sqlite", f"events.bus.path={d / 'bus.db'}",
+    # its own copy of the shared scenario's online store: this app's stream processor (its lease, the histories
+    # and views the clicks change) must not leak into the other modules' apps on the same scenario
+    src = sqlite3.connect(Path(scenario.cfg.output_dir) / "online.db")
+    dst = sqlite3.connect(d / "online.db")
+    src.backup(dst)
+    src.close()
+    dst.close()
+    overrides = (f"online_store.path={d / 'online.db'}", "events.stream.serve=true", "events.bus.type=sqlite",
+                 f"events.bus.path={d / 'bus.db'}",
                  f"events.log_path={d / 'log'}", "events.log_flush_s=0.5", f"experiments.store_path={d / 'exp.db'}",
                  f"experiments.reports_dir={d / 'reports'}", "experiments.poll_s=0.3", "experiments.definitions={}",
                  f"experiments.definitions.ab={ARMS % versions['lr']}", f"serving.console_token={TOKEN}",

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from feature_store.config import dump_config
 from feature_store.secrets import redact_url, scrub, secret_fields
@@ -173,6 +174,23 @@ def raw_ids_in(path: Path, raw_ids: np.ndarray) -> list[str]:
     return [f"{path}: {h}" for h in hits]
 
 
+def demo_prints_every_stage(text: str, out: Path) -> None:
+    """What `recforge demo` must print and write (one demo run serves this and the leak checks: it is the suite's
+    longest test)."""
+    for needle in ("events     30,000", "rows rejected: 0", "vocabulary sizes", "user_id", "split (time)",
+                   "user_history", "Train two-tower retrieval", "most_popular", "Index flat", "recall guard",
+                   "Registry (", "demo-ranker v1: accepted", "demo-retriever v1: accepted",
+                   "Serving at http://127.0.0.1:", "fallback=popular", "no-such-item:unknown_item", "app shut down",
+                   "Total time:"):
+        assert needle in text, f"{needle!r} missing from demo output:\n{text}"
+    assert (out / "prepared" / "spec" / "feature_spec.json").is_file()
+    bundle = out / "retrieval" / "bundle"
+    assert (bundle / "index" / "index.faiss").is_file() and (bundle / "embeddings").is_dir()
+    assert list((out / "reviews").glob("demo-ranker-v1-*/review.md"))
+    resolved = yaml.safe_load((out / "prepared" / "resolved_config.yaml").read_text())
+    assert resolved["source"]["n_impressions"] == 30000 and resolved["prepare"]["num_cpus"] == 2
+
+
 @pytest.mark.slow
 def test_the_demo_path_leaks_no_planted_secret_and_no_raw_user_id(tmp_path: Path) -> None:
     """The whole demo path (generate -> prepare -> materialize -> train -> register/promote -> serve with
@@ -194,6 +212,7 @@ def test_the_demo_path_leaks_no_planted_secret_and_no_raw_user_id(tmp_path: Path
         demo = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
         assert demo.returncode == 0, demo.stderr[-3000:]
         assert "Materialize -> redis:redis://***@127.0.0.1" in demo.stdout
+        demo_prints_every_stage(demo.stdout, out)
         common = ["-c", "configs/demo.yaml", "--output-dir", str(out), "--set", "source.n_impressions=30000",
                   "--set", f"source.n_users={N_USERS}", "--set", "source.n_items=300", "--set",
                   "source.n_categories=6", "--set", "analytics.holdout_days=7", "--set",

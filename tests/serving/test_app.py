@@ -390,11 +390,12 @@ def test_admin_reload_needs_the_token(app: str) -> None:
 
 def test_every_state_changing_endpoint_needs_its_token(app: str) -> None:
     """This app has an admin token and no events token: event ingestion over HTTP is off (403 naming the setting),
-    admin endpoints refuse a missing or wrong token (401) before looking at what they would change."""
+    admin endpoints refuse a missing or wrong token (401) before looking at what they would change, and the right
+    token on an experiment that was never started is a 404 naming it."""
     event = {"event_id": "t-1", "ts": 1_760_000_000, "user_id": 1, "item_id": 1, "type": "click"}
     status, body, _ = call(app, "/events", {"events": [event]}, headers={"X-Events-Token": "anything"})
     assert status == 403 and "serving.events_token" in body["detail"]
     for headers in (None, {"X-Admin-Token": "wrong"}):
         assert call(app, "/admin/experiments/ab/stop", {}, headers=headers)[0] == 401
     status, body, _ = call(app, "/admin/experiments/ab/stop", {}, headers={"X-Admin-Token": "s3cret"})
-    assert status == 404 and "runs no experiments" in body["detail"]
+    assert status == 404 and "no experiment 'ab' was started" in body["detail"]
