@@ -218,6 +218,25 @@ def load(cfg: PseudonymisationConfig) -> Pseudonymiser | None:
     return Pseudonymiser(read_key(cfg), tuple(cfg.columns), cfg.normalise)
 
 
+def check_same_key(p: Pseudonymiser | None, summary: dict[str, Any] | None) -> None:
+    """Refuse to serve data hashed under another key (or not hashed) with this one, or hashed data without a key:
+    every request's user id would miss the stores. `summary`: the prepared data's summary (None: not known here,
+    e.g. a serving host without the prepared files; nothing to compare)."""
+    if summary is None:
+        return
+    hashed = summary.get("pseudonymised")
+    if p is None and hashed:
+        raise PseudonymKeyError(f"the prepared data holds pseudonyms (key id {hashed['key_id']}) but "
+                                f"pseudonymisation is off: turn it on with the same key, or requests' raw ids "
+                                f"will never match")
+    if p is not None and not hashed:
+        raise PseudonymKeyError("pseudonymisation is on but the prepared data holds raw ids: prepare again with "
+                                "pseudonymisation on (then train and promote), or turn it off")
+    if p is not None and hashed and hashed["key_id"] != p.key_id:
+        raise PseudonymKeyError(f"the key given has id {p.key_id} but the prepared data was hashed with key id "
+                                f"{hashed['key_id']}: use that key (a new key means preparing and training again)")
+
+
 def pseudonymise_file(src: Path, out: Path, columns: list[str], cfg: PseudonymisationConfig) -> dict[str, Any]:
     """`recforge pseudonymise`: a party's CSV / TSV / Parquet file -> Parquet with `columns` replaced by their
     pseudonyms (trimmed and lower-cased first, as personal data) and the record of what was hashed under which key,
@@ -256,6 +275,5 @@ def id_columns(cfg: Any) -> set[str]:
     return {cfg.features.user_key, cfg.profiles.user_key}
 
 
-__all__ = ["METADATA_KEY", "WITHHELD", "PseudonymKeyError", "Pseudonymiser", "cached", "id_columns", "key_id_of",
-           "load",
-           "mark", "marked", "pseudonymise_file", "read_key"]
+__all__ = ["METADATA_KEY", "WITHHELD", "PseudonymKeyError", "Pseudonymiser", "cached", "check_same_key",
+           "id_columns", "key_id_of", "load", "mark", "marked", "pseudonymise_file", "read_key"]

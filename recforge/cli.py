@@ -490,7 +490,10 @@ def _serve(args: argparse.Namespace, cfg: config_mod.RecForgeConfig | None,
         raise ConfigError("pass --config FILE (only `recforge serve --stop` works without one)")
     from feature_store import pseudonymise
 
-    pseudonymise.load(cfg.pseudonymisation)  # a missing or short key stops here, not in every replica
+    # a missing or short key stops here, not in every replica; and a key other than the one the data was hashed
+    # with would make every user unknown (answered with the popular items): refused too
+    p = pseudonymise.load(cfg.pseudonymisation)
+    pseudonymise.check_same_key(p, config_mod.prepared_summary(cfg))
     if args.detach:  # the same command without --detach, in a new session, logging to a file
         child = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--detach"]
         log = Path(cfg.output_dir) / "serving" / f"serve-{cfg.serving.port}.log"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -199,6 +200,16 @@ def registry_settings(cfg: RecForgeConfig) -> RegistrySettings:
         gate=cfg.registry.gate,
         feature_store=feature_store_config(cfg),
     )
+
+
+def prepared_summary(cfg: RecForgeConfig) -> dict[str, Any] | None:
+    """The prepared data's summary.json (`recforge prepare`), or None where this machine has none."""
+    import json
+
+    from feature_store.prepare import layout
+
+    path = layout(feature_store_config(cfg)).summary
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def app_settings(cfg: RecForgeConfig) -> AppSettings:

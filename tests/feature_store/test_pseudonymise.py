@@ -156,3 +156,23 @@ def test_prepare_writes_rejects_without_their_raw_text(tmp_path: Path, monkeypat
 def test_the_config_never_takes_the_key_itself(tmp_path: Path) -> None:
     with pytest.raises((ConfigError, ValueError), match="key"):
         PseudonymisationConfig.model_validate({"enabled": True, "key": KEY})
+
+
+def test_serve_refuses_a_key_other_than_the_datas_and_hashed_data_without_a_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Served with another key (or none), every request's user id would miss the stores and be answered as an
+    unknown user: `recforge serve` refuses before starting anything."""
+    cfg_path = _config(tmp_path)
+    summary = tmp_path / "out" / "prepared" / "summary.json"
+    summary.parent.mkdir(parents=True)
+    data_key = Pseudonymiser(b"the-key-the-data-was-hashed-with-0123456789")
+    summary.write_text(json.dumps({"pseudonymised": {"key_id": data_key.key_id, "columns": ["user_id"]}}))
+    monkeypatch.setenv("RF_TEST_KEY", KEY)
+    assert main(["serve", "-c", str(cfg_path)]) == 2
+    err = capsys.readouterr().err
+    assert data_key.key_id in err and "use that key" in err
+    assert main(["serve", "-c", str(cfg_path), "--set", "pseudonymisation.enabled=false"]) == 2
+    assert "pseudonymisation is off" in capsys.readouterr().err
+    summary.write_text(json.dumps({"pseudonymised": None}))
+    assert main(["serve", "-c", str(cfg_path)]) == 2
+    assert "holds raw ids" in capsys.readouterr().err
