@@ -340,3 +340,29 @@ def chart_figures(html: str) -> list[dict[str, Any]]:
     import re
 
     return [json.loads(html_module.unescape(m)) for m in re.findall(r"data-figure='([^']*)'", html)]
+
+
+def test_the_experiments_page_analyses_again_only_when_the_log_or_the_state_changed(
+        full: tuple[TestClient, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each analysis reads the whole offline log: reloading the page while nothing arrived reuses it, a new log file
+    computes it afresh."""
+    import shutil
+
+    from serving.console import data
+    from serving.experiments import manage
+
+    client, out = full
+    calls: list[str] = []
+    real = manage.result
+    monkeypatch.setattr(manage, "result", lambda app, name, **kw: calls.append(name) or real(app, name, **kw))
+    data._RESULTS.clear()
+    page = logged_in(client)
+    assert page.get("/console/experiments").status_code == 200
+    first = len(calls)
+    assert first >= 1
+    assert page.get("/console/experiments").status_code == 200
+    assert len(calls) == first  # nothing new: the cached analyses
+    part = next((out / "events").rglob("*.parquet"))
+    shutil.copy(part, part.with_name("part-9-9.parquet"))  # the log grew
+    assert page.get("/console/experiments").status_code == 200
+    assert len(calls) == 2 * first
