@@ -17,6 +17,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +258,13 @@ def test_the_demo_path_leaks_no_planted_secret_and_no_raw_user_id(tmp_path: Path
     assert any("mlartifacts" in f.parts for f in written) and any(f.name == "ledger.db" for f in written)
     leaks = [hit for f in written for hit in raw_ids_in(f, raw_ids)]
     assert not leaks, leaks[:20]
+    ray_logs = Path(tempfile.gettempdir()) / "ray" / "session_latest" / "logs"  # the demo's own Ray session
+    if ray_logs.is_dir():  # the serving replicas' and the stream processor's logs
+        logged = [f for f in ray_logs.rglob("*") if f.is_file() and f.suffix in (".log", ".out", ".err")]
+        assert logged
+        leaks = [f"{f}: {n!r}" for f in logged for n in (*RAW_TEXT, PSEUDONYM_KEY.encode())
+                 if n in f.read_bytes()] + [f"{f}: raw id" for f in logged if RAW_ID.search(f.read_bytes())]
+        assert not leaks, leaks[:20]
     assert not [n for n in RAW_TEXT if n in online] and not RAW_ID.search(online), \
         "the Redis online store holds a raw id, email or phone"
     assert online.count(b"\n") > 100  # the store was read: it holds the users' features, under pseudonyms
