@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feature_store.config import ConfigError, FeatureStoreConfig
+from feature_store.layout import RunLayout
 from feature_store.offline import as_array, encode_keys
-from feature_store.prepare import layout
 from feature_store.readers import read_scenario_source
 
 DAY = 86_400.0
@@ -119,7 +119,7 @@ def orders_from_rows(table: pa.Table, *, user_key: str, amount: str, order: str 
 def read_orders(cfg: FeatureStoreConfig, work_dir: Path | None = None, profile_columns: tuple[str, ...] = ()
                 ) -> Orders:
     """The scenario's purchases (its `profiles` columns) as orders, with `profile_columns` per customer."""
-    raw = read_scenario_source(cfg, Path(work_dir) if work_dir else layout(cfg).raw)  # the generator's cache
+    raw = read_scenario_source(cfg, Path(work_dir) if work_dir else RunLayout(Path(cfg.output_dir)).raw)
     p = cfg.profiles
     if p.table not in raw.tables:
         raise ConfigError(f"profiles.table: the source ({cfg.source.type}) has no table '{p.table}' (it has "

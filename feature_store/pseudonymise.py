@@ -113,12 +113,13 @@ class Pseudonymiser:
     def key_id(self) -> str:
         return key_id_of(self.key)
 
+    def _text(self, v: Any, personal: bool) -> str:
+        """What is hashed: the value's text, trimmed and lower-cased for personal columns (`normalise`)."""
+        return str(v).strip().lower() if personal and self.normalise else str(v)
+
     def value(self, v: int | str, *, personal: bool = False) -> int | str:
         """One value's pseudonym, in the value's type (int -> int, str -> decimal text)."""
-        text = str(v)
-        if personal and self.normalise:
-            text = text.strip().lower()
-        p = _pseudonym(self.key, text)
+        p = _pseudonym(self.key, self._text(v, personal))
         return p if isinstance(v, int) and not isinstance(v, bool) else str(p)
 
     def array(self, arr: pa.Array | pa.ChunkedArray, *, personal: bool = False) -> pa.Array:
@@ -130,9 +131,7 @@ class Pseudonymiser:
         if not integer and not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
             arr = pc.cast(arr, pa.string())
         uniques = pc.unique(arr.drop_null())
-        texts = [str(v) for v in uniques.to_pylist()]
-        if personal and self.normalise:
-            texts = [t.strip().lower() for t in texts]
+        texts = [self._text(v, personal) for v in uniques.to_pylist()]
         hashed = np.fromiter((_pseudonym(self.key, t) for t in texts), dtype=np.int64, count=len(texts))
         idx = pc.index_in(arr, value_set=uniques)
         out = pa.array(hashed).take(idx)
@@ -153,7 +152,6 @@ class Pseudonymiser:
         if done:
             table = mark(table, self.key_id, done)
         return table, done
-
 
     def event(self, raw: Any, id_fields: tuple[str, ...] = ("user_id",)) -> Any:
         """A raw event (as sent, before the contract checks it) with its user id and personal context values
@@ -188,7 +186,7 @@ def cached(cfg: PseudonymisationConfig) -> Pseudonymiser | None:
         return None
     key = (cfg.key_env, cfg.key_file, cfg.min_key_bytes, tuple(cfg.columns), cfg.normalise)
     if key not in _loaded:
-        _loaded[key] = Pseudonymiser(read_key(cfg), tuple(cfg.columns), cfg.normalise)
+        _loaded[key] = load(cfg)  # type: ignore[assignment]
     return _loaded[key]
 
 

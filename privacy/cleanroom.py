@@ -111,11 +111,11 @@ def run_cleanroom(fs: FeatureStoreConfig, privacy: PrivacyConfig) -> dict[str, A
     releases = []
     for name, frame, spec in queries:
         rel = release(frame, PERSON, spec)
-        table = _with_rates(name, rel.table) if name == "conversion_lift" else rel.table
+        table = _with_rates(rel.table) if name == "conversion_lift" else rel.table
         doc = release_doc(name, DATASET, spec, table, rel.meta, budget_json(ledger.budget(DATASET)))
         if name == "conversion_lift":
             doc["lift"] = _lift(table)
-        releases.append({**doc, "outputs": write_release(out_dir, doc), "seconds": 0.0})
+        releases.append({**doc, "outputs": write_release(out_dir, doc)})
     return {"key_id": key_id, "advertiser_rows": len(adv), "publisher_rows": len(pub), "releases": releases,
             "budget": budget_json(ledger.budget(DATASET)), "seconds": round(time.perf_counter() - t0, 3)}
 
@@ -135,8 +135,8 @@ def _queries(cfg: CleanRoomConfig, adv: pd.DataFrame, pub: pd.DataFrame) -> list
     out: list[tuple[str, pd.DataFrame, ReleaseSpec]] = [
         ("overlap", membership, ReleaseSpec(group_by=("membership",), measures=people,
                                             keys={"membership": list(MEMBERSHIP)}, **common))]  # type: ignore[arg-type]
-    customers = adv.drop_duplicates(PERSON).assign(exposed=np.where(adv.drop_duplicates(PERSON)[PERSON].isin(both),
-                                                                    EXPOSED[0], EXPOSED[1]))
+    customers = adv.drop_duplicates(PERSON)
+    customers = customers.assign(exposed=np.where(customers[PERSON].isin(both), EXPOSED[0], EXPOSED[1]))
     if cfg.segment_column:
         frame = customers[[PERSON, cfg.segment_column, "exposed"]].fillna({cfg.segment_column: "unknown"})
         out.append(("reach_per_segment", frame, ReleaseSpec(
@@ -158,7 +158,7 @@ def _queries(cfg: CleanRoomConfig, adv: pd.DataFrame, pub: pd.DataFrame) -> list
     return out
 
 
-def _with_rates(name: str, table: pd.DataFrame) -> pd.DataFrame:
+def _with_rates(table: pd.DataFrame) -> pd.DataFrame:
     """Conversion rate per released cell (post-processing of the noisy figures: free of privacy cost)."""
     people = pd.to_numeric(table["people"], errors="coerce")
     converted = pd.to_numeric(table["converted"], errors="coerce")

@@ -26,7 +26,7 @@ from analytics.report import output_dir as analytics_dir
 from feature_store.config import FeatureStoreConfig
 from feature_store.events.ingest import read_log
 from feature_store.events.scenario import log_dir
-from feature_store.prepare import layout
+from feature_store.layout import RunLayout
 from privacy.config import BudgetConfig, PrivacyConfig
 from privacy.errors import PrivacyError
 from serving.config import AppSettings
@@ -82,7 +82,7 @@ def _with_day(frame: pd.DataFrame) -> pd.DataFrame:
 def _prepared(fs: FeatureStoreConfig) -> tuple[pd.DataFrame, str]:
     """The offline store's interactions (`recforge prepare`) with each user's latest attributes from the user
     entity table (age band, region, ...): raw values, not the model's encoded inputs."""
-    lay = layout(fs)
+    lay = RunLayout(Path(fs.output_dir))
     path = lay.offline / "interactions.parquet"
     if not path.is_file():
         raise PrivacyError(f"data set 'events': no prepared events at {path}; run `recforge prepare`")

@@ -16,11 +16,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from analytics.config import AnalyticsConfig
@@ -31,6 +29,7 @@ from privacy.errors import BudgetExceeded, PrivacyError
 from privacy.ledger import Budget, Ledger
 from privacy.release import Measure, ReleaseSpec, check_input, release
 from serving.config import AppSettings
+from serving.experiments.analysis import plain
 from serving.registry.store import os_user
 from serving.reports import render_report
 
@@ -103,8 +102,7 @@ def release_doc(name: str, dataset: str, spec: ReleaseSpec, table: pd.DataFrame,
                 budget: dict[str, Any] | None) -> dict[str, Any]:
     """The release as plain data (the format the console and the reports read)."""
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    clean = table.astype(object).where(table.notna(), None)
-    rows = [{k: _plain(v) for k, v in r.items()} for r in clean.to_dict(orient="records")]
+    rows = plain(table.astype(object).where(table.notna(), None).to_dict(orient="records"))
     return {
         "kind": "privacy_release",
         "id": f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{name}",
@@ -114,22 +112,8 @@ def release_doc(name: str, dataset: str, spec: ReleaseSpec, table: pd.DataFrame,
                   "k": spec.k, "mechanism": spec.mechanism,
                   "epsilon": spec.epsilon if spec.mechanism != "none" else 0.0,
                   "delta": spec.delta if spec.mechanism != "none" else 0.0},
-        "columns": list(table.columns), "rows": rows, "meta": _plain(dict(meta)), "budget": budget,
+        "columns": list(table.columns), "rows": rows, "meta": plain(dict(meta)), "budget": budget,
     }
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_plain(x) for x in v]
-    if isinstance(v, Fraction):
-        return float(v)
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    return v
 
 
 def write_release(directory: Path, doc: dict[str, Any]) -> dict[str, str]:

@@ -206,9 +206,9 @@ def prepared_summary(cfg: RecForgeConfig) -> dict[str, Any] | None:
     """The prepared data's summary.json (`recforge prepare`), or None where this machine has none."""
     import json
 
-    from feature_store.prepare import layout
+    from feature_store.layout import RunLayout
 
-    path = layout(feature_store_config(cfg)).summary
+    path = RunLayout(Path(cfg.output_dir)).summary
     return json.loads(path.read_text()) if path.is_file() else None
 
 

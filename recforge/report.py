@@ -471,7 +471,8 @@ def render_release(r: dict[str, Any]) -> list[str]:
     if b:
         lines.append(f"  budget of {b['dataset']}: epsilon {b['spent_epsilon']:g} spent of {b['total_epsilon']:g} "
                      f"({b['remaining_epsilon']:g} left), {b['queries']} releases")
-    return [*lines, f"  report: {r['outputs']['html']}", f"  time: {r['seconds']:.1f}s"]
+    lines.append(f"  report: {r['outputs']['html']}")
+    return [*lines, f"  time: {r['seconds']:.1f}s"] if "seconds" in r else lines
 
 
 def render_ledger(r: dict[str, Any]) -> list[str]:

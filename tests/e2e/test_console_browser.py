@@ -25,6 +25,7 @@ from serving.experiments import manage
 from tests.conftest import ROOT
 from tests.serving.console_fixtures import TOKEN, write_release
 from tests.serving.test_app import SMALL, Scenario, build_scenario, call, start
+from tests.serving.test_experiments_live import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -47,16 +48,6 @@ def driver() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory, ray_local: object) -> Scenario:
     return build_scenario(tmp_path_factory.getbasetemp())
-
-
-def wait_for(check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"not within {timeout}s")
 
 
 def prepare_outputs(cfg: RecForgeConfig, scenario: Scenario) -> None:
@@ -120,7 +111,7 @@ def send_traffic(cfg: RecForgeConfig, url: str) -> None:
             replicas.add(live["replica_pid"])
         return len(replicas) == cfg.serving.ingress_replicas
 
-    wait_for(routed)
+    wait_for(routed, timeout=60)
     answers = {}
     for u in range(1, 61):
         status, body, _ = call(url, "/recommend", {"user_id": u, "k": 5})
@@ -130,7 +121,7 @@ def send_traffic(cfg: RecForgeConfig, url: str) -> None:
                "type": "click", "exposure_id": b["exposure_id"]} for u, b in answers.items() if b["items"]][::3]
     status, body, _ = call(url, "/events", {"events": clicks}, headers={"X-Events-Token": EVENTS_TOKEN})
     assert status == 200 and body["accepted"] == len(clicks), body
-    wait_for(lambda: manage.result(app, "ab")["counts"]["outcomes_by_exposure_id"] == len(clicks))
+    wait_for(lambda: manage.result(app, "ab")["counts"]["outcomes_by_exposure_id"] == len(clicks), timeout=60)
 
 
 def test_a_person_logs_in_and_reads_every_page_with_its_charts_and_no_javascript_error(
