@@ -358,8 +358,10 @@ def _write_runs(batch: pa.Table, spec: FeatureSpec, out_dir: str) -> pa.Table:
     return pa.table({"rows": [len(rows)]})
 
 
-def _map_files(cfg: FeatureStoreConfig, items: list[dict[str, str]], fn: Any, fn_args: tuple[Any, ...]) -> list[Any]:
-    """Run `fn(path, *extra item fields, *fn_args)` once per staged file with Ray Data; returns the outputs.
+def _map_files(cfg: FeatureStoreConfig, items: list[dict[str, str]], fn: Any, fn_args: tuple[Any, ...],
+               nodes: dict[str, int] | None = None) -> list[Any]:
+    """Run `fn(path, *extra item fields, *fn_args)` once per staged file with Ray Data; returns the outputs and
+    adds to `nodes` (Ray node id -> tasks) where each task ran, which `summary.json` records under `ray_nodes`.
 
     A dataset of file items mapped one item per task: each task reads its own staged Parquet file, so
     blocks stream through the workers without passing through the object store. (`ray.data.read_parquet`
@@ -369,12 +371,18 @@ def _map_files(cfg: FeatureStoreConfig, items: list[dict[str, str]], fn: Any, fn
     ray = ensure_ray(cfg.prepare.ray_address, cfg.prepare.num_cpus)
     keys = list(items[0])
 
-    def run(batch: dict[str, Any], *args: Any) -> dict[str, list[bytes]]:
-        rows = zip(*(batch[k] for k in keys))
-        return {"out": [pickle.dumps(fn(*(str(v) for v in row), *args)) for row in rows]}
+    def run(batch: dict[str, Any], *args: Any) -> dict[str, list[Any]]:
+        import ray
+
+        rows = list(zip(*(batch[k] for k in keys)))
+        node = ray.get_runtime_context().get_node_id()
+        return {"out": [pickle.dumps(fn(*(str(v) for v in row), *args)) for row in rows], "node": [node] * len(rows)}
 
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     done = ds.map_batches(run, batch_size=1, fn_args=fn_args).take_all()
+    if nodes is not None:
+        for r in done:
+            nodes[str(r["node"])] = nodes.get(str(r["node"]), 0) + 1
     return [pickle.loads(r["out"]) for r in done]
 
 
@@ -382,12 +390,12 @@ def _fit_file(path: str, fitter: SpecFitter, columns: list[str]) -> Any:
     return fitter.partial(pq.read_table(path, columns=columns))
 
 
-def fit_spec_ray(cfg: FeatureStoreConfig, train_files: list[Path]) -> FeatureSpec:
+def fit_spec_ray(cfg: FeatureStoreConfig, train_files: list[Path], nodes: dict[str, int] | None = None) -> FeatureSpec:
     """Fit the spec with Ray Data: one partial-statistics task per staged train file, merged on the driver."""
     fitter = SpecFitter(cfg.features, seed=cfg.seed)
     needed = _fit_columns(cfg, pq.read_schema(train_files[0]).names)
     items = [{"path": str(f.resolve())} for f in train_files]
-    return fitter.finish(_map_files(cfg, items, _fit_file, (fitter, needed)))
+    return fitter.finish(_map_files(cfg, items, _fit_file, (fitter, needed), nodes))
 
 
 def _fit_columns(cfg: FeatureStoreConfig, columns: list[str]) -> list[str]:
@@ -420,7 +428,7 @@ def _transform_file(path: str, out_dir: str, spec: FeatureSpec, columns: list[st
 
 def transform_ray(
     cfg: FeatureStoreConfig, spec: FeatureSpec, files: dict[str, list[Path]], out_dirs: dict[str, Path],
-    rows: dict[str, int],
+    rows: dict[str, int], nodes: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Transform every split's staged files in one Ray Data job, writing Parquet shards to `out_dirs[split]`.
 
@@ -430,7 +438,8 @@ def transform_ray(
     needed = _transform_columns(spec, pq.read_schema(next(iter(files.values()))[0]).names)
     items = [{"path": str(f.resolve()), "out": str(out_dirs[n].resolve()), "split": n}
              for n, fs in files.items() for f in fs]
-    counts = _map_files(cfg, [{"path": i["path"], "out": i["out"]} for i in items], _transform_file, (spec, needed))
+    counts = _map_files(cfg, [{"path": i["path"], "out": i["out"]} for i in items], _transform_file, (spec, needed),
+                        nodes)
     written = dict.fromkeys(files, 0)
     for item, count in zip(items, counts):
         written[item["split"]] += count
@@ -565,15 +574,16 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
     raw, split_rows, label_mean, split_report = st.raw, st.split_rows, st.label_mean, st.split
     events_kept = st.events_kept
     out_dirs = {n: lay.split_dir(n) for n in SPLITS}
+    ray_nodes: dict[str, int] = {}  # Ray node id -> fit and transform tasks that ran there
     with timer.stage("fit"):
         if st.engine.engine == "ray":
-            spec = fit_spec_ray(cfg, st.files["train"])
+            spec = fit_spec_ray(cfg, st.files["train"], ray_nodes)
         else:
             spec = fit_spec_local(cfg, st.tables["train"])
         spec.save(lay.spec)
     with timer.stage("transform"):
         if st.engine.engine == "ray":
-            written = transform_ray(cfg, spec, st.files, out_dirs, split_rows)
+            written = transform_ray(cfg, spec, st.files, out_dirs, split_rows, ray_nodes)
         else:
             written = transform_local(cfg, spec, st.tables, out_dirs)
     shutil.rmtree(staging, ignore_errors=True)
@@ -591,6 +601,7 @@ def prepare(cfg: FeatureStoreConfig, *, raw: RawData | None = None) -> PrepareRe
         "source_counts": raw.counts,
         "engine": st.engine.engine,
         "engine_reason": st.engine.reason,
+        "ray_nodes": ray_nodes,
         "split": {"method": split_report.method, "rows": written,
                   "valid_start_ts": split_report.valid_start_ts,
                   "test_start_ts": split_report.test_start_ts,

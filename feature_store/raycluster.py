@@ -130,6 +130,28 @@ def _stop_orphan_haproxy() -> None:
             continue
 
 
+AUTH_HINT = ("a cluster started by `ray start` (Ray 2.60) requires a token: set RAY_AUTH_MODE=token and "
+             "RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN) to the head node's token in this process's environment, as on "
+             "every node (docs/cli.md#running-on-a-cluster)")
+
+
+def _attach(ray: Any, address: str, kwargs: dict[str, Any]) -> None:
+    """`ray.init` at a cluster's address, its failures as a ConnectionError that says what to check."""
+    from ray.exceptions import AuthenticationError
+
+    try:
+        ray.init(**kwargs)
+    except AuthenticationError:
+        raise ConnectionError(f"the Ray cluster at {address} refused this process: {AUTH_HINT}") from None
+    except (ConnectionError, TimeoutError) as exc:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({exc}); start its head node with `ray start "
+                              f"--head` or correct --ray-address (prepare.ray_address / serving.ray_address)") from None
+    except RuntimeError as exc:
+        if "token" not in str(exc).lower():
+            raise
+        raise ConnectionError(f"the Ray cluster at {address} needs a token this process lacks: {AUTH_HINT}") from None
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
     """Start (or attach to) Ray once per process; returns the `ray` module.
 
@@ -161,7 +183,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
         kwargs["include_dashboard"] = False
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
+    if address:
+        _attach(ray, address, kwargs)
+    else:
+        ray.init(**kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False

@@ -27,6 +27,10 @@ def render_prepare(r: dict[str, Any]) -> list[str]:
     lines += [f"    hint: {h}" for h in r.get("reject_hints", [])]
     lines.append(f"  events kept: {r['events_kept']:,}")
     lines.append(f"  engine: {r['engine']} ({r['engine_reason']})")
+    if r.get("ray_nodes"):
+        nodes = r["ray_nodes"]
+        lines.append(f"  Ray tasks on {len(nodes)} node{'s' if len(nodes) != 1 else ''}: "
+                     + ", ".join(f"{node[:8]} {n}" for node, n in sorted(nodes.items())))
     if r.get("source_counts"):
         lines += ["  source counts:", *_rows(r["source_counts"], "    ")]
     split = r["split"]
@@ -66,6 +70,11 @@ def render_train(r: dict[str, Any]) -> list[str]:
         gap = t["oracle_auc"] - t["auc"]
         lines.append(f"  oracle AUC (true click probability) {t['oracle_auc']:.4f}  gap {gap:+.4f} (oracle - test AUC; "
                      f"docs/metrics.md)")
+    dist = r.get("distributed") or {}
+    if dist.get("nodes"):
+        lines.append(f"  Ray Train: {dist['workers']} workers on {len(dist['nodes'])} node"
+                     f"{'s' if len(dist['nodes']) != 1 else ''}: "
+                     + ", ".join(f"{node[:8]} {n}" for node, n in sorted(dist["nodes"].items())))
     lines.append(f"  bundle: {r['bundle']}")
     ml = r["mlflow"]
     lines.append(f"  MLflow run {ml['run_id']} (experiment '{ml['experiment']}', {ml['tracking_uri']})")

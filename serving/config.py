@@ -98,6 +98,10 @@ class ServingConfig(StrictModel):
     port: int = Field(8000, gt=0, lt=65536, description="HTTP port (`--port`)")
     ray_address: str | None = Field(None, description="attach to this Ray cluster (`--ray-address`, e.g. `auto`); "
                                                       "null starts a local Ray")
+    proxy_location: Literal["every_node", "head_only"] = Field(
+        "every_node", description="on a cluster, where Ray Serve runs an HTTP proxy on `host:port`: every node "
+                                  "(put a load balancer in front of them) or the head node only (one address; "
+                                  "also the choice where several nodes share one host and so one port)")
     alias: str = Field("champion", description="the registry alias served")
     poll_seconds: float = Field(5.0, gt=0, description="how often each model replica checks the alias; a moved "
                                                        "alias is loaded and swapped in atomically")

@@ -90,7 +90,8 @@ def start_app(settings: AppSettings, *, port: int | None = None, ray_address: st
 
     from serving.app import APP_NAME, build_app
 
-    serve.start(http_options={"host": s.host, "port": port})
+    serve.start(http_options={"host": s.host, "port": port},
+                proxy_location="HeadOnly" if s.proxy_location == "head_only" else "EveryNode")
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     if settings.feature_store.events.stream.serve:
         from serving.stream import start_stream

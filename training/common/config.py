@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from feature_store.config import StrictModel
 from feature_store.secrets import SecretUrl
@@ -34,6 +34,12 @@ class RuntimeConfig(StrictModel):
     ray_workers: int = Field(
         0, ge=0, description="> 0 trains through Ray Train with that many workers (one CPU or GPU each) on the "
                              "Ray cluster of `prepare.ray_address`; 0 trains in this process")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, v: object) -> object:
+        """`precision: 32` (YAML and `--set` read a number) means "32"."""
+        return "32" if v == 32 and not isinstance(v, bool) else v
 
     @property
     def use_cuda(self) -> bool:

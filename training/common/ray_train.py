@@ -56,6 +56,28 @@ def fit_on_ray(loop: Callable[[dict[str, Any]], Any], loop_config: dict[str, Any
     return result, checkpoint, time.perf_counter() - t0
 
 
+def worker_nodes() -> list[str]:
+    """Inside a Ray Train worker after training: the Ray node id of every rank, in rank order (an all-gather over
+    the job's process group), so the driver can record where the job ran (`distributed.nodes`)."""
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [node]
+    nodes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return [str(n) for n in nodes]
+
+
+def node_spread(nodes: list[str]) -> dict[str, int]:
+    """Ranks per Ray node, for the report: {node id: ranks}."""
+    out: dict[str, int] = {}
+    for n in nodes:
+        out[n] = out.get(n, 0) + 1
+    return out
+
+
 def checkpoint_file(checkpoint: Any, dst: Path | None = None) -> dict[str, Any]:
     """The Lightning checkpoint inside a Ray Train checkpoint (copied to `dst` when given)."""
     import shutil

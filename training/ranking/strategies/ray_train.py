@@ -18,7 +18,14 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 
 from feature_store.layout import StageLayout
-from training.common.ray_train import checkpoint_file, fit_on_ray, reported_metrics, require_workers
+from training.common.ray_train import (
+    checkpoint_file,
+    fit_on_ray,
+    node_spread,
+    reported_metrics,
+    require_workers,
+    worker_nodes,
+)
 from training.common.tracking import TrackedRun, log_epochs
 from training.common.trainer import build_trainer, seed_and_threads
 from training.ranking.config import TrainConfig
@@ -67,7 +74,8 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     else:
         trainer.fit(task, datamodule=dm)
     return {"history": task.history, "epochs": epochs.rows, "epochs_run": trainer.current_epoch,
-            "global_steps": trainer.global_step, "device": str(trainer.strategy.root_device)}
+            "global_steps": trainer.global_step, "device": str(trainer.strategy.root_device),
+            "nodes": worker_nodes()}
 
 
 def resuming(cfg: TrainConfig, stage: StageLayout) -> bool:
@@ -112,5 +120,6 @@ def fit(cfg: TrainConfig, prepared: Path, stage: StageLayout, run: TrackedRun, *
                   best_checkpoint=str(best),
                   distributed={"mode": "ray_train", "workers": workers, "use_gpu": cfg.runtime.use_cuda,
                                "ray_result_path": str(result.path),
+                               "nodes": node_spread(worker.get("nodes", [])),
                                "reported_valid": {k.split("/", 1)[1]: float(v) for k, v in reported.items()
                                                   if k.startswith("valid/")}})

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 
 from feature_store.layout import StageLayout
-from training.common.ray_train import checkpoint_file, fit_on_ray, require_workers
+from training.common.ray_train import checkpoint_file, fit_on_ray, node_spread, require_workers, worker_nodes
 from training.common.tracking import TrackedRun
 from training.common.trainer import build_trainer, seed_and_threads
 from training.retrieval.config import RetrievalConfig
@@ -46,7 +46,7 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
                             callbacks=callbacks, grad_clip=cfg.optim.grad_clip, ray_worker=True,
                             validate_in_loop=False)
     trainer.fit(task)
-    return {"history": task.history, "epochs_run": trainer.current_epoch}
+    return {"history": task.history, "epochs_run": trainer.current_epoch, "nodes": worker_nodes()}
 
 
 def _load(task: RetrievalTask, checkpoint: Any) -> RetrievalTask:
@@ -66,7 +66,7 @@ def fit(cfg: RetrievalConfig, data: RetrievalData, prepared: Path, stage: StageL
     task.history.update(worker.get("history", {}))
     epochs_run = int(worker.get("epochs_run", len(task.history.get(monitor(cfg), []))))
     distributed = {"mode": "ray_train", "workers": cfg.runtime.ray_workers, "use_gpu": cfg.runtime.use_cuda,
-                   "ray_result_path": str(result.path)}
+                   "ray_result_path": str(result.path), "nodes": node_spread(worker.get("nodes", []))}
     fitted = Fitted(task, fit_seconds, epochs_run, trained_samples(data, cfg, epochs_run), distributed=distributed)
     refit_epochs = best_epoch(task) + 1 if cfg.refit else 0
     if refit_epochs <= 0:
