@@ -40,9 +40,10 @@ import torch
 from torch import Tensor
 
 from scripts.bench import peer
-from scripts.bench.common import command, logger, machine, now, version
+from scripts.bench.common import REPO, command, logger, machine, now, version
 from scripts.bench.ctr import Batch, TaskSteps, build_ours, cycle
 from scripts.bench.doc import DOC, display, update_doc
+from scripts.bench.gpu_e2e import bench_e2e
 from scripts.bench.gpu_parts import bench_quality, bench_search, bench_two_tower, criteo_layout, criteo_tensors
 from scripts.bench.gpu_report import SECTION_TITLE, render
 from scripts.bench.timing import free, time_steps
@@ -207,6 +208,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--tt-ids", type=int, default=1_000_000)
     ap.add_argument("--tt-pool", type=int, default=1_048_576)
     ap.add_argument("--tt-steps", type=int, default=40)
+    ap.add_argument("--e2e-rows", type=int, default=20_000_000, help="Criteo-schema rows of the e2e section")
+    ap.add_argument("--e2e-batch", type=int, default=65536)
+    ap.add_argument("--e2e-n-ids", type=int, default=1_000_000)
+    ap.add_argument("--e2e-compile", choices=["off", "on", "auto"], default="auto")
+    ap.add_argument("--e2e-cpu-reference", action="store_true", help="also train each model on the CPU in fp32")
+    ap.add_argument("--e2e-dir", default=str(REPO / "runs" / "bench_gpu_e2e"))
     args = ap.parse_args(argv)
     if args.smoke:  # every code path once, at sizes a busy 2-core machine runs in well under a minute
         args.device, args.no_doc, args.cpu_threads = "cpu", True, args.cpu_threads or 1
@@ -216,6 +223,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.items, args.dim, args.queries, args.recall_queries = 5000, 16, 128, 64
         args.query_batches, args.search_seconds = [1, 8, 64], 0.1
         args.tt_batch, args.tt_ids, args.tt_pool, args.tt_steps = 128, 500, 1024, 2
+        args.e2e_rows, args.e2e_batch, args.e2e_n_ids, args.e2e_compile = 20_000, 256, 200, "off"
     return args
 
 
@@ -243,17 +251,17 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None, stdout: Any) -> in
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     torch.set_num_threads(args.cpu_threads or os.cpu_count() or 1)
     sections = set(args.sections.split(","))
-    unknown = sections - {"training", "quality", "search", "two_tower"}
+    unknown = sections - {"training", "quality", "search", "two_tower", "e2e"}
     if unknown:
         raise SystemExit(f"bench_gpu: --sections: unknown {sorted(unknown)}; choose from training, quality, "
-                         f"search, two_tower")
+                         f"search, two_tower, e2e")
     t0 = time.perf_counter()
     res: dict[str, Any] = {"date": now(), "machine": gpu_machine(device), "device": str(device),
                            "command": command("scripts.bench.gpu", argv),
                            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     log(f"device: {res['machine'].get('gpu', 'CPU')} ({device})")
     for name, fn in (("training", bench_training), ("quality", bench_quality), ("search", bench_search),
-                     ("two_tower", bench_two_tower)):
+                     ("two_tower", bench_two_tower), ("e2e", bench_e2e)):
         if name in sections:
             fn(args, device, res)
             free(device)

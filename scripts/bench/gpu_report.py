@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from scripts.bench.common import load_text
+from scripts.bench.gpu_e2e import render_e2e
 
 SECTION_TITLE = "## GPU (scripts.bench.gpu)"
 
@@ -104,4 +105,6 @@ def render(res: dict[str, Any]) -> str:
         lines.append(f"skipped: {t['skipped']}" if "skipped" in t else
                      f"TwoTower + sampled_softmax_loss (logQ), {t['precision']}, batch {t['batch']:,}, ids up to "
                      f"{t['ids']:,}, history {t['history']}: **{_fmt(t['samples_per_s'])} samples/s**")
+    if "e2e" in res:
+        lines += render_e2e(res["e2e"])
     return "\n".join(lines) + "\n"

@@ -114,8 +114,25 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         runs = Runs(cluster, local_dir, cluster_dir, prepared, trained, local, seconds, tasks=tasks,
                     train_workers=workers)
         _serve_on_cluster(runs)
+        record_figures("cluster", _figures(runs))
         yield runs
-    record_figures("cluster", {"seconds": seconds, "nodes": len(cluster.nodes)})
+
+
+def _figures(runs: Runs) -> dict[str, Any]:
+    """What scripts.bench.cluster puts in docs/benchmarks.md: where the work ran, the times, how equal."""
+    import torch
+
+    weights = [torch.load(d / "train" / "dcnv2" / "bundle" / "state_dict.pt", weights_only=True)
+               for d in (runs.cluster_dir, runs.local_dir)]
+    replicas: dict[str, int] = {}
+    for r in runs.replicas:
+        replicas[r["node_id"]] = replicas.get(r["node_id"], 0) + 1
+    return {"seconds": runs.seconds, "nodes": len(runs.cluster.nodes), "prepare_tasks": runs.prepare["ray_nodes"],
+            "train_ranks": runs.train["distributed"]["nodes"], "replicas": replicas,
+            "rows": runs.prepare["split"]["rows"],
+            "auc": {"cluster": runs.train["test"]["auc"], "local": runs.local_train["test"]["auc"]},
+            "max_weight_diff": max(float((weights[0][k].float() - weights[1][k].float()).abs().max())
+                                   for k in weights[0])}
 
 
 def _serve_on_cluster(runs: Runs) -> None:

@@ -114,6 +114,40 @@ def test_streaming_batches_match_the_in_memory_rows(prepared: tuple[FeatureLayou
     assert torch.cat([b[seq_key("hist")] for b in batches]).shape == (table.num_rows, 4)
 
 
+def test_streaming_in_order_yields_every_row_once_in_file_order(prepared: tuple[FeatureLayout, pa.Table],
+                                                                 tmp_path: Path) -> None:
+    """What streamed evaluation reads: every row exactly once, in file order, in full batches but the last; a
+    buffer no larger than a batch (which once made the drain emit nothing and loop forever) still terminates."""
+    layout, table = prepared
+    for i in range(0, table.num_rows, 500):
+        pq.write_table(table.slice(i, 500), tmp_path / f"part-{i:05d}.parquet", row_group_size=250)
+    want = table_to_tensors(table, layout)
+    for buffer_rows in (0, 128, 10_000):
+        batches = list(StreamingBatches(tmp_path, layout, 128, shuffle=False, buffer_rows=buffer_rows))
+        assert [len(b["label"]) for b in batches[:-1]] == [128] * (len(batches) - 1)
+        for key in (SPARSE, "label", seq_key("hist")):
+            assert torch.equal(torch.cat([b[key] for b in batches]), want[key]), (buffer_rows, key)
+    shuffled = list(StreamingBatches(tmp_path, layout, 128, shuffle=True, buffer_rows=128, seed=1))
+    assert sum(len(b["label"]) for b in shuffled) == table.num_rows
+
+
+def test_host_fed_batches_through_staging_buffers_equal_the_plain_host_batches(
+        prepared: tuple[FeatureLayout, pa.Table]) -> None:
+    """The host-fed path (a split too large for the GPU: gathered into two alternating staging buffers, pinned and
+    copied non-blocking on CUDA) yields exactly the plain path's batches, for every epoch's permutation, even
+    though the buffers are reused: a yielded batch must not change when the next one is gathered."""
+    layout, table = prepared
+    tensors = table_to_tensors(table, layout)
+    for shuffle in (True, False):
+        plain = InMemoryBatches(tensors, 96, shuffle=shuffle, seed=5)
+        fed = InMemoryBatches(tensors, 96, shuffle=shuffle, seed=5, feed_device="cpu")
+        for _ in range(2):  # two epochs: two permutations
+            got, want = list(fed), list(plain)
+            assert len(got) == len(want) > 2
+            for g, w in zip(got, want, strict=True):
+                assert g.keys() == w.keys() and all(torch.equal(g[k], w[k]) for k in w)
+
+
 @pytest.mark.parametrize("embedding", ["adam", "adagrad"])
 def test_embeddings_get_their_own_optimizer_and_learning_rate(prepared: tuple[FeatureLayout, pa.Table],
                                                               embedding: str) -> None:

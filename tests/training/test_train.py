@@ -94,6 +94,53 @@ def test_bundle_scores_raw_rows_exactly_like_the_prepared_batches(prepared_cfg: 
     assert ranker.info["exported_program"] is True
 
 
+def test_a_compiled_job_writes_a_bundle_that_an_uncompiled_model_loads_with_the_same_outputs(
+        prepared_cfg: RecForgeConfig) -> None:
+    """`train.compile: on` on the CPU: the job really trains a compiled model (dynamo captured graphs), and its
+    bundle has the plain model's state_dict keys, loads into an uncompiled model and scores as the compiled model
+    with the same weights does."""
+    from torch._dynamo.utils import counters
+
+    from training.common.trainer import compile_in_place
+    from training.ranking.models import build_model
+
+    os.environ["RECFORGE_PROGRESS"] = "0"
+    cfg = prepared_cfg.train.model_copy(update={"model": "dlrm", "compile": "on", "max_steps": 6, "max_epochs": 1})
+    graphs = counters["stats"]["unique_graphs"]
+    result = train_ctr(prepared_cfg.output_dir, prepared_cfg.name, cfg,
+                       config_doc=prepared_cfg.model_dump(mode="json")).to_dict()
+    assert result["details"]["compiled"] is True and counters["stats"]["unique_graphs"] > graphs
+    bundle = Path(result["bundle"])
+    ranker = load_bundle(bundle)  # built uncompiled
+    state = torch.load(bundle / "state_dict.pt", weights_only=True)
+    assert list(state) == list(build_model("dlrm", ranker.layout, ranker.info["model_config"]).state_dict())
+    assert not any("_orig_mod" in k for k in state)
+    compiled = build_model("dlrm", ranker.layout, ranker.info["model_config"])
+    compiled.load_state_dict(state)
+    assert compile_in_place([compiled.eval()], "on", cfg.runtime)
+    tensors = load_split(Path(prepared_cfg.output_dir) / "prepared" / "test", ranker.layout)
+    batch = next(iter(InMemoryBatches(tensors, 256, shuffle=False)))
+    with torch.no_grad():
+        torch.testing.assert_close(ranker.model(batch), compiled(batch), rtol=1e-5, atol=1e-5)
+    assert ranker.info["exported_program"] is True
+
+
+def test_compile_reads_yaml_on_and_off_and_auto_compiles_on_cuda_only() -> None:
+    from training.common.config import RuntimeConfig
+    from training.common.trainer import compile_enabled
+    from training.ranking.config import TrainConfig
+    from training.retrieval.config import RetrievalConfig
+
+    assert TrainConfig.model_validate({"compile": True}).compile == "on"
+    assert RetrievalConfig.model_validate({"compile": False}).compile == "off"
+    assert TrainConfig().compile == RetrievalConfig().compile == "auto"
+    cpu = RuntimeConfig(accelerator="cpu")
+    assert not compile_enabled("auto", cpu) and compile_enabled("on", cpu) and not compile_enabled("off", cpu)
+    assert compile_enabled("auto", RuntimeConfig()) == torch.cuda.is_available()
+    with pytest.raises(ValueError, match=r"train\.compile: on does not apply to train\.sharded"):
+        TrainConfig.model_validate({"compile": "on", "sharded": True})
+
+
 # A training job in its own process that SIGKILLs itself right after optimiser step KILL_AT (a kill -9 at a known
 # step: the test then knows exactly how many steps the kill cost); without KILL_AT it trains to the end and prints
 # its result as JSON. Test code only: the product has no such hook.

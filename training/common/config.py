@@ -14,6 +14,15 @@ from pydantic import Field, field_validator
 from feature_store.config import StrictModel
 from feature_store.secrets import SecretUrl
 
+CompileMode = Literal["off", "on", "auto"]
+
+
+def compile_mode(v: object) -> object:
+    """YAML reads `on` / `off` as booleans: take them as the words they were."""
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return v
+
 
 class RuntimeConfig(StrictModel):
     """Where and how a training job runs: seed, device, precision, threads and distribution."""

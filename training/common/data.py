@@ -123,7 +123,11 @@ class InMemoryBatches:
     """Batches of a split held in memory: seeded permutation per epoch, contiguous gathers.
 
     With `device` set (e.g. cuda) the tensors are moved there once (GPU-resident mode) and batches are sliced on
-    the device; otherwise they stay on the host, pinned when `pin_memory` so copies can be non-blocking.
+    the device. With `feed_device` instead (a split too large for the GPU), they stay on the host and each batch is
+    gathered into one of two alternating pinned staging buffers and copied to `feed_device` with
+    non_blocking=True: the next gather overlaps the device's work on the previous batch, and a buffer is reused
+    only once its copy has finished (a CUDA event; no other host sync). The batches are exactly the plain host
+    path's. Otherwise they stay on the host, pinned when `pin_memory` so copies can be non-blocking.
 
     Resumable mid-epoch (Lightning's `state_dict` / `load_state_dict` loader protocol): with `progress_fn` (the
     trainer's count of this epoch's processed batches) a checkpoint records where the epoch was, and a resumed job
@@ -134,10 +138,12 @@ class InMemoryBatches:
     def __init__(self, tensors: Batch, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False,
                  device: torch.device | str | None = None, pin_memory: bool = False,
                  epoch_fn: Callable[[], int] | None = None, rank: int = 0, world_size: int = 1,
-                 progress_fn: Callable[[], int] | None = None) -> None:
+                 progress_fn: Callable[[], int] | None = None,
+                 feed_device: torch.device | str | None = None) -> None:
+        self.feed_device = torch.device(feed_device) if feed_device is not None and device is None else None
         if device is not None:
             tensors = {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
-        elif pin_memory and torch.cuda.is_available():
+        elif pin_memory and torch.cuda.is_available() and self.feed_device is None:
             tensors = {k: v.pin_memory() for k, v in tensors.items()}
         self.tensors = tensors
         self.batch_size = batch_size
@@ -187,12 +193,40 @@ class InMemoryBatches:
             base = order if order is not None else torch.arange(self.total, device=dev)
             order = base[self.rank: self.n * self.world_size: self.world_size]
         self.epoch = epoch + 1
+        if self.feed_device is not None:
+            yield from self._fed(start, order)
+            return
         for b in range(start, len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.n)
             if order is None:
                 yield {k: v[lo:hi] for k, v in self.tensors.items()}
             else:
                 yield _gather(self.tensors, order[lo:hi])
+
+    def _fed(self, start: int, order: Tensor | None) -> Iterator[Batch]:
+        """Host-fed batches: gathered into two alternating (pinned, on CUDA) staging buffers, copied non-blocking."""
+        dev = self.feed_device
+        assert dev is not None
+        cuda = dev.type == "cuda"
+        rows = min(self.batch_size, self.n)
+        slots = [{k: torch.empty((rows, *v.shape[1:]), dtype=v.dtype, pin_memory=cuda)
+                  for k, v in self.tensors.items()} for _ in range(2)]
+        done: list[Any] = [None, None]
+        for i, b in enumerate(range(start, len(self))):
+            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.n)
+            idx = order[lo:hi] if order is not None else torch.arange(lo, hi)
+            slot = i % 2
+            if done[slot] is not None:
+                done[slot].synchronize()  # that buffer's copy (two batches ago) has finished
+            out = {}
+            for k, v in self.tensors.items():
+                buf = slots[slot][k][: hi - lo]
+                torch.index_select(v, 0, idx, out=buf)
+                out[k] = buf.to(dev, non_blocking=True) if cuda else buf.clone()
+            if cuda:
+                done[slot] = torch.cuda.Event()
+                done[slot].record()
+            yield out
 
 
 class StreamingBatches:
@@ -205,7 +239,8 @@ class StreamingBatches:
         self.layout = layout
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.buffer_rows = max(buffer_rows, batch_size)
+        # at least two batches: a drain keeps half the buffer for mixing and must still emit a batch
+        self.buffer_rows = max(buffer_rows, 2 * batch_size)
         self.seed = seed
         self.drop_last = drop_last
         self.epoch = 0
@@ -234,7 +269,8 @@ class StreamingBatches:
             part = table_to_tensors(rg, self.layout)
             buffer = part if buffer is None else {k: torch.cat([buffer[k], part[k]]) for k in part}
             while num_rows(buffer) >= self.buffer_rows:
-                buffer = yield from self._drain(buffer, g, keep=self.buffer_rows // 2)
+                # shuffled: keep half the buffer to mix with the next row groups; in order: keep only the rest
+                buffer = yield from self._drain(buffer, g, keep=self.buffer_rows // 2 if self.shuffle else 0)
         if buffer is not None:
             rest = yield from self._drain(buffer, g, keep=0)
             if rest is not None and num_rows(rest) and not self.drop_last:

@@ -123,6 +123,27 @@ def evaluator(runtime: RuntimeConfig, precision: str) -> pl.Trainer:
                       logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
 
 
+def compile_enabled(mode: str, runtime: RuntimeConfig) -> bool:
+    """`train.compile` / `retrieval.compile`: off, on, or auto = on where the job runs on CUDA."""
+    return mode == "on" or (mode == "auto" and runtime.use_cuda)
+
+
+def compile_in_place(modules: list[torch.nn.Module], mode: str, runtime: RuntimeConfig) -> bool:
+    """`torch.compile` each module in place (`nn.Module.compile`) when `mode` says so; returns whether it did.
+
+    In place, not `torch.compile(model)`: the wrapper that returns prefixes every state_dict key with `_orig_mod.`,
+    so its checkpoints and bundles would not load into a plain model; compiled in place, the module, its keys and
+    its bundle stay exactly what an uncompiled job writes (tests/training/test_compile.py). auto compiles on CUDA
+    only: measured on an H100 (docs/benchmarks.md, GPU), DCNv2 at batch 65,536 trains 1.86x faster compiled
+    (7.38M vs 3.97M samples/s), while on a 2-core CPU the first steps spend tens of seconds compiling, more than a
+    short job gains."""
+    if not compile_enabled(mode, runtime):
+        return False
+    for module in modules:
+        module.compile()
+    return True
+
+
 def seed_and_threads(runtime: RuntimeConfig) -> None:
     """Seed every generator Lightning knows and set torch's thread count, as each process of a job starts."""
     if runtime.num_threads:

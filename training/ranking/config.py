@@ -8,7 +8,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from feature_store.config import StrictModel
-from training.common.config import OptimConfig, RuntimeConfig, TrackingConfig
+from training.common.config import CompileMode, OptimConfig, RuntimeConfig, TrackingConfig, compile_mode
 
 
 def checks_models(info: ValidationInfo) -> bool:
@@ -46,6 +46,10 @@ class TrainConfig(StrictModel):
                                             description="which validation metric selects the best epoch")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig,
                                    description="seed, device, precision, threads and Ray Train workers")
+    compile: CompileMode = Field(
+        "auto", description="torch.compile the model for training: off, on, or auto = on when training on CUDA; "
+                            "checkpoints and bundles keep the plain model's keys (a compiled model's bundle loads "
+                            "into an uncompiled one)")
     streaming: bool = Field(False, description="read the train split by Parquet row group through a shuffle buffer "
                                                "instead of loading it whole (for splits larger than memory)")
     gpu_resident: bool | None = Field(
@@ -65,6 +69,8 @@ class TrainConfig(StrictModel):
                           "that column names the user: the key of `entities.user`, the profiles' `user_key` "
                           "(profiles enabled) or a retrieval user-tower feature; otherwise gAUC is reported absent "
                           "with the reason (e.g. Criteo's hashed ad column C1). true = always, false = never")
+
+    _compile_words = field_validator("compile", mode="before")(compile_mode)
 
     @field_validator("model")
     @classmethod
@@ -116,4 +122,7 @@ class TrainConfig(StrictModel):
         if self.sharded and self.runtime.ray_workers:
             raise ValueError("train.sharded and train.runtime.ray_workers are exclusive: choose TorchRec sharding "
                              "or Ray Train")
+        if self.sharded and self.compile == "on":
+            raise ValueError("train.compile: on does not apply to train.sharded (TorchRec's DistributedModelParallel "
+                             "runs its own kernels); set train.compile: auto or off")
         return self

@@ -2,8 +2,10 @@
 
 `CTRDataModule` loads each split once as contiguous tensors (`training.common.data`) and hands out batches of a
 seeded per-epoch permutation; under data parallelism each rank takes its share of every epoch and every rank
-evaluates the whole valid/test split, so metrics agree without a gather. A streamed train split is dealt to the
-ranks by Parquet row group (`RankStreamingBatches`).
+evaluates the whole valid/test split, so metrics agree without a gather. With `streaming` nothing is loaded whole:
+the train split goes through a shuffle buffer (dealt to the ranks by Parquet row group, `RankStreamingBatches`)
+and valid/test are read row group by row group in file order, so the loader's memory does not grow with the data
+(docs/benchmarks.md, cost curves).
 """
 
 from __future__ import annotations
@@ -51,24 +53,31 @@ class CTRDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         layout = self.prepare_spec()
         for split in self.splits:
-            if split in self.tensors or (self.streaming and split == "train"):
+            if split in self.tensors or self.streaming:
                 continue
             self.tensors[split] = load_split(self.prepared_dir / split, layout)
             log.info("loaded %s: %d rows", split, num_rows(self.tensors[split]))
 
     def _device(self) -> torch.device | None:
-        trainer = getattr(self, "trainer", None)
+        """Where the splits live: the CUDA device when resident (`gpu_resident`, or auto: the train split needs under
+        40% of the free GPU memory), else None (the host; batches are then fed to the device pinned)."""
+        root = self._cuda_root()
+        if root is None:
+            return None
         resident = self.gpu_resident
-        if trainer is None or not torch.cuda.is_available():
-            return None
-        root = trainer.strategy.root_device
-        if root.type != "cuda":
-            return None
-        if resident is None:  # auto: resident when the split uses < 40% of free GPU memory
+        if resident is None:
             free, _ = torch.cuda.mem_get_info(root)
             size = sum(t.numel() * t.element_size() for t in self.tensors.get("train", {}).values())
             resident = size < 0.4 * free
         return root if resident else None
+
+    def _cuda_root(self) -> torch.device | None:
+        """The trainer's CUDA device (where a split that is not resident is fed to), None off CUDA."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not torch.cuda.is_available():
+            return None
+        root = trainer.strategy.root_device
+        return root if root.type == "cuda" else None
 
     def _epoch(self) -> int:
         trainer = getattr(self, "trainer", None)
@@ -92,13 +101,16 @@ class CTRDataModule(pl.LightningDataModule):
             return RankStreamingBatches(self.prepared_dir / split, self.prepare_spec(), self.batch_size, rank=rank,
                                         world_size=world, buffer_rows=self.buffer_rows, seed=self.seed,
                                         epoch_fn=epoch_fn)
-        if train and self.streaming:
-            return StreamingBatches(self.prepared_dir / split, self.prepare_spec(), self.batch_size, shuffle=True,
-                                    buffer_rows=self.buffer_rows, seed=self.seed, epoch_fn=epoch_fn)
+        if self.streaming:  # evaluation streams too, in file order: memory stays flat as the data grows
+            return StreamingBatches(self.prepared_dir / split, self.prepare_spec(),
+                                    self.batch_size if train else self.eval_batch_size, shuffle=train,
+                                    buffer_rows=self.buffer_rows if train else 0, seed=self.seed, epoch_fn=epoch_fn)
+        device = self._device()
         return InMemoryBatches(self.tensors[split], self.batch_size if train else self.eval_batch_size,
-                               shuffle=train, seed=self.seed, device=self._device(),
+                               shuffle=train, seed=self.seed, device=device,
                                pin_memory=torch.cuda.is_available(), epoch_fn=epoch_fn, rank=rank,
-                               world_size=world, progress_fn=self._batches_done if train else None)
+                               world_size=world, progress_fn=self._batches_done if train else None,
+                               feed_device=self._cuda_root() if device is None else None)
 
     def train_dataloader(self) -> Any:
         return self._batches("train", train=True)

@@ -59,7 +59,7 @@ def steps_per_epoch(prepared: Path, batch_size: int, world_size: int = 1) -> int
 def evaluate_model(model: CTRModel, cfg: TrainConfig, prepared: Path, precision: str) -> dict[str, Any]:
     """valid/test metrics, test predictions and an example test batch of `model` on the whole splits."""
     dm = CTRDataModule(prepared, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                       seed=cfg.runtime.seed, splits=("valid", "test"))
+                       seed=cfg.runtime.seed, streaming=cfg.streaming, splits=("valid", "test"))
     task = CTRTask(model, cfg.optim, gauc=cfg.gauc is not False)
     trainer = evaluator(cfg.runtime, precision)
     trainer.validate(task, datamodule=dm, verbose=False)

@@ -20,6 +20,7 @@ from feature_store.layout import RunLayout
 from training.common.plots import plot_loss_curves, plot_reliability, plot_roc
 from training.common.run import RunResult, Trained, finish
 from training.common.tracking import failed_run, open_run
+from training.common.trainer import compile_enabled
 from training.ranking.bundle import save_bundle
 from training.ranking.config import TrainConfig
 from training.ranking.evaluate import Fitted, split_rows, steps_per_epoch
@@ -92,7 +93,8 @@ def train_ctr(output_dir: str | Path, name: str, cfg: TrainConfig, *, config_doc
         trained = Trained(model=cfg.model, epochs_run=fitted.epochs_run, global_steps=fitted.global_steps,
                           valid=fitted.valid, test=fitted.test, device=fitted.device, precision=fitted.precision,
                           history=fitted.history, distributed=fitted.distributed,
-                          details={"best_checkpoint": fitted.best_checkpoint, "resumed_from": resumed_from})
+                          details={"best_checkpoint": fitted.best_checkpoint, "resumed_from": resumed_from,
+                                   "compiled": strategy is not sharded and compile_enabled(cfg.compile, cfg.runtime)})
         if not fitted.global_zero:  # a DDP rank other than 0: rank 0 logs and writes
             return trained.result(stage="ranking", bundle=stage.bundle, run=run, lineage={}, started=started)
         save_bundle(stage.bundle, model_name=cfg.model, model=fitted.model, spec_dir=layout.spec,

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from feature_store.config import StrictModel
-from training.common.config import RetrievalOptimConfig, RuntimeConfig, TrackingConfig
+from training.common.config import (
+    CompileMode,
+    RetrievalOptimConfig,
+    RuntimeConfig,
+    TrackingConfig,
+    compile_mode,
+)
 
 
 class TwoTowerConfig(StrictModel):
@@ -102,6 +108,9 @@ class RetrievalConfig(StrictModel):
         "from the positives before the row in (time, row) order, so the earlier lines of the same basket count and "
         "a query sees every row it excludes as seen, as a request does after the online store has the basket")
     batch_size: int = Field(1024, gt=1, description="positives per batch (also the in-batch negatives)")
+    compile: CompileMode = Field(
+        "auto", description="torch.compile the towers for training: off, on, or auto = on when training on CUDA; "
+                            "the bundle keeps the plain model's keys")
     max_epochs: int = Field(10, gt=0, description="upper bound on epochs of the selection run")
     optim: RetrievalOptimConfig = Field(default_factory=RetrievalOptimConfig,
                                         description="optimisers and learning-rate schedule of the towers")
@@ -125,3 +134,5 @@ class RetrievalConfig(StrictModel):
                                                "is kept)")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="the MLflow run of the job")
     query_sample: int = Field(2000, gt=0, description="user vectors exported for the index recall guard")
+
+    _compile_words = field_validator("compile", mode="before")(compile_mode)

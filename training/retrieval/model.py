@@ -170,3 +170,9 @@ def mixed_negatives(n_items: int, cfg: NegativesConfig, generator: torch.Generat
     if cfg.uniform == 0:
         return None
     return torch.randint(0, n_items, (cfg.uniform,), generator=generator)
+
+
+def compiled_parts(model: TwoTower) -> list[nn.Module]:
+    """What `retrieval.compile` compiles in place: the model's forward (the in-batch loss) and both towers' MLPs (the
+    full-corpus loss and the evaluation call `user()` / `item()`, which run them outside the forward)."""
+    return [model, model.user_mlp, model.item_mlp]

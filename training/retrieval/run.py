@@ -21,6 +21,7 @@ from feature_store.layout import RunLayout
 from training.common.plots import plot_loss_curves
 from training.common.run import RunResult, Trained, finish
 from training.common.tracking import failed_run, open_run
+from training.common.trainer import compile_enabled
 from training.retrieval.bundle import save_retrieval_bundle
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import load_retrieval_data
@@ -61,7 +62,8 @@ def train_retrieval(output_dir: str | Path, name: str, cfg: RetrievalConfig, *,
             model=MODEL, epochs_run=fit.epochs_run, global_steps=fit.samples // cfg.batch_size,
             valid={f"recall@{cfg.select_k}": history[valid_key][best]} if best >= 0 else {}, test=results,
             device=fit.device, precision=precision_of(cfg), history=history, distributed=fit.distributed,
-            details={"best_epoch": best, "refit_epochs": fit.refit_epochs, "fit_seconds": fit.fit_seconds,
+            details={"compiled": compile_enabled(cfg.compile, cfg.runtime),
+                     "best_epoch": best, "refit_epochs": fit.refit_epochs, "fit_seconds": fit.fit_seconds,
                      "train_samples_per_second": fit.samples / fit.fit_seconds if fit.fit_seconds > 0 else 0.0,
                      "counts": data.counts, "embeddings": exported})
         logged = {f"test/{method}/{key.replace('@', '_at_')}": float(value)

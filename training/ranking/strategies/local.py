@@ -11,7 +11,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from feature_store.layout import StageLayout
 from training.common.tracking import TrackedRun, lightning_logger
-from training.common.trainer import build_trainer, seed_and_threads
+from training.common.trainer import build_trainer, compile_in_place, seed_and_threads
 from training.ranking.config import TrainConfig
 from training.ranking.datamodule import CTRDataModule
 from training.ranking.evaluate import Fitted, precision_of, steps_per_epoch
@@ -38,6 +38,7 @@ def fit(cfg: TrainConfig, prepared: Path, stage: StageLayout, run: TrackedRun, *
     dm = CTRDataModule(prepared, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                        seed=cfg.runtime.seed, streaming=cfg.streaming, gpu_resident=cfg.gpu_resident)
     model = build_model(cfg.model, dm.prepare_spec(), cfg.model_params.get(cfg.model, {}))
+    compile_in_place([model], cfg.compile, cfg.runtime)
     per_epoch = steps_per_epoch(prepared, cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps > 0 else per_epoch * cfg.max_epochs
     task = CTRTask(model, cfg.optim, total_steps=total, steps_per_epoch=per_epoch, gauc=cfg.gauc is not False)

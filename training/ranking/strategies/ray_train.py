@@ -27,7 +27,7 @@ from training.common.ray_train import (
     worker_nodes,
 )
 from training.common.tracking import TrackedRun, log_epochs
-from training.common.trainer import build_trainer, seed_and_threads
+from training.common.trainer import build_trainer, compile_in_place, seed_and_threads
 from training.ranking.config import TrainConfig
 from training.ranking.datamodule import CTRDataModule
 from training.ranking.evaluate import Fitted, evaluate_model, precision_of, steps_per_epoch
@@ -59,6 +59,7 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     dm = CTRDataModule(config["prepared"], batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                        seed=cfg.runtime.seed, streaming=cfg.streaming, gpu_resident=cfg.gpu_resident)
     model = build_model(cfg.model, dm.prepare_spec(), cfg.model_params.get(cfg.model, {}))
+    compile_in_place([model], cfg.compile, cfg.runtime)
     task = CTRTask(model, cfg.optim, total_steps=config["total_steps"], steps_per_epoch=config["steps_per_epoch"],
                    gauc=cfg.gauc is not False)
     epochs = EpochMetrics()

@@ -13,11 +13,11 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from feature_store.layout import StageLayout
 from training.common.tracking import TrackedRun, lightning_logger
-from training.common.trainer import build_trainer, seed_and_threads
+from training.common.trainer import build_trainer, compile_in_place, seed_and_threads
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import RetrievalData
 from training.retrieval.fitted import Fitted, best_epoch, monitor, precision_of, trained_samples
-from training.retrieval.model import TwoTower
+from training.retrieval.model import TwoTower, compiled_parts
 from training.retrieval.task import RetrievalTask, ValidRanking
 
 
@@ -31,6 +31,7 @@ def fit(cfg: RetrievalConfig, data: RetrievalData, prepared: Path, stage: StageL
         **_: Any) -> Fitted:
     seed_and_threads(cfg.runtime)
     task = RetrievalTask(TwoTower(data.towers, cfg.model), cfg, data)
+    compile_in_place(compiled_parts(task.trained), cfg.compile, cfg.runtime)
     logger = lightning_logger(run)
     ckpt = ModelCheckpoint(dirpath=stage.checkpoints, filename="best", monitor=monitor(cfg), mode="max",
                            save_top_k=1, save_on_train_epoch_end=True)
@@ -56,6 +57,7 @@ def refit(fit: Fitted, data: RetrievalData, cfg: RetrievalConfig) -> Fitted:
     full = data.with_valid_in_train()
     pl.seed_everything(cfg.runtime.seed, workers=True, verbose=False)
     task = RetrievalTask(TwoTower(full.towers, cfg.model), cfg, full)
+    compile_in_place(compiled_parts(task.trained), cfg.compile, cfg.runtime)
     trainer = _trainer(cfg, epochs, [], False)
     t0 = time.perf_counter()
     trainer.fit(task)

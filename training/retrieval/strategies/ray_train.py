@@ -18,11 +18,11 @@ from pytorch_lightning.callbacks import EarlyStopping
 from feature_store.layout import StageLayout
 from training.common.ray_train import checkpoint_file, fit_on_ray, node_spread, require_workers, worker_nodes
 from training.common.tracking import TrackedRun
-from training.common.trainer import build_trainer, seed_and_threads
+from training.common.trainer import build_trainer, compile_in_place, seed_and_threads
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import RetrievalData, load_retrieval_data
 from training.retrieval.fitted import Fitted, best_epoch, monitor, precision_of, trained_samples
-from training.retrieval.model import TwoTower
+from training.retrieval.model import TwoTower, compiled_parts
 from training.retrieval.task import RetrievalTask, ValidRanking
 
 RUN_NAME = "two_tower"
@@ -39,6 +39,7 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     if refit_epochs:  # the refit: train + valid positives, a fixed epoch count, no validation
         data = data.with_valid_in_train()
     task = RetrievalTask(TwoTower(data.towers, cfg.model), cfg, data)
+    compile_in_place(compiled_parts(task.trained), cfg.compile, cfg.runtime)
     callbacks: list[pl.Callback] = [RayTrainReportCallback()] if refit_epochs else [
         ValidRanking(), RayTrainReportCallback(),
         EarlyStopping(monitor=monitor(cfg), mode="max", patience=cfg.patience, check_on_train_epoch_end=True)]
