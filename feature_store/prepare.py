@@ -307,6 +307,10 @@ def _train_end_ts(events: pa.Table, codes: np.ndarray, report: SplitReport, ts: 
 
 ROW = "__row"  # staged row number: names the prepared shards so that they sort in dataset order
 MAX_STAGED_FILES = 16  # more files make Ray fetch Parquet footers in extra worker processes
+# rows per Parquet row group of a prepared shard: what a streaming reader holds at a time. A shard grows with the
+# data (at most 16 per split), and with Parquet's default (1Mi rows a group) streamed training's memory grew with
+# it: 1.39 GiB at 5M rows, 3.02 GiB at 20M (docs/benchmarks.md, cost curves)
+SHARD_ROW_GROUP = 131_072
 
 
 def blocks(rows: int, batch_rows: int) -> list[tuple[int, int]]:
@@ -354,7 +358,8 @@ def _write_runs(batch: pa.Table, spec: FeatureSpec, out_dir: str) -> pa.Table:
     starts = np.concatenate([[0], cuts])
     ends = np.concatenate([cuts, [len(rows)]])
     for lo, hi in zip(starts, ends):
-        pq.write_table(out.slice(int(lo), int(hi - lo)), _shard_path(out_dir, int(rows[lo])))
+        pq.write_table(out.slice(int(lo), int(hi - lo)), _shard_path(out_dir, int(rows[lo])),
+                       row_group_size=SHARD_ROW_GROUP)
     return pa.table({"rows": [len(rows)]})
 
 
@@ -473,7 +478,8 @@ def transform_local(
             _write_empty_shard(spec, table, out_dirs[name])
             continue
         for start, n in blocks(table.num_rows, cfg.prepare.batch_rows):
-            pq.write_table(spec.transform(table.slice(start, n)), _shard_path(out_dirs[name], start))
+            pq.write_table(spec.transform(table.slice(start, n)), _shard_path(out_dirs[name], start),
+                           row_group_size=SHARD_ROW_GROUP)
     return {name: t.num_rows for name, t in tables.items()}
 
 

@@ -55,6 +55,16 @@ def render_materialize(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ray_train_lines(r: dict[str, Any]) -> list[str]:
+    """Where a Ray Train job's ranks ran: `Ray Train: N workers on M nodes: <node> <ranks>, ...`."""
+    dist = r.get("distributed") or {}
+    nodes = dist.get("nodes") or {}
+    if not nodes:
+        return []
+    return [f"  Ray Train: {dist['workers']} workers on {len(nodes)} node{'s' if len(nodes) != 1 else ''}: "
+            + ", ".join(f"{node[:8]} {n}" for node, n in sorted(nodes.items()))]
+
+
 def render_train(r: dict[str, Any]) -> list[str]:
     t = r["test"]
     lines = [f"Train {r['model']} ({r['epochs_run']} epochs, {r['global_steps']:,} steps on {r['device']}, "
@@ -70,11 +80,7 @@ def render_train(r: dict[str, Any]) -> list[str]:
         gap = t["oracle_auc"] - t["auc"]
         lines.append(f"  oracle AUC (true click probability) {t['oracle_auc']:.4f}  gap {gap:+.4f} (oracle - test AUC; "
                      f"docs/metrics.md)")
-    dist = r.get("distributed") or {}
-    if dist.get("nodes"):
-        lines.append(f"  Ray Train: {dist['workers']} workers on {len(dist['nodes'])} node"
-                     f"{'s' if len(dist['nodes']) != 1 else ''}: "
-                     + ", ".join(f"{node[:8]} {n}" for node, n in sorted(dist["nodes"].items())))
+    lines += _ray_train_lines(r)
     lines.append(f"  bundle: {r['bundle']}")
     ml = r["mlflow"]
     lines.append(f"  MLflow run {ml['run_id']} (experiment '{ml['experiment']}', {ml['tracking_uri']})")
@@ -144,6 +150,7 @@ def render_retrieval(r: dict[str, Any]) -> list[str]:
         lines.append(f"  {method:14} {m.get('recall@10', nan):>10.4f} {m.get('recall@50', nan):>10.4f} "
                      f"{m.get('ndcg@10', nan):>8.4f} {m.get('hit_rate@50', nan):>8.4f} {m.get('mrr', nan):>7.4f}")
     lines.append(f"  embeddings: {r['embeddings']['dir']}")
+    lines += _ray_train_lines(r)
     ml = r["mlflow"]
     lines.append(f"  MLflow run {ml['run_id']} (experiment '{ml['experiment']}', {ml['tracking_uri']})")
     lines.append(f"  time: {r['seconds']:.1f}s (fit {r['fit_seconds']:.1f}s, "

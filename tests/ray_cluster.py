@@ -78,8 +78,11 @@ def ray_cluster(workers: int = 1, cpus_per_node: int = 1, timeout: float = 180.0
 
     def start(args: list[str], log: str) -> None:
         with (d / log).open("wb") as fh:
+            # the dashboard agent's port defaults to one fixed number: a second node, or a local Ray of the same
+            # test session, would meet it taken
             procs.append(subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats",
-                                           f"--num-cpus={cpus_per_node}", "--num-gpus=0", *args],
+                                           f"--num-cpus={cpus_per_node}", "--num-gpus=0",
+                                           f"--dashboard-agent-listen-port={free_port()}", *args],
                                           env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
 
     def wait_for(n: int) -> list[str]:

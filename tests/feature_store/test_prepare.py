@@ -310,3 +310,17 @@ def test_retail_config_prepares_net_of_returns_and_materializes_the_last_day(tmp
     assert profile[1] is not None and profile[1]["rfm_monetary"] == pytest.approx(0.0, abs=1e-4)
     assert profile[1]["rfm_frequency"] == 1
 
+
+
+def test_prepared_shards_are_written_in_bounded_row_groups_whatever_their_size(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A streaming reader holds one row group at a time; the shards grow with the data (at most 16 per split),
+    so their row groups must not: every shard is cut into groups of at most `SHARD_ROW_GROUP` rows."""
+    import feature_store.prepare as prep
+
+    monkeypatch.setattr(prep, "SHARD_ROW_GROUP", 700)
+    cfg = small_demo(tmp_path, ["prepare.engine=local"])
+    prepare(cfg)
+    groups = [pq.ParquetFile(f).metadata for f in sorted((Path(cfg.output_dir) / "prepared").glob("*/*.parquet"))]
+    assert groups and max(m.row_group(i).num_rows for m in groups for i in range(m.num_row_groups)) <= 700
+    assert max(m.num_row_groups for m in groups) > 1
