@@ -100,7 +100,7 @@ def bench_e2e(args: argparse.Namespace, device: Any, res: dict[str, Any]) -> Non
         epoch = EPOCH_LINE.search(stderr)
         epoch_s = float(epoch.group(1)) if epoch else float("nan")
         row = {"model": model, "device": acc, "precision": result["precision"], "batch": args.e2e_batch,
-               "compiled": result.get("details", {}).get("compiled"), "wall_s": wall, "job_s": result["seconds"],
+               "compiled": result.get("compiled"), "wall_s": wall, "job_s": result["seconds"],
                "epoch_s": epoch_s, "train_rows": train_rows, "epoch_samples_per_s": train_rows / epoch_s,
                "job_samples_per_s": train_rows / result["seconds"], "test_auc": result["test"]["auc"],
                "kernel_samples_per_s": kernel.get((model, args.e2e_batch)) if acc != "cpu" else None}
