@@ -54,8 +54,10 @@ def render(fig: dict[str, Any], ctx: dict[str, Any]) -> str:
              f"{fig['auc']['cluster']:.6f} on the cluster, {fig['auc']['local']:.6f} in one process; largest "
              f"difference of any weight {fig['max_weight_diff']:.2e}; /predict from the cluster's replicas equal to "
              f"the offline `Ranker.score` within 1e-6.", "",
-             "On one 2-core machine a cluster can only cost: each stage pays Ray's start-up and scheduling (the "
-             "in-process times include no Ray at all). What it buys is room: more nodes, more CPUs and GPUs."]
+             "On one 2-core machine a cluster can only cost: each stage pays Ray's start-up and scheduling, and the "
+             "cluster times are whole `recforge` processes (interpreter start included) while the in-process times "
+             "are the stage's function call in the test process. What a cluster buys is room: more nodes, more CPUs "
+             "and GPUs."]
     return "\n".join(lines) + "\n"
 
 
