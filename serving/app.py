@@ -686,29 +686,48 @@ def experiment_source(app: AppSettings) -> ExperimentSource | None:
     return ExperimentSource(str(experiment_store_path(app.output_dir, e)), e.poll_s, app.name)
 
 
+def _model_args(app: AppSettings, settings: ApiSettings) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The ranker's and the retriever's constructor arguments (RankerModel / RetrieverModel)."""
+    s = app.serving
+    uri = app.tracking_uri
+    replica = ReplicaSettings(threads=max(1, int(s.cpus_per_replica)), device="cuda" if s.num_gpus > 0 else "cpu",
+                              request_path=s.request_path, user_cache_size=s.user_cache_size)
+    store = StoreSettings(app.online_store.model_dump(), str(Path(app.output_dir) / "online.db"),
+                          settings.user_key, settings.item_key, settings.seen_columns)
+    ranker_args = (ModelSource("ranker", app.ranker_model, s.alias, uri, s.poll_seconds), replica, store,
+                   RankerBatching(s.ranker_batch_size, s.ranker_batch_wait_ms / 1e3), settings.experiments)
+    retriever_args = (ModelSource("retriever", app.retriever_model, s.alias, uri, s.poll_seconds), replica, store,
+                      settings.experiments)
+    return ranker_args, retriever_args
+
+
+def fused_parts(app: AppSettings) -> tuple[InProcess, InProcess | None, ApiSettings]:
+    """What a fused ingress replica is built from: its in-process ranker and retriever and its settings (also
+    used to run the ingress outside Ray Serve, e.g. to profile one request)."""
+    settings = api_settings(app)
+    ranker_args, retriever_args = _model_args(app, settings)
+    retriever = InProcess(RetrieverModel, retriever_args) if settings.has_retriever else None
+    return InProcess(RankerModel, ranker_args), retriever, settings
+
+
+def ingress_class() -> type:
+    """The `Ingress` class as written here, without Ray Serve's ASGI wrapper (which `@serve.ingress` adds)."""
+    return next(c for c in Ingress.__mro__[1:] if c.__name__ == "Ingress" and c.__module__ == __name__)
+
+
 def build_app(app: AppSettings) -> Any:
     """The bound Ray Serve application of a scenario's `AppSettings` (serve.run it, or use
     serving.server.start_app)."""
-    from pathlib import Path
-
     s = app.serving
-    settings = api_settings(app)
-    uri = app.tracking_uri
-    ranker_name, retriever_name = app.ranker_model, app.retriever_model
-    replica = ReplicaSettings(threads=max(1, int(s.cpus_per_replica)), device="cuda" if s.num_gpus > 0 else "cpu")
-    store = StoreSettings(app.online_store.model_dump(), str(Path(app.output_dir) / "online.db"),
-                          settings.user_key, settings.item_key, settings.seen_columns)
-    ranker_args = (ModelSource("ranker", ranker_name, s.alias, uri, s.poll_seconds), replica, store,
-                   RankerBatching(s.ranker_batch_size, s.ranker_batch_wait_ms / 1e3), settings.experiments)
-    retriever_args = (ModelSource("retriever", retriever_name, s.alias, uri, s.poll_seconds), replica, store,
-                      settings.experiments)
-    model_opts = {"ray_actor_options": {"num_cpus": s.cpus_per_replica, "num_gpus": s.num_gpus},
-                  "max_ongoing_requests": s.max_ongoing_requests}
     if s.topology == "fused":
-        ranker: Any = InProcess(RankerModel, ranker_args)
-        retriever: Any = InProcess(RetrieverModel, retriever_args) if settings.has_retriever else None
-        ingress_opts = model_opts
+        ranker, retriever, settings = fused_parts(app)
+        ingress_opts = {"ray_actor_options": {"num_cpus": s.cpus_per_replica, "num_gpus": s.num_gpus},
+                        "max_ongoing_requests": s.max_ongoing_requests}
     else:
+        settings = api_settings(app)
+        ranker_args, retriever_args = _model_args(app, settings)
+        model_opts = {"ray_actor_options": {"num_cpus": s.cpus_per_replica, "num_gpus": s.num_gpus},
+                      "max_ongoing_requests": s.max_ongoing_requests}
         ranker = RankerModel.options(num_replicas=s.ranker_replicas, **model_opts).bind(*ranker_args)
         retriever = None
         if settings.has_retriever:

@@ -40,6 +40,7 @@ from serving.features import (
     seen_items,
     user_row,
 )
+from serving.inference import RankerGraph, request_side_key, shared_user_side, spec_id
 from serving.slots import Loaded, ModelRef, ModelSlot, ModelSource, iso, load_ranker, load_retriever
 
 log = logging.getLogger("recforge.serving")
@@ -51,6 +52,12 @@ class ReplicaSettings:
 
     threads: int = 1
     device: str = "cpu"
+    request_path: str = "fast"  # serving.request_path
+    user_cache_size: int = 20_000  # serving.user_cache_size
+
+    @property
+    def fast(self) -> bool:
+        return self.request_path == "fast"
 
 
 def _torch_threads(settings: ReplicaSettings) -> None:
@@ -106,13 +113,13 @@ class StoreSettings:
     item_key: str
     seen_columns: tuple[str, ...] = ()
 
-    def open(self) -> FeatureReader:
+    def open(self, one_read: bool = False) -> FeatureReader:
         from feature_store.config import RedisOnlineStoreConfig, SQLiteOnlineStoreConfig
         from feature_store.online import open_online_store
 
         kind = SQLiteOnlineStoreConfig if self.config.get("type", "sqlite") == "sqlite" else RedisOnlineStoreConfig
         store = open_online_store(kind.model_validate(self.config), Path(self.default_path))
-        return FeatureReader(store, self.user_key, self.item_key)
+        return FeatureReader(store, self.user_key, self.item_key, one_read=one_read)
 
 
 @dataclass
@@ -219,11 +226,12 @@ class RankerModel:
         self.batching = batching
         self._batched.set_max_batch_size(batching.max_size)
         self._batched.set_batch_wait_timeout_s(batching.wait_s)
-        self.reader = store.open()
+        self.reader = store.open(one_read=settings.fast)
         self._items: dict[int, tuple[Loaded, ItemInputs]] = {}
-        self.slot = ModelSlot(source, load_ranker(settings.device))
+        self.user_side = shared_user_side(settings.user_cache_size) if settings.fast else None
+        self.slot = ModelSlot(source, load_ranker(settings.device, settings.fast))
         self.slot.start()
-        self.versions = _pinned(source, self.slot, load_ranker(settings.device), experiments)
+        self.versions = _pinned(source, self.slot, load_ranker(settings.device, settings.fast), experiments)
 
     async def predict(self, user_id: Any, item_ids: Sequence[Any], context: dict[str, Any] | None) -> Scored:
         """Click probability of each item for the user (features from the online store, context on top)."""
@@ -251,6 +259,8 @@ class RankerModel:
                           error_field=f"context.{unknown[0]}")
         t0 = time.perf_counter()
         cache = self._item_inputs(loaded)
+        if self.settings.fast and cache.usable(context) and self.batching.max_size <= 1:
+            return self._score_fast(loaded, cache, user, item_ids, context, user_ms, t0)
         fast = cache.usable(context)
         if fast:  # item side from the in-memory cache (serving.features.ItemInputs)
             slots, known_mask = cache.lookup(item_ids)
@@ -281,6 +291,56 @@ class RankerModel:
         return Scored(scores=scores.tolist(), known=known_mask.tolist(), user_known=user.known, model=loaded.ref,
                       ms={"features": features_ms, "ranking": _ms(t1)})
 
+    def _score_fast(self, loaded: Loaded, cache: ItemInputs, user: UserFeatures, item_ids: Sequence[Any],
+                    context: dict[str, Any] | None, user_ms: float, t0: float) -> Scored:
+        """serving.request_path fast: the item side gathered from the cache's model inputs, the request side
+        from the user-side cache (one transform per user and context, shared with the retriever), one forward
+        pass of the inference graph chosen at start-up (`serving.inference.RankerGraph`)."""
+        ids = np.asarray(item_ids) if not isinstance(item_ids, np.ndarray) else item_ids
+        slots, known_mask = cache.lookup_ids(ids) if ids.dtype != object else cache.lookup(list(item_ids))
+        known = np.flatnonzero(known_mask)
+        features_ms = user_ms + _ms(t0)
+        t1 = time.perf_counter()
+        scores = np.full(len(item_ids), np.nan)
+        if len(known):
+            features, raw = cache.request_features()
+            key = request_side_key(user.key, user.values, context)
+            ranker = loaded.model
+            assert self.user_side is not None
+
+            def request_side() -> dict[str, Any]:
+                from training.common.data import table_to_tensors
+
+                def transform(feats: list[str], cols: list[str]) -> pa.Table:
+                    row = complete(user_row(user, context, user_key=self.store.user_key), cols)
+                    return ranker.spec.transform(row, with_label=False, features=feats)
+
+                table = self.user_side.transformed(key, spec_id(ranker.spec), "ranker", features, raw, transform)
+                return table_to_tensors(table, ranker.layout, only=set(features))
+
+            try:
+                mine = self.user_side.get(key, ("ranker", loaded.ref.name, loaded.ref.version), request_side)
+            except (ValueError, TypeError, pa.ArrowException) as exc:
+                return Scored(error=f"the request's values do not fit the model's feature spec: {exc}",
+                              error_field="context")
+            batch = cache.batch(slots[known], mine)
+            if self.settings.device != "cpu":
+                batch = {k: v.to(self.settings.device, non_blocking=True) for k, v in batch.items()}
+            scores[known] = self._graph(loaded).probabilities(batch)
+        out = np.empty(len(scores), dtype=object)
+        out[:] = scores.tolist()
+        out[~known_mask] = None
+        return Scored(scores=out.tolist(), known=known_mask.tolist(), user_known=user.known, model=loaded.ref,
+                      ms={"features": features_ms, "ranking": _ms(t1)})
+
+    @staticmethod
+    def _graph(loaded: Loaded) -> RankerGraph:
+        """The version's inference graph (chosen when it loaded, see `serving.slots.load_ranker`)."""
+        graph = loaded.model.inference
+        if graph is None:  # loaded by another loader (tests): choose now
+            graph = loaded.model.inference = RankerGraph(loaded.model.model, loaded.model.layout)
+        return graph
+
     def _item_inputs(self, loaded: Loaded) -> ItemInputs:
         """The item-side cache of a served version (one per version: an experiment serves several side by side;
         the caches of versions no longer served are dropped)."""
@@ -288,7 +348,8 @@ class RankerModel:
         if cache is None or cache[0] is not loaded:
             served = {id(m) for m in (self.slot.current(), *self._pinned_loaded()) if m is not None}
             self._items = {k: v for k, v in self._items.items() if k in served}
-            cache = self._items[id(loaded)] = (loaded, ItemInputs(loaded.model.spec, self.reader))
+            layout = loaded.model.layout if self.settings.fast else None
+            cache = self._items[id(loaded)] = (loaded, ItemInputs(loaded.model.spec, self.reader, layout))
         return cache[1]
 
     def _pinned_loaded(self) -> list[Loaded]:
@@ -303,7 +364,12 @@ class RankerModel:
         current = self.slot.current()
         mine = self._items.get(id(current)) if current is not None else None
         cache = mine[1].stats() if mine is not None else {"items": 0, "reads": 0}
-        return {**self.slot.status(), **_pinned_status(self.versions), "item_cache": cache, "online_store": {
+        fast = {"request_path": self.settings.request_path}
+        if self.user_side is not None:
+            fast["user_cache"] = self.user_side.stats()
+        if current is not None and current.model.inference is not None:
+            fast["inference"] = current.model.inference.status()
+        return {**self.slot.status(), **_pinned_status(self.versions), "item_cache": cache, **fast, "online_store": {
             "store": repr(self.reader.store), "user_views": [v.name for v in users],
             "item_views": [v.name for v in items],
             "views": {v.name: {"rows": v.rows, "version": v.version, "written_at": iso(v.written_at)}
@@ -330,7 +396,9 @@ class RetrieverModel:
         loopback_replica_grpc()
         _torch_threads(settings)
         self.store = store
-        self.reader = store.open()
+        self.settings = settings
+        self.reader = store.open(one_read=settings.fast)
+        self.user_side = shared_user_side(settings.user_cache_size) if settings.fast else None
         self.slot = ModelSlot(source, load_retriever)
         self.slot.start()
         self.versions = _pinned(source, self.slot, load_retriever, experiments)
@@ -354,8 +422,11 @@ class RetrieverModel:
                               fallback=None if popular else "popular",
                               model=loaded.ref, ms={"features": features_ms, "retrieval": _ms(t1)})
         try:  # the context's values become Arrow columns here: a list mixing text and numbers is refused
-            row = user_row(user, context, user_key=self.store.user_key)
-            vectors = retriever.user_vectors(complete(row, retriever.user_columns))
+            if self.user_side is not None:
+                vectors = self._user_vector(loaded, user, context)
+            else:
+                row = user_row(user, context, user_key=self.store.user_key)
+                vectors = retriever.user_vectors(complete(row, retriever.user_columns))
         except (ValueError, TypeError, pa.ArrowException) as exc:
             return Candidates(error=f"the request's values do not fit the retriever's feature spec: {exc}",
                               error_field="context")
@@ -364,8 +435,27 @@ class RetrieverModel:
         return Candidates(ids=ids[0][keep].tolist(), scores=scores[0][keep].astype(np.float64).tolist(), user=user,
                           model=loaded.ref, ms={"features": features_ms, "retrieval": _ms(t1)})
 
+    def _user_vector(self, loaded: Loaded, user: UserFeatures, context: dict[str, Any] | None) -> np.ndarray:
+        """serving.request_path fast: the user tower's vector from the user-side cache (computed from the
+        shared transform of the user's row on a miss)."""
+        retriever = loaded.model
+        assert self.user_side is not None
+        key = request_side_key(user.key, user.values, context)
+
+        def vector() -> np.ndarray:
+            def transform(feats: list[str], cols: list[str]) -> pa.Table:
+                row = complete(user_row(user, context, user_key=self.store.user_key), cols)
+                return retriever.spec.transform(row, with_label=False, features=feats)
+
+            table = self.user_side.transformed(key, spec_id(retriever.spec), "retriever",
+                                               list(retriever.cfg.user_features), retriever.user_columns, transform)
+            return retriever.user_vectors_of(table)
+
+        return self.user_side.get(key, ("retriever", loaded.ref.name, loaded.ref.version), vector)
+
     async def status(self) -> dict[str, Any]:
-        return {**self.slot.status(), **_pinned_status(self.versions)}
+        cache = {"user_cache": self.user_side.stats()} if self.user_side is not None else {}
+        return {**self.slot.status(), **_pinned_status(self.versions), **cache}
 
     async def reload(self) -> dict[str, Any]:
         await asyncio.to_thread(self.slot.check, True)

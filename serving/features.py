@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feature_store.online import OnlineStore
-from feature_store.online.base import EntityInfo, normalize_ids
+from feature_store.online.base import EntityInfo, normalize_id, normalize_ids
 
 Columns = dict[str, list[Any]]
 MAX_CACHED_ITEMS = 2_000_000  # ItemInputs: items one ranker replica keeps transformed in memory
@@ -64,6 +64,14 @@ def canonical_ids(ids: Sequence[Any], key_type: str) -> list[Any]:
     return out.tolist()
 
 
+def canonical_id(id_: Any, key_type: str) -> Any:
+    """`canonical_ids` of one id, without Arrow."""
+    text = normalize_id(id_, key_type)
+    if text is None:
+        return id_
+    return int(text) if key_type == "int" else text
+
+
 class FeatureReader:
     """Reads request rows' features from an online store.
 
@@ -71,10 +79,13 @@ class FeatureReader:
         store: the scenario's online store (SQLite or Redis).
         user_key / item_key: the raw key columns of the feature spec (`features.user_key` / `item_key`).
         refresh_seconds: how long the list of views is cached (a `recforge materialize` may add views).
+        one_read: read a user's views together (see `user`).
     """
 
-    def __init__(self, store: OnlineStore, user_key: str, item_key: str, refresh_seconds: float = 5.0) -> None:
+    def __init__(self, store: OnlineStore, user_key: str, item_key: str, refresh_seconds: float = 5.0,
+                 one_read: bool = False) -> None:
         self.store = store
+        self.one_read = one_read
         self.user_key = user_key
         self.item_key = item_key
         self.refresh_seconds = refresh_seconds
@@ -90,26 +101,35 @@ class FeatureReader:
         return self._views[1], self._views[2]
 
     def user(self, user_id: Any, wanted: Collection[str] | None = None) -> UserFeatures:
-        """The user's features from every user-keyed view (one read per view); with `wanted`, only those
-        features (views holding none of them are not read)."""
+        """The user's features from every user-keyed view; with `wanted`, only those features (views holding none
+        of them are not read). With `one_read`, the views are read together (`OnlineStore.read_row`: one
+        transaction in SQLite, two round trips in Redis), else one read per view."""
         user_views, _ = self.views()
+        plan: dict[str, list[str]] = {}
+        taken: set[str] = set()
+        last: EntityInfo | None = None
+        for info in user_views:
+            names = [n for n in info.features
+                     if n != info.ts_column and n not in taken and (wanted is None or n in wanted)]
+            if names:
+                plan[info.name] = names
+                taken.update(names)
+                last = info
+        if self.one_read:
+            got = self.store.read_row(plan, user_id)
+        else:
+            got = {view: self.store.read(view, [user_id], names) for view, names in plan.items()}
         values: dict[str, Any] = {}
         expired: list[str] = []
         known = False
-        key = user_id
-        for info in user_views:
-            names = [n for n in info.features
-                     if n != info.ts_column and n not in values and (wanted is None or n in wanted)]
-            if not names:
-                continue
-            got = self.store.read(info.name, [user_id], names)
+        for view, names in plan.items():
             for n in names:
-                status = got.status[n][0]
+                status = got[view].status[n][0]
                 known |= status != "missing"
                 if status == "expired":
                     expired.append(n)
-                values[n] = got.values[n][0]
-            key = canonical_ids([user_id], info.key_type)[0]
+                values[n] = got[view].values[n][0]
+        key = user_id if last is None else canonical_id(user_id, last.key_type)
         return UserFeatures(key=key, known=known, values=values, expired=expired)
 
     def items(self, item_ids: Sequence[Any], wanted: Collection[str] | None = None) -> ItemFeatures:
@@ -199,9 +219,13 @@ class ItemInputs:
         reader: the replica's online-store reader.
     """
 
-    def __init__(self, spec: Any, reader: FeatureReader) -> None:
+    def __init__(self, spec: Any, reader: FeatureReader, layout: Any = None) -> None:
         self.spec = spec
         self.reader = reader
+        self.layout = layout  # the ranker's FeatureLayout: with it, the item side is also kept as model inputs
+        self._tensors: dict[str, Any] | None = None  # item-side model inputs, one row per slot (`batch`)
+        self._int_keys = np.empty(0, np.int64)  # integer keys: the cached ids sorted, and their slots
+        self._int_slots = np.empty(0, np.int64)
         self._stamp: tuple[tuple[str, int], ...] | None = None
         self._slots: dict[Any, int] = {}
         self._table: pa.Table | None = None  # item-side transformed columns, one row per slot
@@ -228,8 +252,12 @@ class ItemInputs:
             self._item_raw = sorted({self.spec.feature(n).column for n in self.item_side})
             self._request_raw = sorted({self.spec.feature(n).column for n in self.request_side})
             self.key_type = item_views[0].key_type
-            self._stamp, self._slots, self._table = stamp, {}, None
+            self._restart(stamp)
         return True
+
+    def _restart(self, stamp: tuple[tuple[str, int], ...] | None) -> None:
+        self._stamp, self._slots, self._table, self._tensors = stamp, {}, None, None
+        self._int_keys, self._int_slots = np.empty(0, np.int64), np.empty(0, np.int64)
 
     def usable(self, context: Mapping[str, Any] | None) -> bool:
         return self._sync() and not any(k in self.item_columns for k in (context or {}))
@@ -238,7 +266,7 @@ class ItemInputs:
         """Read and transform `keys` (canonical ids); the ones the store knows get slots, the others stay out (an
         unknown id costs a store read per request, as without the cache, but no memory)."""
         if len(self._slots) + len(keys) > MAX_CACHED_ITEMS:  # a catalogue beyond this: start over, stay bounded
-            self._slots, self._table = {}, None
+            self._restart(self._stamp)
         items = self.reader.items(keys, self._item_raw)
         self.misses += len(keys)
         take = np.flatnonzero(items.known)
@@ -252,6 +280,21 @@ class ItemInputs:
         for i, j in enumerate(pick):
             self._slots[keys[j]] = base + i
         self._table = part if self._table is None else pa.concat_tables([self._table, part]).combine_chunks()
+        if self.layout is not None:
+            import torch
+
+            from training.common.data import table_to_tensors
+
+            mine = table_to_tensors(part, self.layout, only=set(self.item_side))
+            self._tensors = mine if self._tensors is None else {
+                k: torch.cat([self._tensors[k], v]) for k, v in mine.items()}
+        if self.key_type == "int":
+            ints = np.fromiter(self._slots, dtype=np.int64, count=len(self._slots)) if all(
+                type(k) is int and -2**63 <= k < 2**63 for k in self._slots) else np.empty(0, np.int64)
+            order = np.argsort(ints, kind="stable")
+            self._int_keys = ints[order]
+            self._int_slots = np.fromiter(self._slots.values(), dtype=np.int64, count=len(ints))[order] \
+                if len(ints) else np.empty(0, np.int64)
 
     def lookup(self, item_ids: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """(slot per id, -1 where the store does not know the id; known per id), reading and transforming the ids
@@ -262,6 +305,38 @@ class ItemInputs:
             self._add(missing)
         slots = np.fromiter((self._slots.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
         return slots, slots >= 0
+
+    def lookup_ids(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`lookup` of an integer id array (what the retriever returns) by binary search over the cached keys,
+        without converting ids one by one; ids not cached yet take `lookup`."""
+        ids = np.asarray(item_ids)
+        if self.key_type != "int" or ids.dtype.kind not in "iu" or ids.ndim != 1 or ids.dtype.itemsize > 8 or \
+                (ids.dtype.kind == "u" and ids.dtype.itemsize == 8):
+            return self.lookup(ids.tolist())
+        ids = ids.astype(np.int64, copy=False)
+        keys = self._int_keys
+        if len(keys):
+            at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+            hit = keys[at] == ids
+            if hit.all():
+                slots = self._int_slots[at]
+                return slots, np.ones(len(ids), dtype=bool)
+        return self.lookup(ids.tolist())
+
+    def batch(self, slots: np.ndarray, request_side: dict[str, Any]) -> dict[str, Any]:
+        """Model inputs of the cached items `slots` with one request side (`table_to_tensors(..., only=
+        request_side features)` of the user's row): a gather from the cached item inputs, no Arrow."""
+        import torch
+
+        from training.common.data import add_sides
+
+        assert self._tensors is not None and self.layout is not None
+        return add_sides(self._tensors, torch.from_numpy(np.ascontiguousarray(slots, dtype=np.int64)),
+                         request_side, self.layout)
+
+    def request_features(self) -> tuple[list[str], list[str]]:
+        """(the request-side features, the raw columns they read), for the current item views."""
+        return self.request_side, self._request_raw
 
     def rows(self, user: UserFeatures, context: Mapping[str, Any] | None, slots: np.ndarray) -> pa.Table:
         """Model inputs (the spec's feature columns, in its order) of the user with the cached items `slots`."""

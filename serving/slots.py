@@ -192,8 +192,10 @@ class ModelSlot:
         return f"{self.source.role} {self.uri}: no version loaded ({why})"
 
 
-def load_ranker(device: str) -> Callable[[Path], Any]:
-    """The loader of ranker bundles (embeddings fused for serving) on `device`."""
+def load_ranker(device: str, choose_graph: bool = False) -> Callable[[Path], Any]:
+    """The loader of ranker bundles (embeddings fused for serving) on `device`; `choose_graph`: also choose the
+    inference graph for this machine (`serving.inference.RankerGraph`, kept as the ranker's `inference`), at
+    load time rather than on the first request."""
     def load(path: Path) -> Any:
         from training.common.embedding import fuse_embeddings
         from training.ranking.bundle import load_bundle
@@ -201,6 +203,10 @@ def load_ranker(device: str) -> Callable[[Path], Any]:
         ranker = load_bundle(path)
         fuse_embeddings(ranker.model)  # same outputs; no KeyedJaggedTensor per request
         ranker.model.to(device)
+        if choose_graph:
+            from serving.inference import RankerGraph
+
+            ranker.inference = RankerGraph(ranker.model, ranker.layout, device)
         return ranker
 
     return load

@@ -20,7 +20,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -32,10 +32,12 @@ from feature_store.online.base import (
     EntityInfo,
     Fetched,
     LeaseLost,
+    OnlineFeatures,
     OnlineStore,
     PreparedWrite,
     StreamCommit,
     VersionChanged,
+    normalize_id,
     normalize_ids,
     unknown_entity,
 )
@@ -304,6 +306,47 @@ class RedisOnlineStore(OnlineStore):
             f"online entity '{entity}' changed during {READ_RETRIES} consecutive reads; writes to it are too "
             "frequent for consistent reads"
         )
+
+    def read_row(self, names: Mapping[str, Sequence[str] | None], id_: Any, *,
+                 now: float | None = None) -> dict[str, OnlineFeatures]:
+        """One id from several views in two round trips whatever their number (the views' pointers, then every
+        row with the pointers again in one MULTI: rows from one instant, as `_fetch` reads them)."""
+        entities = list(names)
+        if not entities:
+            return {}
+        for _ in range(READ_RETRIES):
+            raws = self._r.hmget(self._entities_key, entities)
+            for entity, raw in zip(entities, raws):
+                if raw is None:
+                    raise unknown_entity(entity, self._r.hkeys(self._entities_key))
+            plan: list[tuple[str, EntityInfo, list[str], str | None]] = []
+            pipe = self._r.pipeline(transaction=True)
+            for entity, raw in zip(entities, raws):
+                data = json.loads(raw)
+                token = data.pop("token")
+                info = EntityInfo(**data)
+                wanted = info.resolve(names[entity])
+                index = {n: str(i) for i, n in enumerate(info.features)}
+                key = normalize_id(id_, info.key_type)
+                plan.append((entity, info, wanted, key))
+                if key is not None:
+                    pipe.hmget(self._row_prefix(token) + key, ["t", *(index[n] for n in wanted)])
+            pipe.hmget(self._entities_key, entities)
+            *rows, now_raws = pipe.execute()
+            if list(now_raws) != list(raws):
+                continue  # a view was rewritten between the two round trips: read again
+            out: dict[str, OnlineFeatures] = {}
+            fetched = iter(rows)
+            for entity, info, wanted, key in plan:
+                got = next(fetched) if key is not None else None
+                if got is None or got[0] is None:  # no such row
+                    out[entity] = self._row_features(info, wanted, id_, None, None, now)
+                    continue
+                ts = None if got[0] == "null" else float(got[0])
+                out[entity] = self._row_features(info, wanted, id_, ts, got[1:], now)
+            return out
+        raise RuntimeError(f"online views {entities} changed during {READ_RETRIES} consecutive reads; writes to "
+                           "them are too frequent for consistent reads")
 
     def entities(self) -> dict[str, EntityInfo]:
         out = {}

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,12 @@ from feature_store.online.base import (
     EntityInfo,
     Fetched,
     LeaseLost,
+    OnlineFeatures,
     OnlineStore,
     PreparedWrite,
     StreamCommit,
     VersionChanged,
+    normalize_id,
     normalize_ids,
     unknown_entity,
 )
@@ -226,6 +228,34 @@ class SQLiteOnlineStore(OnlineStore):
             finally:
                 con.execute("COMMIT")
         return _align(info, wanted, keys, rows)
+
+    def read_row(self, names: Mapping[str, Sequence[str] | None], id_: Any, *,
+                 now: float | None = None) -> dict[str, OnlineFeatures]:
+        """One id from several views in one transaction (one snapshot), one indexed SELECT per view."""
+        found: list[tuple[str, EntityInfo, list[str], tuple[Any, ...] | None]] = []
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN")
+            try:
+                for entity, names_wanted in names.items():
+                    row = con.execute(f"SELECT table_name, info FROM {META_TABLE} WHERE name = ?",
+                                      (entity,)).fetchone()
+                    if row is None:
+                        raise unknown_entity(entity, [r[0] for r in con.execute(f"SELECT name FROM {META_TABLE}")])
+                    info = EntityInfo.from_json(row[1])
+                    wanted = info.resolve(names_wanted)
+                    key = normalize_id(id_, info.key_type)
+                    got = None
+                    if key is not None:
+                        index = {n: i for i, n in enumerate(info.features)}
+                        select = ", ".join(["ts", *(f"f{index[n]}" for n in wanted)])
+                        got = con.execute(f"SELECT {select} FROM {row[0]} WHERE key = ?", (key,)).fetchone()
+                    found.append((entity, info, wanted, got))
+            finally:
+                con.execute("COMMIT")
+        return {entity: self._row_features(info, wanted, id_, None if got is None else got[0],
+                                           None if got is None else got[1:], now)
+                for entity, info, wanted, got in found}
 
     def entities(self) -> dict[str, EntityInfo]:
         with self._lock:

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,33 +64,73 @@ def _padded(col: pa.ChunkedArray | pa.Array, max_len: int, keep_last: bool) -> t
     return out, lengths.astype(np.int64)
 
 
-def table_to_tensors(table: pa.Table, layout: FeatureLayout) -> Batch:
-    """A transformed table (spec output) -> batch dict of contiguous CPU tensors."""
+def table_to_tensors(table: pa.Table, layout: FeatureLayout, *, only: Collection[str] | None = None) -> Batch:
+    """A transformed table (spec output) -> batch dict of contiguous CPU tensors.
+
+    `only`: the features `table` holds (None: all). The columns of the others in `sparse` and `dense` are zeros,
+    and their own entries (sequences, bags) and the `group` column are left out: one side of a batch that
+    `add_sides` completes with the other (serving builds the item side once per item and the request side once
+    per user)."""
     n = table.num_rows
+
+    def has(name: str) -> bool:
+        return only is None or name in only
+
     out: Batch = {}
     if layout.sparse:
         out[SPARSE] = torch.from_numpy(
-            np.stack([_np(table.column(f.name)).astype(np.int64) for f in layout.sparse], axis=1)
+            np.stack([_np(table.column(f.name)).astype(np.int64) if has(f.name) else np.zeros(n, np.int64)
+                      for f in layout.sparse], axis=1)
         )
     else:
         out[SPARSE] = torch.zeros((n, 0), dtype=torch.int64)
-    dense_parts = [_np(table.column(name)).astype(np.float32)[:, None] for name in layout.dense_names]
+    dense_parts = [_np(table.column(name)).astype(np.float32)[:, None] if has(name) else np.zeros((n, 1), np.float32)
+                   for name in layout.dense_names]
     for name, dim in layout.vector_dims.items():
+        if not has(name):
+            dense_parts.append(np.zeros((n, dim), np.float32))
+            continue
         col = table.column(name).combine_chunks()
         flat = col.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
         start = col.offsets[0].as_py()
         dense_parts.append(flat[start: start + n * dim].reshape(n, dim))
     out[DENSE] = torch.from_numpy(np.concatenate(dense_parts, axis=1) if dense_parts else np.zeros((n, 0), np.float32))
     for f in layout.bags:
-        ids, lens = _padded(table.column(f.name), f.max_len, keep_last=False)
-        out[bag_key(f.name)] = torch.from_numpy(ids)
-        out[bag_len_key(f.name)] = torch.from_numpy(lens)
+        if has(f.name):
+            ids, lens = _padded(table.column(f.name), f.max_len, keep_last=False)
+            out[bag_key(f.name)] = torch.from_numpy(ids)
+            out[bag_len_key(f.name)] = torch.from_numpy(lens)
     for s in layout.sequences:
-        ids, lens = _padded(table.column(s.name), s.max_len, keep_last=True)
-        out[seq_key(s.name)] = torch.from_numpy(ids)
-        out[seq_len_key(s.name)] = torch.from_numpy(lens)
+        if has(s.name):
+            ids, lens = _padded(table.column(s.name), s.max_len, keep_last=True)
+            out[seq_key(s.name)] = torch.from_numpy(ids)
+            out[seq_len_key(s.name)] = torch.from_numpy(lens)
     if LABEL in table.column_names:
         out[LABEL] = torch.from_numpy(_np(table.column(LABEL)).astype(np.float32))
+    if layout.user_field is not None and only is None:
+        out[GROUP] = out[SPARSE][:, layout.index_of(layout.user_field)].clone()
+    return out
+
+
+def add_sides(rows: Batch, slots: Tensor, one: Batch, layout: FeatureLayout) -> Batch:
+    """The batch pairing one request side (`one`: a single row of `table_to_tensors(..., only=...)`) with rows
+    `slots` of a many-row side (`rows`, the other features): `sparse` and `dense` are the sums of the two sides
+    (each is zero where the other holds the feature), sequences and bags come from whichever side holds them.
+    Equal to `table_to_tensors` of the joined table, without building it (measured in docs/benchmarks.md,
+    Serving: the gather replaces a per-request Arrow transform and table assembly)."""
+    n = len(slots)
+    out: Batch = {}
+    for key in {*rows, *one}:
+        if key == LABEL:
+            continue
+        mine, theirs = rows.get(key), one.get(key)
+        if mine is not None and theirs is not None:
+            out[key] = mine.index_select(0, slots) + theirs
+        elif mine is not None:
+            out[key] = mine.index_select(0, slots)
+        else:
+            assert theirs is not None
+            out[key] = theirs.expand(n, *theirs.shape[1:]) if theirs.dim() > 1 else theirs.expand(n)
     if layout.user_field is not None:
         out[GROUP] = out[SPARSE][:, layout.index_of(layout.user_field)].clone()
     return out

@@ -68,6 +68,7 @@ class Ranker:
     spec: FeatureSpec
     layout: FeatureLayout
     info: dict[str, Any]
+    inference: Any = None  # what a server scores with instead of `model` (same outputs), when it sets one
 
     @torch.no_grad()
     def score(self, rows: pa.Table | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> np.ndarray:

@@ -123,7 +123,12 @@ class Retriever:
     @torch.no_grad()
     def user_vectors(self, rows: pa.Table | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Raw user rows (the `user_columns`) -> N x D unit vectors, through the same spec as training."""
-        table = self.spec.transform(rows, with_label=False, features=self.cfg.user_features)
+        return self.user_vectors_of(self.spec.transform(rows, with_label=False, features=self.cfg.user_features))
+
+    @torch.no_grad()
+    def user_vectors_of(self, table: pa.Table) -> np.ndarray:
+        """Transformed user rows (the spec's output holding at least the `user_features`; other columns are
+        ignored) -> N x D unit vectors."""
         table = _with_item_side_zeros(table, self.towers, table.num_rows)
         batch = table_to_tensors(table, self.towers.layout)
         return self.model.user(batch).float().numpy()
