@@ -152,6 +152,14 @@ class Candidates:
     error_field: str | None = None
 
 
+def _side_key(user: UserFeatures, context: dict[str, Any] | None) -> Any:
+    """The user-side cache key of this request, computed once (the retriever's is handed to the ranker with
+    the user's features: both see the same context)."""
+    if user.side_key is None:
+        user.side_key = request_side_key(user.key, user.values, context)
+    return user.side_key
+
+
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1e3, 3)
 
@@ -304,7 +312,7 @@ class RankerModel:
         scores = np.full(len(item_ids), np.nan)
         if len(known):
             features, raw = cache.request_features()
-            key = request_side_key(user.key, user.values, context)
+            key = _side_key(user, context)
             ranker = loaded.model
             assert self.user_side is not None
 
@@ -440,7 +448,7 @@ class RetrieverModel:
         shared transform of the user's row on a miss)."""
         retriever = loaded.model
         assert self.user_side is not None
-        key = request_side_key(user.key, user.values, context)
+        key = _side_key(user, context)
 
         def vector() -> np.ndarray:
             def transform(feats: list[str], cols: list[str]) -> pa.Table:

@@ -37,6 +37,7 @@ class UserFeatures:
     known: bool
     values: dict[str, Any]
     expired: list[str]
+    side_key: Any = None  # fast request path: `serving.inference.request_side_key` with the request's context
 
 
 @dataclass
