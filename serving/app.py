@@ -721,9 +721,24 @@ def fused_parts(app: AppSettings) -> tuple[InProcess, InProcess | None, ApiSetti
     return InProcess(RankerModel, ranker_args), retriever, settings
 
 
-def ingress_class() -> type:
-    """The `Ingress` class as written here, without Ray Serve's ASGI wrapper (which `@serve.ingress` adds)."""
-    return next(c for c in Ingress.__mro__[1:] if c.__name__ == "Ingress" and c.__module__ == __name__)
+def local_ingress(app: AppSettings, timeout_s: float = 120.0) -> Any:
+    """An ingress of the fused topology built in this process, outside Ray Serve, once its models are loaded: to
+    profile one request (scripts.bench.serve_profile) or compare the request paths (its methods answer as the
+    HTTP routes do; `build_api(ingress)` is its ASGI app). Raises TimeoutError naming the roles not loaded."""
+    cls = next(c for c in Ingress.__mro__[1:] if c.__name__ == "Ingress" and c.__module__ == __name__)
+    ranker, retriever, settings = fused_parts(app)
+    ingress = object.__new__(cls)  # the class itself, without Ray Serve's ASGI wrapper (`@serve.ingress`)
+    cls.__init__(ingress, ranker, retriever, settings)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = [role for role, h in (("ranker", ingress.ranker), ("retriever", ingress.retriever))
+                   if h is not None and h.instance.slot.current() is None]
+        if not missing:
+            return ingress
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no version of the {' and '.join(missing)} loaded in {timeout_s:.0f} s: is a "
+                               f"'{app.serving.alias}' alias set (`recforge promote`)?")
+        time.sleep(0.1)
 
 
 def build_app(app: AppSettings) -> Any:

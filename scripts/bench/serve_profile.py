@@ -39,21 +39,14 @@ log = logger(NAME)
 def build_ingress(cfg: Any, path: str) -> Any:
     """An ingress of the scenario's app, its models in process, outside Ray Serve."""
     from recforge.config import app_settings
-    from serving import app as app_mod
+    from serving.app import local_ingress
 
     settings = app_settings(cfg)
     settings = dataclasses.replace(settings, serving=settings.serving.model_copy(update={"request_path": path}))
-    ingress_cls = app_mod.ingress_class()
-    ranker, retriever, api = app_mod.fused_parts(settings)
-    ingress = object.__new__(ingress_cls)
-    ingress_cls.__init__(ingress, ranker, retriever, api)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if ingress.ranker.instance.slot.current() and ingress.retriever.instance.slot.current():
-            return ingress
-        time.sleep(0.2)
-    raise SystemExit("serve_profile: the models did not load in 120 s (is there a champion? run "
-                     "`python -m scripts.bench.serve --setup` first)")
+    try:
+        return local_ingress(settings)
+    except TimeoutError as exc:
+        raise SystemExit(f"serve_profile: {exc} (or run `python -m scripts.bench.serve --setup` first)") from None
 
 
 async def call(asgi: Any, body: bytes) -> tuple[int, bytes]:

@@ -421,3 +421,28 @@ def test_redis_rewrite_deletes_old_rows_that_one_scan_pass_skipped(redis_url: st
     store.write("users", pa.table({"user_id": [7], "ts": [1]}), key="user_id", ts_column="ts", ttl_seconds=None)
     assert flaky.scans >= 2
     assert sum(1 for _ in flaky.scan_iter(match=f"{store.namespace}:r:*")) == 1  # only the new version's row
+
+
+def test_read_row_answers_as_read_does_for_one_id_across_views_and_ttl(store: OnlineStore) -> None:
+    _write_users(store, ttl=150)
+    store.write("profiles", pa.table({"user_id": pa.array([2, 3], pa.int64()), "ts": pa.array([10**10, 10**10]),
+                                      "tags": pa.array([["a", "b"], None]), "score": pa.array([0.5, None])}),
+                key="user_id", ts_column="ts", ttl_seconds=None)
+    names = {"users": ["age", "city", "spend"], "profiles": None}
+    for user in [1, 2, 3, "2", 2.0, " 3 ", 4, "x", None, True, 2**70, 2.5]:
+        got = store.read_row(names, user, now=250)
+        for view, wanted in names.items():
+            want = store.read(view, [user], wanted, now=250)
+            assert got[view].values == want.values and got[view].status == want.status, (user, view)
+            assert got[view].names == want.names and got[view].ids == [user]
+
+
+def test_normalize_id_equals_the_columnar_normalize_ids_for_every_kind_of_id() -> None:
+    from feature_store.online.base import normalize_id, normalize_ids
+
+    ids: list[Any] = [0, -7, 2**63 - 1, 2**63, 2**64 - 1, 2**70, -(2**63), 3.0, -2.0, 2.5, float("nan"),
+                      float("inf"), 2.0**63, 9.2e18, "42", " 42 ", "+7", "-0", "007", "4x", "", "1e3", "x", None, True,
+                      False, np.int32(5), np.int64(-3), np.uint64(2**64 - 1), np.float32(4.0), np.float64(1.5)]
+    for key_type in ("int", "string"):
+        for value in ids:
+            assert normalize_id(value, key_type) == normalize_ids([value], key_type)[0].as_py(), (value, key_type)

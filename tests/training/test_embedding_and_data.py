@@ -194,3 +194,23 @@ def test_data_parallel_ranks_take_disjoint_equal_shares(prepared: tuple[FeatureL
     assert {len(s) for s in shares} == {table.num_rows // 3}
     union = torch.cat(shares)
     assert len(torch.unique(union)) == len(union)
+
+
+def test_add_sides_of_one_user_row_and_gathered_item_rows_equals_the_joined_tables_tensors(
+        prepared: tuple[FeatureLayout, pa.Table]) -> None:
+    from training.common.data import add_sides
+
+    layout, table = prepared
+    user_side = ["user_id", "city", "age", "hist", "vec"]
+    item_side = ["item_id", "price", "tags"]
+    items = table.slice(0, 50).select(item_side)
+    slots = np.array([7, 3, 3, 49, 0, 12])
+    one = table.slice(100, 1)
+    joined = pa.table({**{c: one.column(c).take(pa.array(np.zeros(len(slots), np.int64))) for c in user_side},
+                       **{c: items.column(c).take(pa.array(slots)) for c in item_side}})
+    want = table_to_tensors(joined, layout)
+    got = add_sides(table_to_tensors(items, layout, only=set(item_side)), torch.from_numpy(slots),
+                    table_to_tensors(one, layout, only=set(user_side)), layout)
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
