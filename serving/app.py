@@ -2,7 +2,12 @@
 
 Work per /recommend: `RetrieverModel.candidates` (the user's online features -> user tower -> index top-N, history
 excluded) -> `RankerModel.rank` (the candidates' online features -> CTR model, `@serve.batch`) -> top-k; /predict
-goes to the ranker only. Two topologies (`serving.topology`):
+goes to the ranker only. Two request paths (`serving.request_path`, same answers): fast (the default) reads the
+user's views in one transaction, caches the user side (the tower's vector, the ranker's request-side inputs) keyed
+by every feature value read and the context, transforms a user row once for both models, gathers the ranker's
+inputs from cached item tensors and scores them with the inference graph chosen at load (serving.inference);
+baseline is the path before that, kept to measure both (docs/benchmarks.md, Serving). Two topologies
+(`serving.topology`):
 - fused (default): every `Ingress` replica holds a retriever and a ranker in its own process and calls them
   directly (`InProcess`), so a request costs one hop (proxy -> replica). On one machine this is the fastest: a
   Serve call between replicas costs milliseconds of CPU on both sides (docs/benchmarks.md, Serving).

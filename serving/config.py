@@ -128,11 +128,12 @@ class ServingConfig(StrictModel):
                              "for GPU rankers")
     ranker_batch_wait_ms: float = Field(1.0, ge=0, description="how long a ranker batch waits to fill")
     request_path: Literal["fast", "baseline"] = Field(
-        "fast", description="how a model replica answers: fast (the user side transformed once per user and cached "
-                            "by the user views' versions, shared by retriever and ranker; the ranker gathers the "
-                            "cached item inputs and scores them in one forward pass of the inference graph chosen "
-                            "at start-up); baseline: each model transforms the request's rows itself, as before "
-                            "the fast path, kept to measure both side by side (same answers)")
+        "fast", description="how a model replica answers: fast (the user's views read in one transaction; the user "
+                            "side transformed once for retriever and ranker and cached, keyed by every feature value "
+                            "read and the context (`user_cache_size`); the ranker gathers the cached item inputs "
+                            "and scores them in one forward pass of the inference graph chosen when the version "
+                            "loads; answers encoded by orjson); baseline: each model transforms the request's rows "
+                            "itself, as before the fast path, kept to measure both side by side (same answers)")
     user_cache_size: int = Field(20_000, ge=0, description="fast request path: users whose request side (user "
                                                           "vector, ranker inputs) one replica keeps, keyed by every "
                                                           "feature value read and the context, so never stale; 0 "

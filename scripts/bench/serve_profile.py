@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from scripts.bench.common import logger
+from scripts.bench.common import command, load_text, logger, machine, now
+from scripts.bench.doc import emit
 
 NAME = "bench_serve_profile"
 SORT = "cumulative"
@@ -166,7 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--paths", nargs="+", default=["baseline", "fast"], choices=["baseline", "fast"])
     ap.add_argument("--cprofile", choices=["baseline", "fast"], default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args(argv)
+    start = machine()
     logging.basicConfig(level=logging.WARNING)
     import torch
 
@@ -179,20 +182,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     bodies = [json.dumps({"user_id": u, "k": 10}).encode() for u in users]
     bodies = [bodies[i % len(bodies)] for i in range(args.requests)]
     results = {}
+    extra: list[str] = []
     for path in args.paths:
         ingress = build_ingress(cfg, path)
         results[path] = measure(ingress, bodies, profile=args.cprofile == path)
+        if path == "fast":
+            side = ingress.ranker.instance.user_side.stats()
+            graph = ingress.ranker.instance.slot.current().model.inference.status()
+            extra.append(f"fast path's user-side cache after the run: {side['users']:,} users, {side['hits']:,} "
+                         f"hits, {side['misses']:,} misses (retriever and ranker lookups together), "
+                         f"{side['transforms']:,} transforms of a user row (one serves both models)")
+            extra.append(f"ranker inference graph chosen at load: {graph['graph']} (CPU ms per 200 rows: " +
+                         ", ".join(f"{k} {v:.2f}" for k, v in graph["cpu_ms"].items()) + "; " +
+                         "; ".join(f"{k} refused: {v}" for k, v in graph["refused"].items()) + ")")
         r = results[path]
         log(f"{path}: {r['cpu_ms']:.2f} ms CPU per request (median {r['p50_ms']:.2f})")
         for stage, ms in r["stages"].items():
             log(f"  {stage}: {ms:.2f} ms")
         if "profile" in r:
             print(r["profile"])
+    same = None
     if len(results) == 2:
         a, b = (results[p]["answers"] for p in ("baseline", "fast"))
         same = sum(x[0] == y[0] and _items(x[1]) == _items(y[1]) for x, y in zip(a, b))
         log(f"same items in the same order: {same} of {len(a)} answers")
+    ctx = {"machine": start, "date": now(), "command": command("scripts.bench.serve_profile", argv),
+           "requests": args.requests, "users": len(set(users)), "same": same, "extra": extra}
+    emit(NAME, render(results, ctx), write=not args.no_doc and args.cprofile is None)
     return 0
+
+
+def render(results: dict[str, dict[str, Any]], ctx: dict[str, Any]) -> str:
+    m = ctx["machine"]
+    paths = list(results)
+    stages = list(dict.fromkeys(k for r in results.values() for k in r["stages"]))
+    out = ["## One /recommend, stage by stage (scripts.bench.serve_profile)", "",
+           f"`{ctx['command']}` on {ctx['date']}: {m['cpu']}, {m['usable']} usable of {m['cores']} cores, "
+           f"{load_text(m)}; nothing else running.", "",
+           f"The ingress's FastAPI app of the demo scenario (fused: retriever and ranker in process) called through "
+           f"ASGI in one process, without Ray Serve or HTTP, one request at a time on one thread: {ctx['requests']:,} "
+           f"requests over {ctx['users']:,} known users sent in turn (as scripts.bench.serve sends them), after 50 "
+           f"warm-up requests; k=10 of 200 candidates. Stage figures are mean wall ms per request of the functions "
+           f"that make them (on one thread, CPU time); a stage a path does not run is blank.", "",
+           "| stage | " + " | ".join(f"{p} ms" for p in paths) + " |", "|---|" + "---:|" * len(paths)]
+    for stage in stages:
+        out.append(f"| {stage} | " + " | ".join(f"{results[p]['stages'][stage]:.2f}" if stage in results[p]['stages']
+                                               else "" for p in paths) + " |")
+    out.append("| **CPU per request (whole request)** | " + " | ".join(f"**{results[p]['cpu_ms']:.2f}**"
+                                                                      for p in paths) + " |")
+    out.append("")
+    if ctx["same"] is not None:
+        out.append(f"- Same items in the same order on both paths: {ctx['same']:,} of {ctx['requests']:,} answers.")
+    if len(paths) == 2:
+        ratio = results["fast"]["cpu_ms"] / results["baseline"]["cpu_ms"]
+        out.append(f"- CPU per request, fast / baseline: {ratio:.2f}x "
+                   f"(in process; the Serve figures, with HAProxy and the replica's own overhead, are in the section "
+                   f"above).")
+    for line in ctx["extra"]:
+        out.append(f"- {line}")
+    return "\n".join(out) + "\n"
 
 
 def _items(body: bytes) -> list[Any]:
