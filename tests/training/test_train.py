@@ -105,7 +105,9 @@ def test_a_compiled_job_writes_a_bundle_that_an_uncompiled_model_loads_with_the_
     from training.ranking.models import build_model
 
     os.environ["RECFORGE_PROGRESS"] = "0"
-    cfg = prepared_cfg.train.model_copy(update={"model": "dlrm", "compile": "on", "max_epochs": 1})
+    # one batch per split (batch above every split's rows): the fewest shapes for dynamo to compile
+    cfg = prepared_cfg.train.model_copy(update={"model": "dlrm", "compile": "on", "max_epochs": 1,
+                                                "batch_size": 65_536})
     graphs = counters["stats"]["unique_graphs"]
     result = train_ctr(prepared_cfg.output_dir, prepared_cfg.name, cfg,
                        config_doc=prepared_cfg.model_dump(mode="json")).to_dict()
