@@ -11,7 +11,9 @@ connection), and where the time goes: the app's own per-stage timings (its `Serv
 retrieval, ranking; mean ms) and the rest (client-measured latency minus the ingress's total: HTTP proxy, the
 hop to the ingress replica, JSON and the client), and the CPU time the Serve processes spent per request. A
 no-work endpoint on the same Serve proxy is measured alongside as the reference (`scripts.bench.serve_load`).
-Goal: p99 <= 50 ms at concurrency 8.
+Goals at concurrency 8: p99 <= 50 ms, /recommend req/s >= 15% of the no-work floor's, and the fast request path's
+Serve CPU per request at most half the baseline path's: `--request-paths` (default both) starts the app once per
+`serving.request_path` in the same run, so the two paths and the floor are measured side by side.
 
     .venv/bin/python -m scripts.bench.serve --setup                      # the demo scenario, 60 s per run
     .venv/bin/python -m scripts.bench.serve --tiny --seconds 5 --no-doc  # quick look on a tiny scenario
