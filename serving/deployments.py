@@ -160,6 +160,17 @@ def _side_key(user: UserFeatures, context: dict[str, Any] | None) -> Any:
     return user.side_key
 
 
+def _user_transform(spec: Any, user: UserFeatures, context: dict[str, Any] | None,
+                    user_key: str) -> Callable[[list[str], list[str]], pa.Table]:
+    """`UserSide.transformed`'s transform: the user's row (context on top, `cols` completed) through `spec`'s
+    `feats`."""
+    def transform(feats: list[str], cols: list[str]) -> pa.Table:
+        row = complete(user_row(user, context, user_key=user_key), cols)
+        return spec.transform(row, with_label=False, features=feats)
+
+    return transform
+
+
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1e3, 3)
 
@@ -304,8 +315,7 @@ class RankerModel:
         """serving.request_path fast: the item side gathered from the cache's model inputs, the request side
         from the user-side cache (one transform per user and context, shared with the retriever), one forward
         pass of the inference graph chosen at start-up (`serving.inference.RankerGraph`)."""
-        ids = np.asarray(item_ids) if not isinstance(item_ids, np.ndarray) else item_ids
-        slots, known_mask = cache.lookup_ids(ids) if ids.dtype != object else cache.lookup(list(item_ids))
+        slots, known_mask = cache.lookup_ids(item_ids)
         known = np.flatnonzero(known_mask)
         features_ms = user_ms + _ms(t0)
         t1 = time.perf_counter()
@@ -319,10 +329,7 @@ class RankerModel:
             def request_side() -> dict[str, Any]:
                 from training.common.data import table_to_tensors
 
-                def transform(feats: list[str], cols: list[str]) -> pa.Table:
-                    row = complete(user_row(user, context, user_key=self.store.user_key), cols)
-                    return ranker.spec.transform(row, with_label=False, features=feats)
-
+                transform = _user_transform(ranker.spec, user, context, self.store.user_key)
                 table = self.user_side.transformed(key, spec_id(ranker.spec), "ranker", features, raw, transform)
                 return table_to_tensors(table, ranker.layout, only=set(features))
 
@@ -451,10 +458,7 @@ class RetrieverModel:
         key = _side_key(user, context)
 
         def vector() -> np.ndarray:
-            def transform(feats: list[str], cols: list[str]) -> pa.Table:
-                row = complete(user_row(user, context, user_key=self.store.user_key), cols)
-                return retriever.spec.transform(row, with_label=False, features=feats)
-
+            transform = _user_transform(retriever.spec, user, context, self.store.user_key)
             table = self.user_side.transformed(key, spec_id(retriever.spec), "retriever",
                                                list(retriever.cfg.user_features), retriever.user_columns, transform)
             return retriever.user_vectors_of(table)

@@ -307,22 +307,18 @@ class ItemInputs:
         slots = np.fromiter((self._slots.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
         return slots, slots >= 0
 
-    def lookup_ids(self, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`lookup` of an integer id array (what the retriever returns) by binary search over the cached keys,
-        without converting ids one by one; ids not cached yet take `lookup`."""
+    def lookup_ids(self, item_ids: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """`lookup`, by binary search over the cached integer keys when the ids are all cached integers (what the
+        retriever returns), without converting ids one by one; anything else takes `lookup`."""
         ids = np.asarray(item_ids)
-        if self.key_type != "int" or ids.dtype.kind not in "iu" or ids.ndim != 1 or ids.dtype.itemsize > 8 or \
-                (ids.dtype.kind == "u" and ids.dtype.itemsize == 8):
-            return self.lookup(ids.tolist())
-        ids = ids.astype(np.int64, copy=False)
         keys = self._int_keys
-        if len(keys):
+        if self.key_type == "int" and ids.ndim == 1 and len(keys) and (
+                ids.dtype.kind == "i" or (ids.dtype.kind == "u" and ids.dtype.itemsize < 8)):
+            ids = ids.astype(np.int64, copy=False)
             at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
-            hit = keys[at] == ids
-            if hit.all():
-                slots = self._int_slots[at]
-                return slots, np.ones(len(ids), dtype=bool)
-        return self.lookup(ids.tolist())
+            if (keys[at] == ids).all():
+                return self._int_slots[at], np.ones(len(ids), dtype=bool)
+        return self.lookup(list(item_ids))
 
     def batch(self, slots: np.ndarray, request_side: dict[str, Any]) -> dict[str, Any]:
         """Model inputs of the cached items `slots` with one request side (`table_to_tensors(..., only=

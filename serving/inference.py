@@ -229,11 +229,6 @@ class UserSide:
             entry[what] = (table, others)
         return table
 
-    def drop(self, what: Hashable) -> None:
-        """Forget `what` in every entry (the version it belongs to is no longer served)."""
-        for entry in self._entries.values():
-            entry.pop(what, None)
-
     def stats(self) -> dict[str, int]:
         return {"users": len(self._entries), "hits": self.hits, "misses": self.misses,
                 "transforms": self.transforms}
