@@ -258,6 +258,8 @@ class FeatureSpec:
     created_at: float = field(default_factory=time.time)
     version: int = SPEC_VERSION
     _dense: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False, compare=False)
+    _rows: dict[str, _RowVocab] = field(default_factory=dict, repr=False, compare=False)
+    _by_name: dict[str, Entry] = field(default_factory=dict, repr=False, compare=False)
 
     def _vocab_lookup(self, values: pa.Array, name: str) -> np.ndarray:
         if name not in self._dense:
@@ -267,10 +269,13 @@ class FeatureSpec:
     # -------------------------------------------------------------------------------------- access
 
     def feature(self, name: str) -> Entry:
-        for f in self.features:
-            if f.name == name:
-                return f
-        raise KeyError(f"no feature '{name}' in the spec (has: {[f.name for f in self.features]})")
+        if len(self._by_name) != len(self.features):
+            self._by_name.clear()
+            self._by_name.update((f.name, f) for f in self.features)
+        got = self._by_name.get(name)
+        if got is None:
+            raise KeyError(f"no feature '{name}' in the spec (has: {[f.name for f in self.features]})")
+        return got
 
     def by_kind(self, kind: str) -> list[Any]:
         return [f for f in self.features if f.kind == kind]
@@ -349,17 +354,8 @@ class FeatureSpec:
             idx = _hash_index(col, f.hash_buckets) if f.hash_buckets else self._vocab_lookup(col, f.name)
             return pa.array(idx, pa.int64())
         if isinstance(f, NumericEntry):
-            x = _to_float(_column(table, f.column, f.name))
-            if f.is_bucketized:
-                idx = np.searchsorted(np.asarray(f.boundaries), x, side="right").astype(np.int64) + 1
-                idx[np.isnan(x)] = 0
-                return pa.array(idx, pa.int64())
-            x = np.where(np.isnan(x), f.fill, x)
-            if f.transform in ("log1p", "log1p_standardize"):
-                x = _log1p(x)
-            if f.transform in ("standardize", "log1p_standardize"):
-                x = (x - f.mean) / f.std
-            return pa.array(x.astype(np.float32))
+            x = _numeric(f, _to_float(_column(table, f.column, f.name)))
+            return pa.array(x, pa.int64() if f.is_bucketized else pa.float32())
         if isinstance(f, MultiValuedEntry):
             lists = _as_list(_column(table, f.column, f.name), f.separator)
             lists = pc.list_slice(lists, 0, f.max_len)
@@ -376,6 +372,71 @@ class FeatureSpec:
             return self._encode_lists(lists, f.source)
         col = _column(table, f.column, f.name)
         return _vector(col, f.dim, f.name)
+
+    def transform_row(self, values: Mapping[str, Any], features: Sequence[str]) -> dict[str, Any]:
+        """One raw row (raw column -> value; an absent column is null) -> the model inputs of `features`, equal
+        to `transform` of the same row as a one-row table: an int (categorical, bucketized numeric), a float32
+        (numeric), an int64 array (multi-valued, sequence: the kept ids), a float32 array (vector).
+
+        The values the online path carries (None, int, float, str and lists of one of them, as JSON decodes
+        them) are transformed here without Arrow arrays; a value of any other type or shape goes through the
+        Arrow transform for its feature alone, so coercions and errors stay those of `transform`. Why: on a new
+        user, the one-row Arrow transform was about half of the fast /recommend path's user-side work (0.5-0.6
+        ms of per-column kernel calls for nine features; docs/benchmarks.md, Serving); equality with `transform`
+        is tested value type by value type (tests/feature_store/test_transform_row.py)."""
+        out: dict[str, Any] = {}
+        for name in features:
+            f = self.feature(name)
+            value = values.get(f.column)
+            got = self._row_one(f, value)
+            if got is _ARROW:
+                arr = self._transform_one(f, pa.table({f.column: pa.array([value])}), 1)
+                got = _row_output(f, arr)
+            out[name] = got
+        return out
+
+    def _row_vocab(self, name: str) -> _RowVocab:
+        got = self._rows.get(name)
+        if got is None:
+            if name not in self._dense:
+                self._dense[name] = _dense_table(self.vocabs[name])
+            got = self._rows[name] = _RowVocab.of(self.vocabs[name], self._dense[name])
+        return got
+
+    def _row_one(self, f: Entry, value: Any) -> Any:
+        """`transform_row`'s value for one feature, or `_ARROW` where the Arrow path must decide."""
+        if isinstance(f, CategoricalEntry):
+            if value is None:
+                return 0
+            return _hash_one(value, f.hash_buckets) if f.hash_buckets else self._row_vocab(f.name).code(value)
+        if isinstance(f, NumericEntry):
+            x = _float_one(value)
+            if x is None:
+                return _ARROW
+            out = _numeric(f, np.array([x]))[0]
+            return int(out) if f.is_bucketized else out
+        if isinstance(f, MultiValuedEntry | SequenceEntry):
+            if value is None:
+                return np.zeros(0, np.int64)
+            if type(value) is not list:
+                return _ARROW
+            kept = value[-f.max_len:] if isinstance(f, SequenceEntry) else value[: f.max_len]
+            if not _same_type(value):  # Arrow types the whole list (and refuses a mix) before slicing it
+                return _ARROW
+            source = self.feature(f.source) if isinstance(f, SequenceEntry) else f
+            if isinstance(source, CategoricalEntry) and source.hash_buckets:
+                codes = [_hash_one(v, source.hash_buckets) if v is not None else 0 for v in kept]
+            else:
+                vocab = self._row_vocab(source.name)
+                codes = [vocab.code(v) if v is not None else 0 for v in kept]
+            if any(c is _ARROW for c in codes):
+                return _ARROW
+            return np.array(codes, dtype=np.int64)
+        if value is None:
+            return np.zeros(f.dim, np.float32)
+        if type(value) is not list or len(value) != f.dim or not all(type(v) is float for v in value):
+            return _ARROW
+        return np.array(value, dtype=np.float64).astype(np.float32)
 
     def _encode_lists(self, lists: pa.Array, vocab_name: str) -> pa.Array:
         if lists.null_count:
@@ -461,6 +522,94 @@ class FeatureSpec:
                 w.write_batch(pa.record_batch([self.vocabs[name]], names=["v"]))
             h.update(sink.getvalue().to_pybytes())
         return h.hexdigest()
+
+
+def _numeric(f: NumericEntry, x: np.ndarray) -> np.ndarray:
+    """A numeric feature's float64 raw values (NaN: missing) -> its output: bucket ids (int64) or float32."""
+    if f.is_bucketized:
+        idx = np.searchsorted(np.asarray(f.boundaries), x, side="right").astype(np.int64) + 1
+        idx[np.isnan(x)] = 0
+        return idx
+    x = np.where(np.isnan(x), f.fill, x)
+    if f.transform in ("log1p", "log1p_standardize"):
+        x = _log1p(x)
+    if f.transform in ("standardize", "log1p_standardize"):
+        x = (x - f.mean) / f.std
+    return x.astype(np.float32)
+
+
+_ARROW: Any = object()  # transform_row: this value is left to the Arrow transform
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_EXACT_FLOAT_INT = 1 << 53  # Arrow refuses to cast a larger int64 to float64 (not exact)
+
+
+def _same_type(values: list[Any]) -> bool:
+    """Whether the non-null values of a list are all int or all str (Arrow infers one list type from them)."""
+    kinds = {type(v) for v in values if v is not None}
+    return kinds <= {int} or kinds <= {str}
+
+
+def _float_one(value: Any) -> float | None:
+    """A numeric raw value as Arrow reads it (None: NaN), or None where Arrow's coercion must decide."""
+    if value is None:
+        return float("nan")
+    if type(value) is float:
+        return value
+    if type(value) is int and -_EXACT_FLOAT_INT <= value <= _EXACT_FLOAT_INT:
+        return float(value)
+    return None
+
+
+def _hash_one(value: Any, buckets: int) -> Any:
+    """`_hash_index` of one non-null value: of its text (an int's decimal digits, as Arrow casts it)."""
+    if type(value) is str:
+        text = value
+    elif type(value) is int and _INT64[0] <= value <= _INT64[1]:
+        text = str(value)
+    else:
+        return _ARROW
+    h = pd.util.hash_array(np.array([text], dtype=object), categorize=True)
+    return int(h[0] % np.uint64(buckets)) + 1
+
+
+@dataclass(frozen=True)
+class _RowVocab:
+    """A vocabulary as `transform_row` reads it: the dense int table or a value -> index dict, for the value
+    type that matches the vocabulary without a cast (int for integer vocabularies, str for string ones)."""
+
+    kind: type | None  # int, str, or None (every value goes through Arrow)
+    dense: np.ndarray | None
+    index: dict[Any, int]
+
+    @classmethod
+    def of(cls, vocab: pa.Array, dense: np.ndarray | None) -> _RowVocab:
+        if dense is not None:
+            return cls(int, dense, {})
+        if vocab.null_count == 0 and pa.types.is_int64(vocab.type):
+            kind: type | None = int
+        elif vocab.null_count == 0 and pa.types.is_string(vocab.type):
+            kind = str
+        else:
+            return cls(None, None, {})
+        return cls(kind, None, {v: i + 1 for i, v in enumerate(vocab.to_pylist())})
+
+    def code(self, value: Any) -> Any:
+        """The 1-based index of a non-null value (0: out of vocabulary), or `_ARROW`."""
+        if type(value) is not self.kind or (self.kind is int and not _INT64[0] <= value <= _INT64[1]):
+            return _ARROW
+        if self.dense is not None:
+            return int(self.dense[value]) if 0 <= value < len(self.dense) else 0
+        return self.index.get(value, 0)
+
+
+def _row_output(f: Entry, arr: pa.Array) -> Any:
+    """`transform_row`'s form of a one-row output array of `_transform_one`."""
+    if isinstance(f, CategoricalEntry) or (isinstance(f, NumericEntry) and f.is_bucketized):
+        return int(arr.to_numpy(zero_copy_only=False)[0])
+    if isinstance(f, NumericEntry):
+        return arr.to_numpy(zero_copy_only=False)[0]
+    values = arr[0].as_py() or []
+    return np.array(values, dtype=np.float32 if isinstance(f, VectorEntry) else np.int64)
 
 
 def _keep_last(lists: pa.Array, max_len: int) -> pa.Array:

@@ -161,12 +161,11 @@ def _side_key(user: UserFeatures, context: dict[str, Any] | None) -> Any:
 
 
 def _user_transform(spec: Any, user: UserFeatures, context: dict[str, Any] | None,
-                    user_key: str) -> Callable[[list[str], list[str]], pa.Table]:
-    """`UserSide.transformed`'s transform: the user's row (context on top, `cols` completed) through `spec`'s
-    `feats`."""
-    def transform(feats: list[str], cols: list[str]) -> pa.Table:
-        row = complete(user_row(user, context, user_key=user_key), cols)
-        return spec.transform(row, with_label=False, features=feats)
+                    user_key: str) -> Callable[[list[str], list[str]], dict[str, Any]]:
+    """`UserSide.transformed`'s transform: the user's raw row (key, stored features, context on top, as
+    `user_row` builds it) through `spec.transform_row` for `feats` (absent columns are null)."""
+    def transform(feats: list[str], _cols: list[str]) -> dict[str, Any]:
+        return spec.transform_row({user_key: user.key, **user.values, **(context or {})}, feats)
 
     return transform
 
@@ -327,11 +326,11 @@ class RankerModel:
             assert self.user_side is not None
 
             def request_side() -> dict[str, Any]:
-                from training.common.data import table_to_tensors
+                from training.common.data import row_to_tensors
 
                 transform = _user_transform(ranker.spec, user, context, self.store.user_key)
-                table = self.user_side.transformed(key, spec_id(ranker.spec), "ranker", features, raw, transform)
-                return table_to_tensors(table, ranker.layout, only=set(features))
+                row = self.user_side.transformed(key, spec_id(ranker.spec), "ranker", features, raw, transform)
+                return row_to_tensors(row, ranker.layout, only=set(features))
 
             try:
                 mine = self.user_side.get(key, ("ranker", loaded.ref.name, loaded.ref.version), request_side)
@@ -459,9 +458,9 @@ class RetrieverModel:
 
         def vector() -> np.ndarray:
             transform = _user_transform(retriever.spec, user, context, self.store.user_key)
-            table = self.user_side.transformed(key, spec_id(retriever.spec), "retriever",
-                                               list(retriever.cfg.user_features), retriever.user_columns, transform)
-            return retriever.user_vectors_of(table)
+            row = self.user_side.transformed(key, spec_id(retriever.spec), "retriever",
+                                             list(retriever.cfg.user_features), retriever.user_columns, transform)
+            return retriever.user_vector_of_row(row)
 
         return self.user_side.get(key, ("retriever", loaded.ref.name, loaded.ref.version), vector)
 

@@ -206,14 +206,15 @@ class UserSide:
         """The user side transformed through one spec for `role`'s `features` (reading `raw` columns).
 
         Every role that asked for spec `spec_id` is remembered; the first of them to miss transforms the
-        features of all (`transform(features, raw_columns)`: one Arrow transform where the retriever and the
-        ranker would make two), and the table waits in the entry until each of the other roles took it."""
+        features of all (`transform(features, raw_columns)` -> {feature: model input}: one transform where the
+        retriever and the ranker would make two), and the row waits in the entry until each of the other roles
+        took it."""
         roles = self._needs.setdefault(spec_id, {})
         roles[role] = (features, raw)
         what = ("transformed", spec_id)
         entry = self._entries.get(key) if self.size > 0 else None
         held = entry.get(what) if entry is not None else None
-        if held is not None and role in held[1] and all(f in held[0].column_names for f in features):
+        if held is not None and role in held[1] and all(f in held[0] for f in features):
             table, waiting = held
             waiting.discard(role)
             if not waiting:

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,43 @@ def table_to_tensors(table: pa.Table, layout: FeatureLayout, *, only: Collection
     if layout.user_field is not None and only is None:
         out[GROUP] = out[SPARSE][:, layout.index_of(layout.user_field)].clone()
     return out
+
+
+def row_to_tensors(row: Mapping[str, Any], layout: FeatureLayout, *, only: Collection[str] | None = None) -> Batch:
+    """One transformed row (`FeatureSpec.transform_row`'s output) -> a one-row batch equal to `table_to_tensors`
+    of the same row as a table, with the same meaning of `only` (None: `row` holds every feature of `layout`).
+    Serving builds a request's user side this way (a few small arrays where the table path converts columns)."""
+
+    def has(name: str) -> bool:
+        return only is None or name in only
+
+    out: Batch = {SPARSE: torch.tensor([[row[f.name] if has(f.name) else 0 for f in layout.sparse]],
+                                       dtype=torch.int64).reshape(1, len(layout.sparse))}
+    dense = np.zeros((1, layout.dense_dim), np.float32)
+    for i, name in enumerate(layout.dense_names):
+        if has(name):
+            dense[0, i] = row[name]
+    at = len(layout.dense_names)
+    for name, dim in layout.vector_dims.items():
+        if has(name):
+            dense[0, at: at + dim] = row[name]
+        at += dim
+    out[DENSE] = torch.from_numpy(dense)
+    for f in layout.bags:
+        if has(f.name):
+            out[bag_key(f.name)], out[bag_len_key(f.name)] = _padded_row(row[f.name][: f.max_len], f.max_len)
+    for s in layout.sequences:
+        if has(s.name):
+            out[seq_key(s.name)], out[seq_len_key(s.name)] = _padded_row(row[s.name][-s.max_len:], s.max_len)
+    if layout.user_field is not None and only is None:
+        out[GROUP] = out[SPARSE][:, layout.index_of(layout.user_field)].clone()
+    return out
+
+
+def _padded_row(ids: np.ndarray, max_len: int) -> tuple[Tensor, Tensor]:
+    out = np.zeros((1, max_len), np.int64)
+    out[0, : len(ids)] = ids
+    return torch.from_numpy(out), torch.tensor([len(ids)], dtype=torch.int64)
 
 
 def add_sides(rows: Batch, slots: Tensor, one: Batch, layout: FeatureLayout) -> Batch:

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 import torch
 
 from feature_store.spec import FeatureSpec
-from training.common.data import table_to_tensors
+from training.common.data import row_to_tensors, table_to_tensors
+from training.common.features import FeatureLayout
 from training.common.weights import load_weights
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import RetrievalData, load_retrieval_data
@@ -94,6 +95,15 @@ def _with_item_side_zeros(table: pa.Table, layout: TowerLayout, n: int) -> pa.Ta
     return table
 
 
+def _zero_row(layout: FeatureLayout) -> dict[str, Any]:
+    """Every input of `layout` as `FeatureSpec.transform_row` gives it, zero (empty for bags and sequences)."""
+    out: dict[str, Any] = {f.name: 0 for f in layout.sparse}
+    out.update({f.name: np.zeros(0, np.int64) for f in (*layout.bags, *layout.sequences)})
+    out.update({name: np.float32(0.0) for name in layout.dense_names})
+    out.update({name: np.zeros(dim, np.float32) for name, dim in layout.vector_dims.items()})
+    return out
+
+
 @dataclass
 class Retriever:
     """A loaded retrieval bundle: the towers in eval mode, their spec, the corpus and (when built) the index."""
@@ -106,6 +116,7 @@ class Retriever:
     popularity: np.ndarray  # train positives per corpus position
     index: Any = None  # training.index.faiss_index.ItemIndex over corpus positions, or None (exact search)
     info: dict[str, Any] = field(default_factory=dict)
+    _zero_row: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def towers(self) -> TowerLayout:
@@ -123,15 +134,19 @@ class Retriever:
     @torch.no_grad()
     def user_vectors(self, rows: pa.Table | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Raw user rows (the `user_columns`) -> N x D unit vectors, through the same spec as training."""
-        return self.user_vectors_of(self.spec.transform(rows, with_label=False, features=self.cfg.user_features))
+        table = self.spec.transform(rows, with_label=False, features=self.cfg.user_features)
+        table = _with_item_side_zeros(table, self.towers, table.num_rows)
+        return self.model.user(table_to_tensors(table, self.towers.layout)).float().numpy()
 
     @torch.no_grad()
-    def user_vectors_of(self, table: pa.Table) -> np.ndarray:
-        """Transformed user rows (the spec's output holding at least the `user_features`; other columns are
-        ignored) -> N x D unit vectors."""
-        table = _with_item_side_zeros(table, self.towers, table.num_rows)
-        batch = table_to_tensors(table, self.towers.layout)
-        return self.model.user(batch).float().numpy()
+    def user_vector_of_row(self, row: Mapping[str, Any]) -> np.ndarray:
+        """One transformed user row (`FeatureSpec.transform_row` holding at least the `user_features`; other
+        entries are ignored) -> a 1 x D unit vector, as `user_vectors` gives it: the item side's inputs, which
+        the user tower never reads, are zeros."""
+        if self._zero_row is None:
+            self._zero_row = _zero_row(self.towers.layout)
+        mine = {**self._zero_row, **{k: v for k, v in row.items() if k in self._zero_row}}
+        return self.model.user(row_to_tensors(mine, self.towers.layout)).float().numpy()
 
     def positions(self, raw_ids: Sequence[Any] | np.ndarray) -> np.ndarray:
         """Corpus positions of the raw ids that are in the corpus (others dropped)."""
