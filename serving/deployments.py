@@ -40,7 +40,7 @@ from serving.features import (
     seen_items,
     user_row,
 )
-from serving.inference import RankerGraph, request_side_key, shared_user_side, spec_id
+from serving.inference import RankerGraph, SplitScorer, request_side_key, shared_user_side, spec_id
 from serving.slots import Loaded, ModelRef, ModelSlot, ModelSource, iso, load_ranker, load_retriever
 
 log = logging.getLogger("recforge.serving")
@@ -325,22 +325,36 @@ class RankerModel:
             ranker = loaded.model
             assert self.user_side is not None
 
-            def request_side() -> dict[str, Any]:
+            split = self._split(loaded, cache)
+            split = split if split is not None and split.verified is not False else None
+
+            def request_side() -> tuple[dict[str, Any], Any]:
                 from training.common.data import row_to_tensors
 
                 transform = _user_transform(ranker.spec, user, context, self.store.user_key)
                 row = self.user_side.transformed(key, spec_id(ranker.spec), "ranker", features, raw, transform)
-                return row_to_tensors(row, ranker.layout, only=set(features))
+                one = row_to_tensors(row, ranker.layout, only=set(features))
+                return one, split.request(cache.batch(slots[known[:1]], one)) if split is not None else None
 
             try:
-                mine = self.user_side.get(key, ("ranker", loaded.ref.name, loaded.ref.version), request_side)
+                mine, parts = self.user_side.get(key, ("ranker", loaded.ref.name, loaded.ref.version),
+                                                 request_side)
             except (ValueError, TypeError, pa.ArrowException) as exc:
                 return Scored(error=f"the request's values do not fit the model's feature spec: {exc}",
                               error_field="context")
-            batch = cache.batch(slots[known], mine)
-            if self.settings.device != "cpu":
-                batch = {k: v.to(self.settings.device, non_blocking=True) for k, v in batch.items()}
-            scores[known] = self._graph(loaded).probabilities(batch)
+            if split is not None and parts is not None:
+                import torch
+
+                split.items(cache.tensors(), cache.generation)
+                probs = split.probabilities(torch.from_numpy(slots[known]), parts)
+                if split.verified is None:  # the first request: checked against the model's forward
+                    split.check(probs, self._graph(loaded).probabilities(cache.batch(slots[known], mine)))
+                scores[known] = probs
+            else:
+                batch = cache.batch(slots[known], mine)
+                if self.settings.device != "cpu":
+                    batch = {k: v.to(self.settings.device, non_blocking=True) for k, v in batch.items()}
+                scores[known] = self._graph(loaded).probabilities(batch)
         out = np.empty(len(scores), dtype=object)
         out[:] = scores.tolist()
         out[~known_mask] = None
@@ -354,6 +368,17 @@ class RankerModel:
         if graph is None:  # loaded by another loader (tests): choose now
             graph = loaded.model.inference = RankerGraph(loaded.model.model, loaded.model.layout)
         return graph
+
+    def _split(self, loaded: Loaded, cache: ItemInputs) -> SplitScorer | None:
+        """The version's split scorer over the item cache's slots (None: the model is not splittable, or runs
+        on a GPU, where one batched forward is what it is built for)."""
+        model = loaded.model.model
+        if self.settings.device != "cpu" or not getattr(model, "splittable", False):
+            return None
+        features, _ = cache.request_features()
+        if cache.split is None or cache.split.model is not model or cache.split.request_features != features:
+            cache.split = SplitScorer(model, loaded.model.layout, cache.item_side, features)
+        return cache.split
 
     def _item_inputs(self, loaded: Loaded) -> ItemInputs:
         """The item-side cache of a served version (one per version: an experiment serves several side by side;

@@ -237,6 +237,8 @@ class ItemInputs:
         self._request_raw: list[str] = []  # and the request-side ones
         self.key_type = "string"
         self.misses = 0
+        self.generation = 0
+        self.split: Any = None  # the ranker's serving.inference.SplitScorer over these slots (fast path)
 
     def _sync(self) -> bool:
         """Bind to the current item views (restarting the cache when they changed); False when not cacheable."""
@@ -257,6 +259,7 @@ class ItemInputs:
         return True
 
     def _restart(self, stamp: tuple[tuple[str, int], ...] | None) -> None:
+        self.generation += 1  # what was derived from the slots (serving.inference.SplitScorer) starts over too
         self._stamp, self._slots, self._table, self._tensors = stamp, {}, None, None
         self._int_keys, self._int_slots = np.empty(0, np.int64), np.empty(0, np.int64)
 
@@ -330,6 +333,11 @@ class ItemInputs:
         assert self._tensors is not None and self.layout is not None
         return add_sides(self._tensors, torch.from_numpy(np.ascontiguousarray(slots, dtype=np.int64)),
                          request_side, self.layout)
+
+    def tensors(self) -> dict[str, Any]:
+        """The cached item-side model inputs, one row per slot."""
+        assert self._tensors is not None
+        return self._tensors
 
     def request_features(self) -> tuple[list[str], list[str]]:
         """(the request-side features, the raw columns they read), for the current item views."""

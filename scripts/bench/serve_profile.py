@@ -87,6 +87,8 @@ STAGES: dict[str, tuple[str, str]] = {  # stage -> (module, attribute path) time
     "ranker inputs (gather)": ("serving.features", "ItemInputs.batch"),
     "ranker forward": ("serving.deployments", "score_transformed"),
     "ranker forward (graph)": ("serving.inference", "RankerGraph.probabilities"),
+    "ranker items' first layers (new items)": ("serving.inference", "SplitScorer.items"),
+    "ranker forward (split first layers)": ("serving.inference", "SplitScorer.probabilities"),
     "response JSON": ("serving.app", "_answer"),
 }
 
@@ -192,6 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra.append(f"fast path's user-side cache after the run: {side['users']:,} users, {side['hits']:,} "
                          f"hits, {side['misses']:,} misses (retriever and ranker lookups together), "
                          f"{side['transforms']:,} transforms of a user row (one serves both models)")
+            split = ingress.ranker.instance._items[id(ingress.ranker.instance.slot.current())][1].split
+            if split is not None:
+                extra.append(f"ranker split scoring (first layers per item and per request): "
+                             f"{'on' if split.verified else 'refused'}, largest difference from the forward on "
+                             f"the first request {split.largest_difference:.1e} (tolerance 1e-06)")
             extra.append(f"ranker inference graph chosen at load: {graph['graph']} (CPU ms per 200 rows: " +
                          ", ".join(f"{k} {v:.2f}" for k, v in graph["cpu_ms"].items()) + "; " +
                          "; ".join(f"{k} refused: {v}" for k, v in graph["refused"].items()) + ")")

@@ -143,6 +143,16 @@ def row_to_tensors(row: Mapping[str, Any], layout: FeatureLayout, *, only: Colle
     return out
 
 
+def zero_row(layout: FeatureLayout) -> dict[str, Any]:
+    """Every input of `layout` as `FeatureSpec.transform_row` gives it, zero (empty for bags and sequences): the
+    inputs a one-side row lacks, for a model that does not read them."""
+    out: dict[str, Any] = {f.name: 0 for f in layout.sparse}
+    out.update({f.name: np.zeros(0, np.int64) for f in (*layout.bags, *layout.sequences)})
+    out.update({name: np.float32(0.0) for name in layout.dense_names})
+    out.update({name: np.zeros(dim, np.float32) for name, dim in layout.vector_dims.items()})
+    return out
+
+
 def _padded_row(ids: np.ndarray, max_len: int) -> tuple[Tensor, Tensor]:
     out = np.zeros((1, max_len), np.int64)
     out[0, : len(ids)] = ids

@@ -45,8 +45,16 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
         self.out_dim = d
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+    def first_linear(self) -> nn.Linear:
+        """The layer applied to the input itself."""
+        first = self.net[0]
+        assert isinstance(first, nn.Linear)
+        return first
+
+    def forward(self, x: Tensor, first: Tensor | None = None) -> Tensor:
+        """`first`: `first_linear()(x)` when the caller has it already (serving adds it up from an item part and a
+        request part computed once each); the rest of the network runs on it."""
+        return self.net(x) if first is None else self.net[1:](first)
 
 
 class CrossNetV2(nn.Module):
@@ -62,10 +70,16 @@ class CrossNetV2(nn.Module):
             self.w = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
         self.layers = layers
 
-    def forward(self, x0: Tensor) -> Tensor:
+    def first_linear(self) -> nn.Linear:
+        """The layer applied to x0 itself: W of the first cross layer (U when low rank)."""
+        return self.w[0] if self.w is not None else self.u[0]
+
+    def forward(self, x0: Tensor, first: Tensor | None = None) -> Tensor:
+        """`first`: `first_linear()(x0)` when the caller has it already (see `MLP.forward`)."""
         x = x0
         for i in range(self.layers):
-            xw = self.w[i](x) if self.w is not None else self.v[i](self.u[i](x))
+            pre = first if i == 0 and first is not None else (self.w[i] if self.w is not None else self.u[i])(x)
+            xw = pre if self.w is not None else self.v[i](pre)
             x = x0 * xw + x
         return x
 

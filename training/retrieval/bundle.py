@@ -26,8 +26,7 @@ import pyarrow.parquet as pq
 import torch
 
 from feature_store.spec import FeatureSpec
-from training.common.data import row_to_tensors, table_to_tensors
-from training.common.features import FeatureLayout
+from training.common.data import row_to_tensors, table_to_tensors, zero_row
 from training.common.weights import load_weights
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import RetrievalData, load_retrieval_data
@@ -95,15 +94,6 @@ def _with_item_side_zeros(table: pa.Table, layout: TowerLayout, n: int) -> pa.Ta
     return table
 
 
-def _zero_row(layout: FeatureLayout) -> dict[str, Any]:
-    """Every input of `layout` as `FeatureSpec.transform_row` gives it, zero (empty for bags and sequences)."""
-    out: dict[str, Any] = {f.name: 0 for f in layout.sparse}
-    out.update({f.name: np.zeros(0, np.int64) for f in (*layout.bags, *layout.sequences)})
-    out.update({name: np.float32(0.0) for name in layout.dense_names})
-    out.update({name: np.zeros(dim, np.float32) for name, dim in layout.vector_dims.items()})
-    return out
-
-
 @dataclass
 class Retriever:
     """A loaded retrieval bundle: the towers in eval mode, their spec, the corpus and (when built) the index."""
@@ -144,7 +134,7 @@ class Retriever:
         entries are ignored) -> a 1 x D unit vector, as `user_vectors` gives it: the item side's inputs, which
         the user tower never reads, are zeros."""
         if self._zero_row is None:
-            self._zero_row = _zero_row(self.towers.layout)
+            self._zero_row = zero_row(self.towers.layout)
         mine = {**self._zero_row, **{k: v for k, v in row.items() if k in self._zero_row}}
         return self.model.user(row_to_tensors(mine, self.towers.layout)).float().numpy()
 

@@ -73,9 +73,26 @@ class CTRModel(nn.Module):
         self.dense_dim = layout.dense_dim
         self.num_fields = layout.num_pooled + len(layout.sequences)
 
+    # A model whose logits start with linear layers over one flat input (`flat_input(batch)`, laid out as
+    # `flat_input_features` names it) sets `splittable` and implements `flat_input`, `first_linears` and
+    # `forward_from(x0, [layer(x0) for layer in first_linears()])`: serving then computes those first layers
+    # once per item and once per request instead of once per (request, item) pair (serving.inference.SplitScorer).
+    splittable = False
+
     @staticmethod
     def dense(batch: dict[str, Tensor]) -> Tensor:
         return batch[DENSE]
+
+    def flat_input_features(self) -> list[str]:
+        """The feature each column of [flattened fields, dense] comes from: a field's `embedding_dim` columns
+        (sparse fields, then bags, then pooled sequences), then the numeric columns and the vectors' columns."""
+        d = self.cfg.embedding_dim
+        lay = self.layout
+        names = [f.name for f in (*lay.sparse, *lay.bags)] + [s.name for s in lay.sequences]
+        out = [n for n in names for _ in range(d)] + list(lay.dense_names)
+        for name, dim in lay.vector_dims.items():
+            out += [name] * dim
+        return out
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError

@@ -40,11 +40,25 @@ class DCNv2(CTRModel):
         head_in = self.mlp.out_dim if cfg.structure == "stacked" else in_dim + self.mlp.out_dim
         self.head = nn.Linear(head_in, 1)
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+    splittable = True
+
+    def flat_input(self, batch: dict[str, Tensor]) -> Tensor:
+        """x0: the flattened field embeddings (sequences mean-pooled) and the dense features."""
         fields = fields_with_pooled_sequences(self.embedding(batch))
-        x0 = torch.cat([fields.flatten(1), self.dense(batch)], dim=1)
+        return torch.cat([fields.flatten(1), self.dense(batch)], dim=1)
+
+    def first_linears(self) -> list[nn.Linear]:
+        """The layers applied to x0 itself: the first cross layer's, and the MLP's first when in parallel."""
+        return [self.cross.first_linear()] + ([self.mlp.first_linear()] if self.cfg.structure == "parallel" else [])
+
+    def forward_from(self, x0: Tensor, first: list[Tensor]) -> Tensor:
+        """The logits from x0 and `first` (each of `first_linears()` applied to x0)."""
         if self.cfg.structure == "stacked":
-            h = self.mlp(self.cross(x0))
+            h = self.mlp(self.cross(x0, first[0]))
         else:
-            h = torch.cat([self.cross(x0), self.mlp(x0)], dim=1)
+            h = torch.cat([self.cross(x0, first[0]), self.mlp(x0, first[1])], dim=1)
         return self.head(h).squeeze(-1)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        x0 = self.flat_input(batch)
+        return self.forward_from(x0, [layer(x0) for layer in self.first_linears()])
