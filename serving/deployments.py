@@ -408,6 +408,8 @@ class RankerModel:
             fast["user_cache"] = self.user_side.stats()
         if current is not None and current.model.inference is not None:
             fast["inference"] = current.model.inference.status()
+            if mine is not None and mine[1].split is not None:
+                fast["inference"].update(mine[1].split.status())
         return {**self.slot.status(), **_pinned_status(self.versions), "item_cache": cache, **fast, "online_store": {
             "store": repr(self.reader.store), "user_views": [v.name for v in users],
             "item_views": [v.name for v in items],

@@ -208,7 +208,10 @@ class SplitScorer:
         return self.verified
 
     def status(self) -> dict[str, Any]:
-        return {"split": self.verified, "split_difference": self.largest_difference, "items": len(self._x)}
+        """What GET /models shows: on / refused / not checked yet (None), the checked difference, items held."""
+        checked = self.verified is not None
+        return {"split": self.verified, "split_difference": self.largest_difference if checked else None,
+                "split_items": len(self._x)}
 
 
 def _cpu_has_bf16() -> bool:

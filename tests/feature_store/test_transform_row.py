@@ -61,9 +61,9 @@ def _check_every_value(spec: FeatureSpec) -> int:
     checked = 0
     for f in spec.features:
         for value in VALUES:
-            want = _out(lambda: spec.transform(pa.table({f.column: pa.array([value])}), features=[f.name])
-                        .column(f.name).to_pylist()[0])
-            got = _out(lambda: _as_py(spec.transform_row({f.column: value}, [f.name])[f.name]))
+            want = _out(lambda f=f, value=value: spec.transform(pa.table({f.column: pa.array([value])}),
+                                                                features=[f.name]).column(f.name).to_pylist()[0])
+            got = _out(lambda f=f, value=value: _as_py(spec.transform_row({f.column: value}, [f.name])[f.name]))
             assert want[0] == got[0] and (_same(want[1], got[1]) if want[0] == "ok" else want[1] == got[1]), \
                 f"feature {f.name!r} ({f.kind}), value {value!r}: transform {want} != transform_row {got}"
             checked += 1
@@ -102,7 +102,7 @@ def test_sparse_integer_ids_and_hashed_sequences_transform_as_the_arrow_path_doe
 def test_row_batch_equals_the_table_batch(spec: FeatureSpec) -> None:
     layout = FeatureLayout.from_spec(spec)
     names = [f.name for f in spec.features]
-    rows = train_table().to_pylist() + [{"user_id": 3, "hist": ["a", "b", "c", "a"], "genres": ["x", "y", "z"],
+    rows = [*train_table().to_pylist(), {"user_id": 3, "hist": ["a", "b", "c", "a"], "genres": ["x", "y", "z"],
                                          "aff": [0.5, float("nan")], "price": None}]
     for row in rows:
         table = spec.transform(pa.table({c: pa.array([row.get(c)]) for c in spec.raw_columns()}), features=names)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from serving.inference import TOLERANCE, RankerGraph, UserSide, request_side_key, synthetic_batch
@@ -64,3 +65,42 @@ def test_user_side_cache_keys_by_every_value_and_the_context_and_evicts_the_olde
     cache.get(c, "v", lambda: make(3))  # evicts a
     cache.get(a, "v", lambda: make(4))
     assert calls == [1, 2, 3, 4] and cache.stats()["users"] == 2
+
+
+@pytest.mark.parametrize("params", [{}, {"structure": "stacked"}, {"low_rank": 4}])
+def test_split_scoring_answers_like_the_forward_for_every_dcnv2_shape(params: dict[str, object]) -> None:
+    """Items (item_id, price, tags) paired with one request side (the others): the split's per-item and
+    per-request parts give the model's own probabilities within the tolerance, for new items added later too
+    and after the item cache starts over."""
+    import numpy as np
+
+    from feature_store.spec_fit import SpecFitter
+    from serving.inference import SplitScorer
+    from training.common.data import add_sides, row_to_tensors, table_to_tensors
+    from training.common.features import FeatureLayout
+    from training.ranking.models.dcnv2 import DCNv2Config
+
+    raw = raw_table(300)
+    spec = SpecFitter(CFG).fit(raw)
+    layout = FeatureLayout.from_spec(spec)
+    torch.manual_seed(1)
+    model = build_model("dcnv2", layout, DCNv2Config(embedding_dim=8, mlp=[32, 16], **params)).eval()
+    items = ["item_id", "price", "tags"]
+    request = [f.name for f in spec.features if f.name not in items]
+    table = spec.transform(raw, with_label=False)
+    cached = table_to_tensors(table, layout, only=set(items))
+    split = SplitScorer(model, layout, items, request)
+    slots = torch.from_numpy(np.random.default_rng(0).integers(0, 300, 200))
+    for generation, (user, upto) in enumerate([(3, 120), (7, 300), (11, 300)]):
+        one = row_to_tensors(spec.transform_row(raw.slice(user, 1).to_pylist()[0], request), layout,
+                             only=set(request))
+        part = {k: (v.flip(0) if generation == 2 else v)[:upto] for k, v in cached.items()}
+        split.items(part, generation // 2)  # two calls share a generation (items added); the third starts over
+        # with other items in the same slots
+        mine = slots[slots < upto]
+        got = split.probabilities(mine, split.request(add_sides(part, mine[:1], one, layout)))
+        with torch.inference_mode():
+            want = torch.sigmoid(model(add_sides(part, mine, one, layout))).numpy()
+        assert got.shape == want.shape and abs(got - want).max() <= TOLERANCE
+        assert split.check(got, want) and split.verified
+    assert not split.check(want + 1e-5, want)  # an answer off by more than the tolerance is refused
