@@ -132,8 +132,10 @@ class ServingConfig(StrictModel):
                             "side transformed once for retriever and ranker and cached, keyed by every feature value "
                             "read and the context (`user_cache_size`); the ranker gathers the cached item inputs "
                             "and scores them in one forward pass of the inference graph chosen when the version "
-                            "loads; answers encoded by orjson); baseline: each model transforms the request's rows "
-                            "itself, as before the fast path, kept to measure both side by side (same answers)")
+                            "loads, or, for DCN-V2 on CPU, from its first layers computed once per item and once "
+                            "per request; answers encoded by orjson); baseline: each model transforms the "
+                            "request's rows itself, as before the fast path, kept to measure both side by side "
+                            "(same answers)")
     user_cache_size: int = Field(20_000, ge=0, description="fast request path: users whose request side (user "
                                                           "vector, ranker inputs) one replica keeps, keyed by every "
                                                           "feature value read and the context, so never stale; 0 "
