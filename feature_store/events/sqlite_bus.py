@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS pending (grp TEXT NOT NULL, id INTEGER NOT NULL, cons
 CREATE TABLE IF NOT EXISTS rejected (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, event_id TEXT,
                                      kind TEXT NOT NULL, reason TEXT NOT NULL, event TEXT);
 """
-POLL_S = 0.001
+POLL_S = 0.001  # the first pause of a read that found nothing
+IDLE_POLL_S = 0.016  # the longest, reached after a few empty polls in a row (see `SQLiteBus.read`)
 
 
 class SQLiteBus(EventBus):
@@ -43,6 +44,7 @@ class SQLiteBus(EventBus):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._pause = POLL_S  # the next pause of an empty read; doubles while the bus stays empty
         try:
             self._con = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
             self._con.execute("PRAGMA journal_mode=WAL")
@@ -94,10 +96,17 @@ class SQLiteBus(EventBus):
                                             [(group, r[0], consumer, now) for r in rows])
                             con.execute("UPDATE groups SET last_id = ? WHERE name = ?", (rows[-1][0], group))
                     if rows:
+                        self._pause = POLL_S
                         return [Entry(str(i), decode(p)) for i, p in rows]
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return []
-            time.sleep(POLL_S)
+            # SQLite cannot wake a reader, so an empty bus is polled: every 1 ms while events flow, backing off to
+            # IDLE_POLL_S while none come. Why: the stream loop and its log writer each polled at 1 ms, about 70 ms
+            # of CPU per second on an idle bus beside the serving replicas (2-core machine, docs/benchmarks.md,
+            # Experiments); an event on an idle bus waits at most IDLE_POLL_S more.
+            time.sleep(min(self._pause, left))
+            self._pause = min(self._pause * 2, IDLE_POLL_S)
 
     def pending(self, group: str, consumer: str, *, count: int) -> list[Entry]:
         with self._lock:
