@@ -250,12 +250,9 @@ def overhead_part(seconds: float, rounds: int, workdir: str) -> dict[str, Any]:
     def measured() -> dict[str, Any]:
         """One load run; `beside_cpu_ms`: the CPU per request of the actors beside Serve (the stream processor,
         the experiment monitor), which work per event batch and per analysis pass, not per request."""
-        import psutil
+        from scripts.bench.serve_load import beside_processes, cpu_seconds
 
-        from scripts.bench.serve_load import cpu_seconds
-
-        beside = [p for p in psutil.Process().children(recursive=True)
-                  if (p.cmdline() or [""])[0].startswith(("ray::StreamLoop", "ray::MonitorLoop"))]
+        beside = beside_processes()
         before = cpu_seconds(beside)
         row = load_run(host, port, "/recommend", bodies, 8, seconds)
         row["beside_cpu_ms"] = (cpu_seconds(beside) - before) / max(row["requests"], 1) * 1e3

@@ -52,6 +52,20 @@ def serve_processes() -> list[Any]:
     return out
 
 
+def beside_processes() -> list[Any]:
+    """The actors this process's app runs beside Ray Serve: the stream processor and the experiment monitor."""
+    import psutil
+
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if (p.cmdline() or [""])[0].startswith(("ray::StreamLoop", "ray::MonitorLoop")):
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
 def cpu_seconds(procs: list[Any]) -> float:
     import psutil
 
