@@ -337,8 +337,8 @@ class RankerModel:
                 return one, split.request(cache.batch(slots[known[:1]], one)) if split is not None else None
 
             try:
-                mine, parts = self.user_side.get(key, ("ranker", loaded.ref.name, loaded.ref.version),
-                                                 request_side)
+                mine, parts = self.user_side.get(  # the request-side features too: they follow the item views
+                    key, ("ranker", loaded.ref.name, loaded.ref.version, tuple(features)), request_side)
             except (ValueError, TypeError, pa.ArrowException) as exc:
                 return Scored(error=f"the request's values do not fit the model's feature spec: {exc}",
                               error_field="context")

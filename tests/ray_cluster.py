@@ -61,6 +61,9 @@ def _alive_nodes(address: str, env: dict[str, str]) -> list[str]:
     return list(json.loads(out.stdout.strip().splitlines()[-1])) if out.returncode == 0 and out.stdout.strip() else []
 
 
+STOP_GRACE_S = 8.0  # how long the nodes may take to stop on SIGTERM before their process groups are killed
+
+
 @contextlib.contextmanager
 def ray_cluster(workers: int = 1, cpus_per_node: int = 1, timeout: float = 180.0) -> Iterator[RayCluster]:
     """A head node and `workers` more nodes, `cpus_per_node` CPUs each; stopped (every process of each node) on
@@ -107,11 +110,13 @@ def ray_cluster(workers: int = 1, cpus_per_node: int = 1, timeout: float = 180.0
         nodes = wait_for(1 + workers)
         yield RayCluster(address, f"http://127.0.0.1:{dash}", env, d, nodes)
     finally:
-        for p in reversed(procs):  # workers first, then the head
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
+        for p in procs:  # every node at once, then whatever still runs is killed with its process group: after
+            with contextlib.suppress(ProcessLookupError):  # a Serve app, a node took about 30 s to stop by itself,
+                p.send_signal(signal.SIGTERM)              # a bare cluster 2 s
+        deadline = time.monotonic() + STOP_GRACE_S
+        for p in procs:
             try:
-                p.wait(60)
+                p.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
