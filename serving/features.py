@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from feature_store.events.features import POPULARITY_VIEW
 from feature_store.online import OnlineStore
 from feature_store.online.base import EntityInfo, normalize_id, normalize_ids
 
@@ -200,6 +201,11 @@ def complete(table: pa.Table, needed: Sequence[str]) -> pa.Table:
     return table
 
 
+# Item views the event stream processor keeps fresh: it upserts their rows in place, without a new version, so
+# a cache keyed by the views' versions would outlive them (feature_store.events.features).
+STREAM_ITEM_VIEWS = frozenset({POPULARITY_VIEW})
+
+
 class ItemInputs:
     """The item side of a ranker's model inputs, transformed once per item and kept in memory.
 
@@ -212,7 +218,8 @@ class ItemInputs:
 
     The cache belongs to one model version (its spec) and holds while the item views keep their versions (a
     `recforge materialize` writes a new version: the cache starts over). `usable` is False, and the ranker
-    takes the uncached path, where an item view has a TTL (a cached value could outlive it) or where the
+    takes the uncached path, where an item view has a TTL (a cached value could outlive it), where the model reads
+    a feature of an item view the event stream keeps fresh (`STREAM_ITEM_VIEWS`: rows updated in place) or where the
     request's context names an item-side column.
 
     Args:
@@ -243,7 +250,9 @@ class ItemInputs:
     def _sync(self) -> bool:
         """Bind to the current item views (restarting the cache when they changed); False when not cacheable."""
         user_views, item_views = self.reader.views()
-        if not item_views or any(v.ttl_seconds is not None for v in item_views):
+        read = set(self.spec.raw_columns())
+        if not item_views or any(v.ttl_seconds is not None or (v.name in STREAM_ITEM_VIEWS and read & set(v.features))
+                                 for v in item_views):
             return False
         stamp = tuple((v.name, v.version) for v in item_views)
         if stamp != self._stamp:

@@ -330,6 +330,31 @@ def test_cached_item_inputs_equal_the_spec_transform_of_the_assembled_rows(scena
         assert not cache.usable({"price": 9.5})  # a context value for an item-side column: the uncached path
 
 
+def test_an_item_view_the_event_stream_updates_in_place_is_read_uncached_when_the_model_reads_it(
+        scenario: Scenario) -> None:
+    """The stream upserts `item_popularity` rows without a new view version: item inputs cached by version would
+    go stale, so a ranker that reads one of its features takes the uncached path; one that does not keeps the
+    cache."""
+    from types import SimpleNamespace
+
+    from feature_store.online.base import EntityInfo
+    from serving.features import ItemInputs
+    from training.ranking.bundle import load_bundle
+
+    spec = load_bundle(Path(scenario.cfg.output_dir) / "train" / "dcnv2" / "bundle").spec
+    f = scenario.cfg.features
+
+    def view(name: str, features: list[str]) -> EntityInfo:
+        return EntityInfo(name, f.item_key, "int", "ts", {c: "double" for c in features}, None, 10, 0.0, 1)
+
+    def cache(popularity: list[str]) -> ItemInputs:
+        views = ([], [view("items", ["category", "brand", "price"]), view("item_popularity", popularity)])
+        return ItemInputs(spec, SimpleNamespace(views=lambda: views, user_key=f.user_key, item_key=f.item_key))
+
+    assert cache(["n_click", "trend"]).usable(CONTEXT)  # nothing the model reads: cached
+    assert not cache(["n_click", "price"]).usable(CONTEXT)  # the model reads price from it: read on each request
+
+
 # ------------------------------------------------------------------------------------------------ bad requests
 @pytest.mark.parametrize(("path", "body", "loc"), [
     ("/recommend", {"user_id": 5, "k": 101}, ["body", "k"]),  # above serving.max_k (100)
