@@ -74,6 +74,11 @@ class EventBus(ABC):
 
     name: str = "bus"
 
+    def identity(self) -> str:
+        """What tells this bus's entry ids from another's with the same ids ("" where entry ids are unique across
+        buses already, e.g. Redis streams' time-based ids). The stream processor marks committed entries by it."""
+        return ""
+
     @abstractmethod
     def publish(self, events: pa.Table) -> str:
         """Append one batch; returns its entry id once it is durable."""

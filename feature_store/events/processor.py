@@ -225,9 +225,16 @@ class StreamProcessor:
         return report
 
     # ------------------------------------------------------------------------------------------- applying
+    def _entry_mark(self, entry: Entry) -> str:
+        """The applied-id mark of a committed bus entry: its id qualified by the bus's identity, so that the
+        entries of another bus (or of a bus file made again) with the same ids are not taken for redeliveries
+        and skipped (entry ids of a SQLite bus count from 1 in every file)."""
+        bus = self.bus.identity()
+        return f"{ENTRY_PREFIX}{bus}:{entry.id}" if bus else ENTRY_PREFIX + entry.id
+
     def _apply(self, entries: list[Entry], report: StepReport) -> None:
         state = StreamState.load(self.store.stream_state(GROUP))
-        entry_marks = [ENTRY_PREFIX + e.id for e in entries]
+        entry_marks = [self._entry_mark(e) for e in entries]
         done = self.store.applied(GROUP, entry_marks)
         fresh = [e for e, d in zip(entries, done) if not d]
         report.redelivered = len(entries) - len(fresh)
@@ -254,7 +261,7 @@ class StreamProcessor:
         state.batches += 1
         state.entries += len(fresh)
         state.committed_at = time.time()
-        marks = [*applied.column("event_id").to_pylist(), *(ENTRY_PREFIX + e.id for e in fresh)]
+        marks = [*applied.column("event_id").to_pylist(), *(self._entry_mark(e) for e in fresh)]
         marks_ts = [*applied.column("ts").to_pylist(), *([state.watermark or 0] * len(fresh))]
         self.store.commit_stream(GROUP, StreamCommit(upserts=upserts, new_rows=new_rows, applied_ids=marks,
                                                      applied_ts=marks_ts, state=asdict(state), owner=self.owner,

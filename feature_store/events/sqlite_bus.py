@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL,
                                     n INTEGER NOT NULL, added REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pending (grp TEXT NOT NULL, id INTEGER NOT NULL, consumer TEXT NOT NULL,
                                     delivered REAL NOT NULL, deliveries INTEGER NOT NULL, PRIMARY KEY (grp, id));
 CREATE TABLE IF NOT EXISTS rejected (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, event_id TEXT,
@@ -50,6 +52,8 @@ class SQLiteBus(EventBus):
             self._con.execute("PRAGMA journal_mode=WAL")
             self._con.execute("PRAGMA synchronous=FULL")
             self._con.executescript(SCHEMA)
+            self._con.execute("INSERT OR IGNORE INTO meta VALUES ('identity', ?)", (uuid.uuid4().hex,))
+            self._identity = str(self._con.execute("SELECT v FROM meta WHERE k = 'identity'").fetchone()[0])
         except sqlite3.DatabaseError as exc:
             raise sqlite3.DatabaseError(f"event bus '{self.path}': cannot open it as SQLite ({exc}); point "
                                         "events.bus.path at a new file or a bus this tool wrote") from exc
@@ -59,6 +63,11 @@ class SQLiteBus(EventBus):
 
     def describe(self) -> str:
         return f"sqlite:{self.path}"
+
+    def identity(self) -> str:
+        """A random id made when the file was created: entry ids count from 1 in every bus file, so another bus
+        (or this path's file deleted and made again) reuses them."""
+        return self._identity
 
     def _tx(self) -> _Tx:
         return _Tx(self._con, self._lock)

@@ -165,6 +165,35 @@ def test_streamed_views_equal_the_batch_functions_over_all_events(cfg: FeatureSt
                                "watermark": max(r["ts"] for r in raws)}
 
 
+def test_entries_of_another_bus_or_of_a_bus_file_made_again_are_applied_not_taken_for_redeliveries(
+        tmp_path: Path) -> None:
+    """SQLite bus entry ids count from 1 in every file: a second bus over the same online store (another path, or
+    the same path after its file was deleted) reuses them, and its entries must not be skipped as already
+    committed ones (its events are new: they are applied)."""
+    import shutil
+
+    from feature_store.events.sqlite_bus import SQLiteBus
+
+    cfg = config(tmp_path)
+    write_items(cfg)
+    first, second = random_events(40), random_events(40, seed=1, start=40)
+    with open_store(cfg) as store:
+        for n, raws in enumerate((first, second)):
+            with SQLiteBus(tmp_path / f"bus-{n}.db") as bus:  # the same entry ids 1, 2, ... in both
+                publish(bus, cfg, raws)
+                drain(StreamProcessor(cfg, store, bus, consumer="t"))
+        shutil.rmtree(tmp_path / "again", ignore_errors=True)
+        third = random_events(40, seed=2, start=80)
+        for raws in (third[:20], third[20:]):  # one path, its file deleted and made again in between
+            with SQLiteBus(tmp_path / "again" / "bus.db") as bus:
+                publish(bus, cfg, raws)
+                drain(StreamProcessor(cfg, store, bus, consumer="t"))
+            shutil.rmtree(tmp_path / "again")
+        got = snapshot(store, cfg)
+    assert got["counters"]["applied"] == 120 and got["counters"]["duplicates"] == 0
+    assert_same_views(got, batch_views(cfg, first + second + third))
+
+
 def test_a_repeated_event_is_applied_once_and_counted_with_its_reason(cfg: FeatureStoreConfig) -> None:
     raws = random_events(60)
     with open_store(cfg) as store, open_bus(cfg) as bus:
