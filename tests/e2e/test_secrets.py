@@ -184,6 +184,8 @@ def demo_prints_every_stage(text: str, out: Path) -> None:
                    "Serving at http://127.0.0.1:", "fallback=popular", "no-such-item:unknown_item", "app shut down",
                    "Total time:"):
         assert needle in text, f"{needle!r} missing from demo output:\n{text}"
+    # the purchase the demo posts reaches the user's history through the stream, and /recommend leaves it out
+    assert "/recommend after:" in text and "the stream did not apply it" not in text, text
     assert (out / "prepared" / "spec" / "feature_spec.json").is_file()
     bundle = out / "retrieval" / "bundle"
     assert (bundle / "index" / "index.faiss").is_file() and (bundle / "embeddings").is_dir()
