@@ -161,10 +161,10 @@ def _side_key(user: UserFeatures, context: dict[str, Any] | None) -> Any:
 
 
 def _user_transform(spec: Any, user: UserFeatures, context: dict[str, Any] | None,
-                    user_key: str) -> Callable[[list[str], list[str]], dict[str, Any]]:
+                    user_key: str) -> Callable[[list[str]], dict[str, Any]]:
     """`UserSide.transformed`'s transform: the user's raw row (key, stored features, context on top, as
     `user_row` builds it) through `spec.transform_row` for `feats` (absent columns are null)."""
-    def transform(feats: list[str], _cols: list[str]) -> dict[str, Any]:
+    def transform(feats: list[str]) -> dict[str, Any]:
         return spec.transform_row({user_key: user.key, **user.values, **(context or {})}, feats)
 
     return transform
@@ -320,7 +320,7 @@ class RankerModel:
         t1 = time.perf_counter()
         scores = np.full(len(item_ids), np.nan)
         if len(known):
-            features, raw = cache.request_features()
+            features, _ = cache.request_features()
             key = _side_key(user, context)
             ranker = loaded.model
             assert self.user_side is not None
@@ -332,7 +332,7 @@ class RankerModel:
                 from training.common.data import row_to_tensors
 
                 transform = _user_transform(ranker.spec, user, context, self.store.user_key)
-                row = self.user_side.transformed(key, spec_id(ranker.spec), "ranker", features, raw, transform)
+                row = self.user_side.transformed(key, spec_id(ranker.spec), "ranker", features, transform)
                 one = row_to_tensors(row, ranker.layout, only=set(features))
                 return one, split.request(cache.batch(slots[known[:1]], one)) if split is not None else None
 
@@ -486,7 +486,7 @@ class RetrieverModel:
         def vector() -> np.ndarray:
             transform = _user_transform(retriever.spec, user, context, self.store.user_key)
             row = self.user_side.transformed(key, spec_id(retriever.spec), "retriever",
-                                             list(retriever.cfg.user_features), retriever.user_columns, transform)
+                                             list(retriever.cfg.user_features), transform)
             return retriever.user_vector_of_row(row)
 
         return self.user_side.get(key, ("retriever", loaded.ref.name, loaded.ref.version), vector)

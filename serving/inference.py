@@ -248,7 +248,7 @@ class UserSide:
     def __init__(self, size: int) -> None:
         self.size = size
         self._entries: OrderedDict[Hashable, dict[Hashable, Any]] = OrderedDict()
-        self._needs: dict[str, dict[str, tuple[list[str], list[str]]]] = {}  # spec id -> role -> (features, raw)
+        self._needs: dict[str, dict[str, list[str]]] = {}  # spec id -> role -> features
         self.hits = 0
         self.misses = 0
         self.transforms = 0
@@ -279,16 +279,15 @@ class UserSide:
             entry[what] = value
         return value
 
-    def transformed(self, key: Hashable, spec_id: str, role: str, features: list[str], raw: list[str],
-                    transform: Callable[[list[str], list[str]], Any]) -> Any:
-        """The user side transformed through one spec for `role`'s `features` (reading `raw` columns).
+    def transformed(self, key: Hashable, spec_id: str, role: str, features: list[str],
+                    transform: Callable[[list[str]], Any]) -> Any:
+        """The user side transformed through one spec for `role`'s `features`.
 
         Every role that asked for spec `spec_id` is remembered; the first of them to miss transforms the
-        features of all (`transform(features, raw_columns)` -> {feature: model input}: one transform where the
-        retriever and the ranker would make two), and the row waits in the entry until each of the other roles
-        took it."""
+        features of all (`transform(features)` -> {feature: model input}: one transform where the retriever and
+        the ranker would make two), and the row waits in the entry until each of the other roles took it."""
         roles = self._needs.setdefault(spec_id, {})
-        roles[role] = (features, raw)
+        roles[role] = features
         what = ("transformed", spec_id)
         entry = self._entries.get(key) if self.size > 0 else None
         held = entry.get(what) if entry is not None else None
@@ -298,9 +297,7 @@ class UserSide:
             if not waiting:
                 del entry[what]  # type: ignore[union-attr]
             return table
-        feats = list(dict.fromkeys(f for fs, _ in roles.values() for f in fs))
-        cols = list(dict.fromkeys(c for _, rs in roles.values() for c in rs))
-        table = transform(feats, cols)
+        table = transform(list(dict.fromkeys(f for fs in roles.values() for f in fs)))
         self.transforms += 1
         others = set(roles) - {role}
         entry = self._entry(key) if others else None
