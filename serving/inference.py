@@ -157,7 +157,8 @@ class SplitScorer:
         self.model = model
         self.layout = layout
         self.request_features = list(request_features)
-        self.item_cols = torch.tensor([o in set(item_features) for o in model.flat_input_features()])
+        items = set(item_features)
+        self.item_cols = torch.tensor([o in items for o in model.flat_input_features()])
         self.linears = model.first_linears()
         self.zero_request = row_to_tensors(zero_row(layout), layout, only=set(request_features))
         self.generation: int | None = None
