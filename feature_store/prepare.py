@@ -30,7 +30,7 @@ import logging
 import pickle
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -673,10 +673,20 @@ def _label_mean(t: pa.Table, label: str) -> float | None:
     return float(pc.mean(t.column(label).cast(pa.float64())).as_py())
 
 
-def read_prepared(directory: str | Path) -> pa.Table:
-    """All shards of one prepared split as one table, in written order."""
+def read_prepared(directory: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """All shards of one prepared split as one table, in written order; only `columns` when given (a split's
+    sequence and vector columns are most of its bytes: reading two scalar columns of a test split costs 8 bytes per
+    row instead of the whole row's ~450)."""
     d = Path(directory)
     files = sorted(d.glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"{d}: no prepared shards; run `recforge prepare --config ...` first")
-    return pa.concat_tables(pq.read_table(f) for f in files)
+    return pa.concat_tables(pq.read_table(f, columns=None if columns is None else list(columns)) for f in files)
+
+
+def prepared_columns(directory: str | Path) -> list[str]:
+    """The column names of one prepared split, from its first shard's footer (nothing else is read)."""
+    files = sorted(Path(directory).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no prepared shards; run `recforge prepare --config ...` first")
+    return list(pq.read_schema(files[0]).names)

@@ -2,10 +2,10 @@
 
 The top-K retrieval metrics live in `training.common.topk_metrics`, the figures in `training.common.plots`.
 
-Everything is columnar: one sort, then segment reductions (`np.add.reduceat`, `np.cumsum`); no Python loop
-over rows, groups or users. Inputs are numpy arrays or torch tensors (via `.detach().cpu().numpy()`);
-outputs are Python floats or small frozen dataclasses. Counting is done in int64, so AUC
-and gAUC are exact (ties get average ranks, i.e. a tied positive/negative pair counts one half).
+Everything is columnar: sorts, binary searches and segment sums; no Python loop over rows, groups or users (the
+passes over a large split run in chunks of 2**20 rows, so their temporaries do not grow with it). Inputs are numpy
+arrays or torch tensors (via `.detach().cpu().numpy()`); outputs are Python floats or small frozen dataclasses.
+Counting is done in int64, so AUC and gAUC are exact (a tied positive/negative pair counts one half).
 
 Conventions:
 - labels are binary (0/1, any numeric or bool dtype); probabilities must lie in [0, 1];
@@ -59,10 +59,11 @@ def _first_bad(mask: np.ndarray) -> int:
 
 
 def _labels(x: ArrayLike, fn: str) -> np.ndarray:
-    """Binary labels as int64 0/1; raises naming the first value that is neither 0 nor 1."""
+    """Binary labels as int8 0/1 (one byte per row: sums and counts accumulate in int64); raises naming the first
+    value that is neither 0 nor 1."""
     y = _to_numpy(x, "labels", fn)
     if y.dtype == np.bool_:
-        return y.astype(np.int64)
+        return y.astype(np.int8)
     if not np.issubdtype(y.dtype, np.number):
         raise ValueError(f"{fn}: 'labels' must be numeric 0/1, got dtype {y.dtype}")
     bad = (y != 0) & (y != 1)
@@ -72,7 +73,7 @@ def _labels(x: ArrayLike, fn: str) -> np.ndarray:
             f"{fn}: 'labels' must be 0/1 (click or not); found {y[i]!r} at index {i} "
             f"({int(bad.sum())} such values); binarize the labels before evaluating"
         )
-    return y.astype(np.int64)
+    return y.astype(np.int8)
 
 
 def _scores(x: ArrayLike, name: str, fn: str, n: int, *, unit: bool = False) -> np.ndarray:
@@ -102,62 +103,111 @@ def _scores(x: ArrayLike, name: str, fn: str, n: int, *, unit: bool = False) -> 
 
 
 # ---------------------------------------------------------------------------------------- AUC core
-def _dense_ranks(s: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, int]:
-    """Dense rank (0-based, ties share a rank) of each score given `order = argsort(s)`; and the count."""
-    ss = s[order]
-    new = np.empty(ss.shape[0], dtype=bool)
-    new[:1] = True
-    np.not_equal(ss[1:], ss[:-1], out=new[1:])
-    ranks = np.empty(ss.shape[0], dtype=np.int64)
-    ranks[order] = np.cumsum(new) - 1
-    return ranks, int(ranks.max()) + 1 if ranks.size else 0
+# Rows per step of the chunked passes: their temporaries stay a few tens of MB whatever the split's size.
+_CHUNK = 1 << 20
+_HIGH = np.uint64(32)
 
 
-def _group_codes(g: np.ndarray) -> tuple[np.ndarray, int]:
-    """Non-negative int64 codes for the group keys (order-preserving) and their count bound."""
+def _score_keys(s: np.ndarray) -> np.ndarray:
+    """uint32 keys in the order of the scores, equal exactly where the scores are equal (ties stay ties).
+
+    float32 and narrower (what models output): the IEEE bits made order-preserving (the sign bit set for
+    positive numbers, every bit flipped for negative ones; -0.0 is first made +0.0, the same score); any other
+    dtype (float64, integers): the dense rank of each score."""
+    if s.dtype.kind == "f" and s.dtype.itemsize <= 4:
+        f = s.astype(np.float32)  # a copy, made in place below
+        f += np.float32(0.0)  # -0.0 + 0.0 = +0.0
+        bits = f.view(np.uint32)
+        negative = bits >= np.uint32(1 << 31)
+        np.invert(bits, out=bits, where=negative)
+        np.bitwise_or(bits, np.uint32(1 << 31), out=bits, where=~negative)
+        return bits
+    if s.shape[0] >= 2**32:
+        raise ValueError(f"AUC of {s.shape[0]:,} rows: more than 2**32 scores; evaluate a sample or in parts")
+    return np.unique(s, return_inverse=True)[1].reshape(-1).astype(np.uint32)
+
+
+def _group_codes(g: np.ndarray) -> np.ndarray:
+    """uint32 codes of the group keys (equal keys, equal codes): the ids shifted when they are integers in a span
+    of less than 2**32, else their dense rank."""
     if np.issubdtype(g.dtype, np.integer) and g.size:
         lo, hi = int(g.min()), int(g.max())
-        if hi - lo < g.size * 4:  # compact id space: shift, no sort needed
-            return (g - g.min()).astype(np.int64), hi - lo + 1
-    uniq, inv = np.unique(g, return_inverse=True)
-    return inv.astype(np.int64).reshape(-1), int(uniq.size)
+        if hi - lo < 2**32:  # shift, no sort needed
+            return np.subtract(g, lo, out=np.empty(g.shape[0], dtype=np.uint32), casting="unsafe")
+    inv = np.unique(g, return_inverse=True)[1].reshape(-1)
+    if inv.size and int(inv.max()) >= 2**32:
+        raise ValueError(f"gauc: more than 2**32 distinct groups in {g.shape[0]:,} rows; evaluate in parts")
+    return inv.astype(np.uint32)
 
 
-def _segment_auc_parts(
-    y: np.ndarray, key: np.ndarray, group: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-group (2 * Mann-Whitney U, positives, negatives) from rows sorted by (group, score).
-
-    `key` identifies a tie run (same group and same score), `group` the group of each sorted row (None: one
-    group). For each run: neg_below = negatives of the same group with a lower score; the pair count is
-    2 * neg_below * pos + pos * neg (ties count one half, doubled to stay integer).
-    """
-    n = y.shape[0]
-    new_run = np.empty(n, dtype=bool)
-    new_run[:1] = True
-    np.not_equal(key[1:], key[:-1], out=new_run[1:])
-    run_starts = np.flatnonzero(new_run)
-    pos = np.add.reduceat(y, run_starts)
-    cnt = np.diff(np.append(run_starts, n))
-    neg = cnt - pos
-    neg_excl = np.cumsum(neg) - neg  # negatives before this run, over all groups
-    if group is None:
-        grp_starts = np.zeros(1, dtype=np.int64)
-        neg_below = neg_excl
+def _sorted_keys(key: np.ndarray, code: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
+    """The score keys of `rows` (a mask), sorted; with `code`, under the row's group code in the high 32 bits, so
+    the order is by group, then by score."""
+    if code is None:
+        out = key[rows]
     else:
-        run_group = group[run_starts]
-        new_grp = np.empty(run_group.shape[0], dtype=bool)
-        new_grp[:1] = True
-        np.not_equal(run_group[1:], run_group[:-1], out=new_grp[1:])
-        grp_starts = np.flatnonzero(new_grp)
-        run_gid = np.cumsum(new_grp) - 1
-        neg_below = neg_excl - neg_excl[grp_starts][run_gid]
-    u2 = 2 * neg_below * pos + pos * neg
-    return (
-        np.add.reduceat(u2, grp_starts),
-        np.add.reduceat(pos, grp_starts),
-        np.add.reduceat(neg, grp_starts),
-    )
+        out = code[rows].astype(np.uint64)
+        np.left_shift(out, _HIGH, out=out)
+        np.bitwise_or(out, key[rows], out=out)
+    out.sort()
+    return out
+
+
+def _group_starts(keys: np.ndarray) -> np.ndarray:
+    """Index of the first row of each group (the high 32 bits) in sorted keys, scanned in chunks."""
+    parts, prev = [], None
+    for lo in range(0, keys.shape[0], _CHUNK):
+        high = keys[lo: lo + _CHUNK] >> _HIGH
+        new = np.empty(high.shape[0], dtype=bool)
+        new[0] = prev is None or high[0] != prev
+        np.not_equal(high[1:], high[:-1], out=new[1:])
+        parts.append(np.flatnonzero(new) + lo)
+        prev = high[-1]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _pair_counts(y: np.ndarray, s: np.ndarray, code: np.ndarray | None) -> tuple[np.ndarray, np.ndarray,
+                                                                                   np.ndarray, int]:
+    """Per group holding a positive (one group when `code` is None): 2 * Mann-Whitney U, positives, negatives; and
+    the number of distinct groups in all rows.
+
+    Negatives and positives are sorted apart as (group, score) keys; for each positive, two binary searches in the
+    negatives give the negatives of lower scores (all groups before its own, and its group's below it) and its ties,
+    so per group 2 * U = sum over positives of (left + right) - 2 * positives * (the group's first negative). Memory:
+    the two key arrays (4 bytes per row, 8 with groups) and chunk-sized temporaries; nothing per row of int64
+    ranks or orders, so evaluating a large split costs about a tenth of what an argsort-based AUC holds."""
+    is_pos = y != 0
+    key = _score_keys(s)
+    neg = _sorted_keys(key, code, ~is_pos)
+    pos = _sorted_keys(key, code, is_pos)
+    del key, is_pos
+    n_pos = pos.shape[0]
+    if code is None:
+        starts = np.zeros(min(n_pos, 1), dtype=np.int64)
+        neg_lo, neg_hi = np.zeros(starts.shape[0], dtype=np.int64), np.full(starts.shape[0], neg.shape[0])
+        groups_total = int(y.shape[0] > 0)
+    else:
+        starts = _group_starts(pos)
+        first = (pos[starts] >> _HIGH) << _HIGH
+        neg_lo = np.searchsorted(neg, first, "left").astype(np.int64)
+        neg_hi = np.searchsorted(neg, first + (np.uint64(1) << _HIGH), "left").astype(np.int64)
+        groups_total = starts.shape[0] + _group_starts(neg).shape[0] - int(np.count_nonzero(neg_hi > neg_lo))
+    ends = np.append(starts[1:], n_pos) if n_pos else starts
+    at_end = np.zeros(ends.shape[0], dtype=np.int64)  # running sum of (left + right) at each group's last positive
+    carry = 0
+    for lo in range(0, n_pos, _CHUNK):
+        hi = min(lo + _CHUNK, n_pos)
+        chunk = pos[lo:hi]
+        both = np.searchsorted(neg, chunk, "left").astype(np.int64)
+        both += np.searchsorted(neg, chunk, "right")
+        running = np.cumsum(both)
+        running += carry
+        i0, i1 = np.searchsorted(ends, lo, "right"), np.searchsorted(ends, hi, "right")
+        at_end[i0:i1] = running[ends[i0:i1] - 1 - lo]
+        carry = int(running[-1])
+    pos_counts = np.diff(ends, prepend=0)
+    u2 = np.diff(at_end, prepend=0) - 2 * pos_counts * neg_lo
+    return u2, pos_counts, neg_hi - neg_lo, groups_total
 
 
 def auc(labels: ArrayLike, scores: ArrayLike) -> float:
@@ -173,15 +223,13 @@ def auc(labels: ArrayLike, scores: ArrayLike) -> float:
     return _auc(y, _scores(scores, "scores", "auc", y.shape[0]))
 
 
-def _auc(y: np.ndarray, s: np.ndarray, order: np.ndarray | None = None) -> float:
-    """AUC of validated arrays; `order` is argsort(s) when the caller already has it."""
-    n_pos = int(y.sum())
+def _auc(y: np.ndarray, s: np.ndarray) -> float:
+    """AUC of validated arrays."""
+    n_pos = int(np.count_nonzero(y))
     n_neg = y.shape[0] - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    if order is None:
-        order = np.argsort(s)
-    u2, _, _ = _segment_auc_parts(y[order], s[order], None)
+    u2, _, _, _ = _pair_counts(y, s, None)
     return float(u2[0]) / (2.0 * n_pos * n_neg)
 
 
@@ -205,8 +253,8 @@ class GAUCResult:
 def gauc(labels: ArrayLike, scores: ArrayLike, groups: ArrayLike) -> GAUCResult:
     """Group AUC (DIN / industry definition): sum_g n_g * AUC_g / sum_g n_g over groups with both classes.
 
-    One global sort by the composite key (group, dense score rank), then per-run and per-group segment sums;
-    cost O(N log N) whatever the number of groups.
+    Negatives and positives sorted apart by (group, score), then binary searches and per-group sums (see
+    `_pair_counts`); cost O(N log N) whatever the number of groups.
 
     Args:
         labels: N binary labels.
@@ -223,19 +271,12 @@ def gauc(labels: ArrayLike, scores: ArrayLike, groups: ArrayLike) -> GAUCResult:
     return _gauc(y, s, g)
 
 
-def _gauc(y: np.ndarray, s: np.ndarray, g: np.ndarray, order: np.ndarray | None = None) -> GAUCResult:
-    """gAUC of validated, aligned arrays; `order` is argsort(s) when the caller already has it."""
+def _gauc(y: np.ndarray, s: np.ndarray, g: np.ndarray) -> GAUCResult:
+    """gAUC of validated, aligned arrays."""
     if y.shape[0] == 0:
         return GAUCResult(float("nan"), 0, 0, 0)
-    rank, n_ranks = _dense_ranks(s, np.argsort(s) if order is None else order)
-    code, n_codes = _group_codes(g)
-    if n_codes > (2**62) // (n_ranks + 1):  # composite key would overflow int64: densify the groups
-        code = np.unique(code, return_inverse=True)[1].reshape(-1).astype(np.int64)
-    key = code * n_ranks + rank
-    order = np.argsort(key)
-    u2, pos, neg = _segment_auc_parts(y[order], key[order], code[order])
-    ok = (pos > 0) & (neg > 0)
-    groups_total = int(pos.shape[0])
+    u2, pos, neg, groups_total = _pair_counts(y, s, _group_codes(g))
+    ok = neg > 0  # every group here has a positive
     if not ok.any():
         return GAUCResult(float("nan"), 0, groups_total, 0)
     p, q = pos[ok].astype(np.float64), neg[ok].astype(np.float64)
@@ -254,9 +295,12 @@ def logloss(labels: ArrayLike, probs: ArrayLike, eps: float = 1e-7) -> float:
 def _logloss(y: np.ndarray, p: np.ndarray, eps: float) -> float:
     if y.shape[0] == 0:
         return float("nan")
-    p = np.clip(p.astype(np.float64), eps, 1.0 - eps)
-    p_true = np.where(y == 1, p, 1.0 - p)  # 1 - p is exact for p >= 0.5, so one log keeps full precision
-    return float(-np.mean(np.log(p_true)))
+    total = 0.0
+    for lo in range(0, y.shape[0], _CHUNK):  # float64 temporaries of one chunk, not of the split
+        pc = np.clip(p[lo: lo + _CHUNK].astype(np.float64), eps, 1.0 - eps)
+        p_true = np.where(y[lo: lo + _CHUNK] == 1, pc, 1.0 - pc)  # 1 - p is exact for p >= 0.5: one log suffices
+        total += float(np.log(p_true).sum())
+    return -total / y.shape[0]
 
 
 def calibration(labels: ArrayLike, probs: ArrayLike) -> float:
@@ -309,20 +353,23 @@ def reliability_curve(
 def _reliability(y: np.ndarray, p: np.ndarray, n_bins: int, strategy: str) -> ReliabilityCurve:
     if n_bins < 1:
         raise ValueError(f"reliability_curve: n_bins must be >= 1, got {n_bins}")
-    p = p.astype(np.float64)
     if strategy == "uniform":
         edges = np.linspace(0.0, 1.0, n_bins + 1)
     elif strategy == "quantile":
         if p.size == 0:
             edges = np.linspace(0.0, 1.0, n_bins + 1)
         else:
-            edges = np.percentile(p, np.linspace(0.0, 100.0, n_bins + 1))
+            edges = np.percentile(p.astype(np.float64), np.linspace(0.0, 100.0, n_bins + 1))
     else:
         raise ValueError(f"reliability_curve: strategy must be 'uniform' or 'quantile', got {strategy!r}")
-    bin_id = np.searchsorted(edges[1:-1], p, side="left")
-    counts = np.bincount(bin_id, minlength=n_bins)
-    sum_pred = np.bincount(bin_id, weights=p, minlength=n_bins)
-    sum_true = np.bincount(bin_id, weights=y, minlength=n_bins)
+    counts = np.zeros(n_bins, dtype=np.int64)
+    sum_pred, sum_true = np.zeros(n_bins), np.zeros(n_bins)
+    for lo in range(0, p.shape[0], _CHUNK):  # bin ids and float64 weights of one chunk at a time
+        pc = p[lo: lo + _CHUNK].astype(np.float64)
+        bin_id = np.searchsorted(edges[1:-1], pc, side="left")
+        counts += np.bincount(bin_id, minlength=n_bins)
+        sum_pred += np.bincount(bin_id, weights=pc, minlength=n_bins)
+        sum_true += np.bincount(bin_id, weights=y[lo: lo + _CHUNK], minlength=n_bins)
     keep = counts > 0
     c = counts[keep]
     return ReliabilityCurve(
@@ -417,12 +464,11 @@ def ctr_metrics(
             raise ValueError(
                 f"ctr_metrics: 'labels' has {n} rows but 'groups' has {g.shape[0]}; pass aligned arrays"
             )
-    order = np.argsort(p)  # shared by auc and gauc
     sum_pred = float(np.sum(p, dtype=np.float64))
     n_pos = int(y.sum())
     nan = float("nan")
     out: dict[str, float] = {
-        "auc": _auc(y, p, order),
+        "auc": _auc(y, p),
         "logloss": _logloss(y, p, 1e-7),
         "calibration": sum_pred / n_pos if n_pos else nan,
         "ece": _reliability(y, p, n_bins, strategy).ece,
@@ -431,7 +477,7 @@ def ctr_metrics(
         "n": float(n),
     }
     if g is not None:
-        res = _gauc(y, p, g, order)
+        res = _gauc(y, p, g)
         out["gauc"] = res.value
         out["gauc_groups_used"] = float(res.groups_used)
     return {_prefixed(prefix, k): v for k, v in out.items()}

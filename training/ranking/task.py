@@ -37,7 +37,9 @@ class CTRTask(pl.LightningModule):
         self.save_hyperparameters({"optim": self.optim.model_dump(mode="json"), "total_steps": total_steps,
                                    "steps_per_epoch": steps_per_epoch})
         self.loss_fn = nn.BCEWithLogitsLoss()
-        self._outputs: dict[str, list[tuple[Tensor, Tensor, Tensor | None]]] = {"valid": [], "test": []}
+        # per stage, per column: the batches' probabilities, labels (int8) and groups, joined at the epoch's end one
+        # column at a time (joining tuples held every column twice at once)
+        self._outputs: dict[str, dict[str, list[Tensor]]] = {"valid": {}, "test": {}}
         self.history: dict[str, list[float]] = {"train/loss": [], "valid/loss": []}
         # the epoch's loss as a running sum on the loss's device: a float() per step would wait for the GPU at every
         # step, and a list of detached losses kept each step's loss storage alive (measured: 9 MB per step of the
@@ -69,8 +71,11 @@ class CTRTask(pl.LightningModule):
 
     def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
         logits = self.model(batch).float()
-        self._outputs[stage].append((torch.sigmoid(logits).detach().cpu(), batch[LABEL].detach().cpu(),
-                                     batch[GROUP].detach().cpu() if GROUP in batch else None))
+        out = self._outputs[stage]
+        out.setdefault("probs", []).append(torch.sigmoid(logits).detach().cpu())
+        out.setdefault("labels", []).append(batch[LABEL].detach().to(torch.int8).cpu())
+        if self.gauc and GROUP in batch:
+            out.setdefault("groups", []).append(batch[GROUP].detach().cpu())
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "valid")
@@ -85,16 +90,16 @@ class CTRTask(pl.LightningModule):
 
     def _eval_epoch_end(self, stage: str) -> None:
         outs = self._outputs[stage]
-        self._outputs[stage] = []
-        if not outs:
+        self._outputs[stage] = {}
+        if not outs.get("probs"):
             return
-        probs = torch.cat([o[0] for o in outs]).numpy()
-        labels = torch.cat([o[1] for o in outs]).numpy()
-        groups = torch.cat([o[2] for o in outs]).numpy() if self.gauc and outs[0][2] is not None else None
+        joined = {name: torch.cat(outs.pop(name)).numpy() for name in list(outs)}  # pop: each list freed as joined
+        probs, labels, groups = joined["probs"], joined["labels"], joined.get("groups")
         # every rank evaluates the whole split (see CTRDataModule), so the metrics agree without a gather
         metrics = ctr_metrics(labels, probs, groups)
         self.last_metrics[stage] = metrics
-        self.last_predictions[stage] = {"probs": probs, "labels": labels}
+        if stage == "test":  # the figures' input; validation's predictions are not kept past its metrics
+            self.last_predictions[stage] = {"probs": probs, "labels": labels}
         if stage == "valid":
             self.history["valid/loss"].append(metrics["logloss"])
         for k, v in metrics.items():
