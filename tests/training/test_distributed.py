@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from itertools import pairwise
 from pathlib import Path
 
@@ -147,9 +148,13 @@ def _cfg(**kw: object) -> TrainConfig:
 
 
 @pytest.mark.slow
-def test_ray_train_two_cpu_workers_train_on_shards_and_track_the_run(prepared_root: Path, tmp_path: Path) -> None:
+def test_ray_train_two_cpu_workers_train_on_shards_track_the_run_and_leave_no_temp_folder(prepared_root: Path,
+                                                                                          tmp_path: Path) -> None:
     out = _job_dir(prepared_root, tmp_path)
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("lightning_checkpoints-*"))
     result = train_ctr(out, "dist", _cfg(ray_workers=2)).to_dict()
+    assert set(temp.glob("lightning_checkpoints-*")) - before == set()  # the workers' checkpoint folders removed
 
     assert result["distributed"]["workers"] == 2 and result["epochs_run"] >= 2
     assert result["global_steps"] == result["epochs_run"] * 16  # 8000 rows per worker / 512: each its own half

@@ -131,6 +131,50 @@ def test_streaming_in_order_yields_every_row_once_in_file_order(prepared: tuple[
     assert sum(len(b["label"]) for b in shuffled) == table.num_rows
 
 
+def _concatenating_stream(files: list[Path], layout: FeatureLayout, batch: int, buffer_rows: int,
+                          seed: int) -> list[dict[str, torch.Tensor]]:
+    """Reference: the shuffle buffer as a concatenation (each row group appended with torch.cat, the kept half
+    gathered), the streaming loader's algorithm before its buffer was allocated once."""
+    g = torch.Generator().manual_seed(seed * 1_000_003)
+    out, buf = [], None
+    keep = buffer_rows // 2
+
+    def drain(b: dict[str, torch.Tensor], keep: int) -> dict[str, torch.Tensor]:
+        n = len(b["label"])
+        order = torch.randperm(n, generator=g)
+        emit = ((n - keep) // batch) * batch
+        out.extend({k: v[order[lo: lo + batch]] for k, v in b.items()} for lo in range(0, emit, batch))
+        return {k: v[order[emit:]] for k, v in b.items()}
+
+    for f in files:
+        pf = pq.ParquetFile(f)
+        for i in range(pf.num_row_groups):
+            part = table_to_tensors(pf.read_row_group(i), layout)
+            buf = part if buf is None else {k: torch.cat([buf[k], part[k]]) for k in part}
+            while len(buf["label"]) >= buffer_rows:
+                buf = drain(buf, keep)
+    rest = drain(buf, 0)
+    return [*out, rest] if len(rest["label"]) else out
+
+
+def test_streaming_shuffle_buffer_yields_exactly_the_batches_of_a_concatenated_buffer(
+        prepared: tuple[FeatureLayout, pa.Table], tmp_path: Path) -> None:
+    """The buffer allocated once (row groups copied into free slots, batches gathered through the live slots) is
+    the same shuffle as concatenating the buffer: same batches, same rows, same order, over row groups of uneven
+    sizes (the last of each file smaller) that make the buffer grow and wrap."""
+    layout, table = prepared
+    for i in range(0, table.num_rows, 700):
+        pq.write_table(table.slice(i, 700), tmp_path / f"part-{i:05d}.parquet", row_group_size=300)
+    files = sorted(tmp_path.glob("*.parquet"))
+    for buffer_rows in (256, 600, 1000):
+        got = list(StreamingBatches(tmp_path, layout, 128, shuffle=True, buffer_rows=buffer_rows, seed=0))
+        want = _concatenating_stream(files, layout, 128, max(buffer_rows, 256), seed=0)
+        assert len(got) == len(want) and sum(len(b["label"]) for b in got) == table.num_rows
+        for a, b in zip(got, want):
+            assert a.keys() == b.keys()
+            assert all(torch.equal(a[k], b[k]) for k in a), buffer_rows
+
+
 def test_host_fed_batches_through_staging_buffers_equal_the_plain_host_batches(
         prepared: tuple[FeatureLayout, pa.Table]) -> None:
     """The host-fed path (a split too large for the GPU: gathered into two alternating staging buffers, pinned and

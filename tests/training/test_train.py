@@ -127,6 +127,20 @@ def test_a_compiled_job_writes_a_bundle_that_an_uncompiled_model_loads_with_the_
     assert ranker.info["exported_program"] is True
 
 
+def test_a_step_limit_inside_the_first_epoch_still_validates_and_keeps_the_best_checkpoint(
+        prepared_cfg: RecForgeConfig) -> None:
+    """`train.max_steps` below one epoch: Lightning validates only at an epoch's end, so before the fix the job had
+    no valid metric and early stopping raised on it; now the limit ends the epoch with a validation."""
+    os.environ["RECFORGE_PROGRESS"] = "0"
+    cfg = prepared_cfg.train.model_copy(update={"model": "lr", "max_steps": 10, "max_epochs": 3})
+    result = train_ctr(prepared_cfg.output_dir, prepared_cfg.name, cfg,
+                       config_doc=prepared_cfg.model_dump(mode="json")).to_dict()
+    assert result["global_steps"] == 10  # 62 steps make one epoch here
+    assert result["valid"]["n"] > 0 and 0.0 <= result["valid"]["auc"] <= 1.0
+    assert Path(result["best_checkpoint"]).name == "best.ckpt" and Path(result["best_checkpoint"]).is_file()
+    assert result["test"]["n"] > 0
+
+
 def test_compile_reads_yaml_on_and_off_and_auto_compiles_on_cuda_only() -> None:
     from training.common.config import RuntimeConfig
     from training.common.trainer import compile_enabled

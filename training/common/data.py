@@ -316,6 +316,49 @@ class InMemoryBatches:
             yield out
 
 
+class _RowPool:
+    """The shuffle buffer: rows held in tensors allocated once per epoch (grown to the largest fill), row groups
+    copied into free slots, batches gathered out through `live` (the slots of the buffered rows, in buffer order).
+    Concatenating each row group to the buffer allocated a new buffer and freed the old one per row group: the
+    process's memory went up and down by hundreds of MB with the allocator's timing (measured on 10M demo rows:
+    1.04-1.25 GB during one epoch)."""
+
+    def __init__(self) -> None:
+        self.tensors: Batch | None = None
+        self.live = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def rows(self) -> int:
+        return int(self.live.shape[0])
+
+    def add(self, part: Batch) -> None:
+        m = num_rows(part)
+        if m == 0:
+            return
+        have = self.rows
+        if self.tensors is None or have + m > num_rows(self.tensors):
+            grown = {k: torch.empty((have + m, *v.shape[1:]), dtype=v.dtype) for k, v in part.items()}
+            if self.tensors is not None:
+                for k, v in self.tensors.items():
+                    torch.index_select(v, 0, self.live, out=grown[k][:have])
+            self.tensors, self.live = grown, torch.arange(have)
+        free = torch.ones(num_rows(self.tensors), dtype=torch.bool)
+        free[self.live] = False
+        slots = torch.nonzero(free).reshape(-1)[:m]
+        for k, v in part.items():
+            self.tensors[k].index_copy_(0, slots, v)
+        self.live = torch.cat([self.live, slots])
+
+    def gather(self, idx: Tensor) -> Batch:
+        """The buffered rows at buffer positions `idx` (new tensors)."""
+        assert self.tensors is not None
+        return _gather(self.tensors, self.live[idx])
+
+    def keep(self, idx: Tensor) -> None:
+        """Keep the rows at buffer positions `idx`, in that order; the others' slots become free."""
+        self.live = self.live[idx]
+
+
 class StreamingBatches:
     """Row groups read in file order through a shuffle buffer; memory ~ buffer_rows, not the split size."""
 
@@ -351,25 +394,24 @@ class StreamingBatches:
         epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         self.epoch = epoch + 1
-        buffer: Batch | None = None
+        pool = _RowPool()
         for rg in self._row_groups():
-            part = table_to_tensors(rg, self.layout)
-            buffer = part if buffer is None else {k: torch.cat([buffer[k], part[k]]) for k in part}
-            while num_rows(buffer) >= self.buffer_rows:
+            pool.add(table_to_tensors(rg, self.layout))
+            while pool.rows >= self.buffer_rows:
                 # shuffled: keep half the buffer to mix with the next row groups; in order: keep only the rest
-                buffer = yield from self._drain(buffer, g, keep=self.buffer_rows // 2 if self.shuffle else 0)
-        if buffer is not None:
-            rest = yield from self._drain(buffer, g, keep=0)
-            if rest is not None and num_rows(rest) and not self.drop_last:
-                yield rest
+                yield from self._drain(pool, g, keep=self.buffer_rows // 2 if self.shuffle else 0)
+        if pool.rows:
+            yield from self._drain(pool, g, keep=0)
+            if pool.rows and not self.drop_last:
+                yield pool.gather(torch.arange(pool.rows))
 
-    def _drain(self, buffer: Batch, g: torch.Generator, keep: int) -> Iterator[Batch]:
-        n = num_rows(buffer)
+    def _drain(self, pool: _RowPool, g: torch.Generator, keep: int) -> Iterator[Batch]:
+        n = pool.rows
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         emit = ((n - keep) // self.batch_size) * self.batch_size
         for lo in range(0, emit, self.batch_size):
-            yield _gather(buffer, order[lo: lo + self.batch_size])
-        return _gather(buffer, order[emit:])
+            yield pool.gather(order[lo: lo + self.batch_size])
+        pool.keep(order[emit:])
 
 
 class RankStreamingBatches(StreamingBatches):

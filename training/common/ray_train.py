@@ -56,6 +56,26 @@ def fit_on_ray(loop: Callable[[dict[str, Any]], Any], loop_config: dict[str, Any
     return result, checkpoint, time.perf_counter() - t0
 
 
+def report_callback() -> Any:
+    """Ray's `RayTrainReportCallback` (a checkpoint and the epoch's metrics reported to Ray Train each epoch) that
+    also removes its temporary folder when the fit ends: Ray's own removes each epoch's checkpoint folder but leaves
+    the empty `lightning_checkpoints-job_id=...-world_rank=N` folder in the temp directory, one per worker and job."""
+    import shutil
+
+    from ray.train.lightning import RayTrainReportCallback
+
+    class ReportAndClean(RayTrainReportCallback):
+        def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            super().teardown(trainer, pl_module, stage)
+            shutil.rmtree(self.tmpdir_prefix, ignore_errors=True)
+
+        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+            super().on_exception(trainer, pl_module, exception)
+            shutil.rmtree(self.tmpdir_prefix, ignore_errors=True)
+
+    return ReportAndClean()
+
+
 def worker_nodes() -> list[str]:
     """Inside a Ray Train worker after training: the Ray node id of every rank, in rank order (an all-gather over
     the job's process group), so the driver can record where the job ran (`distributed.nodes`)."""

@@ -84,6 +84,18 @@ class EpochProgress(pl.Callback):
             self._step = None
 
 
+class ValidateAtMaxSteps(pl.Callback):
+    """Validates when `max_steps` ends training inside an epoch. Lightning validates at an epoch's end, and a step
+    limit reached mid-epoch ends the epoch loop without one: the job then had no validation metric, so early
+    stopping failed on the missing metric and no best checkpoint was chosen. Asking the trainer to stop at the
+    limit makes Lightning run the validation loop first (as it does for an early stop)."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
 def build_trainer(runtime: RuntimeConfig, *, precision: str, max_epochs: int, max_steps: int = -1,
                   callbacks: list[pl.Callback] | None = None, logger: Any = False, grad_clip: float | None = None,
                   checkpointing: bool = False, root_dir: Path | None = None, ray_worker: bool = False,
@@ -102,6 +114,8 @@ def build_trainer(runtime: RuntimeConfig, *, precision: str, max_epochs: int, ma
     }
     if not validate_in_loop:
         common["limit_val_batches"] = 0
+    elif max_steps > 0:
+        common["callbacks"] = [*common["callbacks"], ValidateAtMaxSteps()]
     if ray_worker:
         from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 

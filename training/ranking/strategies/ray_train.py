@@ -22,6 +22,7 @@ from training.common.ray_train import (
     checkpoint_file,
     fit_on_ray,
     node_spread,
+    report_callback,
     reported_metrics,
     require_workers,
     worker_nodes,
@@ -66,7 +67,7 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     early = EarlyStopping(monitor=cfg.early_stopping.metric, mode=cfg.early_stopping.mode,
                           patience=cfg.early_stopping.patience)
     trainer = build_trainer(cfg.runtime, precision=config["precision"], max_epochs=cfg.max_epochs,
-                            max_steps=cfg.max_steps, callbacks=[early, epochs, RayTrainReportCallback()],
+                            max_steps=cfg.max_steps, callbacks=[early, epochs, report_callback()],
                             grad_clip=cfg.optim.grad_clip, ray_worker=True)
     resume = ray.train.get_checkpoint()
     if resume is not None:

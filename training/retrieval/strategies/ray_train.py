@@ -16,7 +16,14 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 
 from feature_store.layout import StageLayout
-from training.common.ray_train import checkpoint_file, fit_on_ray, node_spread, require_workers, worker_nodes
+from training.common.ray_train import (
+    checkpoint_file,
+    fit_on_ray,
+    node_spread,
+    report_callback,
+    require_workers,
+    worker_nodes,
+)
 from training.common.tracking import TrackedRun
 from training.common.trainer import build_trainer, compile_in_place, seed_and_threads
 from training.retrieval.config import RetrievalConfig
@@ -30,8 +37,6 @@ RUN_NAME = "two_tower"
 
 def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     """`train_loop_per_worker`: the Lightning job on this worker's share of the data."""
-    from ray.train.lightning import RayTrainReportCallback
-
     cfg = RetrievalConfig.model_validate(config["retrieval"])
     seed_and_threads(cfg.runtime)
     data = load_retrieval_data(config["prepared"], cfg)
@@ -40,8 +45,8 @@ def _worker_loop(config: dict[str, Any]) -> dict[str, Any]:
         data = data.with_valid_in_train()
     task = RetrievalTask(TwoTower(data.towers, cfg.model), cfg, data)
     compile_in_place(compiled_parts(task.trained), cfg.compile, cfg.runtime)
-    callbacks: list[pl.Callback] = [RayTrainReportCallback()] if refit_epochs else [
-        ValidRanking(), RayTrainReportCallback(),
+    callbacks: list[pl.Callback] = [report_callback()] if refit_epochs else [
+        ValidRanking(), report_callback(),
         EarlyStopping(monitor=monitor(cfg), mode="max", patience=cfg.patience, check_on_train_epoch_end=True)]
     trainer = build_trainer(cfg.runtime, precision=config["precision"], max_epochs=refit_epochs or cfg.max_epochs,
                             callbacks=callbacks, grad_clip=cfg.optim.grad_clip, ray_worker=True,
