@@ -385,10 +385,17 @@ class StreamingBatches:
         return full + (0 if self.drop_last or rest == 0 else 1)
 
     def _row_groups(self) -> Iterator[pa.Table]:
+        """The split's rows in file order: whole row groups to shuffle (the buffer mixes them), batch-sized slices
+        of them in order (evaluation). Measured on the 20M-row demo's valid split, the loader alone: decoding
+        131,072-row groups whole raised the process by ~450 MB, 16,384-row slices by ~140 MB."""
         for f in self.files:
             pf = pq.ParquetFile(f)
-            for i in range(pf.num_row_groups):
-                yield pf.read_row_group(i)
+            if self.shuffle:
+                for i in range(pf.num_row_groups):
+                    yield pf.read_row_group(i)
+            else:
+                for batch in pf.iter_batches(batch_size=self.batch_size):
+                    yield pa.Table.from_batches([batch])
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
