@@ -207,7 +207,7 @@ WHY_MEMORY = {
     "train": "the training loop holds the shuffle buffer (`train.streaming`: 262,144 rows, allocated once per "
              "epoch) and the row group being decoded (131,072 rows), whatever the split's size; evaluation reads "
              "one eval batch (16,384 rows) at a time and keeps per valid/test row its probability, label and group "
-             "(13 bytes) and, while AUC/gAUC are computed, their sorted keys (about 22 bytes): exact metrics need "
+             "(16 bytes) and, while AUC/gAUC are computed, their sorted keys (about 22 bytes): exact metrics need "
              "every score, so this is the one term that grows with the data, about 3.5 bytes per row at the 80/10/10 "
              "split; the model and optimiser state grow with the vocabularies (one row per user and item id seen "
              "often enough)",

@@ -37,8 +37,9 @@ class CTRTask(pl.LightningModule):
         self.save_hyperparameters({"optim": self.optim.model_dump(mode="json"), "total_steps": total_steps,
                                    "steps_per_epoch": steps_per_epoch})
         self.loss_fn = nn.BCEWithLogitsLoss()
-        # per stage, per column: the batches' probabilities, labels (int8) and groups, joined at the epoch's end one
-        # column at a time (joining tuples held every column twice at once)
+        # per stage, per column: the batches' probabilities, labels and groups, joined at the epoch's end one column
+        # at a time (joining tuples held every column twice at once); labels stay as given, so a label other than
+        # 0/1 still reaches ctr_metrics' check instead of being truncated by a narrower dtype
         self._outputs: dict[str, dict[str, list[Tensor]]] = {"valid": {}, "test": {}}
         self.history: dict[str, list[float]] = {"train/loss": [], "valid/loss": []}
         # the epoch's loss as a running sum on the loss's device: a float() per step would wait for the GPU at every
@@ -73,7 +74,7 @@ class CTRTask(pl.LightningModule):
         logits = self.model(batch).float()
         out = self._outputs[stage]
         out.setdefault("probs", []).append(torch.sigmoid(logits).detach().cpu())
-        out.setdefault("labels", []).append(batch[LABEL].detach().to(torch.int8).cpu())
+        out.setdefault("labels", []).append(batch[LABEL].detach().cpu())
         if self.gauc and GROUP in batch:
             out.setdefault("groups", []).append(batch[GROUP].detach().cpu())
 
