@@ -677,16 +677,19 @@ def read_prepared(directory: str | Path, columns: Sequence[str] | None = None) -
     """All shards of one prepared split as one table, in written order; only `columns` when given (a split's
     sequence and vector columns are most of its bytes: reading two scalar columns of a test split costs 8 bytes per
     row instead of the whole row's ~450)."""
-    d = Path(directory)
-    files = sorted(d.glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{d}: no prepared shards; run `recforge prepare --config ...` first")
-    return pa.concat_tables(pq.read_table(f, columns=None if columns is None else list(columns)) for f in files)
+    return pa.concat_tables(pq.read_table(f, columns=None if columns is None else list(columns))
+                            for f in _prepared_shards(directory))
 
 
 def prepared_columns(directory: str | Path) -> list[str]:
     """The column names of one prepared split, from its first shard's footer (nothing else is read)."""
-    files = sorted(Path(directory).glob("*.parquet"))
+    return list(pq.read_schema(_prepared_shards(directory)[0]).names)
+
+
+def _prepared_shards(directory: str | Path) -> list[Path]:
+    """The shards of one prepared split in written order; an error naming the fix where there are none."""
+    d = Path(directory)
+    files = sorted(d.glob("*.parquet"))
     if not files:
-        raise FileNotFoundError(f"{directory}: no prepared shards; run `recforge prepare --config ...` first")
-    return list(pq.read_schema(files[0]).names)
+        raise FileNotFoundError(f"{d}: no prepared shards; run `recforge prepare --config ...` first")
+    return files

@@ -231,6 +231,7 @@ class ItemInputs:
         self.spec = spec
         self.reader = reader
         self.layout = layout  # the ranker's FeatureLayout: with it, the item side is also kept as model inputs
+        self._reads = frozenset(spec.raw_columns())  # raw columns the model reads (a fixed spec: computed once)
         self._tensors: dict[str, Any] | None = None  # item-side model inputs, one row per slot (`batch`)
         self._int_keys = np.empty(0, np.int64)  # integer keys: the cached ids sorted, and their slots
         self._int_slots = np.empty(0, np.int64)
@@ -250,8 +251,8 @@ class ItemInputs:
     def _sync(self) -> bool:
         """Bind to the current item views (restarting the cache when they changed); False when not cacheable."""
         user_views, item_views = self.reader.views()
-        read = set(self.spec.raw_columns())
-        if not item_views or any(v.ttl_seconds is not None or (v.name in STREAM_ITEM_VIEWS and read & set(v.features))
+        if not item_views or any(v.ttl_seconds is not None
+                                 or (v.name in STREAM_ITEM_VIEWS and not self._reads.isdisjoint(v.features))
                                  for v in item_views):
             return False
         stamp = tuple((v.name, v.version) for v in item_views)
