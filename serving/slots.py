@@ -197,11 +197,9 @@ def load_ranker(device: str, choose_graph: bool = False) -> Callable[[Path], Any
     inference graph for this machine (`serving.inference.RankerGraph`, kept as the ranker's `inference`), at
     load time rather than on the first request."""
     def load(path: Path) -> Any:
-        from training.common.embedding import fuse_embeddings
         from training.ranking.bundle import load_bundle
 
-        ranker = load_bundle(path)
-        fuse_embeddings(ranker.model)  # same outputs; no KeyedJaggedTensor per request
+        ranker = load_bundle(path, fused=True)  # same outputs; no KeyedJaggedTensor per request
         ranker.model.to(device)
         if choose_graph:
             from serving.inference import RankerGraph

@@ -209,7 +209,7 @@ def test_a_job_killed_at_a_random_step_resumes_with_at_most_n_steps_lost(prepare
     run ends (same seed: the resumed epoch continues the same batch order)."""
     from recforge.cli import main
 
-    overrides = ["train.max_epochs=4", "train.batch_size=256", f"train.checkpoint_every_n_steps={EVERY}"]
+    overrides = ["train.max_epochs=2", "train.batch_size=256", f"train.checkpoint_every_n_steps={EVERY}"]
     straight_cfg = copy_scenario(prepared_cfg, tmp_path / "straight")
     rc, expected, err = killable(straight_cfg, -1, *overrides)
     assert rc == 0 and expected is not None, err[-2000:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -312,3 +313,50 @@ def test_fusing_torchrec_embeddings_for_serving_keeps_every_models_output(
     assert replaced == (0 if kept else tables) and tables >= 1
     assert any(isinstance(m, TorchRecEmbedding) for m in model.modules()) == kept
     torch.testing.assert_close(after, before, rtol=1e-6, atol=1e-6)
+
+
+def bundle_of(name: str, backend: str, tmp_path: Path) -> tuple[nn.Module, Path, dict[str, torch.Tensor]]:
+    """A model of `name` with `backend` embeddings saved as a ranker bundle; (model, bundle dir, served batch)."""
+    from training.ranking.bundle import save_bundle
+
+    table = raw_table()
+    spec = SpecFitter(features_config()).fit(table)
+    spec.save(tmp_path / "spec")
+    layout = FeatureLayout.from_spec(spec)
+    model = make(name, layout, backend).eval()
+    bundle = save_bundle(tmp_path / "bundle", model_name=name, model=model, spec_dir=tmp_path / "spec")
+    return model, bundle, features_only(table_to_tensors(spec.transform(table), layout))
+
+
+@pytest.mark.skipif(not torchrec_available(), reason="torchrec / fbgemm-gpu(-cpu) not installed")
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_torchrec_bundle_loaded_fused_for_serving_gives_the_trained_models_output(name: str,
+                                                                                     tmp_path: Path) -> None:
+    """`load_bundle(fused=True)` builds the model with one fused table and stacks the TorchRec tables' weights into
+    it in the layout's order (a wrong order or a missed table changes the output); TorchRec's own DLRM arch keeps
+    its collection."""
+    from training.ranking.bundle import load_bundle
+
+    model, bundle, batch = bundle_of(name, "torchrec", tmp_path)
+    ranker = load_bundle(bundle, fused=True)
+    kept = getattr(model, "keeps_torchrec_embedding", False)
+    assert any(isinstance(m, TorchRecEmbedding) for m in ranker.model.modules()) == kept
+    assert not ranker.model.training
+    with torch.no_grad():
+        torch.testing.assert_close(ranker.model(batch), model(batch), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not torchrec_available(), reason="torchrec / fbgemm-gpu(-cpu) not installed")
+def test_a_serving_replica_loads_a_torchrec_trained_ranker_without_importing_torchrec(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    _, bundle, _ = bundle_of("dcnv2", "torchrec", tmp_path)
+    code = ("import sys; from pathlib import Path; from serving.slots import load_ranker; "
+            f"r = load_ranker('cpu')(Path({str(bundle)!r})); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchrec', 'fbgemm_gpu')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
