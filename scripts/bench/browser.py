@@ -79,13 +79,22 @@ def login(driver: Any, base_url: str, token: str, timeout: float = 30.0) -> None
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from urllib.parse import urlsplit
+
+    from selenium.webdriver.support import expected_conditions
+
     driver.get(f"{base_url}/console")
-    WebDriverWait(driver, timeout).until(lambda d: "/console/login" in d.current_url)
+    WebDriverWait(driver, timeout).until(lambda d: urlsplit(d.current_url).path == "/console/login")
+    form = driver.find_element(By.CSS_SELECTOR, "form.login")
     driver.find_element(By.NAME, "token").send_keys(token)
-    driver.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
-    WebDriverWait(driver, timeout).until(lambda d: d.current_url.rstrip("/").endswith("/console"))
-    if "Console login" in driver.title:
-        raise AssertionError("the login form did not accept the token")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    # the login page's own URL (`/console/login?next=/console`) ends like the target: wait for the form's page to
+    # be replaced (the answer to the POST: the redirect to the console, or the login page again with its message)
+    WebDriverWait(driver, timeout).until(expected_conditions.staleness_of(form))
+    WebDriverWait(driver, timeout).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    if urlsplit(driver.current_url).path.rstrip("/") != "/console" or "Console login" in driver.title:
+        raise AssertionError(f"the login form did not accept the token (at {driver.current_url}: "
+                             f"{driver.title!r})")
 
 
 def browser_errors(driver: Any) -> list[str]:
