@@ -76,12 +76,11 @@ def start_browser(window: tuple[int, int] = WINDOW) -> Any:
 def login(driver: Any, base_url: str, token: str, timeout: float = 30.0) -> None:
     """Log in through the form, as a person would: open a page, get sent to the login, type the token, submit,
     land back on the page."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
     from urllib.parse import urlsplit
 
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{base_url}/console")
     WebDriverWait(driver, timeout).until(lambda d: urlsplit(d.current_url).path == "/console/login")

@@ -147,7 +147,7 @@ def compile_in_place(modules: list[torch.nn.Module], mode: str, runtime: Runtime
 
     In place, not `torch.compile(model)`: the wrapper that returns prefixes every state_dict key with `_orig_mod.`,
     so its checkpoints and bundles would not load into a plain model; compiled in place, the module, its keys and
-    its bundle stay exactly what an uncompiled job writes (tests/training/test_compile.py). auto compiles on CUDA
+    its bundle stay exactly what an uncompiled job writes (tests/training/test_train.py). auto compiles on CUDA
     only: measured on an H100 (docs/benchmarks.md, GPU), DCNv2 at batch 65,536 trains 1.86x faster compiled
     (7.38M vs 3.97M samples/s), while on a 2-core CPU the first steps spend tens of seconds compiling, more than a
     short job gains."""
