@@ -98,9 +98,9 @@ def write_analysis(analysis: str, directory: Path, *, tables: Mapping[str, pa.Ta
 
 def _log(analysis: str, directory: Path, tracking_uri: str, scenario: str, metrics: Mapping[str, float],
          params: Mapping[str, Any]) -> str:
-    import mlflow
+    from training.common.tracking import tracking_client
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)
     name = f"{scenario}-analytics"
     exp = client.get_experiment_by_name(name)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)

@@ -100,10 +100,9 @@ class ModelSlot:
     def _registry(self) -> Any:
         if self._client is None:
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            import mlflow
+            from training.common.tracking import tracking_client
 
-            uri = self.source.tracking_uri
-            self._client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+            self._client = tracking_client(self.source.tracking_uri, registry=True)
         return self._client
 
     def check(self, force: bool = False) -> bool:

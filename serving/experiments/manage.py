@@ -49,9 +49,9 @@ def planned_users(d: ExperimentConfig) -> int:
 
 # ------------------------------------------------------------------------------------------------ versions
 def _client(app: AppSettings) -> Any:
-    import mlflow
+    from training.common.tracking import tracking_client
 
-    return mlflow.MlflowClient(tracking_uri=app.tracking_uri, registry_uri=app.tracking_uri)
+    return tracking_client(app.tracking_uri, registry=True)
 
 
 def resolve_arms(app: AppSettings, d: ExperimentConfig, name: str) -> list[ArmVersions]:

@@ -125,9 +125,9 @@ def write_report(app: AppSettings, res: dict[str, Any], directory: Path, *, now:
 
 def _log(app: AppSettings, res: dict[str, Any], directory: Path) -> str:
     """The report into the experiment's MLflow run (created at its first report), with its headline metrics."""
-    import mlflow
+    from training.common.tracking import tracking_client
 
-    client = mlflow.MlflowClient(tracking_uri=app.tracking_uri)
+    client = tracking_client(app.tracking_uri)
     name = f"{app.name}-online"
     exp = client.get_experiment_by_name(name)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)

@@ -35,10 +35,10 @@ class RegistryError(ValueError):
 
 def mlflow_client(settings: RegistrySettings) -> mlflow.MlflowClient:
     """An MLflow client on the scenario's tracking store, which also holds the registry."""
-    import mlflow
+    from training.common.tracking import tracking_client
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return mlflow.MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    return tracking_client(settings.tracking_uri, registry=True)
 
 
 def os_user() -> str:

@@ -144,6 +144,22 @@ def test_a_step_limit_inside_the_first_epoch_still_validates_and_keeps_the_best_
     assert result["test"]["n"] > 0
 
 
+def test_a_second_job_in_the_same_folder_keeps_one_best_and_one_last_checkpoint_of_its_own(
+        prepared_cfg: RecForgeConfig, tmp_path: Path) -> None:
+    """Before: a fresh job beside a previous job's checkpoints wrote best-v1.ckpt and last-v1.ckpt (and the step and
+    epoch callbacks each kept their own last), so `train.resume` would continue from the previous job's last.ckpt."""
+    os.environ["RECFORGE_PROGRESS"] = "0"
+    out = copy_scenario(prepared_cfg, tmp_path / "twice").parent
+    stage = out / "train" / "lr" / "checkpoints"
+    for steps in (12, 10):
+        cfg = prepared_cfg.train.model_copy(update={"model": "lr", "max_steps": steps, "checkpoint_every_n_steps": 4})
+        result = train_ctr(out, prepared_cfg.name, cfg).to_dict()
+        assert result["global_steps"] == steps
+        assert sorted(p.name for p in stage.iterdir()) == ["best.ckpt", "last.ckpt"]
+        assert Path(result["best_checkpoint"]) == stage / "best.ckpt"
+        assert torch.load(stage / "last.ckpt", weights_only=True)["global_step"] == steps  # this job's end
+
+
 def test_compile_reads_yaml_on_and_off_and_auto_compiles_on_cuda_only() -> None:
     from training.common.config import RuntimeConfig
     from training.common.trainer import compile_enabled

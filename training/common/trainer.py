@@ -158,6 +158,15 @@ def compile_in_place(modules: list[torch.nn.Module], mode: str, runtime: Runtime
     return True
 
 
+def fresh_checkpoints(directory: Path) -> None:
+    """Remove the checkpoints a previous job left in a stage's folder before a job that does not resume. Left in
+    place, Lightning names the new job's files `best-v1.ckpt` and `last-v1.ckpt` beside them, and `train.resume`
+    after this job is killed would continue from the previous job's `last.ckpt` (seen: four `last-vN.ckpt` in one
+    folder). The previous job's model is in its bundle and MLflow run, not in these files."""
+    for old in directory.glob("*.ckpt"):
+        old.unlink(missing_ok=True)
+
+
 def seed_and_threads(runtime: RuntimeConfig) -> None:
     """Seed every generator Lightning knows and set torch's thread count, as each process of a job starts."""
     if runtime.num_threads:

@@ -11,7 +11,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from feature_store.layout import StageLayout
 from training.common.tracking import TrackedRun, lightning_logger
-from training.common.trainer import build_trainer, compile_in_place, seed_and_threads
+from training.common.trainer import build_trainer, compile_in_place, fresh_checkpoints, seed_and_threads
 from training.ranking.config import TrainConfig
 from training.ranking.datamodule import CTRDataModule
 from training.ranking.evaluate import Fitted, precision_of, steps_per_epoch
@@ -44,12 +44,17 @@ def fit(cfg: TrainConfig, prepared: Path, stage: StageLayout, run: TrackedRun, *
     task = CTRTask(model, cfg.optim, total_steps=total, steps_per_epoch=per_epoch, gauc=cfg.gauc is not False)
     logger = lightning_logger(run)
     last = stage.checkpoints / "last.ckpt"
+    if not resuming(cfg, stage):
+        fresh_checkpoints(stage.checkpoints)
+    # no version counter: both callbacks write the one last.ckpt (the newer state wins), never last-v1.ckpt
     checkpoint = ModelCheckpoint(dirpath=stage.checkpoints, filename="best", monitor=cfg.early_stopping.metric,
-                                 mode=cfg.early_stopping.mode, save_top_k=1, save_last=True)
+                                 mode=cfg.early_stopping.mode, save_top_k=1, save_last=True,
+                                 enable_version_counter=False)
     callbacks: list[Any] = [checkpoint]
     if cfg.checkpoint_every_n_steps > 0:  # the resumable last.ckpt mid-epoch too (best stays per epoch)
         callbacks.append(ModelCheckpoint(dirpath=stage.checkpoints, save_top_k=0, save_last=True,
-                                         every_n_train_steps=cfg.checkpoint_every_n_steps))
+                                         every_n_train_steps=cfg.checkpoint_every_n_steps,
+                                         enable_version_counter=False))
     early = EarlyStopping(monitor=cfg.early_stopping.metric, mode=cfg.early_stopping.mode,
                           patience=cfg.early_stopping.patience)
     precision = precision_of(cfg)

@@ -13,7 +13,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from feature_store.layout import StageLayout
 from training.common.tracking import TrackedRun, lightning_logger
-from training.common.trainer import build_trainer, compile_in_place, seed_and_threads
+from training.common.trainer import build_trainer, compile_in_place, fresh_checkpoints, seed_and_threads
 from training.retrieval.config import RetrievalConfig
 from training.retrieval.data import RetrievalData
 from training.retrieval.fitted import Fitted, best_epoch, monitor, precision_of, trained_samples
@@ -33,8 +33,9 @@ def fit(cfg: RetrievalConfig, data: RetrievalData, prepared: Path, stage: StageL
     task = RetrievalTask(TwoTower(data.towers, cfg.model), cfg, data)
     compile_in_place(compiled_parts(task.trained), cfg.compile, cfg.runtime)
     logger = lightning_logger(run)
+    fresh_checkpoints(stage.checkpoints)
     ckpt = ModelCheckpoint(dirpath=stage.checkpoints, filename="best", monitor=monitor(cfg), mode="max",
-                           save_top_k=1, save_on_train_epoch_end=True)
+                           save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False)
     early = EarlyStopping(monitor=monitor(cfg), mode="max", patience=cfg.patience, check_on_train_epoch_end=True)
     trainer = _trainer(cfg, cfg.max_epochs, [ValidRanking(), ckpt, early], logger)
     t0 = time.perf_counter()
