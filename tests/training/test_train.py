@@ -11,12 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
+from torch.overrides import TorchFunctionMode
 
 from feature_store.prepare import assemble_events, prepare, read_prepared
 from feature_store.readers import read_source
@@ -158,6 +161,68 @@ def test_a_second_job_in_the_same_folder_keeps_one_best_and_one_last_checkpoint_
         assert sorted(p.name for p in stage.iterdir()) == ["best.ckpt", "last.ckpt"]
         assert Path(result["best_checkpoint"]) == stage / "best.ckpt"
         assert torch.load(stage / "last.ckpt", weights_only=True)["global_step"] == steps  # this job's end
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls that read a tensor's value back to the host (`.item()`, `float(t)`, `.tolist()`, ...): on
+    CUDA each one waits for the GPU to finish everything queued before it."""
+
+    READS = frozenset({"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if getattr(func, "__name__", "") in self.READS:
+            self.calls.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+class ReadsPerStep(pl.Callback):
+    """The host reads of each training step: from one batch's start to the next's (the step, its logging and
+    checkpoint callbacks), every step under its own `HostReads`."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[str]] = []
+        self._mode: HostReads | None = None
+
+    def _close(self) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self.steps.append(self._mode.calls)
+            self._mode = None
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self._close()
+        self._mode = HostReads()
+        self._mode.__enter__()
+
+    def on_train_epoch_end(self, *args: Any) -> None:
+        self._close()
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_training_step_reads_no_tensor_value_back_to_the_host(prepared_cfg: RecForgeConfig, streaming: bool,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """No host sync per step (on CUDA, a read of a device tensor's value stalls the GPU queue): the loss is summed
+    on its device and `train/loss` is not a progress-bar metric (Lightning converted those with `.item()` after
+    every batch: one read per step before). CUDA's embedding (`auto` there: fused); the last step, which holds
+    the epoch's validation, is left out."""
+    import training.ranking.strategies.local as local
+
+    os.environ["RECFORGE_PROGRESS"] = "0"
+    probe = ReadsPerStep()
+    build = local.build_trainer
+    monkeypatch.setattr(local, "build_trainer",
+                        lambda *a, callbacks=None, **k: build(*a, callbacks=[probe, *(callbacks or [])], **k))
+    cfg = prepared_cfg.train.model_copy(update={
+        "model": "dcnv2", "streaming": streaming, "max_steps": 30, "batch_size": 256,
+        "checkpoint_every_n_steps": 10, "model_params": {"dcnv2": {"embedding_backend": "fused"}}})
+    train_ctr(prepared_cfg.output_dir, prepared_cfg.name, cfg)
+    assert len(probe.steps) == 30
+    reads = {i: calls for i, calls in enumerate(probe.steps[1:-1], start=1) if calls}
+    assert reads == {}, reads
 
 
 def test_compile_reads_yaml_on_and_off_and_auto_compiles_on_cuda_only() -> None:

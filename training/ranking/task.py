@@ -60,7 +60,9 @@ class CTRTask(pl.LightningModule):
         loss = self.loss_fn(logits.float(), batch[LABEL])
         if self.optim.embedding_l2 > 0:
             loss = loss + self.optim.embedding_l2 * self._embedding_penalty(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(logits))
+        # not a progress-bar metric: Lightning reads those back with .item() after every batch (a GPU sync per
+        # step); the log reads it every log_every_n_steps, the epoch's progress line shows the epoch's mean
+        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=len(logits))
         step_loss = loss.detach().float()
         self._loss_sum = step_loss if self._loss_sum is None else self._loss_sum + step_loss
         self._loss_steps += 1

@@ -105,7 +105,9 @@ class RetrievalTask(pl.LightningModule):
         codes = batch[ITEM_CODE]
         loss = self._full_corpus_loss(batch, codes) if self.cfg.negatives.full_corpus else \
             self._sampled_loss(batch, codes)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(codes))
+        # not a progress-bar metric: Lightning reads those back with .item() after every batch (a GPU sync per
+        # step); the log reads it every log_every_n_steps, the epoch's progress line shows the epoch's mean
+        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=len(codes))
         step_loss = loss.detach().float()
         self._loss_sum = step_loss if self._loss_sum is None else self._loss_sum + step_loss
         self._loss_steps += 1
