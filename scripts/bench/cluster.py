@@ -70,9 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "cluster.json").unlink(missing_ok=True)
     ctx = {"command": command("scripts.bench.cluster", argv), "when": now(), "machine": machine("ray", "torch")}
+    # Ray Train's own worker-check interval (the tests poll faster, tests/conftest.py): the times users get
+    env = {**os.environ, "RECFORGE_RELIABILITY_OUT": str(out), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0"}
     rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                         "tests/e2e/test_cluster.py"], cwd=REPO,
-                        env={**os.environ, "RECFORGE_RELIABILITY_OUT": str(out)}).returncode
+                         "tests/e2e/test_cluster.py"], cwd=REPO, env=env).returncode
     if rc != 0:
         log(f"the cluster test failed (exit {rc}): figures not written to the doc")
         return rc
