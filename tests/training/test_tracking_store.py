@@ -65,3 +65,23 @@ def test_seeding_leaves_existing_stores_and_other_uris_alone(tmp_path: Path, cac
                 "postgresql://user@host/db"):
         seed_sqlite_store(uri)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "mlflow.db"]
+
+
+def test_an_unwritable_cache_leaves_the_new_store_to_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    db = tmp_path / "mlflow.db"
+    client = tracking_client(f"sqlite:///{db}")
+    assert client.get_experiment(client.create_experiment("fine")).name == "fine" and db.is_file()
+
+
+def test_a_damaged_template_is_made_again(tmp_path: Path, cache: Path) -> None:
+    import mlflow
+
+    cache.mkdir(parents=True)
+    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    template.write_bytes(b"not a database")
+    client = tracking_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_experiment(client.create_experiment("fine")).name == "fine"
+    assert _revision(template) == _revision(tmp_path / "mlflow.db")

@@ -9,6 +9,7 @@ once and marks the run FINISHED; a job that raises marks it FAILED (`failed_run`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -67,15 +68,16 @@ def seed_sqlite_store(tracking_uri: str) -> None:
     template = _sqlite_template()
     if template is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.seed")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(template, partial)
         os.link(partial, path)  # never replaces a store another process created meanwhile
     except OSError:
-        pass
+        pass  # MLflow creates the store itself and says what is wrong with the path, if anything
     finally:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
 
 
 def _sqlite_template() -> Path | None:
@@ -83,10 +85,15 @@ def _sqlite_template() -> Path | None:
     cannot be made (then MLflow migrates each new store itself, as without it)."""
     import mlflow
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "recforge"
-    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
-    if template.is_file():
-        return template
+    try:  # no home folder (Path.home raises) or an unreadable cache: no template
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "recforge"
+        template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+        if template.is_file():
+            if _schema_revision(template) is not None:
+                return template
+            template.unlink()  # damaged: made again below
+    except (OSError, RuntimeError):
+        return None
     partial = template.with_name(f".{template.name}.{os.getpid()}.partial")
     try:
         from mlflow.store.db.utils import _initialize_tables
@@ -100,9 +107,22 @@ def _sqlite_template() -> Path | None:
             engine.dispose()
         os.replace(partial, template)
     except Exception:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         return None
     return template
+
+
+def _schema_revision(db: Path) -> str | None:
+    """The MLflow schema revision a SQLite file records; None for a file that is not such a database."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            row = con.execute("select version_num from alembic_version").fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
 
 
 def ensure_experiment(tracking_uri: str, name: str, output_dir: str | Path) -> str:
