@@ -19,7 +19,6 @@ import json
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -62,17 +61,13 @@ def experiment_reports(s: ConsoleSettings) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------------------------------------ registry
-def _sqlite_file(uri: str) -> Path | None:
-    """The file of a `sqlite:///...` tracking URI; None for other stores."""
-    parts = urlsplit(uri)
-    return Path(unquote(parts.path)) if parts.scheme == "sqlite" else None
-
-
 def registry(s: ConsoleSettings) -> dict[str, Any]:
     """The scenario's registered models (serving.registry.versions.list_models, restricted to the scenario's
     names): versions, aliases, test metrics (the version's tags, else its run's `test/` metrics), gate figures,
     decision, and the review reports of each version."""
-    db = _sqlite_file(s.tracking_uri)
+    from training.common.tracking import sqlite_file
+
+    db = sqlite_file(s.tracking_uri)
     if db is not None and not db.is_file():  # reading would create an empty store
         return {"models": [], "missing": NO_MODELS, "error": None}
     from serving.config import GateConfig

@@ -46,6 +46,20 @@ def tracking_client(tracking_uri: str, *, registry: bool = False) -> Any:
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri if registry else None)
 
 
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The file of a SQLite tracking URI (`sqlite:///relative/path`, `sqlite:////absolute/path`); None for other
+    stores and for an in-memory database."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(tracking_uri)
+    except Exception:
+        return None
+    if url.drivername != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
 def seed_sqlite_store(tracking_uri: str) -> None:
     """A new SQLite tracking file starts as a copy of an empty MLflow database already migrated to this MLflow's
     schema, made once per MLflow version under the user's cache folder (`$XDG_CACHE_HOME/recforge`, default
@@ -54,16 +68,8 @@ def seed_sqlite_store(tracking_uri: str) -> None:
     and gives the same tables and schema revision (MLflow adds its default experiment when it opens the file, as it
     does after migrating). Anything else (an existing file, a server, another database, no template) is left to
     MLflow."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        url = make_url(tracking_uri)
-    except Exception:
-        return
-    if url.drivername != "sqlite" or not url.database or url.database == ":memory:" or url.query:
-        return
-    path = Path(url.database)
-    if path.exists():
+    path = sqlite_file(tracking_uri)
+    if path is None or "?" in tracking_uri or path.exists():
         return
     template = _sqlite_template()
     if template is None:
